@@ -1,0 +1,107 @@
+"""The one chain interface every node role talks to.
+
+Backends: `chain.devnet.client.DevnetChain` (embedded local chain over HTTP) and
+`chain.hypertensor.HypertensorChain` (substrate-interface). Signing keys are held
+by the backend instance (coldkey for registration/stake, hotkey for proposals and
+attestations), so callers pass only protocol values.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+from chain.types import (
+    ConsensusSubmission,
+    EpochInfo,
+    Receipt,
+    ScoreEntry,
+    SubnetInfo,
+    SubnetNode,
+)
+
+
+class Chain(abc.ABC):
+    # ---- reads -------------------------------------------------------------
+    @abc.abstractmethod
+    def get_block(self) -> int: ...
+
+    @abc.abstractmethod
+    def get_epoch_info(self, subnet_id: int | None = None) -> EpochInfo:
+        """Epoch and progress from chain blocks (subnet epochs may count from the subnet's slot)."""
+
+    @abc.abstractmethod
+    def get_epoch_randomness(self, subnet_id: int, epoch: int) -> bytes:
+        """32 bytes fixed once epoch `epoch` starts; identical for every reader."""
+
+    @abc.abstractmethod
+    def get_subnet(self, subnet_id: int) -> SubnetInfo: ...
+
+    @abc.abstractmethod
+    def get_subnet_nodes(self, subnet_id: int) -> list[SubnetNode]: ...
+
+    @abc.abstractmethod
+    def get_node_by_peer_id(self, subnet_id: int, peer_id: str) -> SubnetNode | None: ...
+
+    @abc.abstractmethod
+    def get_node_by_hotkey(self, subnet_id: int, hotkey: str) -> SubnetNode | None: ...
+
+    @abc.abstractmethod
+    def get_elected_validator(self, subnet_id: int, epoch: int) -> int | None:
+        """Subnet node id elected for (subnet, epoch), or None if not elected yet."""
+
+    @abc.abstractmethod
+    def get_consensus_submission(self, subnet_id: int, epoch: int) -> ConsensusSubmission | None: ...
+
+    @abc.abstractmethod
+    def get_balance(self, account: str) -> int: ...
+
+    @abc.abstractmethod
+    def get_stake(self, subnet_id: int, hotkey: str) -> int: ...
+
+    # ---- writes (signed by the key the backend holds) ----------------------
+    @abc.abstractmethod
+    def register_subnet(
+        self,
+        name: str,
+        *,
+        min_stake: int,
+        max_stake: int,
+        initial_coldkeys: Sequence[str] = (),
+        repo: str = "",
+        description: str = "",
+    ) -> int:
+        """Register a subnet owned by this account; returns the subnet id."""
+
+    @abc.abstractmethod
+    def activate_subnet(self, subnet_id: int) -> Receipt: ...
+
+    @abc.abstractmethod
+    def register_subnet_node(
+        self, subnet_id: int, *, hotkey: str, peer_id: str, stake: int, multiaddr: str = ""
+    ) -> int:
+        """Signed by the coldkey; returns the new subnet node id."""
+
+    @abc.abstractmethod
+    def remove_subnet_node(self, subnet_id: int, node_id: int) -> Receipt: ...
+
+    @abc.abstractmethod
+    def update_peer_info(self, subnet_id: int, node_id: int, *, peer_id: str, multiaddr: str = "") -> Receipt: ...
+
+    @abc.abstractmethod
+    def add_stake(self, subnet_id: int, node_id: int, *, hotkey: str, amount: int) -> Receipt: ...
+
+    @abc.abstractmethod
+    def remove_stake(self, subnet_id: int, *, hotkey: str, amount: int) -> Receipt:
+        """Starts unbonding; funds return to the coldkey after the unbonding period."""
+
+    @abc.abstractmethod
+    def propose_attestation(self, subnet_id: int, data: Sequence[ScoreEntry]) -> Receipt:
+        """Signed by the hotkey; only the elected validator, once per epoch."""
+
+    @abc.abstractmethod
+    def attest(self, subnet_id: int) -> Receipt:
+        """Signed by the hotkey; Validator-class nodes of the epoch snapshot, once."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

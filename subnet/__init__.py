@@ -1,0 +1,1 @@
+"""mesh-node subnet package."""

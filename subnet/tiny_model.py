@@ -1,0 +1,112 @@
+"""Build small random-weight causal LMs with a locally built tokenizer.
+
+Used by tests, benchmarks and `mesh-node devnet` when no model is given: no network,
+real transformers model classes, safetensors checkpoints, a byte-level BPE tokenizer
+trained on a built-in corpus, and a chat template.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Decentralized inference splits a transformer into blocks served by many hosters.",
+    "Validators post probes, hosters commit and reveal, and the chain pays rewards.",
+    "Hello world! How are you today? I am fine, thank you.",
+    "Numbers 0 1 2 3 4 5 6 7 8 9 10 100 1000 and symbols: + - * / = ( ) [ ] { } < >",
+    "Unicode: café, naïve, 日本語, emoji 🙂, Ελληνικά, русский.",
+    "def main():\n    print('hello')\n    return 0\n",
+]
+
+SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
+
+
+def build_tokenizer(vocab_size: int = 512):
+    """A byte-level BPE tokenizer (any UTF-8 text encodes) wrapped for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|bos|>",
+        eos_token="<|end|>",
+        pad_token="<|pad|>",
+        unk_token=None,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_config(arch: str = "llama", *, vocab_size: int, num_layers: int = 8, hidden_size: int = 64,
+                intermediate_size: int = 128, num_heads: int = 4, num_kv_heads: int = 2, **overrides):
+    """A small config of a supported architecture, with GQA by default."""
+    from transformers import AutoConfig
+
+    model_type = {"llama": "llama", "qwen3": "qwen3", "qwen2": "qwen2", "mistral": "mistral"}[arch]
+    kwargs = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+    )
+    if arch == "qwen3":
+        kwargs["head_dim"] = hidden_size // num_heads
+    kwargs.update(overrides)
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+def make_tiny_model(path: str | os.PathLike, arch: str = "llama", *, seed: int = 0, num_layers: int = 8,
+                    hidden_size: int = 64, intermediate_size: int = 128, num_heads: int = 4,
+                    num_kv_heads: int = 2, vocab_size: int | None = None, tokenizer_vocab: int = 512,
+                    **overrides) -> Path:
+    """Write a random-weight checkpoint (safetensors) and tokenizer to `path`; return it."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(tokenizer_vocab)
+    vocab = vocab_size or len(tokenizer)
+    config = tiny_config(arch, vocab_size=vocab, num_layers=num_layers, hidden_size=hidden_size,
+                         intermediate_size=intermediate_size, num_heads=num_heads,
+                         num_kv_heads=num_kv_heads, **overrides)
+    config.bos_token_id = tokenizer.bos_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # larger-than-default init so random models make varied tokens
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.08)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, do_sample=False,
+    )
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path

@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny random-weight checkpoints and real hivemind DHT swarms on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory) -> Callable[..., str]:
+    """Build (once per distinct argument set) a tiny checkpoint dir; returns its path."""
+    from subnet.tiny_model import make_tiny_model
+
+    cache: dict[tuple, str] = {}
+
+    def make(arch: str = "llama", **kwargs) -> str:
+        key = (arch, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            d = tmp_path_factory.mktemp(f"tiny-{arch}")
+            cache[key] = str(make_tiny_model(d, arch, **kwargs))
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_model_factory) -> str:
+    """8-layer Llama, hidden 64, GQA (4 heads / 2 kv heads)."""
+    return tiny_model_factory("llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tiny_model_factory) -> str:
+    """8-layer Qwen3, hidden 64, GQA."""
+    return tiny_model_factory("qwen3")
+
+
+@pytest.fixture(params=["llama", "qwen3"])
+def tiny_model(request, tiny_model_factory) -> str:
+    return tiny_model_factory(request.param)
+
+
+class Swarm:
+    """N real hivemind DHT peers on 127.0.0.1 with known node keys."""
+
+    def __init__(self, n: int):
+        from keys import NodeKey
+        from subnet.dht import start_dht, visible_maddrs
+
+        self.keys = [NodeKey.generate() for _ in range(n)]
+        self.dhts = []
+        try:
+            first = start_dht(self.keys[0])
+            self.dhts.append(first)
+            self.initial_peers = visible_maddrs(first)
+            for key in self.keys[1:]:
+                self.dhts.append(start_dht(key, self.initial_peers))
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def shutdown(self) -> None:
+        for dht in self.dhts:
+            try:
+                dht.shutdown()
+            except Exception:
+                pass
+        self.dhts.clear()
+
+
+@pytest.fixture
+def dht_swarm() -> Iterator[Callable[[int], Swarm]]:
+    """Factory: `dht_swarm(n)` starts n peers; all are shut down after the test."""
+    swarms: list[Swarm] = []
+
+    def start(n: int = 2) -> Swarm:
+        swarm = Swarm(n)
+        swarms.append(swarm)
+        return swarm
+
+    yield start
+    for s in swarms:
+        s.shutdown()
