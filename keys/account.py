@@ -37,6 +37,8 @@ class AccountKey:
 
     @classmethod
     def from_mnemonic(cls, mnemonic: str) -> AccountKey:
+        if not Keypair.validate_mnemonic(mnemonic):
+            raise KeyFileError("invalid mnemonic: not a BIP39 word list with a valid checksum")
         try:
             return cls(Keypair.create_from_mnemonic(mnemonic, crypto_type=KeypairType.ECDSA))
         except Exception as e:  # substrate-interface raises ValueError/various on bad words
@@ -94,7 +96,10 @@ class AccountKey:
 def verify_account_signature(address: str, message: bytes, signature: bytes) -> bool:
     """True iff `signature` over `message` recovers to `address` (ECDSA, keccak)."""
     try:
-        kp = Keypair(ss58_address=address, crypto_type=KeypairType.ECDSA)
+        raw = bytes.fromhex(address.removeprefix("0x"))
+        if len(raw) != 20 or len(signature) != 65:
+            return False
+        kp = Keypair(public_key=raw, crypto_type=KeypairType.ECDSA)
         return bool(kp.verify(message, signature))
     except Exception:  # malformed signature/address -> not valid
         return False

@@ -1,0 +1,142 @@
+"""The two small interfaces the HTTP API talks to, so it never depends on how text is made.
+
+`GenerationBackend` produces tokens (in-process transformers, or a swarm of hosters);
+`SubnetView` answers read-only questions about the subnet (chain + DHT + validator
+reports). The routes only see these protocols, so tests run the API against a real
+local model and the node runs it against the swarm, with the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A model the backend can serve right now."""
+
+    id: str
+    owned_by: str = "mesh-node"
+    created: int = 0
+    max_context: int | None = None  # prompt + completion tokens, if known
+    num_blocks: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling parameters with OpenAI semantics (temperature 0 means greedy)."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()  # enforced on text by the API layer; backends may ignore it
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One step of a generation.
+
+    `text` is the decoded text this token adds (may be "" while a multi-byte character
+    is incomplete). The last event of a stream has `finish_reason` "stop" (end of
+    sequence) or "length" (max_tokens reached); its `token_id` may be None.
+    """
+
+    token_id: int | None
+    text: str
+    finish_reason: str | None = None
+
+
+class BackendError(Exception):
+    """Generation could not run; `status` is the HTTP status the API should answer with."""
+
+    def __init__(self, message: str, *, status: int = 503, code: str = "backend_unavailable"):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+@runtime_checkable
+class GenerationBackend(Protocol):
+    def models(self) -> list[ModelCard]:
+        """Models the backend can serve now (the swarm covers all their blocks)."""
+        ...
+
+    def tokenizer(self, model: str) -> Any:
+        """A Hugging Face tokenizer for `model` (chat template, encode, decode)."""
+        ...
+
+    def stream(self, model: str, prompt_ids: Sequence[int], params: GenerationParams) -> AsyncIterator[TokenEvent]:
+        """Async-iterate the generated tokens.
+
+        Closing or cancelling the iterator must stop the generation (the API does
+        that when an HTTP client disconnects or a stop string matches).
+        """
+        ...
+
+
+# ---- subnet views ---------------------------------------------------------------------
+
+
+@dataclass
+class NodeView:
+    node_id: int
+    peer_id: str
+    node_class: str
+    stake: int  # smallest units (18 decimals)
+    reputation: float
+    hotkey: str = ""
+    coldkey: str = ""
+    blocks: list[dict] = field(default_factory=list)  # [{"model", "start", "end", "throughput", ...}]
+    blocks_served: int = 0
+    last_score: float | None = None  # latest on-chain score, as a fraction
+
+
+@dataclass
+class BlockCoverage:
+    model: str
+    num_blocks: int
+    blocks: list[list[str]]  # per block index: peer ids serving it
+    complete: bool
+    cache_tokens_free: int = 0
+    cache_tokens_total: int = 0
+
+
+@dataclass
+class EpochView:
+    epoch: int
+    probe_seed: str | None = None  # hex
+    elected_validator: int | None = None
+    commits: list[str] = field(default_factory=list)  # signer peer ids
+    reveals: list[str] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)  # peer id or node id -> score
+    proposal: list[dict] | None = None  # [{"node_id", "score"}] as on chain (score as fraction)
+    attestations: list[int] = field(default_factory=list)  # node ids
+    attestation_ratio: float | None = None
+    outcome: str = "pending"  # pending | accepted | rejected | no_proposal
+
+
+@dataclass
+class RewardView:
+    epoch: int
+    node_id: int
+    amount: int  # smallest units
+
+
+@runtime_checkable
+class SubnetView(Protocol):
+    """Read-only subnet state for the dashboard and `/subnet/*` (calls may block: run in a thread)."""
+
+    def summary(self) -> dict: ...
+
+    def nodes(self) -> list[NodeView]: ...
+
+    def coverage(self) -> list[BlockCoverage]: ...
+
+    def epochs(self, limit: int = 20) -> list[EpochView]: ...
+
+    def rewards(self, limit: int = 20) -> list[RewardView]: ...
