@@ -103,5 +103,17 @@ class Chain(abc.ABC):
     def attest(self, subnet_id: int) -> Receipt:
         """Signed by the hotkey; Validator-class nodes of the epoch snapshot, once."""
 
+    def claim_unbondings(self) -> Receipt:
+        """Signed by the coldkey: move stake whose unbonding period ended back to the balance."""
+        from chain.types import error_for
+
+        raise error_for("Unsupported", f"{type(self).__name__} cannot claim unbondings")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+    def __enter__(self) -> Chain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -146,6 +146,14 @@ class ChainUnavailableError(ChainError):
     """Transient transport failure (connection refused, websocket dropped)."""
 
 
+class NotValidatorError(ChainError):
+    """The signer's node is not in the epoch's Validator-class snapshot."""
+
+
+class NoSubmissionError(ChainError):
+    """Nothing to attest: the epoch has no proposal yet."""
+
+
 ERRORS_BY_REASON: dict[str, type[ChainError]] = {
     "NotElected": NotElectedError,
     "AlreadyProposed": AlreadyProposedError,
@@ -160,6 +168,14 @@ ERRORS_BY_REASON: dict[str, type[ChainError]] = {
     "WrongSigner": AuthError,
     "InvalidRequest": InvalidRequestError,
     "Unavailable": ChainUnavailableError,
+    "WrongChain": AuthError,
+    "NotValidator": NotValidatorError,
+    "NoSubmission": NoSubmissionError,
+    "PeerIdTaken": InvalidRequestError,
+    "HotkeyTaken": InvalidRequestError,
+    "HotkeyIsColdkey": InvalidRequestError,
+    "InvalidPeerId": InvalidRequestError,
+    "UnknownCall": InvalidRequestError,
 }
 
 

@@ -124,7 +124,8 @@ class EpochView:
 class RewardView:
     epoch: int
     node_id: int
-    amount: int  # smallest units
+    amount: int  # smallest units; negative for a slash
+    kind: str = "reward"  # as the chain reports it (e.g. node, validator, slash)
 
 
 @runtime_checkable

@@ -1,0 +1,119 @@
+"""Run the devnet chain as a child process (tests, `mesh-node devnet`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DevnetProcess:
+    """Handle of a running chain process: `.url`, `.stop()`, `.kill()`, `.restart()`."""
+
+    def __init__(self, db_path: Path, port: int, args: list[str], log_path: Path | None):
+        self.db_path = db_path
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self._args = args
+        self._log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def _spawn(self, timeout: float) -> None:
+        out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "chain.devnet.server", *self._args],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )  # fmt: skip
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()
+        self.wait_healthy(timeout)
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"devnet chain exited with code {self.proc.returncode} (log: {self._log_path})")
+            try:
+                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"devnet chain at {self.url} not healthy within {timeout}s")
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop (SIGTERM), then SIGKILL if it lingers."""
+        if not self.alive():
+            return
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """kill -9: no shutdown code runs (crash test)."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Start again on the same database and port (after stop or kill)."""
+        self.stop()
+        self._spawn(timeout)
+
+    def __enter__(self) -> DevnetProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_devnet_process(
+    db_path: str | os.PathLike,
+    port: int = 0,
+    block_time: float = 1.0,
+    epoch_length: int = 20,
+    *,
+    params: dict[str, Any] | None = None,
+    log_path: str | os.PathLike | None = None,
+    timeout: float = 30.0,
+) -> DevnetProcess:
+    """Start `python -m chain.devnet.server` and wait until it answers /health.
+
+    `port=0` picks a free port. `params` sets other genesis parameters (DevnetConfig fields).
+    """
+    port = port or free_port()
+    args = ["--db", str(db_path), "--port", str(port), "--block-time", str(block_time),
+            "--epoch-length", str(epoch_length), "--quiet"]  # fmt: skip
+    for key, value in (params or {}).items():
+        args += ["--param", f"{key}={value}"]
+    handle = DevnetProcess(Path(db_path), port, args, Path(log_path) if log_path else None)
+    handle._spawn(timeout)
+    return handle

@@ -1,0 +1,261 @@
+"""The devnet chain process: HTTP JSON API (FastAPI + uvicorn) and a block producer.
+
+Reads are plain GETs. Every write is `POST /tx` with `{"body": <canonical JSON string>,
+"signature": <hex>}`; the body names the call, its arguments, the signer and a nonce,
+and is committed to SQLite before the response is sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from chain.devnet import codec
+from chain.devnet.config import DevnetConfig, dev_accounts
+from chain.devnet.state import MAX_TX_BYTES, ChainState
+from chain.types import AuthError, ChainError
+
+log = logging.getLogger("mesh_node.devnet")
+
+_STATUS_BY_REASON = {"BadSignature": 401, "WrongChain": 401, "NonceReused": 409, "WrongSigner": 403}
+
+
+def _status(err: ChainError) -> int:
+    if err.reason in _STATUS_BY_REASON:
+        return _STATUS_BY_REASON[err.reason]
+    if isinstance(err, AuthError):
+        return 401
+    if err.reason.startswith("Unknown"):
+        return 404
+    return 400
+
+
+def _error(err: ChainError) -> JSONResponse:
+    message = str(err).removeprefix(f"{err.reason}: ").removeprefix(err.reason)
+    return JSONResponse({"error": {"reason": err.reason, "message": message}}, status_code=_status(err))
+
+
+async def _produce_blocks(state: ChainState) -> None:
+    """One block every `block_time` seconds of wall time (no catch-up bursts)."""
+    interval = state.config.block_time
+    next_at = time.monotonic() + interval
+    while True:
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        next_at = max(next_at + interval, time.monotonic())
+        try:
+            await asyncio.to_thread(state.produce_block)
+        except Exception:  # keep producing; a failed block is retried next tick
+            log.exception("block production failed")
+
+
+def create_app(state: ChainState, *, produce: bool = True) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        task = asyncio.create_task(_produce_blocks(state)) if produce else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = FastAPI(title="mesh-node devnet chain", lifespan=lifespan)
+
+    @app.exception_handler(ChainError)
+    async def _chain_error(request: Request, exc: ChainError) -> JSONResponse:
+        return _error(exc)
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"ok": True, "block": state.block(), "chain_id": state.chain_id}
+
+    @app.get("/chain")
+    def chain_info() -> dict:
+        return {"chain_id": state.chain_id, "block": state.block(), "config": state.config.to_dict()}
+
+    @app.get("/block")
+    def block() -> dict:
+        return {"block": state.block()}
+
+    @app.get("/epoch")
+    def epoch() -> dict:
+        return codec.epoch_info_to_json(state.epoch_info())
+
+    @app.get("/randomness/{subnet_id}/{epoch}")
+    def randomness(subnet_id: int, epoch: int) -> dict:
+        return {"randomness": state.epoch_randomness(subnet_id, epoch).hex()}
+
+    @app.get("/subnets")
+    def subnets() -> list:
+        return [codec.subnet_to_json(s) for s in state.subnets()]
+
+    @app.get("/subnets/{subnet_id}")
+    def subnet(subnet_id: int) -> dict:
+        return codec.subnet_to_json(state.subnet(subnet_id))
+
+    @app.get("/subnets/{subnet_id}/nodes")
+    def nodes(subnet_id: int) -> list:
+        return [codec.node_to_json(n) for n in state.nodes(subnet_id)]
+
+    def _opt_node(node) -> Any:
+        return None if node is None else codec.node_to_json(node)
+
+    @app.get("/subnets/{subnet_id}/nodes/{node_id}")
+    def node(subnet_id: int, node_id: int) -> Any:
+        state.subnet(subnet_id)
+        return _opt_node(state.node(subnet_id, node_id))
+
+    @app.get("/subnets/{subnet_id}/peer/{peer_id}")
+    def node_by_peer(subnet_id: int, peer_id: str) -> Any:
+        state.subnet(subnet_id)
+        return _opt_node(state.node_by_peer_id(subnet_id, peer_id))
+
+    @app.get("/subnets/{subnet_id}/hotkey/{hotkey}")
+    def node_by_hotkey(subnet_id: int, hotkey: str) -> Any:
+        state.subnet(subnet_id)
+        return _opt_node(state.node_by_hotkey(subnet_id, hotkey))
+
+    @app.get("/subnets/{subnet_id}/elected/{epoch}")
+    def elected(subnet_id: int, epoch: int) -> dict:
+        state.subnet(subnet_id)
+        return {"node_id": state.elected(subnet_id, epoch), "snapshot": state.snapshot(subnet_id, epoch)}
+
+    @app.get("/subnets/{subnet_id}/submission/{epoch}")
+    def submission(subnet_id: int, epoch: int) -> Any:
+        state.subnet(subnet_id)
+        sub = state.submission(subnet_id, epoch)
+        return None if sub is None else codec.submission_to_json(sub)
+
+    @app.get("/subnets/{subnet_id}/result/{epoch}")
+    def result(subnet_id: int, epoch: int) -> Any:
+        state.subnet(subnet_id)
+        return state.epoch_result(subnet_id, epoch)
+
+    @app.get("/subnets/{subnet_id}/stake/{hotkey}")
+    def stake(subnet_id: int, hotkey: str) -> dict:
+        state.subnet(subnet_id)
+        return {"stake": str(state.stake(subnet_id, hotkey))}
+
+    @app.get("/accounts/{address}")
+    def account(address: str) -> dict:
+        return {
+            "address": address,
+            "balance": str(state.balance(address)),
+            "nonce": state.nonce(address),
+            "unbondings": state.unbondings(address),
+        }
+
+    @app.post("/tx")
+    async def tx(request: Request) -> JSONResponse:
+        limit = 2 * MAX_TX_BYTES + 1024  # body is JSON-escaped inside the envelope
+        raw = bytearray()
+        async for chunk in request.stream():  # never buffer more than the limit
+            raw += chunk
+            if len(raw) > limit:
+                return _error(ChainError("InvalidRequest", "request too large"))
+        try:
+            envelope = json.loads(raw)
+            body = envelope["body"].encode()
+            signature = bytes.fromhex(envelope["signature"].removeprefix("0x"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return _error(ChainError("InvalidRequest", 'expected {"body": str, "signature": hex}'))
+        # The commit (fsync) happens inside submit, before this response is produced.
+        result = await asyncio.to_thread(state.submit, body, signature)
+        return JSONResponse(result)
+
+    return app
+
+
+def _config(block_time: float, epoch_length: int, params: dict[str, Any]) -> DevnetConfig:
+    fields = {f.name: f for f in dataclasses.fields(DevnetConfig)}
+    values: dict[str, Any] = {"block_time": block_time, "epoch_length": epoch_length}
+    for key, value in params.items():
+        if key not in fields:
+            raise ValueError(f"unknown devnet parameter {key!r} (known: {', '.join(sorted(fields))})")
+        default = getattr(DevnetConfig(), key)
+        values[key] = type(default)(value) if not isinstance(value, type(default)) else value
+    if block_time <= 0 or epoch_length < 2:
+        raise ValueError("block time must be > 0 and epoch length >= 2")
+    return DevnetConfig(**values)
+
+
+def run_chain(
+    db_path: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 9944,
+    block_time: float = 1.0,
+    epoch_length: int = 20,
+    *,
+    params: dict[str, Any] | None = None,
+    print_accounts: bool = False,
+    log_level: str = "warning",
+) -> None:
+    """Open (or create) the chain at `db_path` and serve it until interrupted."""
+    import uvicorn
+
+    state = ChainState(db_path, _config(block_time, epoch_length, params or {}))
+    if print_accounts:
+        print_dev_accounts(state)
+    print(f"devnet chain listening on http://{host}:{port} (block {state.block()}, chain id {state.chain_id})", flush=True)
+    try:
+        uvicorn.run(create_app(state), host=host, port=port, log_level=log_level.lower(), access_log=False)
+    finally:
+        state.close()
+
+
+def print_dev_accounts(state: ChainState) -> None:
+    print("dev accounts (well-known keys, for local use only):")
+    for i, key in enumerate(dev_accounts(state.config.dev_accounts)):
+        print(f"  #{i} {key.address} private key {key.private_key_hex} balance {state.balance(key.address)}")
+    sys.stdout.flush()
+
+
+def parse_params(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--param expects KEY=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", default="devnet-chain.db", help="SQLite database path (created at genesis)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9944)
+    parser.add_argument("--block-time", type=float, default=1.0, help="seconds between blocks")
+    parser.add_argument("--epoch-length", type=int, default=20, help="blocks per epoch (fixed at genesis)")
+    parser.add_argument(
+        "--param", action="append", default=[], metavar="KEY=VALUE",
+        help="other genesis parameters, e.g. node_emission=..., queue_epochs=1, unbonding_epochs=2",
+    )  # fmt: skip
+    parser.add_argument("--quiet", action="store_true", help="do not print the dev account keys")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chain.devnet.server")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    run_chain(
+        args.db, args.host, args.port, args.block_time, args.epoch_length,
+        params=parse_params(args.param), print_accounts=not args.quiet,
+    )  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

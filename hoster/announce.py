@@ -1,0 +1,90 @@
+"""Publish this hoster's signed announcement, refresh it, withdraw it on shutdown.
+
+The reader lives in the runtime layer (`subnet.announcements.read_announcements`) so
+clients can use it without importing the hoster; it is re-exported here.
+hivemind keeps, per subkey, the value with the LATEST expiration: a withdrawal must
+therefore expire later than the last refresh, so it is written as state "offline"
+with expiration `last + 1 s`, and readers drop offline records.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import hivemind
+from hivemind.utils import get_dht_time
+
+from keys.node_key import NodeKey
+from subnet.announcements import Announcement, read_announcements, servers_key  # noqa: F401 (re-export)
+from subnet.logs import event
+from subnet.records import seal
+
+log = logging.getLogger(__name__)
+
+ANNOUNCE_TTL = 60.0
+ANNOUNCE_PERIOD = 15.0
+
+
+class Announcer:
+    """A background thread that stores `payload()` under the model's servers key every `period` s."""
+
+    def __init__(self, dht: hivemind.DHT, key: NodeKey, model_uid: str, payload: Callable[[], dict], *,
+                 ttl: float = ANNOUNCE_TTL, period: float = ANNOUNCE_PERIOD):
+        self.dht, self.key, self.model_uid, self.payload = dht, key, model_uid, payload
+        self.ttl, self.period = ttl, period
+        self.last_expiration = 0.0
+        self.stored = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def publish(self, state: str | None = None, ttl: float | None = None) -> bool:
+        """Store the current payload now (optionally overriding `state`); True if the DHT accepted it."""
+        payload = dict(self.payload())
+        if state is not None:
+            payload["state"] = state
+        with self._lock:
+            expiration = max(get_dht_time() + (self.ttl if ttl is None else ttl), self.last_expiration + 1.0)
+            ok = bool(self.dht.store(servers_key(self.model_uid), seal(self.key, "announce", payload),
+                                     expiration_time=expiration, subkey=self.key.peer_id))
+            if ok:
+                self.last_expiration = expiration
+                self.stored += 1
+        if not ok:
+            event(log, "announce_not_stored", level=logging.WARNING, state=payload.get("state"))
+        return ok
+
+    def start(self) -> None:
+        self.publish()
+        event(log, "announced", model=self.model_uid, blocks=f"{self.payload()['start']}:{self.payload()['end']}")
+        self._thread = threading.Thread(target=self._run, name="hoster-announce", daemon=True)
+        self._thread.start()
+
+    def refresh_now(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.period)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.publish()
+            except Exception as e:  # DHT hiccup: try again next period
+                event(log, "announce_failed", level=logging.WARNING, error=repr(e))
+
+    def withdraw(self) -> None:
+        """Stop refreshing and overwrite the record with state "offline" (readers drop it)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        try:
+            self.publish(state="offline", ttl=5.0)
+            event(log, "announcement_withdrawn", model=self.model_uid)
+        except Exception as e:
+            event(log, "withdraw_failed", level=logging.WARNING, error=repr(e))

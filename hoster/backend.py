@@ -1,0 +1,357 @@
+"""In-process compute for the served span: one compute thread, batched decode steps.
+
+The event loop never runs torch: `forward`/`step` put a task on a queue and await its
+future. The compute thread takes the next task plus everything else already queued
+(optionally waiting `gather_window` seconds for more) and runs inference steps of
+different sessions that have the same block range and step length as ONE batch:
+each session's past KV is left-padded to the longest past, a 2-D padding mask goes
+through transformers' mask creation, and each row gets its own position ids. A
+single pending step runs directly on its session's cache (no padding, no copies).
+
+`run_span(hidden, start, end)` is the thread-safe stateless forward used by probes:
+the very same code path as the `forward` RPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import torch
+
+from hoster.cache import CacheBudget
+from subnet.blocks import BlockSpan
+from subnet.logs import event
+
+log = logging.getLogger(__name__)
+
+
+class BackendClosed(RuntimeError):
+    """The backend is shutting down; the request was not run."""
+
+
+class StepError(ValueError):
+    """A step that does not fit the session (position, length); protocol type `bad_request`."""
+
+
+@dataclass
+class Session:
+    """One client's inference session: its KV cache lives here, touched only by the compute thread."""
+
+    start: int
+    end: int
+    batch_size: int
+    max_length: int
+    cache: object
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    length: int = 0  # positions held in the cache
+    last_used: float = field(default_factory=time.monotonic)
+    closed: bool = False
+
+    def cache_bytes(self) -> int:
+        total = 0
+        for layer in self.cache.layers:
+            keys = getattr(layer, "keys", None)
+            if isinstance(keys, torch.Tensor):
+                total += keys.numel() * keys.element_size() + layer.values.numel() * layer.values.element_size()
+        return total
+
+
+@dataclass
+class _Task:
+    future: concurrent.futures.Future
+    hidden: torch.Tensor
+    start: int
+    end: int
+    session: Session | None = None
+    position: int = 0
+
+    def key(self) -> tuple:
+        return (self.start, self.end, self.hidden.shape[1], self.hidden.dtype)
+
+
+class Backend:
+    def __init__(self, span: BlockSpan, budget: CacheBudget | None = None, *, gather_window: float = 0.0,
+                 max_batch_rows: int = 64):
+        self.span = span
+        self.budget = budget
+        self.gather_window = gather_window
+        self.max_batch_rows = max_batch_rows
+        self.sessions: dict[str, Session] = {}
+        self.batches_run = 0  # number of multi-session batched steps (observability, tests)
+        self._queue: queue.Queue[_Task | None] = queue.Queue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="hoster-compute", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def start(self) -> int:
+        return self.span.start
+
+    @property
+    def end(self) -> int:
+        return self.span.end
+
+    def run_span(self, hidden: torch.Tensor, start: int | None = None, end: int | None = None) -> torch.Tensor:
+        """Blocking, thread-safe stateless forward of blocks [start, end) (positions 0..seq-1).
+
+        Input is cast to the served dtype, output returned in the input dtype: the `forward` RPC path.
+        Must not be called from the compute thread.
+        """
+        return self._submit(_Task(concurrent.futures.Future(), hidden, *self._range(start, end))).result()
+
+    async def forward(self, hidden: torch.Tensor, start: int | None = None, end: int | None = None) -> torch.Tensor:
+        return await asyncio.wrap_future(self._submit(_Task(concurrent.futures.Future(), hidden,
+                                                            *self._range(start, end))))
+
+    def open_session(self, start: int, end: int, batch_size: int, max_length: int) -> Session:
+        """Admit a session (CacheFull -> busy); no KV memory is allocated until its first step."""
+        start, end = self._range(start, end)
+        session = Session(start, end, batch_size, max_length, self.span.new_cache(start, end))
+        if self.budget is not None:
+            self.budget.open(session.id, batch_size, max_length)
+        self.sessions[session.id] = session
+        event(log, "session_opened", session=session.id[:8], blocks=f"{start}:{end}", batch=batch_size,
+              max_length=max_length, level=logging.DEBUG)
+        return session
+
+    async def step(self, session: Session, hidden: torch.Tensor, position: int) -> torch.Tensor:
+        """Truncate the session's cache to `position`, run the new positions, return their outputs."""
+        if session.closed:
+            raise BackendClosed("session closed")
+        b, n = hidden.shape[0], hidden.shape[1]
+        if b != session.batch_size:
+            raise StepError(f"batch size {b} != session batch size {session.batch_size}")
+        if position > session.length:
+            raise StepError(f"position {position} is beyond the session's {session.length} cached positions")
+        if position + n > session.max_length:
+            raise StepError(f"position {position} + {n} new positions exceeds max_length {session.max_length}")
+        if self.budget is not None:
+            self.budget.resize(session.id, b * (position + n))  # CacheFull -> busy, session unchanged
+        session.last_used = time.monotonic()
+        task = _Task(concurrent.futures.Future(), hidden, session.start, session.end, session, position)
+        try:
+            return await asyncio.wrap_future(self._submit(task))
+        except BaseException:
+            if self.budget is not None and not session.closed:
+                self.budget.resize(session.id, b * session.length)  # charge what the cache really holds
+            raise
+        finally:
+            session.last_used = time.monotonic()
+
+    def close_session(self, session: Session) -> None:
+        """Free the session's cache and budget (idempotent)."""
+        if session.closed:
+            return
+        session.closed = True
+        self.sessions.pop(session.id, None)
+        if self.budget is not None:
+            self.budget.close(session.id)
+        self._queue.put(_Task(concurrent.futures.Future(), torch.empty(0), session.start, session.end,
+                              session, position=-1))  # the compute thread drops the KV tensors
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for s in list(self.sessions.values()):
+            self.close_session(s)
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def measure_throughput(self, steps: int = 16, prefix: int = 16) -> float:
+        """Decode tokens/s of the full span for one sequence: median step time after a warm-up."""
+        cache = self.span.new_cache()
+        h = torch.randn(1, prefix, self.span.hidden_size, generator=torch.Generator().manual_seed(0))
+        h = h.to(self.span.device, self.span.dtype)
+        self.span(h, cache=cache)
+        x = h[:, -1:]
+        times = []
+        for i in range(steps + 2):
+            t0 = time.perf_counter()
+            x = self.span(x, cache=cache)
+            if self.span.device.type == "cuda":
+                torch.cuda.synchronize(self.span.device)
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+        times.sort()
+        return 1.0 / max(times[len(times) // 2], 1e-9)
+
+    # ------------------------------------------------------------------ internals
+
+    def _range(self, start: int | None, end: int | None) -> tuple[int, int]:
+        return self.span._check_range(start, end)
+
+    def _submit(self, task: _Task) -> concurrent.futures.Future:
+        if self._closed:
+            raise BackendClosed("hoster is shutting down")
+        self._queue.put(task)
+        return task.future
+
+    def _loop(self) -> None:
+        while True:
+            task = self._queue.get()
+            if task is None:
+                break
+            tasks = [task]
+            if self.gather_window > 0 and task.session is not None and task.position >= 0:
+                deadline = time.monotonic() + self.gather_window
+                while (left := deadline - time.monotonic()) > 0:
+                    try:
+                        more = self._queue.get(timeout=left)
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        self._queue.put(None)
+                        break
+                    tasks.append(more)
+            while True:  # everything already waiting joins this round
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)
+                    break
+                tasks.append(more)
+            self._run_round(tasks)
+        self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        while True:
+            try:
+                task = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if task is not None and not task.future.done():
+                task.future.set_exception(BackendClosed("hoster is shutting down"))
+
+    def _run_round(self, tasks: list[_Task]) -> None:
+        groups: dict[tuple, list[_Task]] = {}
+        for task in tasks:
+            if not task.future.set_running_or_notify_cancel():
+                continue
+            if task.session is None:
+                self._guard(task, self._forward, task)
+            elif task.position < 0:
+                self._guard(task, self._drop_cache, task.session)
+            elif task.session.closed:
+                task.future.set_exception(BackendClosed("session closed"))
+            else:
+                groups.setdefault(task.key(), []).append(task)
+        for group in groups.values():
+            while group:
+                batch, rows, seen = [], 0, set()
+                for task in list(group):
+                    b = task.hidden.shape[0]
+                    if task.session.id in seen or (batch and rows + b > self.max_batch_rows):
+                        continue
+                    batch.append(task)
+                    seen.add(task.session.id)
+                    rows += b
+                    group.remove(task)
+                if len(batch) == 1:
+                    self._guard(batch[0], self._step_one, batch[0])
+                else:
+                    try:
+                        outs = self._step_batched(batch)
+                    except Exception as e:  # fall back to one by one (e.g. a bad tensor in the batch)
+                        event(log, "batched_step_failed", level=logging.WARNING, error=repr(e), sessions=len(batch))
+                        for task in batch:
+                            self._guard(task, self._step_one, task)
+                    else:
+                        for task, out in zip(batch, outs):
+                            task.future.set_result(out)
+
+    @staticmethod
+    def _guard(task: _Task, fn, *args) -> None:
+        try:
+            result = fn(*args)
+        except BaseException as e:  # delivered to the awaiting handler, never kills the thread
+            if not task.future.done():
+                task.future.set_exception(e)
+        else:
+            if not task.future.done():
+                task.future.set_result(result)
+
+    def _drop_cache(self, session: Session) -> None:
+        session.cache.layers = []
+        session.length = 0
+
+    def _forward(self, task: _Task) -> torch.Tensor:
+        x = task.hidden.to(self.span.device, self.span.dtype)
+        out = self.span(x, start=task.start, end=task.end)
+        return out.to("cpu", task.hidden.dtype)
+
+    def _crop(self, session: Session, position: int) -> None:
+        if session.length > position:
+            session.cache.crop(position - session.length)
+            session.length = position
+
+    def _step_one(self, task: _Task) -> torch.Tensor:
+        s = task.session
+        self._crop(s, task.position)
+        x = task.hidden.to(self.span.device, self.span.dtype)
+        try:
+            out = self.span(x, cache=s.cache, start=s.start, end=s.end)
+        finally:
+            s.length = s.cache.get_seq_length(s.start)
+        return out.to("cpu", task.hidden.dtype)
+
+    def _step_batched(self, batch: list[_Task]) -> list[torch.Tensor]:
+        """Run several sessions' steps (same range, same step length) as one left-padded batch."""
+        from transformers.cache_utils import DynamicLayer
+
+        for task in batch:
+            self._crop(task.session, task.position)
+        start, end = batch[0].start, batch[0].end
+        n = batch[0].hidden.shape[1]
+        pasts = [t.session.length for t in batch]
+        rows = [t.hidden.shape[0] for t in batch]
+        P, B = max(pasts), sum(rows)
+        dev, dt = self.span.device, self.span.dtype
+        x = torch.cat([t.hidden.to(dev, dt) for t in batch], dim=0)
+        mask = torch.ones(B, P + n, dtype=torch.bool, device=dev)
+        position_ids = torch.empty(B, n, dtype=torch.long, device=dev)
+        r = 0
+        for L, b in zip(pasts, rows):
+            mask[r:r + b, : P - L] = False
+            position_ids[r:r + b] = torch.arange(L, L + n, device=dev)
+            r += b
+        tmp = self.span.new_cache(start, end)
+        if P > 0:
+            shape = (B, self.span.num_kv_heads, P, self.span.head_dim)
+            for li in range(start, end):
+                keys = torch.zeros(shape, dtype=dt, device=dev)
+                values = torch.zeros(shape, dtype=dt, device=dev)
+                r = 0
+                for task, L, b in zip(batch, pasts, rows):
+                    if L:
+                        layer = task.session.cache.layers[li]
+                        keys[r:r + b, :, P - L:] = layer.keys
+                        values[r:r + b, :, P - L:] = layer.values
+                    r += b
+                layer = DynamicLayer()
+                layer.lazy_initialization(keys, values)
+                layer.keys, layer.values = keys, values
+                tmp.layers[li] = layer
+        out = self.span(x, position_ids=position_ids, cache=tmp, attention_mask=mask, start=start, end=end)
+        results, r = [], 0
+        for task, b in zip(batch, rows):
+            s = task.session
+            for li in range(start, end):
+                new = tmp.layers[li]
+                s.cache.layers[li].update(new.keys[r:r + b, :, P:], new.values[r:r + b, :, P:])
+            s.length = s.cache.get_seq_length(s.start)
+            results.append(out[r:r + b].to("cpu", task.hidden.dtype))
+            r += b
+        self.batches_run += 1
+        return results

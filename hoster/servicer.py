@@ -1,0 +1,220 @@
+"""The hoster's P2P servicer (`mesh.v1::BlockServicer.*`), see docs/PROTOCOL.md.
+
+Every request is validated before use (model uid, block range, JSON metadata, tensor
+dtype/shape/hidden size/byte length, lengths); anything wrong gets a typed error
+response and the hoster keeps serving everyone else. Torch work runs on the
+backend's compute thread, never on this event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import AsyncIterator  # hivemind detects streams by typing.AsyncIterator only
+
+from hivemind.p2p import P2PContext, ServicerBase
+from hivemind.proto import runtime_pb2
+
+from hoster.backend import Backend, BackendClosed, StepError
+from hoster.cache import CacheFull
+from subnet import wire
+from subnet.logs import event
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "mesh.v1"
+
+
+class _Reject(Exception):
+    """Internal: answer with a typed protocol error."""
+
+    def __init__(self, type: str, message: str):
+        super().__init__(message)
+        self.type, self.message = type, message
+
+
+class BlockServicer(ServicerBase):
+    """Serves `info`, `forward` and the `inference` stream for one model's block span.
+
+    The class name is part of the hivemind handler names (`mesh.v1::BlockServicer.rpc_forward`):
+    clients hard-code it, so do not rename.
+    """
+
+    def __init__(self, backend: Backend, model_uid: str, info: Callable[[], dict], *,
+                 session_timeout: float = 60.0, open_timeout: float = 30.0, max_batch_size: int = 64,
+                 max_length: int = 8192, max_request_tokens: int = 8192):
+        self.backend = backend
+        self.model_uid = model_uid
+        self.info = info
+        self.session_timeout = session_timeout
+        self.open_timeout = open_timeout
+        self.max_batch_size = max_batch_size
+        self.max_length = max_length
+        self.max_request_tokens = max_request_tokens
+        self.hidden_size = backend.span.hidden_size
+        self.max_tensor_bytes = max_request_tokens * self.hidden_size * 4
+        self.open_streams = 0
+        self._stopping: asyncio.Event | None = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def _stop_event(self) -> asyncio.Event:
+        if self._stopping is None:
+            self._stopping = asyncio.Event()
+        return self._stopping
+
+    def begin_shutdown(self) -> None:
+        """Called on the servicer's loop: open streams answer an error and end, new requests are refused."""
+        self._stop_event().set()
+
+    def _check_uid(self, request: runtime_pb2.ExpertRequest) -> None:
+        if request.uid != self.model_uid:
+            raise _Reject("unknown_model", f"this hoster serves {self.model_uid!r}, not {request.uid[:200]!r}")
+
+    def _check_range(self, meta: dict) -> tuple[int, int]:
+        start = wire.get_int(meta, "start", lo=0, hi=1 << 20)
+        end = wire.get_int(meta, "end", lo=0, hi=1 << 20)
+        if not (self.backend.start <= start < end <= self.backend.end):
+            raise _Reject("out_of_range", f"blocks [{start}, {end}) not within served "
+                                          f"[{self.backend.start}, {self.backend.end})")
+        return start, end
+
+    def _one_hidden(self, request: runtime_pb2.ExpertRequest, batch_size: int | None = None):
+        if len(request.tensors) != 1:
+            raise _Reject("bad_request", f"expected exactly 1 tensor, got {len(request.tensors)}")
+        msg = request.tensors[0]
+        size = list(msg.size)
+        if len(size) == 3 and size[0] > 0 and size[1] > 0 and size[0] * size[1] > self.max_request_tokens:
+            raise _Reject("too_large", f"{size[0]}x{size[1]} positions exceed {self.max_request_tokens} per request")
+        return wire.decode_tensor(msg, shape=[batch_size, None, self.hidden_size], max_bytes=self.max_tensor_bytes)
+
+    @staticmethod
+    def _ok(tensor=None, **meta) -> runtime_pb2.ExpertResponse:
+        return runtime_pb2.ExpertResponse(
+            tensors=[wire.encode_tensor(tensor)] if tensor is not None else [],
+            metadata=wire.encode_metadata(meta) if meta else b"",
+        )
+
+    @staticmethod
+    def _error(e: BaseException) -> runtime_pb2.ExpertResponse:
+        if isinstance(e, (_Reject, wire.WireError)):
+            return wire.error_response(e.type, e.message)
+        if isinstance(e, CacheFull):
+            return wire.error_response("busy", str(e))
+        if isinstance(e, StepError):
+            return wire.error_response("bad_request", str(e))
+        if isinstance(e, BackendClosed):
+            return wire.error_response("busy", f"hoster unavailable: {e}")
+        event(log, "request_failed", level=logging.ERROR, error=repr(e))
+        return wire.error_response("internal", type(e).__name__)
+
+    # ------------------------------------------------------------------ RPCs
+
+    async def rpc_info(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
+        return runtime_pb2.ExpertResponse(metadata=wire.encode_metadata(self.info()))
+
+    async def rpc_forward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
+        try:
+            if self._stop_event().is_set():
+                raise BackendClosed("shutting down")
+            self._check_uid(request)
+            start, end = self._check_range(wire.decode_metadata(request.metadata))
+            hidden = self._one_hidden(request)
+            return self._ok(await self.backend.forward(hidden, start, end))
+        except Exception as e:
+            return self._error(e)
+
+    async def rpc_inference(self, requests: AsyncIterator[runtime_pb2.ExpertRequest],
+                            context: P2PContext) -> AsyncIterator[runtime_pb2.ExpertResponse]:
+        it = requests.__aiter__()
+        session = None
+        self.open_streams += 1
+        try:
+            first = await self._next(it, self.open_timeout)
+            if first is None:
+                return
+            try:
+                if self._stop_event().is_set():
+                    raise BackendClosed("shutting down")
+                session = self._open(first)
+            except Exception as e:
+                yield self._error(e)
+                return
+            yield self._ok(session_id=session.id, ok=True)
+            event(log, "session_open", session=session.id[:8], peer=str(context.remote_id)[:16],
+                  blocks=f"{session.start}:{session.end}", batch=session.batch_size, max_length=session.max_length)
+            while True:
+                try:
+                    request = await self._next(it, self.session_timeout)
+                except asyncio.TimeoutError:
+                    yield wire.error_response("unknown_session", f"session expired after {self.session_timeout:g}s idle")
+                    event(log, "session_expired", session=session.id[:8])
+                    return
+                if request is None:
+                    return
+                try:
+                    meta = wire.decode_metadata(request.metadata)
+                    if meta.get("close") is True:
+                        return
+                    sid = meta.get("session_id")
+                    if sid is not None and sid != session.id:
+                        raise _Reject("unknown_session", "session_id does not match this stream's session")
+                    position = wire.get_int(meta, "position", lo=0, hi=session.max_length)
+                    hidden = self._one_hidden(request, batch_size=session.batch_size)
+                    out = await self.backend.step(session, hidden, position)
+                    yield self._ok(out, position=position + hidden.shape[1])
+                except _Stopping:
+                    raise
+                except Exception as e:
+                    yield self._error(e)
+        except _Stopping:
+            yield wire.error_response("busy", "hoster is shutting down; session closed")
+        finally:
+            self.open_streams -= 1
+            if session is not None:
+                self.backend.close_session(session)
+                event(log, "session_closed", session=session.id[:8], level=logging.DEBUG)
+
+    def _open(self, request: runtime_pb2.ExpertRequest):
+        meta = wire.decode_metadata(request.metadata)
+        if "start" not in meta and ("position" in meta or request.tensors):
+            raise _Reject("unknown_session", "no session is open on this stream (send an open request first)")
+        if request.tensors:
+            raise _Reject("bad_request", "the open request carries no tensors")
+        self._check_uid(request)
+        start, end = self._check_range(meta)
+        max_length = wire.get_int(meta, "max_length", lo=1, hi=1 << 30)
+        if max_length > self.max_length:
+            raise _Reject("too_large", f"max_length {max_length} exceeds this hoster's limit {self.max_length}")
+        batch_size = wire.get_int(meta, "batch_size", lo=1, hi=1 << 20, default=1)
+        if batch_size > self.max_batch_size:
+            raise _Reject("too_large", f"batch_size {batch_size} exceeds {self.max_batch_size}")
+        return self.backend.open_session(start, end, batch_size, max_length)
+
+    async def _next(self, it, timeout: float):
+        """Next request, None at end of stream; TimeoutError when idle; _Stopping at shutdown."""
+        stop = self._stop_event()
+        if stop.is_set():
+            raise _Stopping()
+        nxt = asyncio.ensure_future(anext(it))
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            done, _ = await asyncio.wait({nxt, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if nxt in done:
+            try:
+                return nxt.result()
+            except StopAsyncIteration:
+                return None
+            except Exception:  # the client went away
+                return None
+        nxt.cancel()
+        if stopper in done or stop.is_set():
+            raise _Stopping()
+        raise asyncio.TimeoutError()
+
+
+class _Stopping(Exception):
+    """Internal: the hoster is shutting down."""

@@ -1,0 +1,434 @@
+"""OpenAI-compatible routes: /v1/models, /v1/chat/completions, /v1/completions.
+
+Responses and SSE chunks follow OpenAI's wire format field for field, so the official
+SDK works unmodified. Choices of `n > 1` run one after another in a single stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from subnet.api.backends import BackendError, GenerationParams, ModelCard
+from subnet.api.context import ApiContext
+from subnet.api.errors import APIError
+from subnet.api.generation import ChoiceStats, Delta, render_chat, stream_choice
+from subnet.api.limits import Lease
+from subnet.api.schemas import ChatCompletionRequest, CompletionRequest
+from subnet.logs import event
+
+log = logging.getLogger("mesh_node.api")
+router = APIRouter(prefix="/v1")
+
+
+def _ctx(request: Request) -> ApiContext:
+    return request.app.state.ctx
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict:
+    cards = await run_in_threadpool(_ctx(request).backend.models)
+    return {"object": "list", "data": [_model_obj(c) for c in cards]}
+
+
+@router.get("/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> dict:
+    card = await _find_model(_ctx(request), model_id)
+    return _model_obj(card)
+
+
+def _model_obj(card: ModelCard) -> dict:
+    obj = {"id": card.id, "object": "model", "created": card.created, "owned_by": card.owned_by}
+    if card.max_context is not None:
+        obj["context_length"] = card.max_context
+    return obj
+
+
+async def _find_model(ctx: ApiContext, model: str) -> ModelCard:
+    cards = await run_in_threadpool(ctx.backend.models)
+    for card in cards:
+        if card.id == model:
+            return card
+    raise APIError(404, f"The model `{model}` does not exist or is not served by the swarm right now.",
+                   param="model", code="model_not_found")
+
+
+# ---- shared request planning ---------------------------------------------------------------
+
+
+@dataclass
+class _Choice:
+    index: int
+    prompt_ids: list[int]
+    params: GenerationParams
+    prefix: str = ""  # text emitted before generated text (completions `echo`)
+
+
+@dataclass
+class _Plan:
+    model: str
+    choices: list[_Choice]
+    prompt_tokens: int
+    stream: bool
+    include_usage: bool
+
+
+def _check_prompt(ctx: ApiContext, n_tokens: int, param: str) -> None:
+    if n_tokens == 0:
+        raise APIError(400, "The prompt is empty.", param=param, code="invalid_value")
+    if n_tokens > ctx.max_prompt_tokens:
+        raise APIError(400, f"The prompt has {n_tokens} tokens, more than this server's limit of "
+                            f"{ctx.max_prompt_tokens} tokens.", param=param, code="context_length_exceeded")
+
+
+def _max_tokens(ctx: ApiContext, card: ModelCard, requested: int | None, longest_prompt: int, param: str) -> int:
+    room = None if card.max_context is None else card.max_context - longest_prompt
+    if requested is not None:
+        if requested > ctx.max_tokens_limit:
+            raise APIError(400, f"max_tokens is too large: {requested}. This server allows at most "
+                                f"{ctx.max_tokens_limit} completion tokens.", param=param, code="invalid_value")
+        if room is not None and requested > room:
+            raise APIError(400, f"This model's maximum context length is {card.max_context} tokens. However, you "
+                                f"requested {longest_prompt + requested} tokens ({longest_prompt} in the prompt, "
+                                f"{requested} for the completion).", param=param, code="context_length_exceeded")
+        return requested
+    limit = ctx.max_tokens_limit if room is None else min(ctx.max_tokens_limit, room)
+    if limit < 1:
+        raise APIError(400, f"This model's maximum context length is {card.max_context} tokens and the prompt "
+                            f"already has {longest_prompt}.", param="messages", code="context_length_exceeded")
+    return limit
+
+
+def _base_params(req, max_tokens: int) -> GenerationParams:
+    return GenerationParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if req.temperature is None else float(req.temperature),
+        top_p=1.0 if req.top_p is None else float(req.top_p),
+        seed=req.seed,
+        stop=req.stop_list(),
+        presence_penalty=float(req.presence_penalty or 0.0),
+        frequency_penalty=float(req.frequency_penalty or 0.0),
+    )
+
+
+def _choice_params(base: GenerationParams, i: int) -> GenerationParams:
+    """Choice i of n: same settings, its own reproducible seed."""
+    return base if base.seed is None or i == 0 else replace(base, seed=base.seed + i)
+
+
+async def _plan_chat(ctx: ApiContext, req: ChatCompletionRequest) -> _Plan:
+    card = await _find_model(ctx, req.model)
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+    budget_chars = ctx.max_prompt_tokens * 32  # cheap pre-check so a huge body is never tokenized
+    if sum(len(m["content"]) for m in messages) > budget_chars:
+        raise APIError(400, f"The messages are longer than this server's prompt limit of "
+                            f"{ctx.max_prompt_tokens} tokens.", param="messages", code="context_length_exceeded")
+    tokenizer = ctx.backend.tokenizer(req.model)
+    prompt_ids = await run_in_threadpool(render_chat, tokenizer, messages)
+    _check_prompt(ctx, len(prompt_ids), "messages")
+    requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+    base = _base_params(req, _max_tokens(ctx, card, requested, len(prompt_ids), param))
+    n = req.n or 1
+    choices = [_Choice(i, prompt_ids, _choice_params(base, i)) for i in range(n)]
+    return _Plan(req.model, choices, len(prompt_ids), bool(req.stream),
+                 bool(req.stream_options and req.stream_options.include_usage))
+
+
+async def _plan_completion(ctx: ApiContext, req: CompletionRequest) -> _Plan:
+    card = await _find_model(ctx, req.model)
+    if req.suffix:
+        raise APIError(400, "suffix is not supported by this server.", param="suffix", code="invalid_value")
+    tokenizer = ctx.backend.tokenizer(req.model)
+    raw = req.prompt
+    if isinstance(raw, str):
+        prompts: list = [raw]
+    elif raw and all(isinstance(p, int) for p in raw):
+        prompts = [raw]
+    else:
+        prompts = list(raw)
+    if not prompts or len(prompts) > 16:
+        raise APIError(400, "prompt must hold between 1 and 16 prompts.", param="prompt", code="invalid_value")
+    encoded: list[tuple[list[int], str]] = []
+    for p in prompts:
+        if isinstance(p, str):
+            if len(p) > ctx.max_prompt_tokens * 32:
+                raise APIError(400, f"The prompt is longer than this server's limit of {ctx.max_prompt_tokens} "
+                                    "tokens.", param="prompt", code="context_length_exceeded")
+            ids = await run_in_threadpool(lambda t=p: list(tokenizer.encode(t, add_special_tokens=True)))
+            encoded.append((ids, p))
+        else:
+            ids = [int(t) for t in p]
+            vocab = len(tokenizer)
+            if any(t < 0 or t >= vocab for t in ids):
+                raise APIError(400, f"prompt token ids must lie in [0, {vocab}).", param="prompt",
+                               code="invalid_value")
+            encoded.append((ids, tokenizer.decode(ids) if req.echo else ""))
+    for ids, _ in encoded:
+        _check_prompt(ctx, len(ids), "prompt")
+    longest = max(len(ids) for ids, _ in encoded)
+    base = _base_params(req, _max_tokens(ctx, card, req.max_tokens if req.max_tokens is not None else 16,
+                                         longest, "max_tokens"))
+    n = req.n or 1
+    choices = [
+        _Choice(pi * n + i, ids, _choice_params(base, i), text if req.echo else "")
+        for pi, (ids, text) in enumerate(encoded)
+        for i in range(n)
+    ]
+    return _Plan(req.model, choices, sum(len(ids) for ids, _ in encoded), bool(req.stream),
+                 bool(req.stream_options and req.stream_options.include_usage))
+
+
+# ---- running a plan ----------------------------------------------------------------------
+
+
+def _acquire(ctx: ApiContext) -> Lease:
+    lease = ctx.limiter.try_acquire()
+    if lease is None:
+        ctx.metrics.rejected.labels("concurrency").inc()
+        raise APIError(429, f"This server is at its limit of {ctx.limiter.limit} concurrent generations. "
+                            f"Retry after {ctx.retry_after} s.", code="rate_limit_exceeded",
+                       headers={"Retry-After": str(ctx.retry_after)})
+    return lease
+
+
+def _backend_error(e: BackendError) -> APIError:
+    return APIError(e.status, str(e), code=e.code)
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+async def _collect(ctx: ApiContext, plan: _Plan) -> list[tuple[_Choice, str, str, int]]:
+    results = []
+    for choice in plan.choices:
+        stats = ChoiceStats()
+        parts = [choice.prefix]
+        finish = "stop"
+        async for d in stream_choice(ctx.backend, plan.model, choice.prompt_ids, choice.params, ctx.metrics, stats):
+            parts.append(d.text)
+            if d.finish_reason:
+                finish = d.finish_reason
+        results.append((choice, "".join(parts), finish, stats.completion_tokens))
+    return results
+
+
+_DISCONNECTED = object()
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _run_unless_disconnected(request: Request, coro):
+    """Run `coro`, cancelling it if the HTTP client goes away first (non-streaming requests)."""
+    task = asyncio.ensure_future(coro)
+    watch = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        return _DISCONNECTED
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+            try:
+                await task
+            except BaseException:
+                pass
+
+
+class _SSEResponse(StreamingResponse):
+    """A streaming response that always runs `cleanup` (close the generation, free the slot),
+    even when the client disconnects before the body iterator ever started."""
+
+    def __init__(self, content: AsyncIterator[str], cleanup):
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._cleanup = cleanup
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            finally:
+                await self._cleanup()
+
+
+def _sse(obj: dict | str) -> str:
+    data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {data}\n\n"
+
+
+async def _stream_events(ctx: ApiContext, plan: _Plan, first: tuple[AsyncIterator[Delta], Delta, ChoiceStats],
+                         make_chunk, lease: Lease, state: dict) -> AsyncIterator[str]:
+    """SSE body: per choice, its deltas; then the usage chunk (if asked) and [DONE]."""
+    total_completion = 0
+    try:
+        for i, choice in enumerate(plan.choices):
+            if i == 0:
+                it, pending, stats = first
+            else:
+                stats = ChoiceStats()
+                it = stream_choice(ctx.backend, plan.model, choice.prompt_ids, choice.params, ctx.metrics, stats)
+                pending = None
+            yield _sse(make_chunk(choice.index, None, None, start=True, prefix=choice.prefix))
+            try:
+                while True:
+                    if pending is None:
+                        try:
+                            pending = await it.__anext__()
+                        except StopAsyncIteration:
+                            break
+                    d, pending = pending, None
+                    if d.text:
+                        yield _sse(make_chunk(choice.index, d.text, None))
+                    if d.finish_reason:
+                        yield _sse(make_chunk(choice.index, None, d.finish_reason))
+            finally:
+                await it.aclose()
+            total_completion += stats.completion_tokens
+        if plan.include_usage:
+            yield _sse(make_chunk(None, None, None, usage=_usage(plan.prompt_tokens, total_completion)))
+        yield _sse("[DONE]")
+        state["done"] = True
+    except BackendError as e:
+        state["errored"] = True
+        yield _sse(_backend_error(e).body())
+    finally:
+        lease.release()
+
+
+async def _run(request: Request, plan: _Plan, kind: str) -> JSONResponse | StreamingResponse:
+    ctx = _ctx(request)
+    lease = _acquire(ctx)
+    rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+    created = int(time.time())
+    ctx.metrics.prompt_tokens.labels(plan.model).inc(plan.prompt_tokens)
+    event(log, "generation_started", id=rid, model=plan.model, prompt_tokens=plan.prompt_tokens,
+          choices=len(plan.choices), stream=plan.stream, max_tokens=plan.choices[0].params.max_tokens)
+    if not plan.stream:
+        try:
+            results = await _run_unless_disconnected(request, _collect(ctx, plan))
+        except BackendError as e:
+            raise _backend_error(e) from None
+        finally:
+            lease.release()
+        if results is _DISCONNECTED:
+            ctx.metrics.cancelled.inc()
+            event(log, "generation_cancelled", id=rid)
+            return Response(status_code=499)  # nobody is listening; nginx's "client closed request"
+        completion = sum(r[3] for r in results)
+        body = {
+            "id": rid, "object": "chat.completion" if kind == "chat" else "text_completion", "created": created,
+            "model": plan.model, "system_fingerprint": ctx.fingerprint,
+            "choices": [_final_choice(kind, c.index, text, finish) for c, text, finish, _ in results],
+            "usage": _usage(plan.prompt_tokens, completion),
+        }
+        event(log, "generation_finished", id=rid, completion_tokens=completion)
+        return JSONResponse(body)
+
+    # Streaming: start the first choice before answering, so a backend that cannot serve
+    # answers with a proper HTTP status instead of a 200 that carries an error.
+    stats = ChoiceStats()
+    first_choice = plan.choices[0]
+    it = stream_choice(ctx.backend, plan.model, first_choice.prompt_ids, first_choice.params, ctx.metrics, stats)
+    try:
+        first = await it.__anext__()
+    except BackendError as e:
+        await it.aclose()
+        lease.release()
+        raise _backend_error(e) from None
+    except BaseException:
+        await it.aclose()
+        lease.release()
+        raise
+
+    def make_chunk(index, text, finish, *, start=False, prefix="", usage=None) -> dict:
+        base = {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+                "created": created, "model": plan.model, "system_fingerprint": ctx.fingerprint}
+        if usage is not None:
+            base["choices"] = []
+            base["usage"] = usage
+            return base
+        if kind == "chat":
+            if start:
+                delta = {"role": "assistant", "content": "", "refusal": None}
+            elif finish:
+                delta = {}
+            else:
+                delta = {"content": text}
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        else:
+            choice = {"index": index, "text": prefix if start else (text or ""), "logprobs": None,
+                      "finish_reason": finish}
+        base["choices"] = [choice]
+        if plan.include_usage:
+            base["usage"] = None
+        return base
+
+    state: dict = {}
+    body = _stream_events(ctx, plan, (it, first, stats), make_chunk, lease, state)
+
+    async def body_with_accounting() -> AsyncIterator[str]:
+        try:
+            async for piece in body:
+                yield piece
+        finally:
+            await body.aclose()
+
+    async def cleanup() -> None:
+        await it.aclose()
+        lease.release()
+        if state.get("done"):
+            event(log, "generation_finished", id=rid)
+        elif not state.get("errored"):
+            ctx.metrics.cancelled.inc()
+            event(log, "generation_cancelled", id=rid)
+
+    return _SSEResponse(body_with_accounting(), cleanup)
+
+
+def _final_choice(kind: str, index: int, text: str, finish: str) -> dict:
+    if kind == "chat":
+        return {"index": index, "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None, "finish_reason": finish}
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    ctx = _ctx(request)
+    try:
+        plan = await _plan_chat(ctx, body)
+    except BackendError as e:
+        raise _backend_error(e) from None
+    return await _run(request, plan, "chat")
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, request: Request):
+    ctx = _ctx(request)
+    try:
+        plan = await _plan_completion(ctx, body)
+    except BackendError as e:
+        raise _backend_error(e) from None
+    return await _run(request, plan, "completion")

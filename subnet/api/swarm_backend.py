@@ -1,0 +1,154 @@
+"""`SwarmBackend`: generation through the swarm with the client's `DistributedModelForCausalLM`.
+
+The client owns routing, sessions, sampling and failover; this adapter maps OpenAI-style
+parameters onto its `SamplingParams`, reports a model as servable only while online hosters
+cover every block, and turns routing failures into 503s. Closing the stream (client
+disconnect, stop string) closes the client's `astream`, which ends the remote session.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from subnet.api.backends import BackendError, GenerationParams, ModelCard, TokenEvent
+from subnet.api.sampling import to_sampling_params
+
+log = logging.getLogger(__name__)
+
+
+def covers_all(spans: Sequence[tuple[int, int]], num_blocks: int) -> bool:
+    """True when the union of `[start, end)` spans covers `[0, num_blocks)`."""
+    reach = 0
+    for start, end in sorted(spans):
+        if start > reach:
+            return False
+        reach = max(reach, end)
+    return reach >= num_blocks
+
+
+class SwarmBackend:
+    """Serves one or more models whose blocks run on hosters (one client model each)."""
+
+    def __init__(self, models: Any, *, coverage_ttl: float = 2.0, max_context: int | None = None):
+        models = models if isinstance(models, (list, tuple)) else [models]
+        self._models = {m.model_uid: m for m in models}
+        self._coverage_ttl = coverage_ttl
+        self._coverage: dict[str, tuple[float, bool]] = {}
+        self._lock = threading.Lock()
+        self._created = int(time.time())
+        self._max_context = max_context
+        self._own_dht: Any = None
+
+    @classmethod
+    def from_pretrained(cls, model_path: str, initial_peers: Sequence[str] = (), *, model_name: str | None = None,
+                        dht: Any = None, **client_kwargs) -> "SwarmBackend":
+        """Load the client parts of `model_path` and join the swarm (a client-mode DHT of its own
+        unless `dht` is given)."""
+        from subnet.client import DistributedModelForCausalLM
+
+        own_dht = None
+        if dht is None:
+            from keys import NodeKey
+            from subnet.dht import start_dht
+
+            # hivemind's identity-collision check reads the key file as RSA and fails on our
+            # Ed25519 keys; a freshly generated key cannot collide, so skip it.
+            own_dht = dht = start_dht(NodeKey.generate(), list(initial_peers), client_mode=True,
+                                      check_if_identity_free=False)
+        try:
+            model = DistributedModelForCausalLM.from_pretrained(model_path, initial_peers, dht=dht,
+                                                                model_name=model_name, **client_kwargs)
+        except BaseException:
+            if own_dht is not None:
+                own_dht.shutdown()
+            raise
+        backend = cls(model)
+        backend._own_dht = own_dht
+        return backend
+
+    @property
+    def dht(self) -> Any:
+        """The client's DHT (subnet views read hoster announcements through it)."""
+        for m in self._models.values():
+            return m.runtime.dht
+        return None
+
+    def close(self) -> None:
+        for m in self._models.values():
+            m.close()
+        if self._own_dht is not None:
+            self._own_dht.shutdown()
+            self._own_dht = None
+
+    # ---- GenerationBackend ---------------------------------------------------------------
+    def _servable(self, uid: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._coverage.get(uid)
+            if hit and now - hit[0] < self._coverage_ttl:
+                return hit[1]
+        model = self._models[uid]
+        try:
+            servers = model.runtime.run(model.manager.servers(), timeout=15)
+            ok = covers_all([(s.start, s.end) for s in servers if s.state == "online"],
+                            model.config.num_hidden_layers)
+        except Exception as e:
+            log.warning("cannot read the swarm for %s: %s", uid, e)
+            ok = False
+        with self._lock:
+            self._coverage[uid] = (now, ok)
+        return ok
+
+    def models(self) -> list[ModelCard]:
+        cards = []
+        for uid, m in sorted(self._models.items()):
+            if self._servable(uid):
+                ctx = getattr(m.config, "max_position_embeddings", None)
+                if self._max_context:
+                    ctx = min(ctx or self._max_context, self._max_context)
+                cards.append(ModelCard(id=uid, owned_by="mesh-node swarm", created=self._created,
+                                       max_context=ctx, num_blocks=m.config.num_hidden_layers))
+        return cards
+
+    def _model(self, uid: str):
+        m = self._models.get(uid)
+        if m is None:
+            raise BackendError(f"The model `{uid}` does not exist", status=404, code="model_not_found")
+        return m
+
+    def tokenizer(self, model: str) -> Any:
+        m = self._model(model)
+        if m.tokenizer is None:
+            raise BackendError(f"model `{model}` has no tokenizer", status=400, code="no_tokenizer")
+        return m.tokenizer
+
+    async def stream(self, model: str, prompt_ids: Sequence[int], params: GenerationParams) -> AsyncIterator[TokenEvent]:
+        from subnet.client import RouteError, SessionError
+
+        m = self._model(model)
+        eos = set(m.eos_token_ids())
+        events = m.astream(list(prompt_ids), to_sampling_params(params))
+        try:
+            async for ev in events:
+                if ev.finish_reason == "stop" and ev.token_id in eos:
+                    yield TokenEvent(None, ev.text, "stop")  # EOS is not part of the completion
+                else:
+                    yield TokenEvent(ev.token_id, ev.text, ev.finish_reason)
+        except (RouteError, SessionError) as e:
+            with self._lock:
+                self._coverage.pop(model, None)
+            raise BackendError(f"the swarm cannot serve `{model}` right now: {e}", status=503,
+                               code="swarm_unavailable") from None
+        finally:
+            await events.aclose()
+
+
+def default_swarm_name(model_path: str, name: str | None = None) -> str:
+    from subnet.blocks import model_uid
+
+    return model_uid(os.fspath(model_path), name)

@@ -1,0 +1,140 @@
+"""Keep the client's view of the swarm: who serves which blocks, how fast, who is banned.
+
+Runs on the client loop only (no locks needed). Announcements are re-read from the DHT at
+most every `refresh_interval` seconds (and at once when no route exists); hosters are pinged
+with `rpc_info` before first use, and a hoster that fails a ping or a call is banned with
+exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from subnet.client import discovery, transport
+from subnet.client.routing import BanList, RouteError, RouteStats, ServerInfo, Span, find_route
+from subnet.client.runtime import ClientRuntime
+from subnet.logs import event
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Timeouts and retry bounds (seconds); every network wait is bounded by one of these."""
+
+    connect_timeout: float = 10.0  # opening a session on a hoster
+    request_timeout: float = 30.0  # one inference step / forward
+    ping_timeout: float = 3.0
+    max_retries: int = 4  # re-routes per step before giving up
+    refresh_interval: float = 5.0  # minimum seconds between DHT reads
+    ban_base: float = 5.0
+    ban_max: float = 300.0
+    route_jitter: float = 0.05  # random cost spread to break ties between equal hosters
+    wait_for_coverage: float = 0.0  # keep re-reading the DHT this long before a "cannot cover" error
+
+
+class SequenceManager:
+    """Routes for one model (`model_uid`, `num_blocks` blocks) over the current swarm."""
+
+    def __init__(self, runtime: ClientRuntime, model_uid: str, num_blocks: int, *, hidden_size: int = 0,
+                 config: ClientConfig | None = None):
+        self.runtime = runtime
+        self.model_uid = model_uid
+        self.num_blocks = num_blocks
+        self.hidden_size = hidden_size
+        self.config = config or ClientConfig()
+        self.bans = BanList(self.config.ban_base, self.config.ban_max)
+        self.stats = RouteStats()
+        self._servers: list[ServerInfo] = []
+        self._fetched_at = -1e9
+        self._refresh_lock: asyncio.Lock | None = None
+
+    @property
+    def p2p(self):
+        return self.runtime.p2p
+
+    async def servers(self, force: bool = False) -> list[ServerInfo]:
+        """Announced online hosters of this model (cached for `refresh_interval`)."""
+        if self._refresh_lock is None:
+            self._refresh_lock = asyncio.Lock()
+        async with self._refresh_lock:
+            if force or time.monotonic() - self._fetched_at > self.config.refresh_interval:
+                loop = asyncio.get_running_loop()
+                fetched = await asyncio.wait_for(
+                    loop.run_in_executor(None, discovery.read_servers, self.runtime.dht, self.model_uid),
+                    self.config.request_timeout,
+                )
+                self._servers = [s for s in fetched if self._compatible(s)]
+                self._fetched_at = time.monotonic()
+        return self._servers
+
+    def _compatible(self, s: ServerInfo) -> bool:
+        if s.num_blocks and s.num_blocks != self.num_blocks:
+            return False
+        if s.hidden_size and self.hidden_size and s.hidden_size != self.hidden_size:
+            return False
+        return s.end <= self.num_blocks
+
+    async def ping(self, peer_id: str) -> float | None:
+        """Round-trip time of `rpc_info`, or None (and a ban) when the hoster does not answer."""
+        t0 = time.perf_counter()
+        try:
+            await transport.rpc_info(self.p2p, peer_id, self.config.ping_timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.report_failure(peer_id, e)
+            return None
+        rtt = time.perf_counter() - t0
+        self.stats.record_ping(peer_id, rtt)
+        return rtt
+
+    async def _ping_unmeasured(self, servers: Iterable[ServerInfo]) -> None:
+        todo = {s.peer_id for s in servers if s.peer_id not in self.stats.pings and not self.bans.is_banned(s.peer_id)}
+        if todo:
+            await asyncio.gather(*(self.ping(p) for p in todo))
+
+    async def make_route(self, start: int = 0, end: int | None = None, *, cache_tokens_needed: int = 0,
+                         exclude: Iterable[str] = ()) -> list[Span]:
+        """Cheapest live chain covering [start, end); raises RouteError (after refreshing) if none."""
+        end = self.num_blocks if end is None else end
+        exclude = set(exclude)
+        deadline = time.monotonic() + self.config.wait_for_coverage
+        force = False
+        while True:
+            servers = await self.servers(force=force)
+            relevant = [s for s in servers if s.start < end and s.end > start]
+            await self._ping_unmeasured(relevant)
+            try:
+                route = find_route(
+                    relevant, start, end, pings=self.stats.pings, load=self.stats.load,
+                    exclude=exclude | self.bans.banned(), cache_tokens_needed=cache_tokens_needed,
+                    jitter=self.config.route_jitter,
+                )
+                event(log, "route", model=self.model_uid, blocks=f"{start}:{end}",
+                      route=" ".join(f"{s.peer_id[-6:]}[{s.start}:{s.end})" for s in route))
+                return route
+            except RouteError as e:
+                if not force:
+                    force = True  # the cache may be stale: read the DHT once more at once
+                    continue
+                if time.monotonic() >= deadline:
+                    known = ", ".join(f"{s.peer_id[-6:]}[{s.start}:{s.end})" for s in servers) or "none"
+                    raise RouteError(
+                        f"cannot serve model {self.model_uid!r}: {e}; announced hosters: {known}; "
+                        f"banned: {len(self.bans.banned())}"
+                    ) from None
+                await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+    def report_failure(self, peer_id: str, error: BaseException) -> None:
+        duration = self.bans.ban(peer_id)
+        self.stats.pings.pop(peer_id, None)  # measure again when the ban ends
+        event(log, "hoster_failed", logging.WARNING, peer=peer_id, ban_s=round(duration, 1),
+              error=f"{type(error).__name__}: {error}"[:300])
+
+    def report_success(self, peer_id: str) -> None:
+        self.bans.success(peer_id)

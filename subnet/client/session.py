@@ -1,0 +1,216 @@
+"""An inference session over a chain of hosters, surviving hosters that fail mid-generation.
+
+Each span of the route keeps the hidden states it was sent (its input history). When a
+hoster fails or times out, its span is re-routed (possibly split across several hosters),
+the new hosters get the history replayed from position 0 together with the current step in
+one call, and generation continues at the same position with the same numbers.
+
+All methods are coroutines for the client loop; `RemoteSession` is the thread-side handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from subnet.client.manager import SequenceManager
+from subnet.client.routing import RouteError, Span
+from subnet.client.transport import InferenceStream
+from subnet.logs import event
+
+log = logging.getLogger(__name__)
+
+
+class SessionError(RuntimeError):
+    """Generation could not continue: retries exhausted or the model cannot be covered."""
+
+
+@dataclass
+class _SpanState:
+    span: Span
+    history: torch.Tensor | None = None  # [batch, max_length, hidden]: inputs sent to this span
+    server_pos: int = 0  # positions held in the hoster's KV cache
+    stream: InferenceStream | None = None
+    failures: list[str] = field(default_factory=list)
+
+
+class InferenceSession:
+    """Positions 0..max_length-1 of `batch_size` sequences through all blocks of the model."""
+
+    def __init__(self, manager: SequenceManager, max_length: int, batch_size: int = 1):
+        if max_length <= 0 or batch_size <= 0:
+            raise ValueError("max_length and batch_size must be positive")
+        self.manager = manager
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.position = 0
+        self.spans: list[_SpanState] = []
+        self.reroutes = 0
+        self.closed = False
+
+    @property
+    def route(self) -> list[Span]:
+        return [s.span for s in self.spans]
+
+    @property
+    def _cache_tokens(self) -> int:
+        return self.max_length * self.batch_size
+
+    async def open(self) -> "InferenceSession":
+        """Choose a route and open a stream on every hoster (failures re-route like in `step`)."""
+        route = await self._make_route(0, self.manager.num_blocks)
+        self.spans = [_SpanState(s) for s in route]
+        self.manager.stats.acquire(route)
+        results = await asyncio.gather(*(self._open_stream(st) for st in self.spans), return_exceptions=True)
+        for err in results:
+            if isinstance(err, asyncio.CancelledError):
+                raise err
+        # Spans whose open failed keep stream=None; `step` re-routes them on first use.
+        return self
+
+    async def _make_route(self, start: int, end: int) -> list[Span]:
+        try:
+            return await self.manager.make_route(start, end, cache_tokens_needed=self._cache_tokens)
+        except RouteError as e:
+            raise SessionError(str(e)) from None
+
+    async def _open_stream(self, st: _SpanState) -> None:
+        cfg = self.manager.config
+        try:
+            st.stream = await InferenceStream.open(
+                self.manager.p2p, st.span.peer_id, self.manager.model_uid, st.span.start, st.span.end,
+                self.max_length, self.batch_size, cfg.connect_timeout,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            st.failures.append(f"{type(e).__name__}: {e}")
+            raise
+
+    async def step(self, hidden: torch.Tensor, position: int | None = None) -> torch.Tensor:
+        """Run `hidden` `[batch, n, hidden]` at positions `position..position+n-1` through every block.
+
+        `position` defaults to the current length; a smaller value rolls the session back.
+        """
+        if self.closed:
+            raise SessionError("session is closed")
+        position = self.position if position is None else position
+        n = hidden.shape[1]
+        if hidden.shape[0] != self.batch_size or hidden.dim() != 3:
+            raise ValueError(f"expected [batch={self.batch_size}, n, hidden], got {list(hidden.shape)}")
+        if not 0 <= position <= self.position or position + n > self.max_length:
+            raise ValueError(f"positions {position}..{position + n} outside the session (length {self.position}, "
+                             f"max_length {self.max_length})")
+        x, x_start = hidden, position
+        idx, attempts = 0, 0
+        errors: list[str] = []
+        while idx < len(self.spans):
+            st = self.spans[idx]
+            try:
+                x, x_start = await self._run_span(st, x, x_start, position, n)
+                idx += 1
+            except asyncio.CancelledError:
+                raise
+            except (SessionError, ValueError):
+                raise
+            except Exception as e:
+                attempts += 1
+                errors.append(f"{st.span.peer_id[-8:]}[{st.span.start}:{st.span.end}): {type(e).__name__}: {e}")
+                self.manager.report_failure(st.span.peer_id, e)
+                if attempts > self.manager.config.max_retries:
+                    raise SessionError(f"giving up after {attempts} failures: " + "; ".join(errors)) from e
+                await self._replace(idx)
+        self.position = position + n
+        return x[:, x.shape[1] - n:]
+
+    async def _run_span(self, st: _SpanState, x: torch.Tensor, x_start: int, position: int,
+                        n: int) -> tuple[torch.Tensor, int]:
+        """Send this span what its hoster is missing; returns its outputs and their first position."""
+        cfg = self.manager.config
+        if st.stream is None:
+            await self._open_stream(st)
+        need = min(st.server_pos, position)  # the hoster's cache restarts here
+        if need < x_start:
+            if st.history is None:
+                raise RuntimeError("span lost its history")  # cannot happen: fresh spans start at 0
+            inp = torch.cat([st.history[:, need:x_start].to(x.dtype), x], dim=1)
+        else:
+            inp = x[:, need - x_start:]
+        if st.history is None or st.history.dtype != inp.dtype:
+            st.history = torch.empty(self.batch_size, self.max_length, inp.shape[-1], dtype=inp.dtype)
+        st.history[:, need:position + n] = inp
+        timeout = cfg.request_timeout * (1 + inp.shape[1] / 2048)
+        out = await st.stream.step(inp, need, timeout)
+        st.server_pos = position + n
+        return out, need
+
+    async def _replace(self, idx: int) -> None:
+        """Swap the failed span at `idx` for a new route over its blocks, inheriting its history."""
+        old = self.spans[idx]
+        if old.stream is not None:
+            await old.stream.close()
+        self.manager.stats.release([old.span])
+        route = await self._make_route(old.span.start, old.span.end)
+        new = [_SpanState(s) for s in route]
+        new[0].history = old.history  # replayed from position 0; later spans get it from new[0]'s outputs
+        self.manager.stats.acquire(route)
+        self.spans[idx:idx + 1] = new
+        self.reroutes += 1
+        event(log, "rerouted", failed=old.span.peer_id[-8:], blocks=f"{old.span.start}:{old.span.end}",
+              replacement=" ".join(f"{s.peer_id[-8:]}[{s.start}:{s.end})" for s in route), position=self.position)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.manager.stats.release([s.span for s in self.spans])
+        await asyncio.gather(*(s.stream.close() for s in self.spans if s.stream is not None), return_exceptions=True)
+
+
+class RemoteSession:
+    """Thread-side handle of an `InferenceSession` (blocking calls into the client loop)."""
+
+    def __init__(self, manager: SequenceManager, max_length: int, batch_size: int = 1):
+        self.manager = manager
+        self.runtime = manager.runtime
+        self._session = InferenceSession(manager, max_length, batch_size)
+        cfg = manager.config
+        self._bound = (cfg.max_retries + 2) * (cfg.connect_timeout + cfg.request_timeout + cfg.ping_timeout) \
+            + cfg.wait_for_coverage + 30
+
+    @property
+    def session(self) -> InferenceSession:
+        return self._session
+
+    @property
+    def position(self) -> int:
+        return self._session.position
+
+    @property
+    def route(self) -> list[Span]:
+        return self._session.route
+
+    def open(self) -> "RemoteSession":
+        self.runtime.run(self._session.open(), timeout=self._bound)
+        return self
+
+    def step(self, hidden: torch.Tensor, position: int | None = None) -> torch.Tensor:
+        return self.runtime.run(self._session.step(hidden, position), timeout=self._bound)
+
+    async def astep(self, hidden: torch.Tensor, position: int | None = None) -> torch.Tensor:
+        return await self.runtime.run_async(self._session.step(hidden, position))
+
+    def close(self) -> None:
+        try:
+            self.runtime.run(self._session.close(), timeout=10)
+        except Exception:
+            pass
+
+    def __enter__(self) -> "RemoteSession":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,107 @@
+"""Child processes of a local subnet: start, wait for a READY line, stop cleanly.
+
+`mesh-node devnet` and multi-process tests run every node as a real OS process; this
+module owns the lifecycle so no process outlives its parent by accident.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class ProcessFailed(RuntimeError):
+    """A child exited or timed out before it reported ready."""
+
+
+class ManagedProcess:
+    """A child process whose stdout is scanned for a `READY ...` line and logged to a file."""
+
+    def __init__(self, name: str, argv: Sequence[str], *, log_path: str | os.PathLike | None = None,
+                 env: dict[str, str] | None = None, ready_prefix: str = "READY"):
+        self.name = name
+        self.argv = list(argv)
+        self.ready_prefix = ready_prefix
+        self.ready_line: str | None = None
+        self._ready = threading.Event()
+        self.log_path = Path(log_path) if log_path else None
+        self._log = open(self.log_path, "a", buffering=1) if self.log_path else None
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = subprocess.Popen(
+            self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env,
+            start_new_session=True,  # Ctrl-C in the parent's terminal is handled by the parent
+        )
+        self._reader = threading.Thread(target=self._pump, name=f"{name}-stdout", daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if self._log:
+                self._log.write(line)
+            if self.ready_line is None and line.startswith(self.ready_prefix):
+                self.ready_line = line.strip()
+                self._ready.set()
+        self._ready.set()  # EOF: unblock waiters
+
+    def wait_ready(self, timeout: float = 120.0) -> str:
+        if not self._ready.wait(timeout):
+            self.kill()
+            raise ProcessFailed(f"{self.name} did not become ready within {timeout:.0f}s (log: {self.log_path})")
+        if self.ready_line is None:
+            raise ProcessFailed(f"{self.name} exited with code {self.proc.poll()} before ready (log: {self.log_path})")
+        return self.ready_line
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM (the node withdraws announcements and ends sessions), then SIGKILL."""
+        if self.alive:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.alive:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._close()
+
+    def _close(self) -> None:
+        self._reader.join(timeout=2)
+        if self._log and not self._log.closed:
+            self._log.close()
+
+
+def python_module_argv(module: str, *args: str) -> list[str]:
+    """argv to run `python -m module args...` with this interpreter."""
+    return [sys.executable, "-m", module, *args]
+
+
+def stop_all(procs: Sequence[ManagedProcess], timeout: float = 15.0) -> None:
+    """Stop children in reverse start order, in parallel after a shared deadline."""
+    for p in reversed(procs):
+        if p.alive:
+            try:
+                p.proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + timeout
+    for p in reversed(procs):
+        try:
+            p.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+        p._close()

@@ -1,0 +1,53 @@
+"""Contract-suite backend for a Hypertensor node (chopsticks running the public testnet spec).
+
+Chopsticks' genesis funds the well-known Ethereum dev accounts; blocks are produced on
+demand with the `dev_newBlock` RPC, so epochs advance as fast as chopsticks builds blocks.
+"""
+
+from __future__ import annotations
+
+from chain.hypertensor import HypertensorChain
+from chain.types import UNIT, EpochInfo
+from keys import AccountKey, NodeKey
+
+# Well-known Ethereum dev keys (Alith, Baltathar): public test keys, funded at genesis.
+ALITH = "0x5fb92d6e98884f76de468fa3f6278f8807c48bebc13595d45af5bdc4da702133"
+
+
+class HypertensorBackend:
+    name = "hypertensor"
+    node_stake = 100 * UNIT
+
+    def __init__(self, url: str):
+        self.url = url
+        self._faucet = HypertensorChain(url, AccountKey.from_private_key(ALITH))
+
+    def chain(self, coldkey=None, hotkey=None) -> HypertensorChain:
+        return HypertensorChain(self.url, coldkey, hotkey)
+
+    def funded_account(self, amount: int) -> AccountKey:
+        key = AccountKey.generate()
+        self._faucet.transfer(key.address, amount)
+        return key
+
+    def subnet_kwargs(self, coldkeys: list[str]) -> dict:
+        boot = NodeKey.generate().peer_id
+        return {
+            "min_stake": 100 * UNIT,
+            "max_stake": 1000 * UNIT,
+            "initial_coldkeys": coldkeys,
+            "bootnodes": {boot: f"/ip4/127.0.0.1/tcp/31330/p2p/{boot}"},
+        }
+
+    def new_blocks(self, count: int) -> None:
+        self._faucet._retry(lambda s: s.rpc_request("dev_newBlock", [{"count": count}]), "dev_newBlock")
+
+    def next_epoch(self, chain, subnet_id: int) -> EpochInfo:
+        info = chain.get_epoch_info(subnet_id)
+        self.new_blocks(info.blocks_per_epoch - info.block_in_epoch)
+        out = chain.get_epoch_info(subnet_id)
+        assert out.epoch == info.epoch + 1, (info, out)
+        return out
+
+    def close(self) -> None:
+        self._faucet.close()

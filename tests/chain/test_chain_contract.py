@@ -1,0 +1,154 @@
+"""One contract for `chain.Chain`, run against every backend available.
+
+Devnet always (a real chain process); Hypertensor when MESH_HYPERTENSOR_WS points at a
+node (e.g. chopsticks running the public testnet spec). One full round: register a subnet
+and nodes, activate, read the elected validator, propose, attest, see the submission,
+rewards and reputation.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from chain.types import (
+    AlreadyAttestedError,
+    AlreadyProposedError,
+    ChainError,
+    NodeClass,
+    NotElectedError,
+    ScoreEntry,
+    SubnetState,
+    UNIT,
+)
+from keys import AccountKey, NodeKey
+from chain_backends import DevnetBackend, hypertensor_url
+
+BACKENDS = ["devnet"] + (["hypertensor"] if hypertensor_url() else [])
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request, tmp_path_factory):
+    if request.param == "devnet":
+        from chain.devnet.process import start_devnet_process
+
+        d = tmp_path_factory.mktemp("contract")
+        proc = start_devnet_process(d / "chain.db", block_time=0.2, epoch_length=15, log_path=d / "chain.log")
+        b = DevnetBackend(proc.url)
+        yield b
+        b.close()
+        proc.stop()
+    else:
+        from chain_hypertensor_backend import HypertensorBackend
+
+        b = HypertensorBackend(hypertensor_url())
+        yield b
+        b.close()
+
+
+class Operator:
+    def __init__(self, backend, n: int):
+        self.coldkey = backend.funded_account(backend.node_stake * 3)
+        self.hotkey = backend.funded_account(10 * UNIT)  # pays fees of proposals/attestations
+        self.node_key = NodeKey.generate()
+        self.chain = backend.chain(self.coldkey, self.hotkey)
+
+
+@pytest.fixture(scope="module")
+def scenario(backend):
+    owner = backend.funded_account(5000 * UNIT)
+    owner_chain = backend.chain(owner)
+    ops = [Operator(backend, i) for i in range(4)]
+    name = f"contract-{AccountKey.generate().address[2:10]}"
+    sid = owner_chain.register_subnet(
+        name, repo=f"https://example.invalid/{name}", description="contract test",
+        **backend.subnet_kwargs([o.coldkey.address for o in ops]),
+    )
+    ids = {}
+    for op in ops:
+        nid = op.chain.register_subnet_node(
+            sid, hotkey=op.hotkey.address, peer_id=op.node_key.peer_id, stake=backend.node_stake
+        )
+        ids[nid] = op
+    yield {"backend": backend, "owner": owner_chain, "sid": sid, "ops": ids, "name": name}
+    for op in ops:
+        op.chain.close()
+    owner_chain.close()
+
+
+def test_subnet_and_nodes_registered(scenario):
+    sid, ops, chain = scenario["sid"], scenario["ops"], scenario["owner"]
+    info = chain.get_subnet(sid)
+    assert info.subnet_id == sid and info.name == scenario["name"]
+    assert info.state == SubnetState.REGISTERED
+    nodes = {n.node_id: n for n in chain.get_subnet_nodes(sid)}
+    assert set(ops) <= set(nodes)
+    for nid, op in ops.items():
+        n = nodes[nid]
+        assert n.hotkey.lower() == op.hotkey.address.lower()
+        assert n.coldkey.lower() == op.coldkey.address.lower()
+        assert n.peer_id == op.node_key.peer_id
+        assert n.node_class == NodeClass.VALIDATOR  # registered before activation
+        assert n.stake == scenario["backend"].node_stake
+        assert chain.get_node_by_peer_id(sid, op.node_key.peer_id).node_id == nid
+        assert chain.get_node_by_hotkey(sid, op.hotkey.address).node_id == nid
+        assert chain.get_stake(sid, op.hotkey.address) == scenario["backend"].node_stake
+    assert chain.get_node_by_peer_id(sid, NodeKey.generate().peer_id) is None
+
+
+def test_activate_and_elect(scenario):
+    sid, chain, backend = scenario["sid"], scenario["owner"], scenario["backend"]
+    receipt = chain.activate_subnet(sid)
+    assert receipt.ok
+    assert chain.get_subnet(sid).state == SubnetState.ACTIVE
+    info = backend.next_epoch(chain, sid)
+    elected = chain.get_elected_validator(sid, info.epoch)
+    assert elected in scenario["ops"]
+    r = chain.get_epoch_randomness(sid, info.epoch)
+    assert len(r) == 32 and r == chain.get_epoch_randomness(sid, info.epoch)
+    assert 0 <= info.progress < 1 and info.blocks_per_epoch > 0
+
+
+def test_propose_attest_submission_rewards(scenario):
+    sid, ops, chain, backend = scenario["sid"], scenario["ops"], scenario["owner"], scenario["backend"]
+    info = backend.next_epoch(chain, sid)  # a fresh epoch: plenty of time to propose and attest
+    e = info.epoch
+    elected = chain.get_elected_validator(sid, e)
+    assert elected in ops
+    others = [nid for nid in sorted(ops) if nid != elected]
+    with pytest.raises(NotElectedError):
+        ops[others[0]].chain.propose_attestation(sid, [ScoreEntry(nid, UNIT) for nid in sorted(ops)])
+    stakes_before = {nid: chain.get_stake(sid, op.hotkey.address) for nid, op in ops.items()}
+    scores = {nid: (i + 1) * UNIT // 10 for i, nid in enumerate(sorted(ops))}
+    receipt = ops[elected].chain.propose_attestation(sid, [ScoreEntry(n, s) for n, s in sorted(scores.items())])
+    assert receipt.ok
+    with pytest.raises(AlreadyProposedError):
+        ops[elected].chain.propose_attestation(sid, [ScoreEntry(n, s) for n, s in sorted(scores.items())])
+    for nid in others:
+        assert ops[nid].chain.attest(sid).ok
+    with pytest.raises(AlreadyAttestedError):
+        ops[others[0]].chain.attest(sid)
+    sub = chain.get_consensus_submission(sid, e)
+    assert sub is not None and sub.validator_node_id == elected and sub.epoch == e
+    assert [(x.node_id, x.score) for x in sub.data] == sorted(scores.items())
+    assert set(sub.attestations) == set(ops)
+    backend.next_epoch(chain, sid)  # settle
+    after = {nid: chain.get_stake(sid, op.hotkey.address) for nid, op in ops.items()}
+    assert after[elected] > stakes_before[elected]  # at least the validator's reward
+    assert all(after[n] >= stakes_before[n] for n in ops)
+    for n in chain.get_subnet_nodes(sid):
+        if n.node_id in ops:
+            assert n.reputation > 0 and n.node_class == NodeClass.VALIDATOR
+    if backend.name == "devnet":
+        gains = [after[n] - stakes_before[n] - (UNIT if n == elected else 0) for n in sorted(ops)]
+        assert gains == sorted(gains) and gains[0] > 0  # proportional to the increasing scores
+
+
+def test_balance_reads(scenario):
+    chain = scenario["owner"]
+    op = next(iter(scenario["ops"].values()))
+    assert chain.get_balance(op.coldkey.address) > 0
+    assert chain.get_balance(AccountKey.generate().address) == 0
+    with pytest.raises(ChainError):
+        op.chain.register_subnet_node(
+            scenario["sid"], hotkey=op.hotkey.address, peer_id=op.node_key.peer_id, stake=scenario["backend"].node_stake
+        )

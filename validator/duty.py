@@ -1,0 +1,299 @@
+"""The validator's epoch duty (every Validator-class node runs it; the elected one also proposes).
+
+Epoch `e`, by chain progress `p` (see `consensus.phases`):
+
+- p in [0, 0.15): if elected for `e`, propose the on-chain set of `e-1` (computed in `e-1`)
+  and post the probe of `e`; after p=0.10 any validator posts the probe if nobody has.
+  Not elected: as soon as the submission is on chain, compare it with the own set of `e-1`
+  and attest if equal (early: rewards decay).
+- p >= 0.50: freeze the hoster commits seen (later ones do not count); in [0.50, 0.60)
+  reveal the own score set committed in `e-1`.
+- p >= 0.60: fetch and verify hoster reveals (of the frozen commits) and the validator
+  reveals of `e-1` commits, score both, build the on-chain set of `e` and commit the hash of
+  the own hoster score set of `e`.
+
+Each epoch's facts are kept in `duty.epochs[e]`; `duty.reports` is the JSON-able view for the API.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from chain.base import Chain
+from chain.types import AlreadyAttestedError, AlreadyProposedError, ChainError, NodeClass, ScoreEntry
+from consensus.attestation import AttestationDecision, boundary_changes, compare
+from consensus.commit import commitment, new_salt
+from consensus.encoding import encode_score_set, make_score_set
+from consensus.phases import PROBE_ELECTED_ONLY_END, PROPOSE_END, REVEAL_END, REVEAL_START, SCORE_START, RecordKind
+from consensus.probe import ProbeSpec, make_probe_spec
+from consensus.scoring import DEFAULT_PARAMS, ScoringParams, onchain_scores, score_hosters, score_validators, to_fixed
+from keys.node_key import NodeKey
+from subnet.consensus_records import (
+    ChainRegistry,
+    ConsensusRecordPolicy,
+    EpochView,
+    fetch_probe,
+    fetch_records,
+    record_ttl,
+    store_record,
+)
+from subnet.logs import event
+from validator.verify import VALID, verify_hoster_reveals, verify_validator_reveals
+
+log = logging.getLogger(__name__)
+
+# Freezing a snapshot must happen soon after its window closes, or this node's view may
+# include records that arrived late; past this slack the epoch is left unscored.
+FREEZE_SLACK = 0.10
+
+
+@dataclass
+class ValidatorEpoch:
+    epoch: int
+    elected: str | None = None
+    probe: ProbeSpec | None = None
+    probe_poster: str | None = None
+    probe_posted_by_us: bool = False
+    hoster_commits: dict | None = None  # frozen at the end of the commit window
+    hoster_status: dict[str, str] = field(default_factory=dict)
+    hoster_scores: dict[str, float] = field(default_factory=dict)
+    hoster_fixed: dict[str, int] | None = None
+    validator_status: dict[str, str] = field(default_factory=dict)
+    validator_scores: dict[str, float] = field(default_factory=dict)
+    validator_fixed: dict[str, int] = field(default_factory=dict)
+    node_ids: dict[str, int] = field(default_factory=dict)
+    node_classes: dict[int, int] = field(default_factory=dict)  # node id -> class when scored
+    proposal: list[tuple[int, int]] | None = None  # our on-chain set of this epoch
+    score_salt: bytes = b""
+    score_commit: bytes = b""
+    score_committed_block: int | None = None
+    score_revealed_block: int | None = None  # revealed in epoch + 1
+    # actions taken during this epoch about the previous one
+    proposed: bool = False
+    onchain: list[tuple[int, int]] | None = None  # the submission seen on chain in this epoch
+    attested: bool = False
+    attestation: str | None = None
+    skipped: str | None = None
+
+    def report(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "elected": self.elected,
+            "probe_seed": self.probe.seed.hex() if self.probe else None,
+            "probe_poster": self.probe_poster,
+            "hoster_commits": sorted(self.hoster_commits or {}),
+            "hoster_reveals": dict(self.hoster_status),
+            "hoster_scores": dict(self.hoster_scores),
+            "validator_reveals": dict(self.validator_status),
+            "validator_scores": dict(self.validator_scores),
+            "scores": [{"node_id": n, "score": str(s)} for n, s in (self.proposal or [])],
+            "score_commit": self.score_commit.hex() or None,
+            "score_committed_block": self.score_committed_block,
+            "score_revealed_block": self.score_revealed_block,
+            "proposed_previous": self.proposed,
+            "onchain_previous": None if self.onchain is None else [
+                {"node_id": n, "score": str(s)} for n, s in self.onchain],
+            "attested_previous": self.attested,
+            "attestation": self.attestation,
+            "skipped": self.skipped,
+        }
+
+
+class ValidatorDuty:
+    """Background validator loop; `start()` / `stop()`; reports in `reports`.
+
+    `chain` must hold this node's hotkey (it signs proposals and attestations).
+    `hidden_size`/`num_blocks` describe the served model (the probe shape and block list).
+    """
+
+    def __init__(self, dht, chain: Chain, node_key: NodeKey, subnet_id: int, *, hidden_size: int, num_blocks: int,
+                 params: ScoringParams = DEFAULT_PARAMS, policy: ConsensusRecordPolicy | None = None,
+                 poll_interval: float | None = None, keep_reports: int = 32):
+        self.dht, self.chain, self.node_key, self.subnet_id = dht, chain, node_key, subnet_id
+        self.peer_id = node_key.peer_id
+        self.hidden_size, self.num_blocks = hidden_size, num_blocks
+        self.params = params
+        self.policy = policy or ConsensusRecordPolicy(subnet_id, ChainRegistry(lambda: chain, subnet_id))
+        self.poll_interval = poll_interval
+        self.keep_reports = keep_reports
+        self.epochs: dict[int, ValidatorEpoch] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def registry(self):
+        return self.policy.registry
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> ValidatorDuty:
+        self._thread = threading.Thread(target=self._run, name="validator-duty", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def reports(self) -> dict[int, dict]:
+        return {e: st.report() for e, st in sorted(self.epochs.items())}
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            interval = 0.2
+            try:
+                view = self.registry.view()
+                interval = self.poll_interval or max(0.05, min(0.5, view.block_time / 3))
+                self.tick(view)
+            except ChainError as e:
+                event(log, "validator_duty_chain_error", logging.WARNING, error=str(e)[:200])
+            except Exception as e:  # a bad record or a bug in one step must not kill the duty
+                log.exception("validator duty tick failed: %s", e)
+            self._stop.wait(interval)
+
+    def _state(self, epoch: int) -> ValidatorEpoch:
+        st = self.epochs.get(epoch)
+        if st is None:
+            st = self.epochs[epoch] = ValidatorEpoch(epoch)
+            for old in sorted(self.epochs)[: -self.keep_reports]:
+                del self.epochs[old]
+        return st
+
+    # ---- one step ----------------------------------------------------------------------------
+
+    def tick(self, view: EpochView) -> None:
+        e, p = view.epoch, view.progress
+        st = self._state(e)
+        prev = self.epochs.get(e - 1)
+        if st.elected is None:
+            st.elected = self.registry.elected_peer(e)
+        elected = st.elected == self.peer_id
+
+        if elected and not st.proposed and prev is not None and prev.proposal is not None and p < REVEAL_START:
+            self._propose(st, prev)
+        if not elected and not st.attested and st.attestation is None and prev is not None \
+                and prev.proposal is not None:
+            self._maybe_attest(st, prev)
+        if st.probe is None and p < PROPOSE_END and (elected or p >= PROBE_ELECTED_ONLY_END):
+            self._ensure_probe(st, view, elected)
+        if REVEAL_START <= p < REVEAL_END and prev is not None and prev.score_committed_block is not None \
+                and prev.score_revealed_block is None:
+            self._reveal_scores(prev, view)
+        if p >= REVEAL_START and st.hoster_commits is None and st.skipped is None:
+            if p < REVEAL_START + FREEZE_SLACK:
+                st.hoster_commits = fetch_records(self.dht, self.policy, e, RecordKind.HOSTER_COMMIT)
+                event(log, "hoster_commits_frozen", epoch=e, count=len(st.hoster_commits))
+            else:
+                st.skipped = "started after the commit window closed"
+        if p >= SCORE_START and st.hoster_commits is not None and st.hoster_fixed is None and st.skipped is None:
+            if p < SCORE_START + FREEZE_SLACK:
+                self._score(st, view)
+            else:
+                st.skipped = "missed the scoring point"
+        if p >= SCORE_START and st.hoster_fixed is not None and st.score_committed_block is None:
+            self._commit_scores(st, view)
+
+    # ---- steps ---------------------------------------------------------------------------------
+
+    def expected_probe(self, epoch: int) -> ProbeSpec:
+        randomness = self.registry.randomness(epoch)
+        return make_probe_spec(randomness, self.subnet_id, epoch, hidden=self.hidden_size, num_blocks=self.num_blocks)
+
+    def _ensure_probe(self, st: ValidatorEpoch, view: EpochView, elected: bool) -> None:
+        expected = self.expected_probe(st.epoch)
+        if not elected:
+            found = fetch_probe(self.dht, self.policy, expected)
+            if found is not None:
+                st.probe, st.probe_poster = found
+                return
+        if store_record(self.dht, self.node_key, self.subnet_id, st.epoch, RecordKind.PROBE, expected.to_payload(),
+                        block=view.block, ttl=record_ttl(view)):
+            st.probe, st.probe_poster, st.probe_posted_by_us = expected, self.peer_id, True
+            event(log, "probe_posted", epoch=st.epoch, seed=expected.seed.hex()[:16], elected=elected)
+
+    def _score(self, st: ValidatorEpoch, view: EpochView) -> None:
+        e = st.epoch
+        spec = st.probe or self.expected_probe(e)
+        st.probe = spec
+        reveals = fetch_records(self.dht, self.policy, e, RecordKind.HOSTER_REVEAL)
+        hv = verify_hoster_reveals(self.subnet_id, e, spec, st.hoster_commits or {}, reveals)
+        hs = score_hosters(hv.values, hv.status.keys(), expected_shape=spec.shape, params=self.params)
+        st.hoster_status, st.hoster_scores = hv.status, hs.scores
+        st.hoster_fixed = hs.fixed()
+
+        v_commits = fetch_records(self.dht, self.policy, e - 1, RecordKind.VALIDATOR_COMMIT) if e > 0 else {}
+        v_reveals = fetch_records(self.dht, self.policy, e, RecordKind.VALIDATOR_REVEAL)
+        vv = verify_validator_reveals(self.subnet_id, e - 1, v_commits, v_reveals)
+        nodes = self.registry.nodes()
+        validators = [p for p, n in nodes.items() if n.node_class >= NodeClass.VALIDATOR]
+        st.validator_status = vv.status
+        st.validator_scores = score_validators(vv.values, validators, params=self.params)
+        st.validator_fixed = {p: to_fixed(s) for p, s in st.validator_scores.items()}
+
+        st.node_ids = {p: n.node_id for p, n in nodes.items() if n.node_class >= NodeClass.INCLUDED}
+        st.node_classes = {n.node_id: int(n.node_class) for n in nodes.values()}
+        st.proposal = onchain_scores(st.hoster_fixed, st.validator_fixed, st.node_ids, params=self.params)
+        valid = sum(1 for s in hv.status.values() if s == VALID)
+        event(log, "epoch_scored", epoch=e, hosters=len(hv.status), valid_reveals=valid,
+              validators=len(vv.values), entries=len(st.proposal))
+
+    def _commit_scores(self, st: ValidatorEpoch, view: EpochView) -> None:
+        if not st.score_salt:
+            st.score_salt = new_salt()
+            score_set = make_score_set(self.subnet_id, st.epoch, self.peer_id, st.hoster_fixed or {})
+            st.score_commit = commitment(st.score_salt, encode_score_set(score_set))
+        if store_record(self.dht, self.node_key, self.subnet_id, st.epoch, RecordKind.VALIDATOR_COMMIT,
+                        {"commit": st.score_commit.hex()}, block=view.block, ttl=record_ttl(view)):
+            st.score_committed_block = view.block
+            event(log, "scores_committed", epoch=st.epoch, block=view.block)
+
+    def _reveal_scores(self, prev: ValidatorEpoch, view: EpochView) -> None:
+        payload = {"salt": prev.score_salt.hex(), "scores_epoch": prev.epoch, "scores": dict(prev.hoster_fixed or {})}
+        if store_record(self.dht, self.node_key, self.subnet_id, view.epoch, RecordKind.VALIDATOR_REVEAL, payload,
+                        block=view.block, ttl=record_ttl(view)):
+            prev.score_revealed_block = view.block
+            event(log, "scores_revealed", epoch=prev.epoch, block=view.block)
+
+    def build_proposal(self, prev: ValidatorEpoch) -> list[tuple[int, int]]:
+        """The data proposed on chain for `prev.epoch` (the own set; tests may override)."""
+        return list(prev.proposal or [])
+
+    def _propose(self, st: ValidatorEpoch, prev: ValidatorEpoch) -> None:
+        data = self.build_proposal(prev)
+        try:
+            receipt = self.chain.propose_attestation(self.subnet_id, [ScoreEntry(n, s) for n, s in data])
+            st.proposed = st.attested = True
+            st.attestation = "proposer"
+            event(log, "proposed", epoch=st.epoch, scores_epoch=prev.epoch, entries=len(data), block=receipt.block)
+        except AlreadyProposedError:
+            st.proposed = st.attested = True
+        except ChainError as e:
+            event(log, "propose_failed", logging.WARNING, epoch=st.epoch, error=str(e)[:200])
+
+    def _maybe_attest(self, st: ValidatorEpoch, prev: ValidatorEpoch) -> None:
+        sub = self.chain.get_consensus_submission(self.subnet_id, st.epoch)
+        if sub is None:
+            return
+        st.onchain = [(e.node_id, e.score) for e in sub.data]
+        nodes = self.registry.nodes()
+        eligible = {n.node_id for n in nodes.values() if n.node_class >= NodeClass.INCLUDED}
+        boundary = boundary_changes(prev.node_classes, {n.node_id: int(n.node_class) for n in nodes.values()})
+        decision: AttestationDecision = compare(st.onchain, prev.proposal or [], eligible=eligible,
+                                                boundary_nodes=boundary)
+        st.attestation = decision.reason
+        if not decision.attest:
+            event(log, "attestation_refused", logging.WARNING, epoch=st.epoch, reason=decision.reason[:200])
+            return
+        try:
+            self.chain.attest(self.subnet_id)
+            st.attested = True
+            event(log, "attested", epoch=st.epoch, scores_epoch=prev.epoch)
+        except AlreadyAttestedError:
+            st.attested = True
+        except ChainError as e:
+            st.attestation = None  # retry next tick
+            event(log, "attest_failed", logging.WARNING, epoch=st.epoch, error=str(e)[:200])

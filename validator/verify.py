@@ -1,0 +1,102 @@
+"""Check reveals against commits (hoster outputs and validator score sets).
+
+A reveal counts only if the same signer committed in the same epoch and the reveal opens
+that commit; admission (`subnet.consensus_records`) has already checked signatures,
+signer class, epoch and windows. Everything decoded here is bounded before decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from consensus.commit import verify_commitment
+from consensus.encoding import (
+    EncodingError,
+    decode_tensor,
+    encode_block_outputs,
+    encode_score_set,
+    make_score_set,
+)
+from consensus.probe import ProbeSpec
+from subnet.consensus_records import ConsensusRecordError, decode_b64
+from subnet.records import OpenedRecord
+
+VALID = "valid"
+
+
+@dataclass
+class Verified:
+    """Valid opened values per signer plus a status (VALID or the reason) for every signer seen."""
+
+    values: dict
+    status: dict[str, str]
+
+
+def verify_hoster_reveals(subnet_id: int, epoch: int, spec: ProbeSpec, commits: dict[str, OpenedRecord],
+                          reveals: dict[str, OpenedRecord]) -> Verified:
+    """Outputs {peer: {block: float32 tensor}} of hosters whose reveal opens their commit."""
+    values: dict[str, dict[int, torch.Tensor]] = {}
+    status: dict[str, str] = {}
+    max_tensor_bytes = 64 + 4 * spec.batch * spec.seq * spec.hidden
+    for peer in sorted(set(commits) | set(reveals)):
+        commit, reveal = commits.get(peer), reveals.get(peer)
+        if commit is None:
+            status[peer] = "reveal without commit"
+            continue
+        if reveal is None:
+            status[peer] = "no reveal"
+            continue
+        try:
+            blocks = commit.payload["blocks"]
+            outs = reveal.payload["outputs"]
+            if sorted(int(k) for k in outs) != blocks:
+                raise ValueError("revealed blocks differ from the committed ones")
+            if any(b not in spec.blocks for b in blocks):
+                raise ValueError("block outside the probe")
+            raw = {int(k): decode_b64(v, max_tensor_bytes) for k, v in outs.items()}
+            salt = bytes.fromhex(reveal.payload["salt"])
+            canonical = encode_block_outputs(subnet_id, epoch, peer, raw)
+            if not verify_commitment(bytes.fromhex(commit.payload["commit"]), salt, canonical):
+                raise ValueError("reveal does not match the commit")
+            tensors = {}
+            for b, data in raw.items():
+                t = decode_tensor(data, expected_shape=spec.shape)
+                if t.dtype != torch.float32:
+                    raise ValueError(f"block {b} output is {t.dtype}, probe dtype is float32")
+                tensors[b] = t
+        except (ValueError, EncodingError, ConsensusRecordError, KeyError, TypeError) as e:
+            status[peer] = f"invalid: {e}"[:200]
+            continue
+        values[peer] = tensors
+        status[peer] = VALID
+    return Verified(values, status)
+
+
+def verify_validator_reveals(subnet_id: int, scores_epoch: int, commits: dict[str, OpenedRecord],
+                             reveals: dict[str, OpenedRecord]) -> Verified:
+    """Score sets {peer: {hoster peer: fixed score}} of validators whose reveal opens their commit."""
+    values: dict[str, dict[str, int]] = {}
+    status: dict[str, str] = {}
+    for peer in sorted(set(commits) | set(reveals)):
+        commit, reveal = commits.get(peer), reveals.get(peer)
+        if commit is None:
+            status[peer] = "reveal without commit"
+            continue
+        if reveal is None:
+            status[peer] = "no reveal"
+            continue
+        try:
+            if reveal.payload["scores_epoch"] != scores_epoch:
+                raise ValueError("reveal is for another epoch")
+            score_set = make_score_set(subnet_id, scores_epoch, peer, reveal.payload["scores"])
+            salt = bytes.fromhex(reveal.payload["salt"])
+            if not verify_commitment(bytes.fromhex(commit.payload["commit"]), salt, encode_score_set(score_set)):
+                raise ValueError("reveal does not match the commit")
+        except (ValueError, EncodingError, KeyError, TypeError) as e:
+            status[peer] = f"invalid: {e}"[:200]
+            continue
+        values[peer] = score_set.as_dict()
+        status[peer] = VALID
+    return Verified(values, status)
