@@ -108,10 +108,6 @@ def _address(value: Any) -> str:
     return str(value)
 
 
-def _same_address(a: str, b: str) -> bool:
-    return a.lower() == b.lower()
-
-
 def _enum_name(value: Any) -> str:
     if isinstance(value, dict):
         return next(iter(value))
@@ -122,7 +118,7 @@ def compose_args(call: str, param_info: dict[str, Any], values: dict[str, Any]) 
     """Fill a call's arguments by name from `values` (see the module docstring).
 
     `param_info` is substrate-interface's decomposition of the call's parameters: a
-    struct is a dict of fields, an Option is `[None, inner]`.
+    struct is a dict of fields, an Option is `(None, inner)`.
     """
 
     def fill(name: str, info: Any, path: str) -> Any:

@@ -27,12 +27,15 @@ from consensus.phases import COMMIT_END, COMMIT_START, REVEAL_END, REVEAL_START,
 from consensus.probe import ProbeSpec, make_probe_spec, probe_input
 from keys.node_key import NodeKey
 from subnet.consensus_records import (
+    DHTUnavailableError,
     ChainRegistry,
     ConsensusRecordPolicy,
     EpochView,
     fetch_probe,
     record_ttl,
+    reveal_parts,
     store_record,
+    store_reveal,
 )
 from subnet.logs import event
 
@@ -122,7 +125,7 @@ class HosterDuty:
                 view = self.policy.registry.view()
                 interval = self.poll_interval or max(0.05, min(0.5, view.block_time / 3))
                 self.tick(view)
-            except ChainError as e:
+            except (ChainError, DHTUnavailableError) as e:
                 event(log, "hoster_duty_chain_error", logging.WARNING, error=str(e)[:200])
             except Exception as e:  # keep serving whatever happens here
                 log.exception("hoster duty tick failed: %s", e)
@@ -172,18 +175,18 @@ class HosterDuty:
         return out.detach().to("cpu", torch.float32).contiguous()
 
     def _commit(self, st: HosterEpoch, view: EpochView) -> None:
-        payload = {"commit": st.commit.hex(), "blocks": list(st.blocks)}
+        payload = {"commit": st.commit.hex(), "blocks": list(st.blocks), "parts": reveal_parts(self.reveal_body(st))}
         if store_record(self.dht, self.node_key, self.subnet_id, st.epoch, RecordKind.HOSTER_COMMIT, payload,
                         block=view.block, ttl=record_ttl(view)):
             st.committed_block = view.block
             event(log, "hoster_committed", epoch=st.epoch, block=view.block, blocks=len(st.blocks))
 
-    def reveal_payload(self, st: HosterEpoch) -> dict:
+    def reveal_body(self, st: HosterEpoch) -> dict:
         return {"salt": st.salt.hex(),
                 "outputs": {str(b): base64.b64encode(data).decode() for b, data in sorted(st.outputs.items())}}
 
     def _reveal(self, st: HosterEpoch, view: EpochView) -> None:
-        if store_record(self.dht, self.node_key, self.subnet_id, st.epoch, RecordKind.HOSTER_REVEAL,
-                        self.reveal_payload(st), block=view.block, ttl=record_ttl(view)):
+        if store_reveal(self.dht, self.node_key, self.subnet_id, st.epoch, RecordKind.HOSTER_REVEAL,
+                        self.reveal_body(st), block=view.block, ttl=record_ttl(view)):
             st.revealed_block = view.block
             event(log, "hoster_revealed", epoch=st.epoch, block=view.block)

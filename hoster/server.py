@@ -25,7 +25,7 @@ from hoster.cache import CacheBudget
 from hoster.selection import Span, choose_blocks, should_move
 from hoster.servicer import NAMESPACE, BlockServicer
 from keys.node_key import NodeKey
-from subnet.announcements import read_announcements
+from subnet.announcements import AnnouncementValidator, read_announcements
 from subnet.blocks import dtype_name, load_blocks, load_config, model_uid, parse_dtype
 from subnet.dht import start_dht, visible_maddrs
 from subnet.logs import event
@@ -160,6 +160,7 @@ class Hoster:
         self.config = load_config(self.model_path)
         if self._dht is None:
             self._dht = start_dht_compat(self.node_key, self.initial_peers,
+                                         record_validators=[AnnouncementValidator()],
                                          **({"host_maddrs": self.host_maddrs} if self.host_maddrs else {}))
         elif self._dht.peer_id.to_base58() != self.node_key.peer_id:
             raise ValueError("node_key does not match the DHT's peer id")
@@ -291,7 +292,7 @@ class Hoster:
             return None
         event(log, "rebalance_start", old=f"{self.backend.start}:{self.backend.end}", new=f"{target[0]}:{target[1]}")
         self.state = "joining"  # clients route only to "online": no new sessions arrive
-        self.announcer.refresh_now()
+        self.announcer.publish()
         deadline = time.monotonic() + self.session_timeout
         while self.backend.sessions and time.monotonic() < deadline and not self._stopped.is_set():
             time.sleep(0.5)
@@ -304,7 +305,7 @@ class Hoster:
         self.backend = new
         old.shutdown()
         self.state = "online"
-        self.announcer.refresh_now()
+        self.announcer.publish()
         event(log, "rebalanced", blocks=f"{target[0]}:{target[1]}")
         return target
 

@@ -43,7 +43,7 @@ class BlockServicer(ServicerBase):
 
     def __init__(self, backend: Backend, model_uid: str, info: Callable[[], dict], *,
                  session_timeout: float = 60.0, open_timeout: float = 30.0, max_batch_size: int = 64,
-                 max_length: int = 8192, max_request_tokens: int = 8192):
+                 max_length: int = 8192, max_request_tokens: int = 8192, max_sessions: int = 1024):
         self.backend = backend
         self.model_uid = model_uid
         self.info = info
@@ -52,10 +52,12 @@ class BlockServicer(ServicerBase):
         self.max_batch_size = max_batch_size
         self.max_length = max_length
         self.max_request_tokens = max_request_tokens
+        self.max_sessions = max_sessions
         self.hidden_size = backend.span.hidden_size
         self.max_tensor_bytes = max_request_tokens * self.hidden_size * 4
         self.open_streams = 0
         self._stopping: asyncio.Event | None = None
+        self._stopped_future: asyncio.Future | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -64,9 +66,19 @@ class BlockServicer(ServicerBase):
             self._stopping = asyncio.Event()
         return self._stopping
 
+    def _stop_future(self) -> asyncio.Future:
+        """One future per servicer loop, done at shutdown (awaited next to each request read)."""
+        if self._stopped_future is None:
+            self._stopped_future = asyncio.get_running_loop().create_future()
+            if self._stop_event().is_set():
+                self._stopped_future.set_result(None)
+        return self._stopped_future
+
     def begin_shutdown(self) -> None:
         """Called on the servicer's loop: open streams answer an error and end, new requests are refused."""
         self._stop_event().set()
+        if self._stopped_future is not None and not self._stopped_future.done():
+            self._stopped_future.set_result(None)
 
     def _check_uid(self, request: runtime_pb2.ExpertRequest) -> None:
         if request.uid != self.model_uid:
@@ -148,7 +160,8 @@ class BlockServicer(ServicerBase):
                 try:
                     request = await self._next(it, self.session_timeout)
                 except asyncio.TimeoutError:
-                    yield wire.error_response("unknown_session", f"session expired after {self.session_timeout:g}s idle")
+                    yield wire.error_response("unknown_session",
+                                              f"session expired after {self.session_timeout:g}s idle")
                     event(log, "session_expired", session=session.id[:8])
                     return
                 if request is None:
@@ -190,19 +203,17 @@ class BlockServicer(ServicerBase):
         batch_size = wire.get_int(meta, "batch_size", lo=1, hi=1 << 20, default=1)
         if batch_size > self.max_batch_size:
             raise _Reject("too_large", f"batch_size {batch_size} exceeds {self.max_batch_size}")
+        if len(self.backend.sessions) >= self.max_sessions:
+            raise CacheFull(f"too many open sessions ({self.max_sessions})")
         return self.backend.open_session(start, end, batch_size, max_length)
 
     async def _next(self, it, timeout: float):
         """Next request, None at end of stream; TimeoutError when idle; _Stopping at shutdown."""
-        stop = self._stop_event()
-        if stop.is_set():
+        stop = self._stop_future()
+        if stop.done():
             raise _Stopping()
         nxt = asyncio.ensure_future(anext(it))
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            done, _ = await asyncio.wait({nxt, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
+        done, _ = await asyncio.wait((nxt, stop), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if nxt in done:
             try:
                 return nxt.result()
@@ -211,7 +222,7 @@ class BlockServicer(ServicerBase):
             except Exception:  # the client went away
                 return None
         nxt.cancel()
-        if stopper in done or stop.is_set():
+        if stop.done():
             raise _Stopping()
         raise asyncio.TimeoutError()
 

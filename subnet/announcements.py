@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import hivemind
+import msgpack
+from hivemind.dht.validation import DHTRecord, RecordValidatorBase
 from hivemind.utils import get_dht_time
 
 from subnet.records import RecordError, open_record
@@ -117,3 +119,49 @@ def read_announcements(dht: hivemind.DHT, model_uid: str, *, include_offline: bo
     if found is None or not isinstance(found.value, dict):
         return []
     return parse_entries(found.value, model_uid, include_offline=include_offline)
+
+
+MAX_ANNOUNCE_TTL = 600.0
+
+
+class AnnouncementValidator(RecordValidatorBase):
+    """hivemind record validator: only a peer itself may write its announcement.
+
+    Applies to values that are sealed `announce` records (other values pass through, so it
+    composes with other validators): the value must verify, fit MAX_ANNOUNCE_BYTES, the subkey
+    must equal the signer's peer id, and the expiration must be at most MAX_ANNOUNCE_TTL ahead.
+    Without it a forger could store a record with a later expiration under a hoster's subkey,
+    and hivemind (which keeps the latest expiration per subkey) would hide the real one.
+    Install on every DHT peer: `start_dht(..., record_validators=[AnnouncementValidator(), ...])`.
+    """
+
+    def __init__(self, max_ttl: float = MAX_ANNOUNCE_TTL):
+        self.max_ttl = max_ttl
+        self.rejected = 0
+
+    def validate(self, record: DHTRecord) -> bool:
+        try:
+            value = msgpack.unpackb(record.value, raw=False, max_ext_len=0, max_array_len=16, max_map_len=16)
+        except Exception:
+            return True  # not a value we wrote: not ours to judge
+        if not isinstance(value, bytes) or b'"kind":"announce"' not in value[:64]:
+            return True
+        try:
+            subkey = msgpack.unpackb(record.subkey, raw=False, max_str_len=256, max_bin_len=256, max_ext_len=0)
+            rec = open_record(value, "announce", max_bytes=MAX_ANNOUNCE_BYTES)
+            if subkey != rec.peer_id:
+                raise RecordError("subkey is not the signer's peer id")
+            if record.expiration_time > get_dht_time() + self.max_ttl:
+                raise RecordError("expiration too far in the future")
+        except Exception as e:
+            self.rejected += 1
+            log.debug("rejecting announcement record: %s", e)
+            return False
+        return True
+
+    @property
+    def priority(self) -> int:
+        return 5
+
+    def merge_with(self, other: RecordValidatorBase) -> bool:
+        return False

@@ -53,7 +53,7 @@ from consensus.phases import PROBE_ELECTED_ONLY_END, RecordKind, block_window
 from consensus.probe import ProbeSpec, probe_seed
 from keys.node_key import NodeKey
 from subnet.logs import event
-from subnet.records import MAX_RECORD_BYTES, OpenedRecord, RecordError, open_record, seal
+from subnet.records import OpenedRecord, RecordError, canonical_json, open_record, seal
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,9 @@ REQUIRED_CLASS: dict[str, NodeClass] = {
 DEFAULT_SIZE_LIMITS: dict[str, int] = {
     RecordKind.PROBE.value: 4 << 10,
     RecordKind.HOSTER_COMMIT.value: 4 << 10,
-    RecordKind.HOSTER_REVEAL.value: MAX_RECORD_BYTES,
+    RecordKind.HOSTER_REVEAL.value: 10 << 10,  # one part (CHUNK_CHARS) + envelope
     RecordKind.VALIDATOR_COMMIT.value: 2 << 10,
-    RecordKind.VALIDATOR_REVEAL.value: 512 << 10,
+    RecordKind.VALIDATOR_REVEAL.value: 10 << 10,
 }
 
 
@@ -81,11 +81,27 @@ class ConsensusRecordError(RecordError):
     """A consensus record failed admission (reason in the message)."""
 
 
-def consensus_key(subnet_id: int, epoch: int, kind: str | RecordKind) -> str:
+# Reveals can be large (tensors, score sets). hivemind hands every store/get to its DHT
+# process through a socketpair that the child reads in non-blocking mode; a message over
+# 16 KiB is written in two pieces and the child can read the first alone, fail with EAGAIN
+# and desynchronise the pipe (the DHT process then dies with EOFError). So reveals are cut
+# into signed parts of at most CHUNK_CHARS characters, one DHT key per part index; commits
+# announce the part count so readers know how many keys to fetch.
+CHUNKED_KINDS = (RecordKind.HOSTER_REVEAL.value, RecordKind.VALIDATOR_REVEAL.value)
+CHUNK_CHARS = 8192
+MAX_PARTS = 256
+
+
+def consensus_key(subnet_id: int, epoch: int, kind: str | RecordKind, part: int | None = None) -> str:
     kind = kind.value if isinstance(kind, RecordKind) else kind
     if kind not in KINDS:
         raise ValueError(f"unknown consensus record kind {kind!r}")
-    return f"{KEY_PREFIX}/{int(subnet_id)}/{int(epoch)}/{kind}"
+    base = f"{KEY_PREFIX}/{int(subnet_id)}/{int(epoch)}/{kind}"
+    if kind in CHUNKED_KINDS:
+        if part is None or not 0 <= part < MAX_PARTS:
+            raise ValueError(f"{kind} records are stored in parts 0..{MAX_PARTS - 1}")
+        return f"{base}/{int(part)}"
+    return base
 
 
 def key_id_bytes(key: str) -> bytes:
@@ -277,34 +293,79 @@ def check_payload_schema(kind: str, payload: dict) -> None:
         except ValueError as e:
             raise ConsensusRecordError(f"bad probe: {e}") from None
     elif kind in (RecordKind.HOSTER_COMMIT.value, RecordKind.VALIDATOR_COMMIT.value):
-        extra = {"commit", "blocks"} if kind == RecordKind.HOSTER_COMMIT.value else {"commit"}
+        extra = {"commit", "parts"} | ({"blocks"} if kind == RecordKind.HOSTER_COMMIT.value else set())
         _fields(payload, _COMMON | extra)
         _hex(payload, "commit", 32, 32)
+        _int(payload, "parts", 1, MAX_PARTS + 1)
         if "blocks" in extra:
             blocks = payload["blocks"]
             if (not isinstance(blocks, list) or not blocks or len(blocks) > 1024
                     or any(type(b) is not int or not 0 <= b < MAX_BLOCK_INDEX for b in blocks)
                     or blocks != sorted(set(blocks))):
                 raise ConsensusRecordError("blocks must be a sorted list of unique block indices")
-    elif kind == RecordKind.HOSTER_REVEAL.value:
-        _fields(payload, _COMMON | {"salt", "outputs"})
-        _hex(payload, "salt", 16, 64)
-        outs = payload["outputs"]
+    elif kind in CHUNKED_KINDS:
+        _fields(payload, _COMMON | {"part", "parts", "data"})
+        parts = _int(payload, "parts", 1, MAX_PARTS + 1)
+        _int(payload, "part", 0, parts)
+        if not isinstance(payload["data"], str) or not payload["data"] or len(payload["data"]) > CHUNK_CHARS:
+            raise ConsensusRecordError(f"part data must be a non-empty string of <= {CHUNK_CHARS} chars")
+    else:
+        raise ConsensusRecordError(f"unknown kind {kind!r}")
+
+
+def check_reveal_body(kind: str, body: object, epoch: int) -> dict:
+    """Schema of a reassembled reveal: hoster {salt, outputs}; validator {salt, scores_epoch, scores}."""
+    if not isinstance(body, dict):
+        raise ConsensusRecordError("reveal body is not an object")
+    if kind == RecordKind.HOSTER_REVEAL.value:
+        _fields(body, {"salt", "outputs"})
+        _hex(body, "salt", 16, 64)
+        outs = body["outputs"]
         if not isinstance(outs, dict) or not outs or len(outs) > 1024:
             raise ConsensusRecordError("outputs must be a non-empty object")
         for k, v in outs.items():
-            if not k.isdigit() or int(k) >= MAX_BLOCK_INDEX or str(int(k)) != k or not isinstance(v, str):
+            if not k.isdigit() or str(int(k)) != k or int(k) >= MAX_BLOCK_INDEX or not isinstance(v, str):
                 raise ConsensusRecordError("outputs must map block indices to base64 strings")
     elif kind == RecordKind.VALIDATOR_REVEAL.value:
-        _fields(payload, _COMMON | {"salt", "scores_epoch", "scores"})
-        _hex(payload, "salt", 16, 64)
-        _int(payload, "scores_epoch")
-        if payload["scores_epoch"] != payload["epoch"] - 1:
+        _fields(body, {"salt", "scores_epoch", "scores"})
+        _hex(body, "salt", 16, 64)
+        _int(body, "scores_epoch")
+        if body["scores_epoch"] != epoch - 1:
             raise ConsensusRecordError("a validator reveal opens the commit of the previous epoch")
-        if not isinstance(payload["scores"], dict):
+        if not isinstance(body["scores"], dict):
             raise ConsensusRecordError("scores must be an object")
     else:
-        raise ConsensusRecordError(f"unknown kind {kind!r}")
+        raise ConsensusRecordError(f"{kind} is not a reveal kind")
+    return body
+
+
+def split_reveal(body: dict) -> list[str]:
+    """Canonical JSON of a reveal body cut into CHUNK_CHARS pieces."""
+    text = canonical_json(body).decode()
+    parts = [text[i:i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)]
+    if len(parts) > MAX_PARTS:
+        raise ValueError(f"reveal of {len(text)} chars needs more than {MAX_PARTS} parts")
+    return parts
+
+
+def join_reveal(kind: str, epoch: int, parts: list[OpenedRecord], expected_parts: int) -> dict:
+    """Reassemble a signer's reveal from its parts (all from the same signer, checked by the caller)."""
+    import json
+
+    by_index = {r.payload["part"]: r for r in parts}
+    if len(by_index) != expected_parts or any(r.payload["parts"] != expected_parts for r in parts) \
+            or sorted(by_index) != list(range(expected_parts)):
+        raise ConsensusRecordError(f"incomplete reveal: have parts {sorted(by_index)} of {expected_parts}")
+    text = "".join(by_index[i].payload["data"] for i in range(expected_parts))
+    try:
+        body = json.loads(text, parse_constant=_no_constants)
+    except ValueError as e:
+        raise ConsensusRecordError(f"reveal is not JSON: {e}") from None
+    return check_reveal_body(kind, body, epoch)
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not allowed")
 
 
 def decode_b64(text: str, max_bytes: int) -> bytes:
@@ -337,15 +398,16 @@ class ConsensusRecordPolicy:
         """(epoch, kind) if `key_bytes` is one of our consensus keys near the current epoch."""
         if self._key_cache_epoch != view.epoch:
             self._key_cache = {
-                key_id_bytes(consensus_key(self.subnet_id, e, k)): (e, k)
+                key_id_bytes(consensus_key(self.subnet_id, e, k, part)): (e, k)
                 for e in range(max(0, view.epoch - 2), view.epoch + 2)
                 for k in KINDS
+                for part in (range(MAX_PARTS) if k in CHUNKED_KINDS else (None,))
             }
             self._key_cache_epoch = view.epoch
         return self._key_cache.get(key_bytes)
 
     def check(self, value: bytes, subkey: str | None, *, key_bytes: bytes | None = None,
-              expected: tuple[int, str] | None = None, expiration_time: float | None = None) -> OpenedRecord:
+              expected: tuple | None = None, expiration_time: float | None = None) -> OpenedRecord:
         """Return the opened record or raise ConsensusRecordError with the reason."""
         max_size = max(self.size_limits.values())
         try:
@@ -364,9 +426,12 @@ class ConsensusRecordPolicy:
         subnet, epoch, block = payload["subnet"], payload["epoch"], payload["block"]
         if subnet != self.subnet_id:
             raise ConsensusRecordError(f"record for subnet {subnet}, we are {self.subnet_id}")
-        if expected is not None and expected != (epoch, kind):
+        if expected is not None and tuple(expected[:2]) != (epoch, kind):
             raise ConsensusRecordError(f"record is ({epoch}, {kind}), expected {expected}")
-        if key_bytes is not None and key_bytes != key_id_bytes(consensus_key(subnet, epoch, kind)):
+        part = payload.get("part") if kind in CHUNKED_KINDS else None
+        if expected is not None and len(expected) > 2 and expected[2] != part:
+            raise ConsensusRecordError(f"record is part {part}, expected part {expected[2]}")
+        if key_bytes is not None and key_bytes != key_id_bytes(consensus_key(subnet, epoch, kind, part)):
             raise ConsensusRecordError("record stored under another key (replay?)")
         if expiration_time is not None and expiration_time > get_dht_time() + self.max_ttl:
             raise ConsensusRecordError("expiration too far in the future")
@@ -494,23 +559,94 @@ def record_ttl(view: EpochView, epochs: float = 3.0) -> float:
     return max(30.0, epochs * view.blocks_per_epoch * view.block_time)
 
 
+class DHTUnavailableError(RuntimeError):
+    """A DHT read did not answer in time (or the DHT is down): retry later, do not treat as empty."""
+
+
+DHT_TIMEOUT = 10.0  # hivemind calls have no timeout of their own; a dead DHT must not hang a duty
+
+
 def store_record(dht, node_key: NodeKey, subnet_id: int, epoch: int, kind: str | RecordKind, payload: dict,
-                 *, block: int, ttl: float) -> bool:
+                 *, block: int, ttl: float, timeout: float = DHT_TIMEOUT) -> bool:
     """Seal `payload` (+ subnet, epoch, block) and store it under our subkey. True if stored."""
     kind = kind.value if isinstance(kind, RecordKind) else kind
+    if kind in CHUNKED_KINDS and "part" not in payload:
+        raise ValueError(f"{kind} bodies go through store_reveal (they are stored in parts)")
     body = {**payload, "subnet": subnet_id, "epoch": epoch, "block": block}
     value = seal(node_key, kind, body)
-    ok = dht.store(consensus_key(subnet_id, epoch, kind), value, get_dht_time() + ttl, subkey=node_key.peer_id)
+    return store_sealed(dht, consensus_key(subnet_id, epoch, kind, payload.get("part")), node_key.peer_id, value,
+                        ttl=ttl, timeout=timeout, kind=kind, epoch=epoch, block=block)
+
+
+def store_reveal(dht, node_key: NodeKey, subnet_id: int, epoch: int, kind: str | RecordKind, body: dict, *,
+                 block: int, ttl: float, timeout: float = DHT_TIMEOUT) -> bool:
+    """Store a reveal body as signed parts (see CHUNK_CHARS). True if every part was stored."""
+    kind = kind.value if isinstance(kind, RecordKind) else kind
+    chunks = split_reveal(body)
+    return all([
+        store_record(dht, node_key, subnet_id, epoch, kind, {"part": i, "parts": len(chunks), "data": chunk},
+                     block=block, ttl=ttl, timeout=timeout)
+        for i, chunk in enumerate(chunks)
+    ])
+
+
+def reveal_parts(body: dict) -> int:
+    """How many parts `store_reveal` will use for `body` (announced in the commit)."""
+    return len(split_reveal(body))
+
+
+def fetch_reveals(dht, policy: ConsensusRecordPolicy, epoch: int, kind: str | RecordKind,
+                  parts_by_signer: dict[str, int], *, timeout: float = DHT_TIMEOUT) -> tuple[dict[str, dict], dict[str, str]]:
+    """Reassembled reveal bodies of the given signers (part counts from their commits).
+
+    Returns ({signer: body}, {signer: reason}) for signers whose reveal is complete and well formed
+    vs. missing/incomplete/malformed.
+    """
+    kind = kind.value if isinstance(kind, RecordKind) else kind
+    wanted = {p: n for p, n in parts_by_signer.items() if isinstance(n, int) and 1 <= n <= MAX_PARTS}
+    got: dict[str, list[OpenedRecord]] = {p: [] for p in wanted}
+    for part in range(max(wanted.values(), default=0)):
+        for signer, rec in fetch_records(dht, policy, epoch, kind, part=part, timeout=timeout).items():
+            if signer in got:
+                got[signer].append(rec)
+    bodies: dict[str, dict] = {}
+    problems: dict[str, str] = {}
+    for signer, n in wanted.items():
+        if not got[signer]:
+            problems[signer] = "no reveal"
+            continue
+        try:
+            bodies[signer] = join_reveal(kind, epoch, got[signer], n)
+        except ConsensusRecordError as e:
+            problems[signer] = f"invalid: {e}"[:200]
+    return bodies, problems
+
+
+def store_sealed(dht, key: str, subkey: str, value: bytes, *, ttl: float, timeout: float = DHT_TIMEOUT,
+                 **log_fields) -> bool:
+    """Store already-sealed bytes (also how an attacker would replay them: admission decides)."""
+    try:
+        fut = dht.store(key, value, get_dht_time() + ttl, subkey=subkey, return_future=True)
+        ok = fut.result(timeout=timeout)
+    except Exception as e:  # timeout, DHT shut down
+        event(log, "consensus_record_store_failed", logging.WARNING, error=f"{type(e).__name__}: {e}"[:200],
+              **log_fields)
+        return False
     ok = bool(ok) if not isinstance(ok, dict) else all(ok.values())
-    event(log, "consensus_record_stored", logging.DEBUG, kind=kind, epoch=epoch, block=block, ok=ok,
-          size=len(value))
+    event(log, "consensus_record_stored", logging.DEBUG, ok=ok, size=len(value), **log_fields)
     return ok
 
 
-def fetch_records(dht, policy: ConsensusRecordPolicy, epoch: int, kind: str | RecordKind) -> dict[str, OpenedRecord]:
-    """Records of (epoch, kind) from the DHT, each re-checked; invalid ones are dropped and logged."""
+def fetch_records(dht, policy: ConsensusRecordPolicy, epoch: int, kind: str | RecordKind, *,
+                  part: int | None = None, timeout: float = DHT_TIMEOUT) -> dict[str, OpenedRecord]:
+    """Records of (epoch, kind[, part]) from the DHT, each re-checked; invalid ones are dropped and logged."""
     kind = kind.value if isinstance(kind, RecordKind) else kind
-    found = dht.get(consensus_key(policy.subnet_id, epoch, kind), latest=True)
+    try:
+        key = consensus_key(policy.subnet_id, epoch, kind, part)
+        found = dht.get(key, latest=True, return_future=True).result(
+            timeout=timeout)
+    except Exception as e:
+        raise DHTUnavailableError(f"fetching {kind} records of epoch {epoch} failed: {type(e).__name__}: {e}") from None
     if found is None or not isinstance(found.value, dict):
         return {}
     out: dict[str, OpenedRecord] = {}
@@ -519,7 +655,7 @@ def fetch_records(dht, policy: ConsensusRecordPolicy, epoch: int, kind: str | Re
         try:
             if not isinstance(value, bytes):
                 raise ConsensusRecordError("value is not bytes")
-            out[subkey] = policy.check(value, subkey, expected=(epoch, kind))
+            out[subkey] = policy.check(value, subkey, expected=(epoch, kind, part))
         except ConsensusRecordError as e:
             event(log, "consensus_record_dropped", logging.INFO, kind=kind, epoch=epoch,
                   subkey=str(subkey)[:64], reason=str(e)[:200])

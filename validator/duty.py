@@ -31,13 +31,17 @@ from consensus.probe import ProbeSpec, make_probe_spec
 from consensus.scoring import DEFAULT_PARAMS, ScoringParams, onchain_scores, score_hosters, score_validators, to_fixed
 from keys.node_key import NodeKey
 from subnet.consensus_records import (
+    DHTUnavailableError,
     ChainRegistry,
     ConsensusRecordPolicy,
     EpochView,
     fetch_probe,
     fetch_records,
+    fetch_reveals,
     record_ttl,
+    reveal_parts,
     store_record,
+    store_reveal,
 )
 from subnet.logs import event
 from validator.verify import VALID, verify_hoster_reveals, verify_validator_reveals
@@ -149,7 +153,7 @@ class ValidatorDuty:
                 view = self.registry.view()
                 interval = self.poll_interval or max(0.05, min(0.5, view.block_time / 3))
                 self.tick(view)
-            except ChainError as e:
+            except (ChainError, DHTUnavailableError) as e:
                 event(log, "validator_duty_chain_error", logging.WARNING, error=str(e)[:200])
             except Exception as e:  # a bad record or a bug in one step must not kill the duty
                 log.exception("validator duty tick failed: %s", e)
@@ -219,15 +223,18 @@ class ValidatorDuty:
         e = st.epoch
         spec = st.probe or self.expected_probe(e)
         st.probe = spec
-        reveals = fetch_records(self.dht, self.policy, e, RecordKind.HOSTER_REVEAL)
-        hv = verify_hoster_reveals(self.subnet_id, e, spec, st.hoster_commits or {}, reveals)
+        commits = st.hoster_commits or {}
+        reveals, problems = fetch_reveals(self.dht, self.policy, e, RecordKind.HOSTER_REVEAL,
+                                          {p: r.payload["parts"] for p, r in commits.items()})
+        hv = verify_hoster_reveals(self.subnet_id, e, spec, commits, reveals, problems)
         hs = score_hosters(hv.values, hv.status.keys(), expected_shape=spec.shape, params=self.params)
         st.hoster_status, st.hoster_scores = hv.status, hs.scores
         st.hoster_fixed = hs.fixed()
 
         v_commits = fetch_records(self.dht, self.policy, e - 1, RecordKind.VALIDATOR_COMMIT) if e > 0 else {}
-        v_reveals = fetch_records(self.dht, self.policy, e, RecordKind.VALIDATOR_REVEAL)
-        vv = verify_validator_reveals(self.subnet_id, e - 1, v_commits, v_reveals)
+        v_reveals, v_problems = fetch_reveals(self.dht, self.policy, e, RecordKind.VALIDATOR_REVEAL,
+                                              {p: r.payload["parts"] for p, r in v_commits.items()})
+        vv = verify_validator_reveals(self.subnet_id, e - 1, v_commits, v_reveals, v_problems)
         nodes = self.registry.nodes()
         validators = [p for p, n in nodes.items() if n.node_class >= NodeClass.VALIDATOR]
         st.validator_status = vv.status
@@ -246,15 +253,19 @@ class ValidatorDuty:
             st.score_salt = new_salt()
             score_set = make_score_set(self.subnet_id, st.epoch, self.peer_id, st.hoster_fixed or {})
             st.score_commit = commitment(st.score_salt, encode_score_set(score_set))
+        parts = reveal_parts(self.reveal_body(st))
         if store_record(self.dht, self.node_key, self.subnet_id, st.epoch, RecordKind.VALIDATOR_COMMIT,
-                        {"commit": st.score_commit.hex()}, block=view.block, ttl=record_ttl(view)):
+                        {"commit": st.score_commit.hex(), "parts": parts}, block=view.block, ttl=record_ttl(view)):
             st.score_committed_block = view.block
             event(log, "scores_committed", epoch=st.epoch, block=view.block)
 
+    @staticmethod
+    def reveal_body(st: ValidatorEpoch) -> dict:
+        return {"salt": st.score_salt.hex(), "scores_epoch": st.epoch, "scores": dict(st.hoster_fixed or {})}
+
     def _reveal_scores(self, prev: ValidatorEpoch, view: EpochView) -> None:
-        payload = {"salt": prev.score_salt.hex(), "scores_epoch": prev.epoch, "scores": dict(prev.hoster_fixed or {})}
-        if store_record(self.dht, self.node_key, self.subnet_id, view.epoch, RecordKind.VALIDATOR_REVEAL, payload,
-                        block=view.block, ttl=record_ttl(view)):
+        if store_reveal(self.dht, self.node_key, self.subnet_id, view.epoch, RecordKind.VALIDATOR_REVEAL,
+                        self.reveal_body(prev), block=view.block, ttl=record_ttl(view)):
             prev.score_revealed_block = view.block
             event(log, "scores_revealed", epoch=prev.epoch, block=view.block)
 

@@ -35,8 +35,13 @@ class Verified:
 
 
 def verify_hoster_reveals(subnet_id: int, epoch: int, spec: ProbeSpec, commits: dict[str, OpenedRecord],
-                          reveals: dict[str, OpenedRecord]) -> Verified:
-    """Outputs {peer: {block: float32 tensor}} of hosters whose reveal opens their commit."""
+                          reveals: dict[str, dict], problems: dict[str, str] | None = None) -> Verified:
+    """Outputs {peer: {block: float32 tensor}} of hosters whose reveal body opens their commit.
+
+    `reveals`: reassembled reveal bodies ({salt, outputs}); `problems`: reasons for committers
+    whose reveal could not be reassembled (reported as their status).
+    """
+    problems = problems or {}
     values: dict[str, dict[int, torch.Tensor]] = {}
     status: dict[str, str] = {}
     max_tensor_bytes = 64 + 4 * spec.batch * spec.seq * spec.hidden
@@ -46,17 +51,17 @@ def verify_hoster_reveals(subnet_id: int, epoch: int, spec: ProbeSpec, commits: 
             status[peer] = "reveal without commit"
             continue
         if reveal is None:
-            status[peer] = "no reveal"
+            status[peer] = problems.get(peer, "no reveal")
             continue
         try:
             blocks = commit.payload["blocks"]
-            outs = reveal.payload["outputs"]
+            outs = reveal["outputs"]
             if sorted(int(k) for k in outs) != blocks:
                 raise ValueError("revealed blocks differ from the committed ones")
             if any(b not in spec.blocks for b in blocks):
                 raise ValueError("block outside the probe")
             raw = {int(k): decode_b64(v, max_tensor_bytes) for k, v in outs.items()}
-            salt = bytes.fromhex(reveal.payload["salt"])
+            salt = bytes.fromhex(reveal["salt"])
             canonical = encode_block_outputs(subnet_id, epoch, peer, raw)
             if not verify_commitment(bytes.fromhex(commit.payload["commit"]), salt, canonical):
                 raise ValueError("reveal does not match the commit")
@@ -75,8 +80,9 @@ def verify_hoster_reveals(subnet_id: int, epoch: int, spec: ProbeSpec, commits: 
 
 
 def verify_validator_reveals(subnet_id: int, scores_epoch: int, commits: dict[str, OpenedRecord],
-                             reveals: dict[str, OpenedRecord]) -> Verified:
-    """Score sets {peer: {hoster peer: fixed score}} of validators whose reveal opens their commit."""
+                             reveals: dict[str, dict], problems: dict[str, str] | None = None) -> Verified:
+    """Score sets {peer: {hoster peer: fixed score}} of validators whose reveal body opens their commit."""
+    problems = problems or {}
     values: dict[str, dict[str, int]] = {}
     status: dict[str, str] = {}
     for peer in sorted(set(commits) | set(reveals)):
@@ -85,13 +91,13 @@ def verify_validator_reveals(subnet_id: int, scores_epoch: int, commits: dict[st
             status[peer] = "reveal without commit"
             continue
         if reveal is None:
-            status[peer] = "no reveal"
+            status[peer] = problems.get(peer, "no reveal")
             continue
         try:
-            if reveal.payload["scores_epoch"] != scores_epoch:
+            if reveal["scores_epoch"] != scores_epoch:
                 raise ValueError("reveal is for another epoch")
-            score_set = make_score_set(subnet_id, scores_epoch, peer, reveal.payload["scores"])
-            salt = bytes.fromhex(reveal.payload["salt"])
+            score_set = make_score_set(subnet_id, scores_epoch, peer, reveal["scores"])
+            salt = bytes.fromhex(reveal["salt"])
             if not verify_commitment(bytes.fromhex(commit.payload["commit"]), salt, encode_score_set(score_set)):
                 raise ValueError("reveal does not match the commit")
         except (ValueError, EncodingError, KeyError, TypeError) as e:

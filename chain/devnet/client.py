@@ -17,7 +17,7 @@ import httpx
 from chain.base import Chain
 from chain.devnet import codec
 from chain.devnet.config import dev_accounts
-from chain.devnet.state import sign_tx
+from chain.devnet.tx import sign_tx
 from chain.types import (
     ChainError,
     ConsensusSubmission,

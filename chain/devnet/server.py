@@ -23,7 +23,8 @@ from fastapi.responses import JSONResponse
 
 from chain.devnet import codec
 from chain.devnet.config import DevnetConfig, dev_accounts
-from chain.devnet.state import MAX_TX_BYTES, ChainState
+from chain.devnet.state import ChainState
+from chain.devnet.tx import MAX_TX_BYTES
 from chain.types import AuthError, ChainError
 
 log = logging.getLogger("mesh_node.devnet")
@@ -206,6 +207,8 @@ def run_chain(
     import uvicorn
 
     state = ChainState(db_path, _config(block_time, epoch_length, params or {}))
+    if state.config.epoch_length != epoch_length:
+        print(f"note: {db_path} was created with epoch length {state.config.epoch_length}; keeping it", flush=True)
     if print_accounts:
         print_dev_accounts(state)
     print(f"devnet chain listening on http://{host}:{port} (block {state.block()}, chain id {state.chain_id})", flush=True)

@@ -112,8 +112,10 @@ class EpochView:
     probe_seed: str | None = None  # hex
     elected_validator: int | None = None
     commits: list[str] = field(default_factory=list)  # signer peer ids
-    reveals: list[str] = field(default_factory=list)
-    scores: dict[str, float] = field(default_factory=dict)  # peer id or node id -> score
+    reveals: list[str] = field(default_factory=list)  # signers whose reveal verified
+    reveal_status: dict[str, str] = field(default_factory=dict)  # peer id -> verification outcome
+    scores: dict[str, float] = field(default_factory=dict)  # hoster peer id (or node id) -> score
+    validator_scores: dict[str, float] = field(default_factory=dict)  # validator peer id -> score
     proposal: list[dict] | None = None  # [{"node_id", "score"}] as on chain (score as fraction)
     attestations: list[int] = field(default_factory=list)  # node ids
     attestation_ratio: float | None = None

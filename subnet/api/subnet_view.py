@@ -22,8 +22,12 @@ from subnet.api.backends import BlockCoverage, EpochView, NodeView, RewardView
 log = logging.getLogger(__name__)
 
 ReportSource = Callable[[], Mapping[int, Any]]
-"""Returns {epoch: report}; a report (object or dict) may carry `commits`, `reveals`
-(peer ids, or mappings keyed by peer id) and `scores` ({peer id or node id: float})."""
+"""Returns {epoch: report}, e.g. `lambda: validator_duty.reports`. A report (dict or object)
+is read for `hoster_commits` (peer ids), `hoster_reveals` ({peer id: status}, "valid" counts
+as revealed), `hoster_scores` and `validator_scores` ({peer id: float}); the shorter names
+`commits`, `reveals` (peer ids) and `scores` are accepted too."""
+
+VALID = "valid"
 
 
 class _TTL:
@@ -223,10 +227,21 @@ class ChainSubnetView:
             view.attestations = sorted(sub.attestations)
         report = self._report(epoch)
         if report is not None:
-            view.commits = _peer_list(_field(report, "commits"))
-            view.reveals = _peer_list(_field(report, "reveals"))
-            scores = _field(report, "scores") or {}
-            view.scores = {str(k): float(v) for k, v in dict(scores).items()}
+            view.commits = _peer_list(_field(report, "hoster_commits") or _field(report, "commits"))
+            status = _field(report, "hoster_reveals")
+            if isinstance(status, Mapping):
+                view.reveal_status = {str(k): str(v) for k, v in status.items()}
+                view.reveals = sorted(k for k, v in view.reveal_status.items() if v == VALID)
+            else:
+                view.reveals = _peer_list(_field(report, "reveals"))
+            scores = _field(report, "hoster_scores")
+            if not isinstance(scores, Mapping):
+                scores = _field(report, "scores")
+            if isinstance(scores, Mapping):
+                view.scores = {str(k): float(v) for k, v in scores.items()}
+            vscores = _field(report, "validator_scores")
+            if isinstance(vscores, Mapping):
+                view.validator_scores = {str(k): float(v) for k, v in vscores.items()}
         if not view.scores and view.proposal:
             view.scores = {str(p["node_id"]): p["score"] for p in view.proposal}
         result = self._result(epoch)
@@ -243,8 +258,8 @@ class ChainSubnetView:
             view.outcome = "pending" if epoch >= current else "unknown"
         elif epoch < current:
             view.outcome = "no_proposal" if epoch < current - 1 else "pending"
-        if result is not None and (self._reports is None or epoch < current - 1):
-            self._final[epoch] = view  # decided on chain, and the reports for it are complete
+        if epoch < current - 2 or (result is not None and self._reports is None):
+            self._final[epoch] = view  # settled on chain, and validator reports for it are complete
         return view
 
     def _validator_count(self, epoch: int) -> int:
@@ -256,19 +271,32 @@ class ChainSubnetView:
                 pass
         return sum(1 for n in self._nodes() if n.node_class >= NodeClass.VALIDATOR)
 
+    def _first_epoch(self) -> int:
+        """The subnet's registration epoch: nothing before it is worth a chain read.
+
+        Only where epochs count from block 0 (devnet); Hypertensor counts subnet epochs
+        from the subnet's slot, so there the bound is 0."""
+        if not hasattr(self.chain, "get_epoch_result"):
+            return 0
+        info = self._epoch_info()
+        subnet = self._live.get("subnet", lambda: self.chain.get_subnet(self.subnet_id))
+        return max(0, subnet.registered_block // max(1, info.blocks_per_epoch))
+
     def epochs(self, limit: int = 20) -> list[EpochView]:
         current = self._epoch_info().epoch
-        first = max(0, current - limit + 1)
+        first = max(self._first_epoch(), current - limit + 1)
         return [self._epoch(e, current) for e in range(current, first - 1, -1)]
 
     def rewards(self, limit: int = 20) -> list[RewardView]:
         """Per-epoch payouts (negative amounts are slashes), newest epoch first."""
         current = self._epoch_info().epoch
         out: list[RewardView] = []
-        for e in range(current, max(-1, current - limit), -1):
+        for e in range(current, max(self._first_epoch() - 1, current - limit), -1):
             if e not in self._final_rewards:
                 result = self._result(e)
                 if result is None:
+                    if e < current - 2:
+                        self._final_rewards[e] = []  # settled without payouts
                     continue
                 self._final_rewards[e] = _rewards(e, result)
             out.extend(self._final_rewards[e])

@@ -20,47 +20,58 @@ class _Decoder(Protocol):
 
 
 class IncrementalDetokenizer:
-    """Turn a stream of token ids into text deltas that never split a character."""
+    """Turn a stream of token ids into text deltas that never split a character.
 
-    def __init__(self, tokenizer: _Decoder, *, skip_special_tokens: bool = True, max_hold: int = 8):
+    Tokens before `_read` are settled (their text is out). The text of later tokens is
+    decoded in a window starting one settled token earlier (context for tokenizers that
+    drop leading spaces); everything up to a trailing U+FFFD (a character whose bytes are
+    still incomplete) is released at once, the last character only when it is complete.
+    Invalid byte sequences become U+FFFD exactly as in a full decode, so the deltas
+    always concatenate to `tokenizer.decode(all_ids)`.
+    """
+
+    def __init__(self, tokenizer: _Decoder, *, skip_special_tokens: bool = True):
         self._tok = tokenizer
         self._skip = skip_special_tokens
-        self._max_hold = max_hold  # a UTF-8 character is at most 4 bytes: give up waiting after that
         self._ids: list[int] = []
-        self._prefix = 0  # window start: decoding from here gives stable text
-        self._read = 0  # tokens before this index have been emitted
+        self._prefix = 0  # window start
+        self._read = 0  # settled tokens end here
+        self._prefix_text = ""  # decode of ids[prefix:read]
+        self._emitted = 0  # characters of the unsettled tail already released
         self.text = ""
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=self._skip)
 
+    def _tail(self) -> str:
+        window = self._decode(self._ids[self._prefix:])
+        return window[len(self._prefix_text):]
+
     def add(self, token_id: int) -> str:
         """Append one token; return the newly completed text (possibly "")."""
         self._ids.append(int(token_id))
-        prefix_text = self._decode(self._ids[self._prefix : self._read])
-        full_text = self._decode(self._ids[self._prefix :])
-        pending = len(self._ids) - self._read
-        if full_text.endswith(REPLACEMENT) and pending < self._max_hold:
-            return ""
-        if len(full_text) < len(prefix_text) or not full_text.startswith(prefix_text):
-            # Window decode is not prefix-stable (rare normalisers): resynchronise on the whole text.
-            whole = self._decode(self._ids)
-            delta = whole[len(self.text) :] if whole.startswith(self.text) else ""
+        tail = self._tail()
+        if tail.endswith(REPLACEMENT):
+            safe = tail[:-1]
+            delta = safe[self._emitted:] if len(safe) > self._emitted else ""
+            self._emitted += len(delta)
         else:
-            delta = full_text[len(prefix_text) :]
-        self._prefix = self._read
-        self._read = len(self._ids)
+            delta = tail[self._emitted:]
+            self._settle()
         self.text += delta
         return delta
 
+    def _settle(self) -> None:
+        self._prefix, self._read = self._read, len(self._ids)
+        self._prefix_text = self._decode(self._ids[self._prefix:self._read])
+        self._emitted = 0
+
     def flush(self) -> str:
-        """At the end of the stream: emit whatever is held back (may contain U+FFFD)."""
+        """At the end of the stream: release what is held back (an incomplete character as U+FFFD)."""
         if self._read == len(self._ids):
             return ""
-        prefix_text = self._decode(self._ids[self._prefix : self._read])
-        full_text = self._decode(self._ids[self._prefix :])
-        delta = full_text[len(prefix_text) :] if full_text.startswith(prefix_text) else ""
-        self._prefix = self._read = len(self._ids)
+        delta = self._tail()[self._emitted:]
+        self._settle()
         self.text += delta
         return delta
 

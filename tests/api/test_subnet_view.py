@@ -39,7 +39,7 @@ def test_coverage_per_block(view, live_subnet):
 def test_epochs_show_seed_proposal_attestations_outcome(view, live_subnet):
     from consensus.probe import probe_seed
 
-    epochs = {e.epoch: e for e in view.epochs(limit=10)}
+    epochs = {e.epoch: e for e in view.epochs(limit=200)}
     e = epochs[live_subnet.settled_epoch]
     assert e.outcome == "accepted" and e.attestation_ratio == 1.0
     assert e.attestations == live_subnet.node_ids
@@ -51,7 +51,7 @@ def test_epochs_show_seed_proposal_attestations_outcome(view, live_subnet):
 
 
 def test_rewards_follow_scores(view, live_subnet):
-    paid = [r for r in view.rewards(limit=10) if r.epoch == live_subnet.settled_epoch]
+    paid = [r for r in view.rewards(limit=200) if r.epoch == live_subnet.settled_epoch]
     emission = {r.node_id: r.amount for r in paid if r.kind == "emission"}
     assert sorted(emission) == live_subnet.node_ids
     low, mid, high = (emission[n] for n in live_subnet.node_ids)
@@ -66,9 +66,19 @@ def test_reports_feed_commits_and_reveals(live_subnet):
     reports = {live_subnet.settled_epoch: {"commits": {p: "c" for p in peers}, "reveals": peers[:2],
                                           "scores": {peers[0]: 0.9, peers[1]: 0.8}}}
     v = ChainSubnetView(live_subnet.view().chain, live_subnet.subnet_id, reports=lambda: reports)
-    e = next(x for x in v.epochs(limit=10) if x.epoch == live_subnet.settled_epoch)
+    e = next(x for x in v.epochs(limit=200) if x.epoch == live_subnet.settled_epoch)
     assert e.commits == sorted(peers) and e.reveals == sorted(peers[:2])
     assert e.scores == {peers[0]: 0.9, peers[1]: 0.8}
+    # the validator duty's report shape (validator.duty.ValidatorEpoch.report)
+    duty_reports = {live_subnet.settled_epoch: {
+        "hoster_commits": peers, "hoster_reveals": {peers[0]: "valid", peers[1]: "bad_reveal"},
+        "hoster_scores": {peers[0]: 1.0, peers[1]: 0.0}, "validator_scores": {peers[2]: 0.5},
+        "scores": [{"node_id": 1, "score": "1"}]}}
+    v = ChainSubnetView(live_subnet.view().chain, live_subnet.subnet_id, reports=lambda: duty_reports)
+    e = next(x for x in v.epochs(limit=200) if x.epoch == live_subnet.settled_epoch)
+    assert e.commits == sorted(peers) and e.reveals == [peers[0]]
+    assert e.reveal_status[peers[1]] == "bad_reveal"
+    assert e.scores == {peers[0]: 1.0, peers[1]: 0.0} and e.validator_scores == {peers[2]: 0.5}
 
 
 def test_subnet_routes_and_metrics(local_backend, view, serve, live_subnet):
@@ -79,7 +89,7 @@ def test_subnet_routes_and_metrics(local_backend, view, serve, live_subnet):
     assert s["subnet_id"] == live_subnet.subnet_id and s["state"] == "Active" and s["models"] == [MODEL]
     assert len(httpx.get(url + "/subnet/nodes").json()["data"]) == 3
     assert httpx.get(url + "/subnet/coverage").json()["data"][0]["complete"] is True
-    epochs = httpx.get(url + "/subnet/epochs", params={"limit": 5}).json()["data"]
+    epochs = httpx.get(url + "/subnet/epochs", params={"limit": 200}).json()["data"]
     assert any(e["outcome"] == "accepted" for e in epochs)
     assert httpx.get(url + "/subnet/rewards").json()["data"]
     assert httpx.get(url + "/subnet/epochs", params={"limit": 0}).status_code == 400

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from types import SimpleNamespace
 
 import openai
 import pytest
@@ -40,7 +41,7 @@ def swarm_api(tiny_llama):
         backend = SwarmBackend.from_pretrained(tiny_llama, peers, model_name="swarm-llama")
         backend._models["swarm-llama"].wait_until_servable(60)
         with live_server(create_app(backend, max_tokens_limit=1500)) as url:
-            yield url, backend
+            yield SimpleNamespace(url=url, backend=backend, peers=peers)
     finally:
         if backend is not None:
             backend.close()
@@ -51,7 +52,7 @@ def swarm_api(tiny_llama):
 def test_swarm_models_and_greedy_matches_local_transformers(swarm_api, tiny_llama):
     from transformers import AutoModelForCausalLM
 
-    url, backend = swarm_api
+    url, backend = swarm_api.url, swarm_api.backend
     client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=120)
     assert [m.id for m in client.models.list().data] == ["swarm-llama"]
     r = client.completions.create(model="swarm-llama", prompt="The quick brown", max_tokens=12, temperature=0)
@@ -66,7 +67,7 @@ def test_swarm_models_and_greedy_matches_local_transformers(swarm_api, tiny_llam
 
 
 def test_swarm_chat_streaming(swarm_api):
-    url, _ = swarm_api
+    url = swarm_api.url
     client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=120)
     full = client.chat.completions.create(model="swarm-llama", messages=[{"role": "user", "content": "Hi"}],
                                           max_tokens=10, temperature=0)
@@ -86,7 +87,7 @@ def test_swarm_disconnect_closes_remote_session(swarm_api):
 
     import httpx
 
-    url, backend = swarm_api
+    url, backend = swarm_api.url, swarm_api.backend
     model = backend._models["swarm-llama"]
     body = {"model": "swarm-llama", "prompt": "Hello", "max_tokens": 1500, "temperature": 0.9, "stream": True}
     with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
@@ -103,3 +104,56 @@ def test_swarm_disconnect_closes_remote_session(swarm_api):
         time.sleep(0.1)
     metrics = httpx.get(url + "/metrics").text
     assert "mesh_api_generations_cancelled_total 1.0" in metrics
+
+
+def _mesh_node() -> str:
+    import sys
+    from pathlib import Path
+
+    return str(Path(sys.executable).with_name("mesh-node"))
+
+
+def test_api_and_chat_commands_in_swarm_mode(swarm_api, tiny_llama):
+    """`mesh-node api --initial-peers ...` and `mesh-node chat --initial-peers ...` as real processes."""
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    peers = swarm_api.peers
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    api = subprocess.Popen([_mesh_node(), "api", "--model", tiny_llama, "--model-name", "swarm-llama",
+                            "--initial-peers", *peers, "--port", str(port)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert api.poll() is None, api.communicate()[1][-2000:]
+            try:
+                if httpx.get(url + "/health", timeout=2).json()["models"] == ["swarm-llama"]:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "api did not come up"
+            time.sleep(0.5)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=120)
+        r = client.chat.completions.create(model="swarm-llama", messages=[{"role": "user", "content": "Hi"}],
+                                           max_tokens=5, temperature=0)
+        assert r.usage.completion_tokens >= 1
+    finally:
+        api.terminate()
+        try:
+            api.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            api.kill()
+            api.communicate()
+    chat = subprocess.run([_mesh_node(), "chat", "--model", tiny_llama, "--model-name", "swarm-llama",
+                           "--initial-peers", *peers, "--temperature", "0", "--max-tokens", "5"],
+                          input="Hello\n/exit\n", capture_output=True, text=True, timeout=180, env=env)
+    assert chat.returncode == 0, chat.stderr[-2000:]
+    assert chat.stdout.count("assistant> ") == 1

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 
-from chain.devnet.state import ChainState, sign_tx
+from chain.devnet.state import ChainState
+from chain.devnet.tx import sign_tx
 from chain.types import UNIT
 from keys import AccountKey, NodeKey
 

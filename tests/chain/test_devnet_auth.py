@@ -7,7 +7,7 @@ import json
 import pytest
 
 from chain.devnet.codec import canonical_json
-from chain.devnet.state import TX_DOMAIN, sign_tx
+from chain.devnet.tx import TX_DOMAIN, sign_tx
 from chain.types import AuthError, ChainError, UNIT
 from keys import AccountKey
 from chain_support import make_subnet

@@ -304,3 +304,19 @@ def test_update_peer_info_and_remove_node(tx, subnet4):
         tx(opa.coldkey, "update_peer_info", subnet_id=sid, node_id=a, peer_id=opb.peer_id)
     tx(opa.coldkey, "remove_subnet_node", subnet_id=sid, node_id=a)
     assert tx.state.node(sid, a) is None and tx.state.node_by_peer_id(sid, new.peer_id) is None
+
+
+def test_reopen_keeps_height_and_genesis_rules(tmp_path, dev_keys):
+    from chain.devnet.config import DevnetConfig
+    from chain.devnet.state import ChainState
+
+    st = ChainState(tmp_path / "c.db", DevnetConfig(epoch_length=4, block_time=1.0))
+    for _ in range(7):
+        st.produce_block()
+    chain_id, r7 = st.chain_id, st.block_randomness(7)
+    st.close()
+    st = ChainState(tmp_path / "c.db", DevnetConfig(epoch_length=99, block_time=0.2))
+    assert st.block() == 7 and st.chain_id == chain_id and st.block_randomness(7) == r7
+    assert st.config.epoch_length == 4 and st.config.block_time == 0.2
+    assert st.produce_block() == 8
+    st.close()

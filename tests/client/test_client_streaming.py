@@ -86,3 +86,26 @@ def test_earliest_stop_wins():
 def test_no_stops_passthrough():
     m = StopStringMatcher([])
     assert m.feed("abc") == ("abc", False) and m.flush() == ""
+
+
+def test_random_token_streams_concatenate_to_decode(tokenizer):
+    """Random ids (invalid and incomplete UTF-8 everywhere, as from a random model)."""
+    import random
+
+    rng = random.Random(0)
+    vocab = len(tokenizer)
+    for _ in range(200):
+        ids = [rng.randrange(vocab) for _ in range(rng.randrange(1, 40))]
+        detok = IncrementalDetokenizer(tokenizer)
+        deltas = [detok.add(i) for i in ids]
+        tail = detok.flush()
+        assert "".join(deltas) + tail == tokenizer.decode(ids, skip_special_tokens=True)
+        assert detok.text == "".join(deltas) + tail
+
+
+def test_never_emits_a_prefix_of_a_character(tokenizer):
+    """A held character is never replaced by U+FFFD in a delta when its bytes do complete."""
+    ids = [_byte_token(tokenizer, b) for b in "ab日c🙂".encode("utf-8")]
+    detok = IncrementalDetokenizer(tokenizer)
+    out = [detok.add(i) for i in ids]
+    assert "".join(out) == "ab日c🙂" and "\ufffd" not in "".join(out)

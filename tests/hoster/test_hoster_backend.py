@@ -120,3 +120,28 @@ def test_cache_budget_units():
     assert b.free_tokens == 90
     b.close("s")
     assert b.used_tokens == 0 and b.sessions == 0
+
+
+async def test_batched_mixed_batch_sizes_and_fresh_session(span):
+    """A round mixing a fresh session (no past), a batch-2 session and a long one, gathered together."""
+    be = Backend(span, CacheBudget(1000), gather_window=0.05)
+    try:
+        h2, h1 = _h(2, 6, 64, seed=11), _h(1, 9, 64, seed=12)
+        fresh = _h(1, 1, 64, seed=13)
+        s2, s1, s0 = (be.open_session(1, 7, 2, 16), be.open_session(1, 7, 1, 16), be.open_session(1, 7, 1, 16))
+        await be.step(s2, h2[:, :5], 0)
+        await be.step(s1, h1[:, :8], 0)
+        before = be.batches_run
+        o2, o1, o0 = await asyncio.gather(be.step(s2, h2[:, 5:6], 5), be.step(s1, h1[:, 8:9], 8),
+                                          be.step(s0, fresh, 0))
+        assert be.batches_run == before + 1
+        torch.testing.assert_close(o2, span(h2)[:, 5:6], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(o1, span(h1)[:, 8:9], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(o0, span(fresh), rtol=1e-5, atol=1e-5)
+        assert (s2.length, s1.length, s0.length) == (6, 9, 1)
+        # the caches written back by the batched round keep working for single steps
+        more = _h(2, 1, 64, seed=14)
+        full = torch.cat([h2, more], 1)
+        torch.testing.assert_close(await be.step(s2, more, 6), span(full)[:, 6:7], rtol=1e-5, atol=1e-5)
+    finally:
+        be.shutdown()

@@ -9,7 +9,7 @@ import time
 import hoster_rpc as rh
 import pytest
 import torch
-from conftest import reference_layers
+from hoster_ref import reference_layers
 from hivemind.proto import runtime_pb2
 from hivemind.utils import get_dht_time
 
@@ -255,6 +255,39 @@ def test_forged_announcements_are_ignored(llama_hoster, client_dht):
     assert parse_entries(expired, h.model_uid) == []
     tampered = seal(h.node_key, "announce", payload).replace(b'"start":2', b'"start":0')
     assert parse_entries({h.peer_id: Item(tampered, exp)}, h.model_uid) == []
+
+
+def test_dht_validator_rejects_subkey_forgery(client_dht_factory):
+    """With AnnouncementValidator on honest peers, a forger cannot hide a hoster's announcement
+    by storing a later-expiring record under its subkey (hivemind keeps the latest per subkey)."""
+    from subnet.announcements import AnnouncementValidator
+
+    honest = client_dht_factory([], record_validators=[AnnouncementValidator()])
+    peers = [str(m) for m in honest.get_visible_maddrs()]
+    forger = client_dht_factory(peers)  # runs no validator
+    reader = client_dht_factory(peers, record_validators=[AnnouncementValidator()])
+    h, other = NodeKey.generate(), NodeKey.generate()
+    payload = {"peer_id": h.peer_id, "model": "forgery-test", "start": 2, "end": 6, "throughput": 1.0,
+               "cache_tokens_free": 10, "cache_tokens_total": 10, "version": "x", "state": "online",
+               "num_blocks": 8, "hidden_size": 64, "dtype": "float32"}
+    key = servers_key("forgery-test")
+    assert honest.store(key, seal(h, "announce", payload), get_dht_time() + 60, subkey=h.peer_id)
+    forger.store(key, seal(other, "announce", dict(payload, start=0, end=8)), get_dht_time() + 300,
+                 subkey=h.peer_id)
+    # the honest peer refused the forged value; the reader drops it when the forger serves it
+    anns = read_announcements(reader, "forgery-test")
+    assert [(a.peer_id, a.start, a.end) for a in anns] == [(h.peer_id, 2, 6)]
+    # expiration beyond the cap is refused too (a hoster could otherwise pin stale state)
+    v = AnnouncementValidator()
+    from hivemind.dht.validation import DHTRecord
+    from hivemind.utils import MSGPackSerializer
+
+    rec = DHTRecord(b"k", MSGPackSerializer.dumps(h.peer_id), MSGPackSerializer.dumps(seal(h, "announce", payload)),
+                    get_dht_time() + 30)
+    assert v.validate(rec)
+    assert not v.validate(DHTRecord(rec.key, rec.subkey, rec.value, get_dht_time() + 10_000))
+    assert not v.validate(DHTRecord(rec.key, MSGPackSerializer.dumps(other.peer_id), rec.value, rec.expiration_time))
+    assert v.validate(DHTRecord(rec.key, rec.subkey, MSGPackSerializer.dumps(b"unrelated"), rec.expiration_time))
 
 
 async def test_shutdown_withdraws_and_fails_sessions_cleanly(tiny_llama, client_dht_factory):

@@ -95,47 +95,56 @@ class ChainNet:
 
 class Node:
     """A real node: its own hivemind DHT peer (with the consensus record validator), and
-    optionally a hoster serving a block range (+ its duty) and/or a validator duty."""
+    optionally a hoster serving a block range (+ its duty) and/or a validator duty.
 
-    def __init__(self, net: ChainNet, op: Operator, initial_peers: list[str], *, model: str | None = None,
-                 blocks: tuple[int, int] | None = None, validator: bool = True, hidden_size: int = 64,
-                 num_blocks: int = 8, validator_cls=None, hoster_duty_cls=None):
-        from hoster.duty import HosterDuty
+    Start every node's DHT first (`Node(...)`), then the roles (`start_roles`): hivemind forks
+    its DHT process, and forking a process that already runs hoster threads is fragile.
+    """
+
+    def __init__(self, net: ChainNet, op: Operator, initial_peers: list[str]):
         from subnet.consensus_records import make_record_validator
         from subnet.dht import start_dht, visible_maddrs
-        from validator.duty import ValidatorDuty
 
         url, sid = net.url, net.subnet_id
-        self.op = op
+        self.net, self.op = net, op
         self.hoster = self.hoster_duty = self.validator = None
         self.dht = start_dht(op.node_key, initial_peers, check_if_identity_free=False,
                              record_validators=[make_record_validator(lambda: DevnetChain(url), sid)])
-        try:
-            self.maddrs = visible_maddrs(self.dht)
-            if blocks is not None:
-                from hoster.server import Hoster
+        self.maddrs = visible_maddrs(self.dht)
 
-                self.hoster = Hoster(model, dht=self.dht, node_key=op.node_key, start=blocks[0], end=blocks[1],
-                                     progress=False).start()
-                cls = hoster_duty_cls or HosterDuty
-                self.hoster_duty = cls(self.dht, op.chain, op.node_key, self.hoster, sid, hidden_size=hidden_size,
-                                       num_blocks=num_blocks).start()
-            if validator:
-                cls = validator_cls or ValidatorDuty
-                self.validator = cls(self.dht, op.chain, op.node_key, sid, hidden_size=hidden_size,
-                                     num_blocks=num_blocks).start()
-        except BaseException:
-            self.stop()
-            raise
+    def start_roles(self, *, model: str | None = None, blocks: tuple[int, int] | None = None,
+                    validator: bool = True, hidden_size: int = 64, num_blocks: int = 8, validator_cls=None,
+                    hoster_duty_cls=None, **validator_kw) -> Node:
+        from hoster.duty import HosterDuty
+        from validator.duty import ValidatorDuty
+
+        sid, op = self.net.subnet_id, self.op
+        if blocks is not None:
+            from hoster.server import Hoster
+
+            self.hoster = Hoster(model, dht=self.dht, node_key=op.node_key, start=blocks[0], end=blocks[1],
+                                 progress=False).start()
+            cls = hoster_duty_cls or HosterDuty
+            self.hoster_duty = cls(self.dht, op.chain, op.node_key, self.hoster, sid, hidden_size=hidden_size,
+                                   num_blocks=num_blocks).start()
+        if validator:
+            cls = validator_cls or ValidatorDuty
+            self.validator = cls(self.dht, op.chain, op.node_key, sid, hidden_size=hidden_size,
+                                 num_blocks=num_blocks, **validator_kw).start()
+        return self
 
     @property
     def peer_id(self) -> str:
         return self.op.peer_id
 
     def stop(self) -> None:
+        import sys
+
+        t0 = time.monotonic()
         for duty in (self.validator, self.hoster_duty):
             if duty is not None:
                 duty.stop()
         if self.hoster is not None:
             self.hoster.shutdown()
         self.dht.shutdown()
+        print(f"node {self.peer_id[-6:]} stopped in {time.monotonic() - t0:.1f}s", file=sys.stderr)

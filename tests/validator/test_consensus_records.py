@@ -71,7 +71,7 @@ def policy(view: EpochView, **kw) -> ConsensusRecordPolicy:
 
 
 def commit_payload(epoch: int, block: int, subnet: int = SUBNET) -> dict:
-    return {"subnet": subnet, "epoch": epoch, "block": block, "commit": "ab" * 32, "blocks": [0, 1]}
+    return {"subnet": subnet, "epoch": epoch, "block": block, "commit": "ab" * 32, "blocks": [0, 1], "parts": 1}
 
 
 def test_valid_hoster_commit_accepted():
@@ -112,7 +112,8 @@ def test_rejections(case, reason):
     elif case == "subkey":
         subkey = VAL.peer_id
     elif case == "class":
-        kind, payload = "validator_commit", {"subnet": SUBNET, "epoch": 5, "block": 5 * BPE + 12, "commit": "cd" * 32}
+        kind, payload = "validator_commit", {"subnet": SUBNET, "epoch": 5, "block": 5 * BPE + 12, "commit": "cd" * 32,
+                                             "parts": 1}
     elif case == "before_window":
         payload["block"] = 5 * BPE + 1
     elif case == "after_window":
@@ -150,7 +151,8 @@ def test_rejections(case, reason):
 
 def test_previous_epoch_records_still_readable():
     p = policy(at(6, 15))
-    rec = seal(VAL, "validator_commit", {"subnet": SUBNET, "epoch": 5, "block": 5 * BPE + 14, "commit": "cd" * 32})
+    rec = seal(VAL, "validator_commit", {"subnet": SUBNET, "epoch": 5, "block": 5 * BPE + 14, "commit": "cd" * 32,
+                                         "parts": 1})
     assert p.check(rec, VAL.peer_id).kind == "validator_commit"
 
 
@@ -174,12 +176,33 @@ def test_probe_rules():
         policy(view).check(seal(HOST, "probe", payload), HOST.peer_id)
 
 
-def test_validator_reveal_must_open_previous_epoch():
+def test_reveal_parts_and_body_rules():
+    from subnet.consensus_records import CHUNK_CHARS, check_reveal_body, join_reveal, key_id_bytes, split_reveal
+
     p = policy(at(6, 11))
-    good = {"subnet": SUBNET, "epoch": 6, "block": 6 * BPE + 10, "salt": "00" * 16, "scores_epoch": 5, "scores": {}}
-    assert p.check(seal(VAL, "validator_reveal", good), VAL.peer_id)
+    body = {"salt": "00" * 16, "scores_epoch": 5, "scores": {f"peer{i:05d}": 10**18 - i for i in range(400)}}
+    chunks = split_reveal(body)
+    assert len(chunks) > 1 and all(len(c) <= CHUNK_CHARS for c in chunks)
+    records = []
+    for i, chunk in enumerate(chunks):
+        payload = {"subnet": SUBNET, "epoch": 6, "block": 6 * BPE + 10, "part": i, "parts": len(chunks), "data": chunk}
+        key = key_id_bytes(consensus_key(SUBNET, 6, "validator_reveal", i))
+        records.append(p.check(seal(VAL, "validator_reveal", payload), VAL.peer_id, key_bytes=key))
+    assert join_reveal("validator_reveal", 6, list(reversed(records)), len(chunks)) == body
+    with pytest.raises(ConsensusRecordError, match="incomplete"):
+        join_reveal("validator_reveal", 6, records[1:], len(chunks))
+    # a part stored under another part's key is a replay
+    with pytest.raises(ConsensusRecordError, match="another key"):
+        payload = {"subnet": SUBNET, "epoch": 6, "block": 6 * BPE + 10, "part": 0, "parts": 2, "data": "x"}
+        p.check(seal(VAL, "validator_reveal", payload), VAL.peer_id,
+                key_bytes=key_id_bytes(consensus_key(SUBNET, 6, "validator_reveal", 1)))
     with pytest.raises(ConsensusRecordError, match="previous epoch"):
-        p.check(seal(VAL, "validator_reveal", {**good, "scores_epoch": 6}), VAL.peer_id)
+        check_reveal_body("validator_reveal", {**body, "scores_epoch": 6}, 6)
+    with pytest.raises(ConsensusRecordError):
+        check_reveal_body("hoster_reveal", {"salt": "00" * 16, "outputs": {"01": "AAAA"}}, 6)
+    with pytest.raises(ConsensusRecordError, match="chars"):
+        big = {"subnet": SUBNET, "epoch": 6, "block": 6 * BPE + 10, "part": 0, "parts": 1, "data": "x" * (CHUNK_CHARS + 1)}
+        p.check(seal(VAL, "validator_reveal", big), VAL.peer_id)
 
 
 def test_hivemind_validator_passes_foreign_keys_and_rejects_garbage_under_ours():
@@ -244,22 +267,22 @@ def test_records_over_real_dht(net):
         e = info.epoch
         ttl = 60.0
         assert store_record(dht_a, a.node_key, sid, e, RecordKind.HOSTER_COMMIT,
-                            {"commit": "11" * 32, "blocks": [0, 1]}, block=info.block, ttl=ttl)
+                            {"commit": "11" * 32, "blocks": [0, 1], "parts": 1}, block=info.block, ttl=ttl)
         # unregistered signer: honest storers refuse it
-        store_record(dht_x, outsider, sid, e, RecordKind.HOSTER_COMMIT, {"commit": "22" * 32, "blocks": [0]},
+        store_record(dht_x, outsider, sid, e, RecordKind.HOSTER_COMMIT, {"commit": "22" * 32, "blocks": [0], "parts": 1},
                      block=info.block, ttl=ttl)
         # forged subkey: outsider writes a record signed by itself under a's subkey
         forged = seal(outsider, "hoster_commit", {"subnet": sid, "epoch": e, "block": info.block,
-                                                  "commit": "33" * 32, "blocks": [0]})
+                                                  "commit": "33" * 32, "blocks": [0], "parts": 1})
         dht_x.store(consensus_key(sid, e, "hoster_commit"), forged, get_dht_time() + ttl, subkey=b.peer_id)
         # garbage and oversize values under the consensus key
         dht_x.store(consensus_key(sid, e, "hoster_commit"), b"\x00" * 10, get_dht_time() + ttl, subkey="junk")
         big = seal(b.node_key, "hoster_commit", {"subnet": sid, "epoch": e, "block": info.block,
-                                                 "commit": "44" * 32, "blocks": list(range(1000))})
+                                                 "commit": "44" * 32, "blocks": list(range(1000)), "parts": 1})
         dht_x.store(consensus_key(sid, e, "hoster_commit"), big, get_dht_time() + ttl, subkey=b.peer_id)
         # replay of an epoch-e record under epoch e+1's key
         replay = seal(a.node_key, "hoster_commit", {"subnet": sid, "epoch": e, "block": info.block,
-                                                    "commit": "55" * 32, "blocks": [0]})
+                                                    "commit": "55" * 32, "blocks": [0], "parts": 1})
         dht_x.store(consensus_key(sid, e + 1, "hoster_commit"), replay, get_dht_time() + ttl, subkey=a.peer_id)
 
         time.sleep(0.5)
@@ -274,7 +297,7 @@ def test_records_over_real_dht(net):
         # writes outside the window: storers reject a commit that claims a reveal-window block
         info2 = net.wait_progress(0.55, 0.65, epoch=e)  # beyond the window + 1 block grace
         assert not store_record(dht_b, b.node_key, sid, e, RecordKind.HOSTER_COMMIT,
-                                {"commit": "66" * 32, "blocks": [0]}, block=info2.block, ttl=ttl)
+                                {"commit": "66" * 32, "blocks": [0], "parts": 1}, block=info2.block, ttl=ttl)
         assert set(fetch_records(dht_a, reader, e, "hoster_commit")) == {a.peer_id}
         # every node keeps running after all that
         assert dht_a.is_alive() and dht_b.is_alive()

@@ -27,13 +27,15 @@ def network(tmp_path_factory, tiny_llama):
         validator_ops = [net.add_operator() for _ in range(2)]
         net.activate()
         peers: list[str] = []
+        for op in hoster_ops + validator_ops:
+            nodes.append(Node(net, op, peers))
+            peers = peers or nodes[0].maddrs
         # hosters are Validator-class (initial nodes), so they run the validator duty too
         # (`mesh-node --hoster --validator`): every Validator-class node must attest.
-        for op, rng in zip(hoster_ops, RANGES):
-            nodes.append(Node(net, op, peers, model=tiny_llama, blocks=rng))
-            peers = peers or nodes[0].maddrs
-        for op in validator_ops:
-            nodes.append(Node(net, op, peers))
+        for node, rng in zip(nodes, RANGES):
+            node.start_roles(model=tiny_llama, blocks=rng)
+        for node in nodes[len(RANGES):]:
+            node.start_roles()
         yield net, nodes
     finally:
         for n in nodes:

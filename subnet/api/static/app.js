@@ -53,8 +53,8 @@
       `block ${summary.block} · ${Math.round(summary.progress * 100)}% of epoch`;
     $("epoch-progress").style.width = `${(summary.progress * 100).toFixed(1)}%`;
     const [nodes, coverage, epochs, rewards] = await Promise.all([
-      getJSON("/subnet/nodes"), getJSON("/subnet/coverage"), getJSON("/subnet/epochs?limit=30"),
-      getJSON("/subnet/rewards?limit=30"),
+      getJSON("/subnet/nodes"), getJSON("/subnet/coverage"), getJSON("/subnet/epochs?limit=50"),
+      getJSON("/subnet/rewards?limit=50"),
     ]);
     renderNodes(nodes.data);
     Plots.coverageGrid($("coverage"), coverage.data, (peer) => peerLabels[peer] || short(peer, 14));
