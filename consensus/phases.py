@@ -117,13 +117,14 @@ def block_window(kind: str | RecordKind, epoch_start_block: int, blocks_per_epoc
     if blocks_per_epoch <= 0:
         raise ValueError("blocks_per_epoch must be positive")
     w = window(kind)
-    first = epoch_start_block + _ceil_mul(w.start, blocks_per_epoch)
-    last = epoch_start_block + _ceil_mul(w.end, blocks_per_epoch) - 1
+    first = epoch_start_block + ceil_fraction(w.start, blocks_per_epoch)
+    last = epoch_start_block + ceil_fraction(w.end, blocks_per_epoch) - 1
     return first, last
 
 
-def _ceil_mul(fraction: float, n: int) -> int:
-    """Smallest integer k with k / n >= fraction (exact for the decimal table values)."""
+def ceil_fraction(fraction: float, n: int) -> int:
+    """Smallest integer k with k / n >= fraction (exact for the decimal table values):
+    the first block of an epoch of `n` blocks at or past progress `fraction`."""
     from fractions import Fraction
 
     f = Fraction(str(fraction)) * n

@@ -142,7 +142,13 @@ class HosterDuty:
             for old in sorted(self.epochs)[: -self.keep_reports]:
                 del self.epochs[old]
         if p < COMMIT_END and not st.outputs and st.error is None:
-            self._compute(st)
+            try:
+                self._compute(st)
+            except DHTUnavailableError:
+                raise  # transient: retry next tick
+            except Exception as e:  # e.g. the backend is shutting down: skip this epoch, keep running
+                st.error = f"{type(e).__name__}: {e}"[:200]
+                event(log, "probe_run_failed", logging.WARNING, epoch=e, error=st.error)
         if COMMIT_START <= p < COMMIT_END and st.outputs and st.committed_block is None:
             self._commit(st, view)
         if REVEAL_START <= p < REVEAL_END and st.committed_block is not None and st.revealed_block is None:

@@ -41,8 +41,24 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from chain.types import ChainError
     from keys.errors import KeyFileError
 
-    errors: list[type[BaseException]] = [UserError, KeyFileError, ChainError, FileNotFoundError, PermissionError]
+    from subnet.config import ConfigError
+
+    errors: list[type[BaseException]] = [UserError, KeyFileError, ChainError, ConfigError, FileNotFoundError,
+                                         PermissionError]
     return tuple(errors)
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str], command: str) -> argparse.Namespace:
+    """Flags win over environment (MESH_NODE_*), which wins over the TOML config file."""
+    from subnet.config import parse_args
+
+    return parse_args(parser, argv, command=command)
+
+
+def apply_node_config(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> argparse.Namespace:
+    from subnet.config import apply_config
+
+    return apply_config(parser, args, argv, command="node")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,13 +74,14 @@ def main(argv: list[str] | None = None) -> int:
             module = _command_module(args.command)
             cmd_parser = argparse.ArgumentParser(prog=f"mesh-node {args.command}", description=HELP[args.command])
             module.add_arguments(cmd_parser)
-            cmd_args = cmd_parser.parse_args(rest)
+            cmd_args = parse_with_config(cmd_parser, rest, command=args.command)
             cmd_args.log_level = args.log_level
             return int(module.run(cmd_args) or 0)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         from subnet.commands import node
 
+        args = apply_node_config(parser, args, argv)
         if not node.wants_node(args):
             parser.print_help()
             return 0

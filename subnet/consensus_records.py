@@ -49,7 +49,7 @@ from hivemind.utils import get_dht_time
 
 from chain.base import Chain
 from chain.types import ChainError, NodeClass, SubnetNode
-from consensus.phases import PROBE_ELECTED_ONLY_END, RecordKind, block_window
+from consensus.phases import PROBE_ELECTED_ONLY_END, RecordKind, block_window, ceil_fraction
 from consensus.probe import ProbeSpec, probe_seed
 from keys.node_key import NodeKey
 from subnet.logs import event
@@ -462,7 +462,8 @@ class ConsensusRecordPolicy:
         randomness = self.registry.randomness(epoch)
         if randomness is None or bytes.fromhex(payload["seed"]) != probe_seed(randomness, self.subnet_id, epoch):
             raise ConsensusRecordError("probe seed does not match the chain randomness")
-        elected_only_end = view.epoch_start(epoch) + int(PROBE_ELECTED_ONLY_END * view.blocks_per_epoch)
+        first_open = block_window(RecordKind.PROBE, view.epoch_start(epoch), view.blocks_per_epoch)[0]
+        elected_only_end = first_open + ceil_fraction(PROBE_ELECTED_ONLY_END, view.blocks_per_epoch)
         if payload["block"] < elected_only_end and self.registry.elected_peer(epoch) != opened.peer_id:
             raise ConsensusRecordError("before p=0.10 only the elected validator may post the probe")
 

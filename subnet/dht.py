@@ -31,12 +31,15 @@ def start_dht(
     identity_path: str | os.PathLike | None = None,
     record_validators: Sequence = (),
     client_mode: bool = False,
+    check_if_identity_free: bool = False,
     **kwargs,
 ) -> hivemind.DHT:
     """Start a DHT whose libp2p peer id is `key.peer_id`.
 
     `identity_path` may point at the saved node key file; otherwise the key is written to
-    a private temp file for the daemon.
+    a private temp file for the daemon. hivemind's identity-collision check parses the key
+    file as RSA and fails on Ed25519 keys whenever initial peers are given, so it is off by
+    default (a collision needs a stolen key; the chain's peer-id map is the real guard).
     """
     key = key or NodeKey.generate()
     if identity_path is None:
@@ -48,6 +51,7 @@ def start_dht(
         identity_path=str(identity_path),
         record_validators=list(record_validators),
         client_mode=client_mode,
+        check_if_identity_free=check_if_identity_free,
         start=True,
         **kwargs,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -77,9 +78,10 @@ class Swarm:
                     os.killpg(h.proc.proc.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
+        deadline = time.monotonic() + 8
         for h in self.hosters:
             try:
-                h.proc.proc.wait(15)
+                h.proc.proc.wait(max(0.1, deadline - time.monotonic()))
             except Exception:
                 try:
                     os.killpg(h.proc.proc.pid, signal.SIGKILL)

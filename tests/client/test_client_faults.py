@@ -43,7 +43,7 @@ def _announced(model) -> list:
 
 def _prompt(model, long: bool) -> torch.Tensor:
     text = "Validators post probes, hosters commit and reveal, and the chain pays rewards."
-    ids = model.tokenizer(text * (5 if long else 1), return_tensors="pt")["input_ids"]
+    ids = model.tokenizer(" ".join([text] * (15 if long else 1)), return_tensors="pt")["input_ids"]
     assert ids.shape[1] > (200 if long else 10)
     return ids
 
