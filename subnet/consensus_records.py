@@ -1,9 +1,18 @@
 """Consensus records in the DHT: keys, payload schemas, and admission checks.
 
 Every consensus record lives under the key `mesh.v1/consensus/{subnet}/{epoch}/{kind}`
-with subkey = the signer's peer id, and its value is a `subnet.records.seal`-ed envelope.
-`epoch` is the epoch the record is *written in* (a validator's reveal of its e-1 score set
-is written in e and says so in `scores_epoch`).
+(reveals, which are cut into parts: `.../{kind}/{part}`) with subkey = the signer's peer id,
+and its value is a `subnet.records.seal`-ed envelope whose payload carries `subnet`,
+`epoch` and `block` (the chain block the signer wrote at). `epoch` is the epoch the record
+is *written in* (a validator's reveal of its e-1 score set is written in e and says so in
+`scores_epoch`). Payloads per kind:
+
+- probe: `ProbeSpec.to_payload()` (seed, shape, dtype, blocks; inputs are regenerated locally)
+- hoster_commit: `{commit: hex sha256(salt || encode_block_outputs(...)), blocks: [..], parts: n}`
+- validator_commit: `{commit: hex sha256(salt || encode_score_set(...)), parts: n}`
+- hoster_reveal / validator_reveal part: `{part: i, parts: n, data: <= CHUNK_CHARS chars}`; the
+  parts concatenate to the canonical JSON of `{salt, outputs: {block: base64 tensor bytes}}`
+  or `{salt, scores_epoch, scores: {peer id: int}}`.
 
 hivemind checks neither who writes a subkey nor value sizes, so `ConsensusRecordValidator`
 (a hivemind `RecordValidatorBase`) admits a record only if:
@@ -24,9 +33,10 @@ hivemind checks neither who writes a subkey nor value sizes, so `ConsensusRecord
 
 hivemind applies the validator both when a peer asks us to store a record and when a peer
 returns records to our `get`, so the checks are stateless functions of (record, chain
-state): a record accepted once stays acceptable for readers. "Written inside the window"
-can only be vouched for by the storing peers (who check the claimed block against the
-chain) and by readers freezing what they saw at the end of a window (the duties do that);
+state): a record accepted once stays acceptable for readers (hivemind drops a peer's whole
+dictionary on read if one entry fails). Storing peers refuse records that claim a block outside
+the window or in the future; a late writer that backdates its claim is defeated by readers, who
+freeze what they have seen one grace block after a window closes (the duties do that).
 `fetch_records` re-applies all checks on read.
 """
 

@@ -6,9 +6,9 @@ Epoch `e`, by chain progress `p` (see `consensus.phases`):
   and post the probe of `e`; after p=0.10 any validator posts the probe if nobody has.
   Not elected: as soon as the submission is on chain, compare it with the own set of `e-1`
   and attest if equal (early: rewards decay).
-- p >= 0.50: freeze the hoster commits seen (later ones do not count); in [0.50, 0.60)
-  reveal the own score set committed in `e-1`.
-- p >= 0.60: fetch and verify hoster reveals (of the frozen commits) and the validator
+- one grace block after p=0.50: freeze the hoster commits seen (later ones do not count);
+  in [0.50, 0.60) reveal the own score set committed in `e-1`.
+- one grace block after p=0.60: fetch and verify hoster reveals (of the frozen commits) and the validator
   reveals of `e-1` commits, score both, build the on-chain set of `e` and commit the hash of
   the own hoster score set of `e`.
 
@@ -48,9 +48,10 @@ from validator.verify import VALID, verify_hoster_reveals, verify_validator_reve
 
 log = logging.getLogger(__name__)
 
-# Freezing a snapshot must happen soon after its window closes, or this node's view may
+# A snapshot is frozen one grace block after its window closes (writers get the whole window
+# plus the grace the storers allow) and must happen soon after that, or this node's view could
 # include records that arrived late; past this slack the epoch is left unscored.
-FREEZE_SLACK = 0.10
+FREEZE_SLACK = 0.20
 
 
 @dataclass
@@ -187,14 +188,16 @@ class ValidatorDuty:
         if REVEAL_START <= p < REVEAL_END and prev is not None and prev.score_committed_block is not None \
                 and prev.score_revealed_block is None:
             self._reveal_scores(prev, view)
-        if p >= REVEAL_START and st.hoster_commits is None and st.skipped is None:
-            if p < REVEAL_START + FREEZE_SLACK:
+        grace = self.policy.grace_blocks / view.blocks_per_epoch
+        commits_frozen_at, scored_at = REVEAL_START + grace, SCORE_START + grace
+        if p >= commits_frozen_at and st.hoster_commits is None and st.skipped is None:
+            if p < commits_frozen_at + FREEZE_SLACK:
                 st.hoster_commits = fetch_records(self.dht, self.policy, e, RecordKind.HOSTER_COMMIT)
                 event(log, "hoster_commits_frozen", epoch=e, count=len(st.hoster_commits))
             else:
                 st.skipped = "started after the commit window closed"
-        if p >= SCORE_START and st.hoster_commits is not None and st.hoster_fixed is None and st.skipped is None:
-            if p < SCORE_START + FREEZE_SLACK:
+        if p >= scored_at and st.hoster_commits is not None and st.hoster_fixed is None and st.skipped is None:
+            if p < scored_at + FREEZE_SLACK:
                 self._score(st, view)
             else:
                 st.skipped = "missed the scoring point"

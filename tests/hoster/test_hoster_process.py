@@ -86,7 +86,7 @@ def test_memory_grows_with_blocks_served(tiny_model_factory, processes):
     delta = rss["0:8"] - rss["0:2"]
     print(f"\nRSS serving 2/8 blocks: {rss['0:2'] / 2**20:.0f} MiB, 8/8 blocks: {rss['0:8'] / 2**20:.0f} MiB, "
           f"delta {delta / 2**20:.0f} MiB (6 layers ~ {6 * layer_bytes / 2**20:.0f} MiB of weights)")
-    assert delta > 0.6 * 6 * layer_bytes * 0.9  # the 6 extra layers really are resident; 2 blocks load only 2
+    assert delta > 0.5 * 6 * layer_bytes  # the 6 extra layers really are resident; 2 blocks load only 2
 
 
 async def test_sigterm_withdraws_and_fails_open_sessions(tiny_llama, processes, client_dht_factory):

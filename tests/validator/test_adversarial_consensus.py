@@ -88,7 +88,7 @@ class LateDuty(HosterDuty):
         super().tick(view)
         st = self.epochs.get(view.epoch)
         if st is not None and st.committed_block is not None and st.revealed_block is None \
-                and view.progress >= REVEAL_END + 0.1:
+                and view.progress >= REVEAL_END + 0.3:  # after every validator has scored
             _, last = block_window(RecordKind.HOSTER_REVEAL, view.epoch_start(view.epoch), view.blocks_per_epoch)
             if store_reveal(self.dht, self.node_key, self.subnet_id, st.epoch, RecordKind.HOSTER_REVEAL,
                             self.reveal_body(st), block=last, ttl=record_ttl(view)):

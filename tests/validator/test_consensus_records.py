@@ -295,10 +295,11 @@ def test_records_over_real_dht(net):
         assert fetch_records(dht_b, reader, e + 1, "hoster_commit") == {}
 
         # writes outside the window: storers reject a commit that claims a reveal-window block
-        info2 = net.wait_progress(0.55, 0.65, epoch=e)  # beyond the window + 1 block grace
-        assert not store_record(dht_b, b.node_key, sid, e, RecordKind.HOSTER_COMMIT,
+        info2 = net.wait_progress(0.55, 0.65)  # beyond the commit window + 1 block grace
+        e2 = info2.epoch
+        assert not store_record(dht_b, b.node_key, sid, e2, RecordKind.HOSTER_COMMIT,
                                 {"commit": "66" * 32, "blocks": [0], "parts": 1}, block=info2.block, ttl=ttl)
-        assert set(fetch_records(dht_a, reader, e, "hoster_commit")) == {a.peer_id}
+        assert b.peer_id not in fetch_records(dht_a, reader, e2, "hoster_commit")
         # every node keeps running after all that
         assert dht_a.is_alive() and dht_b.is_alive()
     finally:
