@@ -101,4 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the `subnet.cli` module object, not this `__main__` copy, so that `UserError`
+    # raised by commands (imported from subnet.cli) is the class caught above.
+    from subnet.cli import main as _main
+
+    sys.exit(_main())
