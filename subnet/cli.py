@@ -9,7 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+
+# Idle OpenMP workers spin by default and steal the cores of whichever process of a local
+# chain is computing; set before torch is imported anywhere in this process.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from subnet.commands import HELP
 

@@ -136,7 +136,9 @@ class Node:
     def _start_dht(self) -> None:
         from subnet.dht import LOOPBACK_MADDRS, start_dht
 
-        validators = []
+        from subnet.announcements import AnnouncementValidator
+
+        validators: list = [AnnouncementValidator()]  # nobody may overwrite a hoster's announcement subkey
         if self.chain is not None:
             from subnet.consensus_records import make_record_validator
 

@@ -18,7 +18,7 @@ import torch
 
 from subnet.client.manager import SequenceManager
 from subnet.client.routing import RouteError, Span
-from subnet.client.transport import InferenceStream
+from subnet.client.transport import InferenceStream, RemoteError
 from subnet.logs import event
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class InferenceSession:
         self.spans: list[_SpanState] = []
         self.reroutes = 0
         self.closed = False
+        self._excluded: set[str] = set()  # hosters that refused this session's request (not banned)
 
     @property
     def route(self) -> list[Span]:
@@ -73,7 +74,8 @@ class InferenceSession:
 
     async def _make_route(self, start: int, end: int) -> list[Span]:
         try:
-            return await self.manager.make_route(start, end, cache_tokens_needed=self._cache_tokens)
+            return await self.manager.make_route(start, end, cache_tokens_needed=self._cache_tokens,
+                                                 exclude=self._excluded)
         except RouteError as e:
             raise SessionError(str(e)) from None
 
@@ -119,10 +121,22 @@ class InferenceSession:
             except Exception as e:
                 attempts += 1
                 errors.append(f"{st.span.peer_id[-8:]}[{st.span.start}:{st.span.end}): {type(e).__name__}: {e}")
-                self.manager.report_failure(st.span.peer_id, e)
                 if attempts > self.manager.config.max_retries:
                     raise SessionError(f"giving up after {attempts} failures: " + "; ".join(errors)) from e
-                await self._replace(idx)
+                kind = e.type if isinstance(e, RemoteError) else None
+                if kind == "unknown_session" and st.stream is not None:
+                    # The hoster expired our idle session: open a new one there and replay (no ban).
+                    await st.stream.close()
+                    st.stream, st.server_pos = None, 0
+                    continue
+                if kind in ("bad_request", "too_large", "out_of_range", "unknown_model"):
+                    self._excluded.add(st.span.peer_id)  # this hoster cannot take this request; others may
+                else:
+                    self.manager.report_failure(st.span.peer_id, e)
+                try:
+                    await self._replace(idx)
+                except SessionError as route_error:
+                    raise SessionError(f"{route_error} (after: {'; '.join(errors)})") from e
         self.position = position + n
         return x[:, x.shape[1] - n:]
 

@@ -1,12 +1,15 @@
 """Hosters killed mid-generation (SIGKILL of the whole process group): the client re-routes,
 replays the span's history to the replacement and produces exactly the uninterrupted tokens.
 
-Swarm: Z serves [0:8); X1, X2 serve [0:4); Y1, Y2 serve [4:8). The tests run in order and
-each kills one more hoster, until blocks 4..8 have nobody left and the client must fail fast.
+Swarm: Z serves [0:8); X1, X2, X3 serve [0:4); Y1, Y2 serve [4:8). The tests run in order and
+each kills (or freezes) one more hoster, until blocks 4..8 have nobody left and the client
+must fail fast.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -22,10 +25,10 @@ NEW_TOKENS = 40
 @pytest.fixture(scope="module")
 def fault_swarm(swarm_factory, tiny_llama):
     swarm = swarm_factory()
-    swarm.start_hosters_async(tiny_llama, [(0, 8), (0, 4), (0, 4), (4, 8), (4, 8)])
+    swarm.start_hosters_async(tiny_llama, [(0, 8), (0, 4), (0, 4), (0, 4), (4, 8), (4, 8)])
     hosters = swarm.wait_all()
     model = DistributedModelForCausalLM.from_pretrained(
-        tiny_llama, initial_peers=swarm.initial_peers, request_timeout=10.0, connect_timeout=5.0)
+        tiny_llama, initial_peers=swarm.initial_peers, request_timeout=5.0, connect_timeout=5.0)
     try:
         deadline = time.monotonic() + 60
         while len(_announced(model)) < len(hosters):  # every hoster visible before the baseline runs
@@ -48,7 +51,7 @@ def _prompt(model, long: bool) -> torch.Tensor:
     return ids
 
 
-def _run(model, ids, kill_at=None, choose=None, hosters=None) -> tuple[list[int], list[Span], list[Span]]:
+def _run(model, ids, kill_at=None, choose=None, hosters=None, freeze=False) -> tuple[list[int], list[Span], list[Span]]:
     """Stream NEW_TOKENS greedy tokens; after token `kill_at`, SIGKILL the hoster `choose(route)` names."""
     tokens, before, after = [], [], []
     for i, ev in enumerate(model.stream(ids, max_new_tokens=NEW_TOKENS, ignore_eos=True)):
@@ -56,7 +59,10 @@ def _run(model, ids, kill_at=None, choose=None, hosters=None) -> tuple[list[int]
         if i == kill_at:
             (before,) = model.active_routes()
             victim = choose(before)
-            hosters[victim].kill()
+            if freeze:
+                os.killpg(hosters[victim].proc.proc.pid, signal.SIGSTOP)
+            else:
+                hosters[victim].kill()
         elif kill_at is not None and i == kill_at + 1:
             (after,) = model.active_routes()
     return tokens, before, after
@@ -101,6 +107,27 @@ def test_kill_redundant_first_span(fault_swarm, baselines):
     tokens, before, after = _run(model, ids, kill_at=20, choose=lambda r: r[0].peer_id, hosters=hosters)
     assert before[0].peer_id != after[0].peer_id and before[1] == after[1]
     assert tokens == baselines[True]
+
+
+def test_frozen_hoster_times_out_and_is_replaced(fault_swarm, baselines):
+    """SIGSTOP: the connection stays open but nothing answers; the step timeout must fire."""
+    _, hosters, model = fault_swarm
+    ids = _prompt(model, False)
+    frozen: list[str] = []
+
+    def choose(route):
+        frozen.append(route[0].peer_id)
+        return route[0].peer_id
+
+    t0 = time.monotonic()
+    try:
+        tokens, before, after = _run(model, ids, kill_at=8, choose=choose, hosters=hosters, freeze=True)
+    finally:
+        for peer in frozen:
+            hosters[peer].kill()  # SIGKILL also ends stopped processes
+    assert after[0].peer_id != frozen[0] and before[1] == after[1]
+    assert tokens == baselines[False]
+    assert time.monotonic() - t0 < 30
 
 
 def test_losing_the_last_hoster_of_a_span_fails_fast(fault_swarm):

@@ -24,7 +24,6 @@ from subnet.consensus_records import (
     EpochView,
     consensus_key,
     fetch_records,
-    record_ttl,
     store_record,
 )
 from subnet.dht import start_dht, visible_maddrs
@@ -103,7 +102,7 @@ def test_valid_hoster_commit_accepted():
 def test_rejections(case, reason):
     view = at(5, 12)
     p = policy(view, size_limits={"hoster_commit": 600})
-    key, signer, subkey = HOST, HOST, HOST.peer_id
+    signer, subkey = HOST, HOST.peer_id
     payload = commit_payload(5, 5 * BPE + 4)
     kind = "hoster_commit"
     key_bytes = None
@@ -146,7 +145,6 @@ def test_rejections(case, reason):
         rec = json.dumps(obj).encode()
     with pytest.raises(ConsensusRecordError, match=reason):
         p.check(rec, subkey, key_bytes=key_bytes)
-    del key
 
 
 def test_previous_epoch_records_still_readable():

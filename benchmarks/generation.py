@@ -1,0 +1,148 @@
+"""Greedy generation through 1 and 3 local hosters vs `transformers` generate in one process.
+
+    .venv/bin/python -m benchmarks.generation            # models a and b (about 10 minutes)
+    .venv/bin/python -m benchmarks.generation --quick    # a small model, one pass (about 1 minute)
+
+Same checkpoint (random weights, fp32), same prompt, 2 torch threads in every process.
+Tokens/s is new tokens / wall time of a whole `generate` call (prefill included), time to
+first token is `generate(max_new_tokens=1)` on a 512-token prompt (session open included).
+Runs are interleaved (local, 1 hoster, 3 hosters, local, ...) so load changes hit all
+three alike; medians after one warm-up. The distributed tokens are checked against local.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from benchmarks.common import (
+    MODELS, HosterProcs, chain_spans, client, ensure_model, fmt_table, load_avg, median, save_results,
+)
+
+import torch  # noqa: E402  (after benchmarks.common set the thread count)
+
+
+def local_model(path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model.eval()
+
+
+def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt: int, runs: int,
+                chains: list[int]) -> dict:
+    spec = MODELS[key]
+    path = ensure_model(spec)
+    gen = torch.Generator().manual_seed(1234)
+    prompt = torch.randint(0, spec.vocab_size, (1, prompt_len), generator=gen)
+    long_prompt = torch.randint(0, spec.vocab_size, (1, ttft_prompt), generator=gen)
+    ref = local_model(path)
+
+    def local_gen(ids, n):
+        return ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                            do_sample=False)
+
+    results: dict = {"model": spec.__dict__, "prompt_len": prompt_len, "ttft_prompt": ttft_prompt, "runs": runs}
+    with HosterProcs() as procs:
+        names = {}
+        first = True
+        for k in chains:
+            names[k] = f"{spec.name}-{k}h"
+            for span in chain_spans(spec.num_layers, k):
+                procs.start(path, span, model_name=names[k], wait=first)
+                first = False
+        for p in procs.procs:
+            procs.wait(p)
+        clients = {}
+        try:
+            for k in chains:
+                clients[k] = client(path, procs.initial_peers, names[k]).__enter__()
+            configs = {"local": local_gen}
+            for k in chains:
+                m = clients[k]
+                configs[f"{k} hoster" + ("s" if k > 1 else "")] = (
+                    lambda ids, n, m=m: m.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False))
+
+            # correctness: the same greedy tokens
+            expect = local_gen(prompt, max(new_tokens))
+            match = {}
+            for name, fn in configs.items():
+                got = fn(prompt, max(new_tokens))
+                same = int((got[0] == expect[0]).long().cumprod(0).sum().item()) - prompt_len
+                match[name] = f"{same}/{max(new_tokens)}"
+            results["tokens_equal_local"] = match
+
+            # warm-up every path (and the long-prompt path) once
+            for fn in configs.values():
+                fn(prompt, 4)
+                fn(long_prompt, 1)
+
+            import time
+
+            tps: dict[str, dict[int, list[float]]] = {c: {n: [] for n in new_tokens} for c in configs}
+            ttft: dict[str, list[float]] = {c: [] for c in configs}
+            for _ in range(runs):
+                for n in new_tokens:
+                    for name, fn in configs.items():
+                        t0 = time.perf_counter()
+                        fn(prompt, n)
+                        tps[name][n].append(n / (time.perf_counter() - t0))
+                for name, fn in configs.items():
+                    t0 = time.perf_counter()
+                    fn(long_prompt, 1)
+                    ttft[name].append(time.perf_counter() - t0)
+            results["tokens_per_s"] = {c: {str(n): median(v) for n, v in d.items()} for c, d in tps.items()}
+            results["tokens_per_s_all"] = {c: {str(n): v for n, v in d.items()} for c, d in tps.items()}
+            results["ttft_s"] = {c: median(v) for c, v in ttft.items()}
+            results["ttft_all"] = ttft
+        finally:
+            for m in clients.values():
+                m.close()
+    return results
+
+
+def report(key: str, r: dict) -> str:
+    rows = []
+    loc = r["tokens_per_s"]["local"]
+    for name, d in r["tokens_per_s"].items():
+        row = [name]
+        for n, v in d.items():
+            row += [f"{v:.1f}", f"{v / loc[n]:.2f}x"]
+        t = r["ttft_s"][name]
+        row += [f"{t * 1000:.0f}", f"{t / r['ttft_s']['local']:.2f}x", r["tokens_equal_local"][name]]
+        rows.append(row)
+    headers = ["model " + key]
+    for n in r["tokens_per_s"]["local"]:
+        headers += [f"tok/s {r['prompt_len']}->{n}", "vs local"]
+    headers += [f"TTFT ms ({r['ttft_prompt']} tok)", "vs local", "same tokens"]
+    return fmt_table(headers, rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="a,b", help="comma-separated: a, b, quick")
+    p.add_argument("--new-tokens", default="64,128")
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--ttft-prompt", type=int, default=512)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--chains", default="1,3", help="numbers of hosters in the chain")
+    p.add_argument("--quick", action="store_true", help="small model, 16 new tokens, one pass")
+    p.add_argument("--out", default="generation")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.models, args.new_tokens, args.runs, args.ttft_prompt, args.out = "quick", "16", 1, 64, "generation-quick"
+    all_results = {"load_avg_at_start": load_avg(), "models": {}}
+    for key in args.models.split(","):
+        r = bench_model(key, new_tokens=[int(x) for x in args.new_tokens.split(",")], prompt_len=args.prompt_len,
+                        ttft_prompt=args.ttft_prompt, runs=args.runs, chains=[int(x) for x in args.chains.split(",")])
+        all_results["models"][key] = r
+        print(report(key, r), flush=True)
+        print(flush=True)
+    all_results["load_avg_at_end"] = load_avg()
+    path = save_results(args.out, all_results)
+    print(f"load average {all_results['load_avg_at_start']} -> {all_results['load_avg_at_end']}; wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
