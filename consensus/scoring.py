@@ -71,18 +71,26 @@ def to_fixed(score: float) -> int:
 
 
 def _tree_sum(a: np.ndarray, axis: int) -> np.ndarray:
-    """Sum along `axis` in a fixed pairwise order (pad to 2^k with zeros, add halves)."""
-    a = np.moveaxis(np.asarray(a, dtype=np.float64), axis, 0)
-    n = a.shape[0]
+    """Sum along `axis` in a fixed pairwise order: pad to 2^k with zeros, then repeatedly add
+    element i and element i + half. The pairing (hence every rounding) is fixed by the length
+    alone, whatever the memory layout, SIMD width or thread count."""
+    a = np.asarray(a, dtype=np.float64)
+    axis = axis % a.ndim
+    n = a.shape[axis]
     if n == 0:
-        return np.zeros(a.shape[1:], dtype=np.float64)
+        return np.zeros(a.shape[:axis] + a.shape[axis + 1:], dtype=np.float64)
     size = 1 << (n - 1).bit_length()
     if size != n:
-        a = np.concatenate([a, np.zeros((size - n,) + a.shape[1:], dtype=np.float64)], axis=0)
-    while a.shape[0] > 1:
-        half = a.shape[0] // 2
-        a = np.add(a[:half], a[half:])
-    return a[0]
+        pad = [(0, 0)] * a.ndim
+        pad[axis] = (0, size - n)
+        a = np.pad(a, pad)
+    while a.shape[axis] > 1:
+        half = a.shape[axis] // 2
+        lo = [slice(None)] * a.ndim
+        hi = [slice(None)] * a.ndim
+        lo[axis], hi[axis] = slice(0, half), slice(half, None)
+        a = np.add(a[tuple(lo)], a[tuple(hi)])
+    return a.take(0, axis=axis)
 
 
 def _norms(rows: np.ndarray) -> np.ndarray:
@@ -110,12 +118,16 @@ class HosterScoring:
         return {p: to_fixed(s) for p, s in sorted(self.scores.items())}
 
 
-def _as_f64(x) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch tensor: exact widening
+def _as_array(x) -> np.ndarray:
+    """A numpy view of an output without changing its values (float16/32/64 stay as they are)."""
+    if hasattr(x, "detach"):  # torch tensor
         import torch
 
-        return x.detach().to("cpu").to(torch.float64).contiguous().numpy()
-    return np.asarray(x, dtype=np.float64)
+        t = x.detach().to("cpu")
+        if t.dtype not in (torch.float16, torch.float32, torch.float64):
+            t = t.to(torch.float64)  # bfloat16 etc.: exact widening
+        return t.numpy()
+    return np.asarray(x)
 
 
 def score_block(
@@ -159,10 +171,8 @@ def score_hosters(
     block_scores: dict[int, dict[str, float]] = {}
     for peer in sorted(outputs):
         for block, x in sorted(outputs[peer].items()):
-            arr = _as_f64(x)
-            if (expected_shape is not None and arr.shape != tuple(expected_shape)) or not bool(
-                np.isfinite(arr).all()
-            ):
+            arr = _as_array(x)
+            if expected_shape is not None and arr.shape != tuple(expected_shape):
                 block_scores.setdefault(block, {})[peer] = 0.0
                 continue
             by_block.setdefault(block, []).append((peer, arr))
@@ -178,12 +188,20 @@ def score_hosters(
                 if a.shape != best:
                     block_scores.setdefault(block, {})[p] = 0.0
             entries = [(p, a) for p, a in entries if a.shape == best]
+        # one widening to float64 per block (exact for float16/32), then drop non-finite rows
+        rows = np.stack([a.reshape(-1) for _, a in entries]).astype(np.float64)
+        finite = np.isfinite(rows).all(axis=1)
+        if not finite.all():
+            for (p, _), ok in zip(entries, finite.tolist()):
+                if not ok:
+                    block_scores.setdefault(block, {})[p] = 0.0
+            rows = rows[finite]
+            entries = [e for e, ok in zip(entries, finite.tolist()) if ok]
         if len(entries) < 2:
             if entries:
                 uncompared[block] = entries[0][0]
             continue
         peers = [p for p, _ in entries]
-        rows = np.stack([a.reshape(-1) for _, a in entries])
         block_scores.setdefault(block, {}).update(score_block(peers, rows, params))
 
     per_peer: dict[str, list[float]] = {}

@@ -108,9 +108,16 @@ class SwarmTransport:
 
     def __init__(self, model_path: str, initial_peers: list[str], *, model_name: str | None = None,
                  max_tokens: int = 256, temperature: float = 0.7):
+        from subnet.api.swarm_backend import start_client_dht
         from subnet.client import DistributedModelForCausalLM
 
-        self.model = DistributedModelForCausalLM.from_pretrained(model_path, initial_peers, model_name=model_name)
+        self.dht = start_client_dht(initial_peers)
+        try:
+            self.model = DistributedModelForCausalLM.from_pretrained(model_path, initial_peers, dht=self.dht,
+                                                                     model_name=model_name)
+        except BaseException:
+            self.dht.shutdown()
+            raise
         self.max_tokens = max_tokens
         self.temperature = temperature
 
@@ -135,7 +142,10 @@ class SwarmTransport:
                 close()
 
     def close(self) -> None:
-        self.model.close()
+        try:
+            self.model.close()
+        finally:
+            self.dht.shutdown()
 
 
 def repl(transport: ChatTransport, conversation: Conversation, *, stdin: TextIO = sys.stdin,

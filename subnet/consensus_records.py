@@ -176,6 +176,7 @@ class ChainRegistry:
         self._view_ttl = view_ttl
         self._miss_refresh = miss_refresh
         self._pid: int | None = None
+        self._owner_pid = os.getpid()
         self._chain: Chain | None = None
         self._lock = threading.RLock()
         self._view: EpochView | None = None
@@ -199,6 +200,13 @@ class ChainRegistry:
     def chain(self) -> Chain:
         if self._chain is None or self._pid != os.getpid():
             self._chain = self._factory()
+            if self._pid is None and os.getpid() != self._owner_pid:
+                probe = self._factory()  # first use in a forked process: is this really a factory?
+                if probe is self._chain:
+                    event(log, "chain_client_shared_across_fork", logging.WARNING,
+                          hint="pass a factory that builds a new chain client to make_record_validator")
+                else:
+                    probe.close()
             self._pid = os.getpid()
         return self._chain
 
@@ -404,16 +412,26 @@ class ConsensusRecordPolicy:
         self._key_cache: dict[bytes, tuple[int, str]] = {}
         self._key_cache_epoch: int | None = None
 
-    def known_key(self, key_bytes: bytes, view: EpochView) -> tuple[int, str] | None:
-        """(epoch, kind) if `key_bytes` is one of our consensus keys near the current epoch."""
-        if self._key_cache_epoch != view.epoch:
+    def known_key(self, key_bytes: bytes) -> tuple[int, str] | None:
+        """(epoch, kind) if `key_bytes` is one of our consensus keys near the current epoch.
+
+        Works from the last known epoch when the chain is unreachable, so a chain outage never
+        blocks records that are not ours (announcements etc.).
+        """
+        try:
+            epoch = self.registry.view().epoch
+        except Exception:
+            epoch = self._key_cache_epoch
+            if epoch is None:
+                return None
+        if self._key_cache_epoch != epoch:
             self._key_cache = {
                 key_id_bytes(consensus_key(self.subnet_id, e, k, part)): (e, k)
-                for e in range(max(0, view.epoch - 2), view.epoch + 2)
+                for e in range(max(0, epoch - 2), epoch + 2)
                 for k in KINDS
                 for part in (range(MAX_PARTS) if k in CHUNKED_KINDS else (None,))
             }
-            self._key_cache_epoch = view.epoch
+            self._key_cache_epoch = epoch
         return self._key_cache.get(key_bytes)
 
     def check(self, value: bytes, subkey: str | None, *, key_bytes: bytes | None = None,
@@ -497,7 +515,7 @@ class ConsensusRecordValidator(RecordValidatorBase):
             value = subkey = None
         try:
             if value is None or not value.startswith(b"{"):
-                known = self.policy.known_key(record.key, self.policy.registry.view())
+                known = self.policy.known_key(record.key)
                 if known is None:
                     return True  # not a consensus record: not ours to judge
                 raise ConsensusRecordError("value under a consensus key is not a sealed record")
@@ -506,7 +524,7 @@ class ConsensusRecordValidator(RecordValidatorBase):
             except ValueError:
                 opened_kind = None
             if opened_kind not in KINDS:
-                if self.policy.known_key(record.key, self.policy.registry.view()) is None:
+                if self.policy.known_key(record.key) is None:
                     return True
                 raise ConsensusRecordError("value under a consensus key is not a consensus record")
             self.policy.check(value, subkey, key_bytes=record.key, expiration_time=record.expiration_time)
@@ -678,7 +696,9 @@ def fetch_records(dht, policy: ConsensusRecordPolicy, epoch: int, kind: str | Re
 def make_record_validator(chain_factory: Callable[[], Chain], subnet_id: int, **policy_kw) -> ConsensusRecordValidator:
     """The validator a node passes to `start_dht(record_validators=[...])`.
 
-    `chain_factory` builds a fresh chain client inside hivemind's DHT process (read-only use).
+    `chain_factory` must build a NEW chain client (e.g. `lambda: DevnetChain(url)`): it is
+    called inside hivemind's DHT process, which is forked from the node, and a client created
+    before the fork would share its HTTP/websocket connection between two processes.
     """
     return ConsensusRecordValidator(ConsensusRecordPolicy(subnet_id, ChainRegistry(chain_factory, subnet_id),
                                                           **policy_kw))

@@ -21,6 +21,18 @@ from subnet.api.sampling import to_sampling_params
 log = logging.getLogger(__name__)
 
 
+def start_client_dht(initial_peers: Sequence[str]) -> Any:
+    """A client-mode DHT peer with a fresh key, joined to `initial_peers`.
+
+    hivemind's identity-collision check reads the key file as RSA and fails on our Ed25519
+    keys; a freshly generated key cannot collide, so the check is skipped.
+    """
+    from keys import NodeKey
+    from subnet.dht import start_dht
+
+    return start_dht(NodeKey.generate(), list(initial_peers), client_mode=True, check_if_identity_free=False)
+
+
 def covers_all(spans: Sequence[tuple[int, int]], num_blocks: int) -> bool:
     """True when the union of `[start, end)` spans covers `[0, num_blocks)`."""
     reach = 0
@@ -53,13 +65,7 @@ class SwarmBackend:
 
         own_dht = None
         if dht is None:
-            from keys import NodeKey
-            from subnet.dht import start_dht
-
-            # hivemind's identity-collision check reads the key file as RSA and fails on our
-            # Ed25519 keys; a freshly generated key cannot collide, so skip it.
-            own_dht = dht = start_dht(NodeKey.generate(), list(initial_peers), client_mode=True,
-                                      check_if_identity_free=False)
+            own_dht = dht = start_client_dht(initial_peers)
         try:
             model = DistributedModelForCausalLM.from_pretrained(model_path, initial_peers, dht=dht,
                                                                 model_name=model_name, **client_kwargs)

@@ -149,10 +149,7 @@ def generate_events(
                     finish = "stop" if hit else "length"
             row.finish = finish
             events.append(StreamEvent(tok, text, finish, i))
-        if should_stop is not None and should_stop() and not all(r.finish for r in rows):
-            yield events
-            return
         yield events
-        if all(r.finish is not None for r in rows):
-            return
+        if all(r.finish is not None for r in rows) or (should_stop is not None and should_stop()):
+            return  # done, or the consumer went away (`should_stop`): the caller closes the session
         tokens = next_tokens.view(batch, 1)

@@ -52,24 +52,38 @@ class SequenceManager:
         self._servers: list[ServerInfo] = []
         self._fetched_at = -1e9
         self._refresh_lock: asyncio.Lock | None = None
+        self._refresh_task: asyncio.Future | None = None
 
     @property
     def p2p(self):
         return self.runtime.p2p
 
     async def servers(self, force: bool = False) -> list[ServerInfo]:
-        """Announced online hosters of this model (cached for `refresh_interval`)."""
+        """Announced online hosters of this model.
+
+        Stale-while-revalidate: once a list exists, a stale one is returned at once while a
+        background task re-reads the DHT (a DHT lookup can stall on a dead peer, and failover
+        should not wait for it); `force` waits for a fresh read.
+        """
+        stale = time.monotonic() - self._fetched_at > self.config.refresh_interval
+        if force or self._fetched_at < 0:
+            return await self._refresh()
+        if stale and (self._refresh_task is None or self._refresh_task.done()):
+            self._refresh_task = asyncio.ensure_future(self._refresh())
+            self._refresh_task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return self._servers
+
+    async def _refresh(self) -> list[ServerInfo]:
         if self._refresh_lock is None:
             self._refresh_lock = asyncio.Lock()
         async with self._refresh_lock:
-            if force or time.monotonic() - self._fetched_at > self.config.refresh_interval:
-                loop = asyncio.get_running_loop()
-                fetched = await asyncio.wait_for(
-                    loop.run_in_executor(None, discovery.read_servers, self.runtime.dht, self.model_uid),
-                    self.config.request_timeout,
-                )
-                self._servers = [s for s in fetched if self._compatible(s)]
-                self._fetched_at = time.monotonic()
+            loop = asyncio.get_running_loop()
+            fetched = await asyncio.wait_for(
+                loop.run_in_executor(None, discovery.read_servers, self.runtime.dht, self.model_uid),
+                self.config.request_timeout,
+            )
+            self._servers = [s for s in fetched if self._compatible(s)]
+            self._fetched_at = time.monotonic()
         return self._servers
 
     def _compatible(self, s: ServerInfo) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -34,7 +34,7 @@ class _SpanState:
     history: torch.Tensor | None = None  # [batch, max_length, hidden]: inputs sent to this span
     server_pos: int = 0  # positions held in the hoster's KV cache
     stream: InferenceStream | None = None
-    failures: list[str] = field(default_factory=list)
+    open_error: BaseException | None = None  # from the concurrent open in `InferenceSession.open`
 
 
 class InferenceSession:
@@ -66,10 +66,11 @@ class InferenceSession:
         self.spans = [_SpanState(s) for s in route]
         self.manager.stats.acquire(route)
         results = await asyncio.gather(*(self._open_stream(st) for st in self.spans), return_exceptions=True)
-        for err in results:
+        for st, err in zip(self.spans, results):
             if isinstance(err, asyncio.CancelledError):
                 raise err
-        # Spans whose open failed keep stream=None; `step` re-routes them on first use.
+            if isinstance(err, BaseException):
+                st.open_error = err  # `step` reports it and re-routes this span on first use
         return self
 
     async def _make_route(self, start: int, end: int) -> list[Span]:
@@ -81,16 +82,10 @@ class InferenceSession:
 
     async def _open_stream(self, st: _SpanState) -> None:
         cfg = self.manager.config
-        try:
-            st.stream = await InferenceStream.open(
-                self.manager.p2p, st.span.peer_id, self.manager.model_uid, st.span.start, st.span.end,
-                self.max_length, self.batch_size, cfg.connect_timeout,
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            st.failures.append(f"{type(e).__name__}: {e}")
-            raise
+        st.stream = await InferenceStream.open(
+            self.manager.p2p, st.span.peer_id, self.manager.model_uid, st.span.start, st.span.end,
+            self.max_length, self.batch_size, cfg.connect_timeout,
+        )
 
     async def step(self, hidden: torch.Tensor, position: int | None = None) -> torch.Tensor:
         """Run `hidden` `[batch, n, hidden]` at positions `position..position+n-1` through every block.
@@ -144,6 +139,9 @@ class InferenceSession:
                         n: int) -> tuple[torch.Tensor, int]:
         """Send this span what its hoster is missing; returns its outputs and their first position."""
         cfg = self.manager.config
+        if st.open_error is not None:
+            err, st.open_error = st.open_error, None
+            raise err
         if st.stream is None:
             await self._open_stream(st)
         need = min(st.server_pos, position)  # the hoster's cache restarts here

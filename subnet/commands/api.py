@@ -81,10 +81,20 @@ def build_subnet_view(args: argparse.Namespace, dht, model_ids):
 
 
 def serve(app, host: str, port: int) -> None:
-    """Run uvicorn in the foreground until Ctrl-C / SIGTERM."""
+    """Run uvicorn in the foreground until Ctrl-C / SIGTERM, then return (so the caller can
+    close the swarm client and its DHT processes)."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    class _Server(uvicorn.Server):
+        # uvicorn re-raises the signal after its graceful shutdown, which would kill this
+        # process before the caller's cleanup and orphan the DHT daemons: only stop instead.
+        def handle_exit(self, sig, frame) -> None:
+            if self.should_exit:
+                self.force_exit = True
+            self.should_exit = True
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    _Server(config).run()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -113,7 +113,26 @@ def _mesh_node() -> str:
     return str(Path(sys.executable).with_name("mesh-node"))
 
 
-def test_api_and_chat_commands_in_swarm_mode(swarm_api, tiny_llama):
+def _stop(proc, timeout: float = 30.0) -> int | None:
+    """SIGTERM, then SIGKILL the whole process group (its DHT daemons too) if it hangs."""
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # leftovers of a clean exit: none; of a hang: all
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
+    return proc.returncode
+
+
+def test_api_and_chat_commands_in_swarm_mode(swarm_api, tiny_llama, tmp_path):
     """`mesh-node api --initial-peers ...` and `mesh-node chat --initial-peers ...` as real processes."""
     import socket
     import subprocess
@@ -126,14 +145,15 @@ def test_api_and_chat_commands_in_swarm_mode(swarm_api, tiny_llama):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    log = open(tmp_path / "api.log", "w")
     api = subprocess.Popen([_mesh_node(), "api", "--model", tiny_llama, "--model-name", "swarm-llama",
                             "--initial-peers", *peers, "--port", str(port)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                           stdout=log, stderr=log, env=env, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
         while True:
-            assert api.poll() is None, api.communicate()[1][-2000:]
+            assert api.poll() is None, (tmp_path / "api.log").read_text()[-2000:]
             try:
                 if httpx.get(url + "/health", timeout=2).json()["models"] == ["swarm-llama"]:
                     break
@@ -146,14 +166,22 @@ def test_api_and_chat_commands_in_swarm_mode(swarm_api, tiny_llama):
                                            max_tokens=5, temperature=0)
         assert r.usage.completion_tokens >= 1
     finally:
-        api.terminate()
+        code = _stop(api)
+        log.close()
+    assert code == 0  # SIGTERM shuts down cleanly (swarm client and DHT closed)
+
+    out_path = tmp_path / "chat.out"
+    with open(out_path, "w") as out:
+        chat = subprocess.Popen([_mesh_node(), "chat", "--model", tiny_llama, "--model-name", "swarm-llama",
+                                 "--initial-peers", *peers, "--temperature", "0", "--max-tokens", "5"],
+                                stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
+                                start_new_session=True)
         try:
-            api.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            api.kill()
-            api.communicate()
-    chat = subprocess.run([_mesh_node(), "chat", "--model", tiny_llama, "--model-name", "swarm-llama",
-                           "--initial-peers", *peers, "--temperature", "0", "--max-tokens", "5"],
-                          input="Hello\n/exit\n", capture_output=True, text=True, timeout=180, env=env)
-    assert chat.returncode == 0, chat.stderr[-2000:]
-    assert chat.stdout.count("assistant> ") == 1
+            chat.stdin.write("Hello\n/exit\n")
+            chat.stdin.close()
+            chat.wait(180)
+        finally:
+            _stop(chat, timeout=5)
+    text = out_path.read_text()
+    assert chat.returncode == 0, text[-2000:]
+    assert text.count("assistant> ") == 1

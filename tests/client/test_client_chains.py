@@ -207,3 +207,29 @@ def test_uncovered_block_fails_fast(chain_swarm):
             nobody.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4)
     finally:
         nobody.close()
+
+
+def test_concurrent_sessions(chain_swarm):
+    """Several threads and async streams at once (as an API server does) get their own results."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, _, models, _ = chain_swarm
+    model = models[2]
+    tok = model.tokenizer
+    prompts = [tok(p, return_tensors="pt")["input_ids"] for p in PROMPTS]
+    alone = [model.generate(ids, max_new_tokens=10).tolist() for ids in prompts]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        together = list(pool.map(lambda ids: model.generate(ids, max_new_tokens=10).tolist(), prompts))
+    assert together == alone
+
+    async def collect(ids):
+        return [e.token_id async for e in model.astream(ids[0].tolist(), max_new_tokens=10, ignore_eos=True)]
+
+    async def main():
+        return await asyncio.gather(*(collect(ids) for ids in prompts))
+
+    streamed = asyncio.run(main())
+    for ids, got in zip(prompts, streamed):
+        assert got == model.generate(ids, max_new_tokens=10, ignore_eos=True)[0, ids.shape[1]:].tolist()
+    assert model.active_routes() == []

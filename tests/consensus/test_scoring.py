@@ -236,3 +236,12 @@ def test_identical_across_processes():
     assert local["OUT"] + "\n" == out
     data = json.loads(out)
     assert any(v for _, v in data["1"][2])  # non-trivial content
+
+
+def test_huge_finite_outputs_cannot_poison_the_mean():
+    rng = np.random.default_rng(9)
+    truth = rng.standard_normal(SHAPE).astype(np.float32)
+    huge = np.full(SHAPE, 3e38, np.float32)
+    outputs = {"h1": {0: truth}, "h2": {0: truth}, "h3": {0: truth}, "bad": {0: huge}}
+    s = score_hosters(outputs, expected_shape=SHAPE).scores
+    assert s["bad"] == 0.0 and s["h1"] == s["h2"] == s["h3"] == 1.0

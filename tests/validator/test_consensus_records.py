@@ -303,3 +303,27 @@ def test_records_over_real_dht(net):
     finally:
         for d in dhts:
             d.shutdown()
+
+
+def test_chain_outage_blocks_only_consensus_records():
+    from hivemind.dht.routing import DHTID
+    from hivemind.dht.validation import DHTRecord
+    from hivemind.utils.serializer import MSGPackSerializer
+
+    from chain.types import ChainUnavailableError
+
+    class Down(FixedRegistry):
+        def view(self):
+            raise ChainUnavailableError("Unavailable", "chain down")
+
+    v = ConsensusRecordValidator(ConsensusRecordPolicy(SUBNET, Down(at(5, 6), {HOST.peer_id: NodeClass.IDLE})))
+    announce = seal(HOST, "announce", {"peer_id": HOST.peer_id})
+    foreign = DHTRecord(DHTID.generate(source="mesh.v1/model/servers").to_bytes(), MSGPackSerializer.dumps(HOST.peer_id),
+                        MSGPackSerializer.dumps(announce), get_dht_time() + 10)
+    assert v.validate(foreign)
+    ours = DHTID.generate(source=consensus_key(SUBNET, 5, "hoster_commit")).to_bytes()
+    good = DHTRecord(ours, MSGPackSerializer.dumps(HOST.peer_id),
+                     MSGPackSerializer.dumps(seal(HOST, "hoster_commit", commit_payload(5, 5 * BPE + 4))),
+                     get_dht_time() + 10)
+    assert not v.validate(good)  # cannot be verified while the chain is unreachable
+    assert v.rejected == 1
