@@ -142,8 +142,12 @@ class Node:
         if self.chain is not None:
             from subnet.consensus_records import make_record_validator
 
-            chain = self.chain
-            validators.append(make_record_validator(lambda: chain, self.opts.subnet_id))
+            from chain import connect
+
+            url = self.opts.chain
+            # hivemind forks the DHT process: the record validator must build its own read-only
+            # chain client there rather than share this process's connection.
+            validators.append(make_record_validator(lambda: connect(url), self.opts.subnet_id))
         self.dht = start_dht(self.node_key, self.opts.initial_peers,
                              host_maddrs=self.opts.host_maddrs or LOOPBACK_MADDRS, record_validators=validators)
 

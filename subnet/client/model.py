@@ -275,18 +275,24 @@ class DistributedModelForCausalLM:
         cancel = threading.Event()
         done = object()
 
-        def produce() -> None:
+        def post(item) -> None:
             try:
-                for ev in self.stream_completion(prompt, params, cancel=cancel, **kwargs):
-                    loop.call_soon_threadsafe(queue.put_nowait, ev)
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the consumer's loop is gone
+                cancel.set()
+
+        def produce() -> None:
+            events = self.stream_completion(prompt, params, cancel=cancel, **kwargs)
+            try:
+                for ev in events:
                     if cancel.is_set():
                         break
-                loop.call_soon_threadsafe(queue.put_nowait, done)
+                    post(ev)
+                post(done)
             except BaseException as e:  # delivered to the consumer
-                try:
-                    loop.call_soon_threadsafe(queue.put_nowait, e)
-                except RuntimeError:
-                    pass
+                post(e)
+            finally:
+                events.close()  # ends the session at once, also when the consumer stopped early
 
         worker = threading.Thread(target=produce, name="mesh-client-stream", daemon=True)
         worker.start()

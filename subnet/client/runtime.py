@@ -33,7 +33,11 @@ class ClientRuntime:
             # Client mode: the client dials hosters but accepts no inbound DHT traffic.
             # (hivemind's identity-taken check parses the key as RSA and fails on Ed25519 keys: skip it;
             # a fresh random key cannot be taken anyway.)
-            dht = start_dht(NodeKey.generate(), list(initial_peers), client_mode=True, check_if_identity_free=False)
+            try:
+                dht = start_dht(NodeKey.generate(), list(initial_peers), client_mode=True,
+                                check_if_identity_free=False)
+            except Exception as e:
+                raise ConnectionError(f"cannot join the swarm through {list(initial_peers)}: {e}") from e
         self.dht = dht
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="mesh-client-loop", daemon=True)

@@ -233,3 +233,25 @@ def test_concurrent_sessions(chain_swarm):
     for ids, got in zip(prompts, streamed):
         assert got == model.generate(ids, max_new_tokens=10, ignore_eos=True)[0, ids.shape[1]:].tolist()
     assert model.active_routes() == []
+
+
+async def test_abandoned_streams_close_their_sessions(chain_swarm):
+    import asyncio
+
+    _, _, models, _ = chain_swarm
+    model = models[3]
+    it = model.stream(PROMPTS[0], max_new_tokens=50, ignore_eos=True)
+    next(it)
+    assert len(model.active_routes()) == 1
+    it.close()
+    assert model.active_routes() == []
+
+    agen = model.astream(PROMPTS[0], max_new_tokens=50, ignore_eos=True)
+    async for _ in agen:
+        break
+    await agen.aclose()
+    for _ in range(100):
+        if not model.active_routes():
+            break
+        await asyncio.sleep(0.05)
+    assert model.active_routes() == []
