@@ -176,3 +176,10 @@ def fmt_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
     return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (e.g. from `timeout`) unwinds normally, so `HosterProcs` stops its children."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -13,10 +13,12 @@ three alike; medians after one warm-up. The distributed tokens are checked again
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from benchmarks.common import (
-    MODELS, HosterProcs, chain_spans, client, ensure_model, fmt_table, load_avg, median, save_results,
+    MODELS, HosterProcs, chain_spans, client, ensure_model, exit_on_sigterm, fmt_table, load_avg, median,
+    save_results,
 )
 
 import torch  # noqa: E402  (after benchmarks.common set the thread count)
@@ -53,10 +55,8 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
                 first = False
         for p in procs.procs:
             procs.wait(p)
-        clients = {}
-        try:
-            for k in chains:
-                clients[k] = client(path, procs.initial_peers, names[k]).__enter__()
+        with contextlib.ExitStack() as stack:
+            clients = {k: stack.enter_context(client(path, procs.initial_peers, names[k])) for k in chains}
             configs = {"local": local_gen}
             for k in chains:
                 m = clients[k]
@@ -95,9 +95,6 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
             results["tokens_per_s_all"] = {c: {str(n): v for n, v in d.items()} for c, d in tps.items()}
             results["ttft_s"] = {c: median(v) for c, v in ttft.items()}
             results["ttft_all"] = ttft
-        finally:
-            for m in clients.values():
-                m.close()
     return results
 
 
@@ -129,9 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small model, 16 new tokens, one pass")
     p.add_argument("--out", default="generation")
     args = p.parse_args(argv)
+    exit_on_sigterm()
     if args.quick:
         args.models, args.new_tokens, args.runs, args.ttft_prompt, args.out = "quick", "16", 1, 64, "generation-quick"
-    all_results = {"load_avg_at_start": load_avg(), "models": {}}
+    start_load = load_avg()
+    all_results = {"load_avg_at_start": start_load, "models": {}}
     for key in args.models.split(","):
         r = bench_model(key, new_tokens=[int(x) for x in args.new_tokens.split(",")], prompt_len=args.prompt_len,
                         ttft_prompt=args.ttft_prompt, runs=args.runs, chains=[int(x) for x in args.chains.split(",")])
@@ -140,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print(flush=True)
     all_results["load_avg_at_end"] = load_avg()
     path = save_results(args.out, all_results)
-    print(f"load average {all_results['load_avg_at_start']} -> {all_results['load_avg_at_end']}; wrote {path}")
+    print(f"load average {start_load} -> {all_results['load_avg_at_end']}; wrote {path}")
     return 0
 
 

@@ -34,6 +34,7 @@ class ClientConfig:
     ban_base: float = 5.0
     ban_max: float = 300.0
     route_jitter: float = 0.05  # random cost spread to break ties between equal hosters
+    hop_penalty: float = 0.002  # seconds added per hop beyond its ping (serialization, queueing, one more failure point)
     wait_for_coverage: float = 0.0  # keep re-reading the DHT this long before a "cannot cover" error
 
 
@@ -127,7 +128,7 @@ class SequenceManager:
                 route = find_route(
                     relevant, start, end, pings=self.stats.pings, load=self.stats.load,
                     exclude=exclude | self.bans.banned(), cache_tokens_needed=cache_tokens_needed,
-                    jitter=self.config.route_jitter,
+                    jitter=self.config.route_jitter, hop_cost=self.config.hop_penalty,
                 )
                 event(log, "route", model=self.model_uid, blocks=f"{start}:{end}",
                       route=" ".join(f"{s.peer_id[-6:]}[{s.start}:{s.end})" for s in route))

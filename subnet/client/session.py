@@ -151,8 +151,7 @@ class InferenceSession:
             inp = torch.cat([st.history[:, need:x_start].to(x.dtype), x], dim=1)
         else:
             inp = x[:, need - x_start:]
-        if st.history is None or st.history.dtype != inp.dtype:
-            st.history = torch.empty(self.batch_size, self.max_length, inp.shape[-1], dtype=inp.dtype)
+        st.history = _ensure_capacity(st.history, need, position + n, self.max_length, inp)
         st.history[:, need:position + n] = inp
         timeout = cfg.request_timeout * (1 + inp.shape[1] / 2048)
         out = await st.stream.step(inp, need, timeout)
@@ -180,6 +179,18 @@ class InferenceSession:
         self.closed = True
         self.manager.stats.release([s.span for s in self.spans])
         await asyncio.gather(*(s.stream.close() for s in self.spans if s.stream is not None), return_exceptions=True)
+
+
+def _ensure_capacity(history: torch.Tensor | None, keep: int, needed: int, max_length: int,
+                     like: torch.Tensor) -> torch.Tensor:
+    """A history buffer holding at least `needed` positions (grows by doubling, keeps `[:keep]`)."""
+    if history is not None and history.shape[1] >= needed and history.dtype == like.dtype:
+        return history
+    capacity = min(max_length, max(needed, 64, 2 * (history.shape[1] if history is not None else 0)))
+    grown = torch.empty(like.shape[0], capacity, like.shape[-1], dtype=like.dtype)
+    if history is not None and keep > 0:
+        grown[:, :keep] = history[:, :keep].to(like.dtype)
+    return grown
 
 
 class RemoteSession:

@@ -28,7 +28,8 @@ def fault_swarm(swarm_factory, tiny_llama):
     swarm.start_hosters_async(tiny_llama, [(0, 8), (0, 4), (0, 4), (0, 4), (4, 8), (4, 8)])
     hosters = swarm.wait_all()
     model = DistributedModelForCausalLM.from_pretrained(
-        tiny_llama, initial_peers=swarm.initial_peers, request_timeout=5.0, connect_timeout=5.0)
+        tiny_llama, initial_peers=swarm.initial_peers, request_timeout=5.0, connect_timeout=5.0,
+        hop_penalty=1.0)  # fewer hops always win: the whole-model hoster first, deterministically
     try:
         deadline = time.monotonic() + 60
         while len(_announced(model)) < len(hosters):  # every hoster visible before the baseline runs

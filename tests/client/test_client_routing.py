@@ -111,3 +111,10 @@ def test_server_info_parsing_rejects_garbage():
                 {"peer_id": "p", "start": 0, "end": 2, "throughput": float("nan")}, {"peer_id": "p"}):
         with pytest.raises((ValueError, KeyError, TypeError)):
             ServerInfo.from_payload(bad)
+
+
+def test_hop_cost_prefers_fewer_hops():
+    servers = [srv("a", 0, 4, tput=1000.0), srv("b", 4, 8, tput=1000.0), srv("full", 0, 8, tput=100.0)]
+    pings = {"a": 0.001, "b": 0.001, "full": 0.005}
+    assert len(find_route(servers, 0, 8, pings=pings, hop_cost=0.0)) == 2
+    assert find_route(servers, 0, 8, pings=pings, hop_cost=1.0) == [Span("full", 0, 8)]
