@@ -74,9 +74,18 @@ class ManagedProcess:
         return self.proc.returncode
 
     def kill(self) -> None:
+        """SIGKILL the whole process group: hivemind's DHT process and p2p daemon do not die
+        with their parent, so killing only the main process would leave them running."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         if self.alive:
             self.proc.kill()
+        try:
             self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
         self._close()
 
     def _close(self) -> None:
@@ -103,5 +112,6 @@ def stop_all(procs: Sequence[ManagedProcess], timeout: float = 15.0) -> None:
         try:
             p.proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            p.kill()
-        p._close()
+            pass
+        p.kill()  # reaps leftovers of the group (DHT process, p2p daemon) even after a clean exit
+

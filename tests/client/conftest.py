@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -57,13 +58,17 @@ class Swarm:
         out = []
         try:
             for proc, blocks in self.pending:
-                line = proc.wait_ready(timeout)
+                try:
+                    line = proc.wait_ready(timeout)
+                except Exception as e:  # keep the hoster's last words: the log dir is removed at teardown
+                    tail = open(proc.log_path).read()[-3000:] if proc.log_path and proc.log_path.exists() else ""
+                    raise RuntimeError(f"{e}\n--- {proc.name} log tail ---\n{tail}") from e
                 out.append(HosterProc(proc, line.split()[1], blocks))
         finally:
             # started processes are owned by the swarm from now on, ready or not
             self.hosters.extend(out)
             for proc, blocks in self.pending[len(out):]:
-                proc.kill()
+                HosterProc(proc, "", blocks).kill()  # the whole group: hoster, DHT process, p2p daemon
             self.pending.clear()
         return out
 
@@ -87,12 +92,13 @@ class Swarm:
                     os.killpg(h.proc.proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            h.proc.kill()
+            h.kill()
         self.hosters.clear()
         try:
             self.bootstrap.shutdown()
         except Exception:
             pass
+        shutil.rmtree(self.logdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,99 @@
+"""Where a decode step's time goes in a chain of hosters (a profiling aid, not a goal check).
+
+    .venv/bin/python -m benchmarks.profile_chain --model a --hosters 3
+
+Times, per generated token: the whole step as the client sees it, each hop's round trip
+(`InferenceStream.step`, serialization included), and the pure compute of that hop's blocks
+measured in this process with the same `BlockSpan` code; the difference is the per-hop
+transport + queueing overhead. Optionally writes cProfile stats of the client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+
+from benchmarks.common import MODELS, HosterProcs, chain_spans, client, ensure_model, exit_on_sigterm, median
+
+import torch  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", default="a")
+    p.add_argument("--hosters", type=int, default=3)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--cprofile", default=None, help="write client cProfile stats here")
+    args = p.parse_args(argv)
+    exit_on_sigterm()
+    spec = MODELS[args.model]
+    path = ensure_model(spec)
+    spans = chain_spans(spec.num_layers, args.hosters)
+
+    from subnet.blocks import load_blocks
+    from subnet.client import transport
+
+    # pure compute of each hop's blocks, one decode position after a 16-token prefix
+    compute = {}
+    for a, b in spans:
+        span = load_blocks(path, a, b, progress=False)
+        cache = span.new_cache()
+        span(torch.randn(1, 16, spec.hidden_size), cache=cache)
+        ts = []
+        for _ in range(40):
+            t0 = time.perf_counter()
+            span(torch.randn(1, 1, spec.hidden_size), cache=cache)
+            ts.append(time.perf_counter() - t0)
+        compute[(a, b)] = median(ts[5:])
+        del span, cache
+
+    hop_times: dict[tuple[int, int], list[float]] = defaultdict(list)
+    orig = transport.InferenceStream.step
+
+    async def timed_step(self, hidden, position, timeout):
+        t0 = time.perf_counter()
+        try:
+            return await orig(self, hidden, position, timeout)
+        finally:
+            if hidden.shape[1] == 1:
+                hop_times[(self.start, self.end)].append(time.perf_counter() - t0)
+
+    transport.InferenceStream.step = timed_step
+    prompt = torch.randint(0, spec.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
+    with HosterProcs() as procs:
+        for i, s in enumerate(spans):
+            procs.start(path, s, model_name=f"{spec.name}-prof", wait=i == 0)
+        for pr in procs.procs:
+            procs.wait(pr)
+        with client(path, procs.initial_peers, f"{spec.name}-prof") as m:
+            m.generate(prompt, max_new_tokens=8, min_new_tokens=8)
+            hop_times.clear()
+            prof = None
+            if args.cprofile:
+                import cProfile
+
+                prof = cProfile.Profile()
+                prof.enable()
+            t0 = time.perf_counter()
+            m.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
+            total = time.perf_counter() - t0
+            if prof is not None:
+                prof.disable()
+                prof.dump_stats(args.cprofile)
+    per_token = total / args.new_tokens * 1000
+    print(f"model {args.model}, {args.hosters} hosters: {per_token:.1f} ms per token (whole generate / new tokens)")
+    rpc_sum = 0.0
+    for s in spans:
+        rt = median(hop_times[s]) * 1000
+        c = compute[s] * 1000
+        rpc_sum += rt
+        print(f"  hop {s[0]}:{s[1]}: round trip {rt:.2f} ms, compute {c:.2f} ms, overhead {rt - c:.2f} ms")
+    print(f"  hops total {rpc_sum:.1f} ms; client-side rest (embed, norm+lm head, sampling, python) "
+          f"{per_token - rpc_sum:.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
