@@ -78,10 +78,13 @@ class _Task:
 
 class Backend:
     def __init__(self, span: BlockSpan, budget: CacheBudget | None = None, *, gather_window: float = 0.0,
-                 max_batch_rows: int = 64):
+                 max_batch_rows: int = 64, align_wait: float | None = None):
         self.span = span
         self.budget = budget
         self.gather_window = gather_window
+        self.align_wait = align_wait  # None: adaptive (see _align_wait)
+        self._last_batch: dict[tuple, tuple[str, ...]] = {}  # step key -> session ids computed together last
+        self._step_seconds = 0.0  # moving average of a one-session step's compute time
         self.max_batch_rows = max_batch_rows
         self.sessions: dict[str, Session] = {}
         self.batches_run = 0  # number of multi-session batched steps (observability, tests)
@@ -202,17 +205,8 @@ class Backend:
             if task is None:
                 break
             tasks = [task]
-            if self.gather_window > 0 and task.session is not None and task.position >= 0:
-                deadline = time.monotonic() + self.gather_window
-                while (left := deadline - time.monotonic()) > 0:
-                    try:
-                        more = self._queue.get(timeout=left)
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        self._queue.put(None)
-                        break
-                    tasks.append(more)
+            if task.session is not None and task.position >= 0:
+                self._gather(task, tasks)
             while True:  # everything already waiting joins this round
                 try:
                     more = self._queue.get_nowait()
@@ -224,6 +218,43 @@ class Backend:
                 tasks.append(more)
             self._run_round(tasks)
         self._fail_pending()
+
+    def _gather(self, first: _Task, tasks: list[_Task]) -> None:
+        """Collect more steps for this round: for `gather_window` seconds, and until the sessions
+        batched with `first` last round have sent their next step (at most `align_wait`).
+
+        Concurrent decoders that were computed together get their results together and come back
+        together, a few transport hops apart. Without waiting for them, the first arrival runs
+        alone and the rest form a second batch behind it: the sessions split into groups that
+        alternate forever (measured: 8 sessions scaled 2x instead of 4x+). A session that was
+        alone last round is expected by nobody, so a single session never waits.
+        """
+        now = time.monotonic()
+        fixed_until = now + self.gather_window
+        expected = {sid for sid in self._last_batch.get(first.key(), ())
+                    if sid != first.session.id and sid in self.sessions}
+        align_until = now + (self._align_wait() if expected else 0.0)
+        while True:
+            deadline = max(fixed_until, align_until if expected else 0.0)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                more = self._queue.get(timeout=left)
+            except queue.Empty:
+                return
+            if more is None:
+                self._queue.put(None)
+                return
+            tasks.append(more)
+            if more.session is not None:
+                expected.discard(more.session.id)
+
+    def _align_wait(self) -> float:
+        """How long to wait for last round's batch mates: about one single-session step."""
+        if self.align_wait is not None:
+            return self.align_wait
+        return min(0.05, max(0.002, self._step_seconds))
 
     def _fail_pending(self) -> None:
         while True:
@@ -258,8 +289,14 @@ class Backend:
                     seen.add(task.session.id)
                     rows += b
                     group.remove(task)
+                decode = batch[0].hidden.shape[1] == 1
+                if decode:  # only one-position steps: prompt lengths vary, decode keys do not
+                    self._last_batch[batch[0].key()] = tuple(t.session.id for t in batch)
                 if len(batch) == 1:
+                    t0 = time.perf_counter()
                     self._guard(batch[0], self._step_one, batch[0])
+                    if decode:
+                        self._step_seconds = 0.8 * self._step_seconds + 0.2 * (time.perf_counter() - t0)
                 else:
                     try:
                         outs = self._step_batched(batch)
