@@ -1,7 +1,8 @@
 """`mesh-node devnet`: a whole subnet on one machine.
 
 One command starts the devnet chain (its own process), registers a subnet and its nodes
-(before activation, so they start as Validator class), then runs: a validator node in this
+(before activation, so they start as Validator class), activates the subnet once they all
+serve, and runs: a validator node in this
 process (its DHT peer is the bootstrap peer; it also serves the API and dashboard), N hoster
 processes (`--hoster --validator`: initial nodes are Validator class and must attest) with
 overlapping block ranges, and optional extra validator processes. Ctrl-C stops everything.
@@ -145,6 +146,10 @@ class Devnet:
             self.members.append(m)
             event(log, "node_registered", name=m.name, node_id=m.node_id, peer_id=m.node_key.peer_id,
                   blocks=f"{blocks[0]}:{blocks[1]}" if blocks else "-")
+
+    def _activate(self) -> None:
+        """Activate once every node serves: elections start then, and an elected node that is
+        still loading its model would miss its proposal and lose reputation for it."""
         self.owner.activate_subnet(self.subnet_id)
         event(log, "subnet_activated", subnet_id=self.subnet_id)
 
@@ -185,6 +190,7 @@ class Devnet:
         for m in self.members[1:]:
             m.proc.wait_ready(timeout=180)
             event(log, "node_started", name=m.name, pid=m.proc.proc.pid)
+        self._activate()
         self.node.start_api()
         return self
 
