@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 ANNOUNCE_TTL = 60.0
 ANNOUNCE_PERIOD = 15.0
+STORE_TIMEOUT = 15.0  # seconds to wait for the DHT to store an announcement
 
 
 class Announcer:
@@ -48,8 +49,10 @@ class Announcer:
             payload["state"] = state
         with self._lock:
             expiration = max(get_dht_time() + (self.ttl if ttl is None else ttl), self.last_expiration + 1.0)
-            ok = bool(self.dht.store(servers_key(self.model_uid), seal(self.key, "announce", payload),
-                                     expiration_time=expiration, subkey=self.key.peer_id))
+            # Bounded wait: a dead DHT process would otherwise block shutdown forever.
+            future = self.dht.store(servers_key(self.model_uid), seal(self.key, "announce", payload),
+                                    expiration_time=expiration, subkey=self.key.peer_id, return_future=True)
+            ok = bool(future.result(timeout=STORE_TIMEOUT))
             if ok:
                 self.last_expiration = expiration
                 self.stored += 1
