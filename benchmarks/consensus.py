@@ -20,12 +20,16 @@ import argparse
 import base64
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+if not __package__:  # also runnable as `python benchmarks/<name>.py`
+    import pathlib as _pathlib
+
+    sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import exit_on_sigterm, fmt_table, load_avg, median, save_results
 
@@ -85,18 +89,33 @@ class _Net:
     """A devnet chain process, one subnet, and `n` registered operators (Validator class)."""
 
     def __init__(self, tmp: Path, n: int, *, block_time: float, epoch_length: int):
-        from chain.devnet import DevnetChain, dev_accounts, start_devnet_process
-        from chain.types import UNIT
-        from keys import AccountKey, NodeKey
+        from chain.devnet import start_devnet_process
 
         self.proc = start_devnet_process(tmp / "chain.db", block_time=block_time, epoch_length=epoch_length,
                                          log_path=tmp / "chain.log")
         self.url = self.proc.url
-        accounts = dev_accounts(n + 1)
+        self.clients: list = []
+        try:
+            self._setup(n)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, n: int) -> None:
+        from chain.devnet import DevnetChain, dev_accounts
+        from chain.devnet.config import DEV_ACCOUNT_COUNT
+        from chain.types import UNIT
+        from keys import AccountKey, NodeKey
+
+        funded = dev_accounts(min(n + 1, DEV_ACCOUNT_COUNT))  # genesis-funded dev accounts
+        extra = [AccountKey.generate() for _ in range(n + 1 - len(funded))]
+        accounts = funded + extra
         self.owner = DevnetChain(self.url, coldkey=accounts[0])
+        self.clients.append(self.owner)
+        for acc in extra:  # operators beyond the dev accounts get their stake from the owner
+            self.owner.fund(acc.address, 200 * UNIT)
         self.subnet_id = self.owner.register_subnet("bench-consensus", min_stake=100 * UNIT, max_stake=1000 * UNIT)
         self.keys: list = []
-        self.clients = [self.owner]
         for i in range(1, n + 1):
             hot = AccountKey.generate()
             chain = DevnetChain(self.url, coldkey=accounts[i], hotkey=hot)

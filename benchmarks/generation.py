@@ -16,6 +16,11 @@ import argparse
 import contextlib
 import sys
 
+if not __package__:  # also runnable as `python benchmarks/<name>.py`
+    import pathlib as _pathlib
+
+    sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent.parent))
+
 from benchmarks.common import (
     MODELS, HosterProcs, chain_spans, client, ensure_model, exit_on_sigterm, fmt_table, load_avg, median,
     save_results,

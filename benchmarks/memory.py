@@ -19,6 +19,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+if not __package__:  # also runnable as `python benchmarks/<name>.py`
+    import pathlib as _pathlib
+
+    sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent.parent))
+
 from benchmarks.common import (
     CHILD_ENV, MODELS, HosterProcs, ensure_model, exit_on_sigterm, fmt_table, load_avg, save_results,
 )
@@ -115,12 +120,16 @@ def measure(path: Path, spec, k: int, cache_tokens: int, seq: int) -> dict:
         proc = procs.start(path, (0, k), model_name=name, extra=["--cache-tokens", str(cache_tokens)])
         pid = proc.proc.pid
         idle_rss = _status_kb(pid, "VmRSS") / 1024
+        load_peak = _status_kb(pid, "VmHWM") / 1024
+        idle_parts = {f: _status_kb(pid, f) / 1024 for f in ("RssAnon", "RssFile")}
         held = fill_cache(procs.initial_peers, name, k, config.hidden_size, cache_tokens, seq)
         peak = _status_kb(pid, "VmHWM") / 1024
         after = _status_kb(pid, "VmRSS") / 1024
+        after_parts = {f: _status_kb(pid, f) / 1024 for f in ("RssAnon", "RssFile")}
         kids = {c: _status_kb(c, "VmHWM") / 1024 for c in _children(pid)}
     return {"k": k, "n": spec.num_layers, "weights_mb": weight_bytes / 2**20, "cache_tokens": cache_tokens,
-            "cache_mb": cache_bytes / 2**20, "tokens_filled": held, "idle_rss_mb": idle_rss, "peak_rss_mb": peak,
+            "cache_mb": cache_bytes / 2**20, "tokens_filled": held, "idle_rss_mb": idle_rss, "idle_rss_parts_mb": idle_parts,
+            "load_peak_rss_mb": load_peak, "peak_rss_mb": peak, "rss_after_close_parts_mb": after_parts,
             "rss_after_close_mb": after, "child_peak_rss_mb": sorted(kids.values(), reverse=True)}
 
 
@@ -148,10 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         r["ratio_without_runtime"] = (r["peak_rss_mb"] - base) / budget
         results.append(r)
         rows.append([f"{k} of {r['n']}", f"{r['weights_mb']:.0f}", f"{r['cache_mb']:.0f} ({r['cache_tokens']} tok)",
-                     f"{r['peak_rss_mb']:.0f}", f"{r['ratio']:.2f}x", f"{r['ratio_without_runtime']:.2f}x",
+                     f"{r['idle_rss_mb']:.0f}", f"{r['peak_rss_mb']:.0f}", f"{r['rss_after_close_mb']:.0f}", f"{r['ratio']:.2f}x", f"{r['ratio_without_runtime']:.2f}x",
                      " + ".join(f"{x:.0f}" for x in r["child_peak_rss_mb"])])
     print(f"model {args.model}; python+torch+transformers+hivemind runtime alone: {base:.0f} MB peak RSS")
-    print(fmt_table(["blocks", "weights MB", "cache budget MB", "peak RSS MB", "ratio", "ratio minus runtime",
+    print(fmt_table(["blocks", "weights MB", "cache budget MB", "RSS after load MB", "peak RSS MB",
+                     "RSS after sessions closed MB", "ratio", "ratio minus runtime",
                      "DHT/p2pd children MB"], rows))
     path_out = save_results(args.out, {"load_avg_at_start": start_load, "model": spec.__dict__,
                                        "runtime_baseline_mb": base, "results": results, "load_avg_at_end": load_avg()})

@@ -12,7 +12,11 @@ from __future__ import annotations
 import json
 import sys
 from html import escape
-from pathlib import Path
+
+if not __package__:  # also runnable as `python benchmarks/<name>.py`
+    import pathlib as _pathlib
+
+    sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import RESULTS_DIR, ROOT
 
@@ -88,14 +92,14 @@ def build() -> str:
     panels: list[Panel] = []
     gen = _load("generation")
     if gen:
-        p = Panel(70, 50, 330, 220, "Greedy tokens/s vs local transformers", 1.4, "ratio to local")
+        p = Panel(70, 50, 330, 220, "Greedy tokens/s vs local transformers", 1.2, "ratio to local")
         groups, names = [], []
         for key, r in gen["models"].items():
             loc = r["tokens_per_s"]["local"]
             for n in loc:
                 bars = [(c, v[n] / loc[n]) for c, v in r["tokens_per_s"].items() if c != "local"]
                 names = [c for c, _ in bars]
-                groups.append((f"model {key}, {n} tok", bars))
+                groups.append((f"({key}) 16->{n}", bars))
         p.bars(groups)
         p.goal(1.0, "local")
         p.goal(0.85, "goal (a) 0.85")
@@ -113,19 +117,20 @@ def build() -> str:
     conc = _load("concurrency")
     if conc:
         p = Panel(760, 50, 260, 220, "Concurrent sessions, one hoster", 9.0, "aggregate tok/s vs 1 session")
-        groups, names = [], []
-        for w, r in conc["by_window"].items():
-            names.append(f"gather {w} s")
-        counts = list(next(iter(conc["by_window"].values()))["aggregate_tokens_per_s"])
+        modes = [(name, key) for name, key in (("end-to-end", "by_window"), ("hoster only", "hoster_only_by_window"))
+                 if conc.get(key)]
+        window = next(iter(conc["by_window"]))
+        counts = list(conc["by_window"][window]["aggregate_tokens_per_s"])
+        groups = []
         for n in counts:
             bars = []
-            for w, r in conc["by_window"].items():
-                agg = r["aggregate_tokens_per_s"]
-                bars.append((f"gather {w} s", agg[n] / agg[counts[0]]))
+            for name, key in modes:
+                agg = conc[key][window]["aggregate_tokens_per_s"]
+                bars.append((name, agg[n] / agg[counts[0]]))
             groups.append((f"{n} sessions", bars))
         p.bars(groups)
         p.goal(4.0, "goal 4x at 8")
-        p.legend(names)
+        p.legend([name for name, _ in modes])
         panels.append(p)
     body = "\n".join(pl.svg() for pl in panels) or '<text x="20" y="40">no results yet</text>'
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="1060" height="330" font-family="sans-serif">\n'

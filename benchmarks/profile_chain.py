@@ -15,6 +15,11 @@ import sys
 import time
 from collections import defaultdict
 
+if not __package__:  # also runnable as `python benchmarks/<name>.py`
+    import pathlib as _pathlib
+
+    sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent.parent))
+
 from benchmarks.common import MODELS, HosterProcs, chain_spans, client, ensure_model, exit_on_sigterm, median
 
 import torch  # noqa: E402
@@ -25,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="a")
     p.add_argument("--hosters", type=int, default=3)
     p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--cprofile", default=None, help="write client cProfile stats here")
     args = p.parse_args(argv)
     exit_on_sigterm()
@@ -36,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from subnet.client import transport
 
     # pure compute of each hop's blocks, one decode position after a 16-token prefix
-    compute = {}
+    compute, prefill = {}, {}
     for a, b in spans:
         span = load_blocks(path, a, b, progress=False)
         cache = span.new_cache()
@@ -47,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
             span(torch.randn(1, 1, spec.hidden_size), cache=cache)
             ts.append(time.perf_counter() - t0)
         compute[(a, b)] = median(ts[5:])
+        ts = []
+        for _ in range(3):
+            x = torch.randn(1, args.prompt_len, spec.hidden_size)
+            t0 = time.perf_counter()
+            span(x, cache=span.new_cache())
+            ts.append(time.perf_counter() - t0)
+        prefill[(a, b)] = min(ts)
         del span, cache
 
     hop_times: dict[tuple[int, int], list[float]] = defaultdict(list)
@@ -57,11 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return await orig(self, hidden, position, timeout)
         finally:
-            if hidden.shape[1] == 1:
-                hop_times[(self.start, self.end)].append(time.perf_counter() - t0)
+            key = (self.start, self.end) if hidden.shape[1] == 1 else (self.start, self.end, "prefill")
+            hop_times[key].append(time.perf_counter() - t0)
 
     transport.InferenceStream.step = timed_step
-    prompt = torch.randint(0, spec.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
+    prompt = torch.randint(0, spec.vocab_size, (1, args.prompt_len), generator=torch.Generator().manual_seed(0))
     with HosterProcs() as procs:
         for i, s in enumerate(spans):
             procs.start(path, s, model_name=f"{spec.name}-prof", wait=i == 0)
@@ -77,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
                 prof = cProfile.Profile()
                 prof.enable()
             t0 = time.perf_counter()
+            m.generate(prompt, max_new_tokens=1, min_new_tokens=1)
+            first = time.perf_counter() - t0
+            t0 = time.perf_counter()
             m.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
             total = time.perf_counter() - t0
             if prof is not None:
@@ -84,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
                 prof.dump_stats(args.cprofile)
     per_token = total / args.new_tokens * 1000
     print(f"model {args.model}, {args.hosters} hosters: {per_token:.1f} ms per token (whole generate / new tokens)")
+    print(f"time to first token ({args.prompt_len}-token prompt): {first * 1000:.0f} ms")
+    for s in spans:
+        rt = min(hop_times[(*s, "prefill")]) * 1000
+        print(f"  prefill hop {s[0]}:{s[1]}: round trip {rt:.1f} ms, compute {prefill[s] * 1000:.1f} ms")
     rpc_sum = 0.0
     for s in spans:
         rt = median(hop_times[s]) * 1000

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from hoster.cache import CacheBudget
+from hoster.memory import trim
 from subnet.blocks import BlockSpan
 from subnet.logs import event
 
@@ -322,6 +323,7 @@ class Backend:
     def _drop_cache(self, session: Session) -> None:
         session.cache.layers = []
         session.length = 0
+        trim()  # hand the freed KV memory back to the OS
 
     def _forward(self, task: _Task) -> torch.Tensor:
         x = task.hidden.to(self.span.device, self.span.dtype)

@@ -1,0 +1,40 @@
+"""Give freed KV-cache memory back to the operating system (glibc only; a no-op elsewhere).
+
+KV caches grow by reallocation every step and are freed when sessions end, but glibc keeps
+freed heap memory mapped: measured, a hoster that had filled and then closed 4096 tokens of
+cache kept +560 MB RSS. `trim()` after a session closes hands the free pages back
+(`malloc_trim` releases free pages inside every arena, not only at the top).
+
+Not done: forcing every large tensor into its own mapping (`mallopt(M_MMAP_THRESHOLD, 1 MiB)`)
+would also bound the peak, but each KV reallocation then page-faults fresh memory: measured,
+decode steps at a 512-token context went from 12 ms to 21 ms per hop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+_libc = None
+
+
+def _glibc():
+    global _libc
+    if _libc is None:
+        _libc = False
+        if sys.platform.startswith("linux"):
+            try:
+                lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                lib.malloc_trim  # noqa: B018 (glibc only: musl has none)
+                _libc = lib
+            except (OSError, AttributeError):
+                pass
+    return _libc or None
+
+
+def trim() -> None:
+    """Return free heap memory to the OS (after a session's cache is dropped)."""
+    lib = _glibc()
+    if lib:
+        lib.malloc_trim(0)
