@@ -130,6 +130,17 @@ def _as_array(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def _median_rows(rows: np.ndarray) -> np.ndarray:
+    """Coordinate-wise median over rows (exact, like np.median, ~2x faster: one partition)."""
+    n = rows.shape[0]
+    k = n // 2
+    cols = np.ascontiguousarray(rows.T)  # partitioning contiguous rows is ~2x faster than strided
+    if n % 2:
+        return np.partition(cols, k, axis=1)[:, k]
+    part = np.partition(cols, (k - 1, k), axis=1)
+    return (part[:, k - 1] + part[:, k]) / 2
+
+
 def score_block(
     peers: list[str], rows: np.ndarray, params: ScoringParams = DEFAULT_PARAMS
 ) -> dict[str, float]:
@@ -139,7 +150,7 @@ def score_block(
     d = _rel_dist(rows, mean, params.eps)
     if params.tolerance is not None and not bool((d <= params.tolerance).all()):
         # someone disagrees: re-centre on the outputs that agree with the coordinate-wise median
-        med = np.median(np.ascontiguousarray(rows.T), axis=1)
+        med = _median_rows(rows)
         members = _rel_dist(rows, med, params.eps) <= params.tolerance
         if not members.any():
             return {p: 0.0 for p in peers}
