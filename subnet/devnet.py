@@ -310,7 +310,7 @@ def run_devnet(opts: DevnetOptions) -> int:
         if failed:
             print(f"consensus FAILED in epochs {failed}", file=sys.stderr, flush=True)
             return 1
-        print(f"consensus OK: {len(summaries)} epochs proposed, attested by all validators, rewards paid", flush=True)
+        print(f"consensus OK: {len(summaries)} epoch(s) proposed, attested by all validators, rewards paid", flush=True)
         return 0
     finally:
         devnet.stop()

@@ -33,7 +33,7 @@ def test_devnet_epochs_end_to_end(tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "consensus OK: 2 epochs" in r.stdout
+    assert "consensus OK: 2 epoch(s)" in r.stdout
     assert r.stdout.count("accepted") == 2
     for name in ("hoster-1", "hoster-2", "hoster-3", "validator-0"):
         assert name in r.stdout
