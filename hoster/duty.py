@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ from dataclasses import dataclass, field
 import torch
 
 from chain.base import Chain
-from chain.types import ChainError
 from consensus.commit import commitment, new_salt
 from consensus.encoding import encode_block_outputs, encode_tensor
 from consensus.phases import COMMIT_END, COMMIT_START, REVEAL_END, REVEAL_START, RecordKind
@@ -37,6 +35,7 @@ from subnet.consensus_records import (
     store_record,
     store_reveal,
 )
+from subnet.epoch_loop import EpochDutyLoop
 from subnet.logs import event
 
 log = logging.getLogger(__name__)
@@ -72,7 +71,7 @@ class HosterEpoch:
         }
 
 
-class HosterDuty:
+class HosterDuty(EpochDutyLoop):
     """Background probe/commit/reveal loop of one hoster; `start()` / `stop()`.
 
     `backend` is anything with `run_span(hidden, start, end)` (a `hoster.server.Hoster` or a
@@ -80,6 +79,8 @@ class HosterDuty:
     the backend's `start_block/end_block` or `start/end`, so a rebalanced range is picked up).
     `hidden_size`/`num_blocks` describe the model (for the seed-derived probe check).
     """
+
+    name = "hoster-duty"
 
     def __init__(self, dht, chain: Chain, node_key: NodeKey, backend, subnet_id: int, *, hidden_size: int,
                  num_blocks: int, served_blocks: Callable[[], tuple[int, int]] | None = None,
@@ -93,43 +94,13 @@ class HosterDuty:
         self.poll_interval = poll_interval
         self.keep_reports = keep_reports
         self.epochs: dict[int, HosterEpoch] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    # ---- lifecycle ---------------------------------------------------------------------------
-
-    def start(self) -> HosterDuty:
-        self._thread = threading.Thread(target=self._run, name="hoster-duty", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    @property
-    def reports(self) -> dict[int, dict]:
-        return {e: st.report() for e, st in sorted(self.epochs.items())}
+        self._init_loop()
 
     def _default_served(self) -> tuple[int, int]:
         b = self.backend
         if hasattr(b, "start_block"):
             return int(b.start_block), int(b.end_block)
         return int(b.start), int(b.end)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            interval = 0.2
-            try:
-                view = self.policy.registry.view()
-                interval = self.poll_interval or max(0.05, min(0.5, view.block_time / 3))
-                self.tick(view)
-            except (ChainError, DHTUnavailableError) as e:
-                event(log, "hoster_duty_chain_error", logging.WARNING, error=str(e)[:200])
-            except Exception as e:  # keep serving whatever happens here
-                log.exception("hoster duty tick failed: %s", e)
-            self._stop.wait(interval)
 
     # ---- one step ----------------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ Each epoch's facts are kept in `duty.epochs[e]`; `duty.reports` is the JSON-able
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 
 from chain.base import Chain
@@ -31,7 +30,6 @@ from consensus.probe import ProbeSpec, make_probe_spec
 from consensus.scoring import DEFAULT_PARAMS, ScoringParams, onchain_scores, score_hosters, score_validators, to_fixed
 from keys.node_key import NodeKey
 from subnet.consensus_records import (
-    DHTUnavailableError,
     ChainRegistry,
     ConsensusRecordPolicy,
     EpochView,
@@ -43,6 +41,7 @@ from subnet.consensus_records import (
     store_record,
     store_reveal,
 )
+from subnet.epoch_loop import EpochDutyLoop
 from subnet.logs import event
 from validator.verify import VALID, verify_hoster_reveals, verify_validator_reveals
 
@@ -106,12 +105,14 @@ class ValidatorEpoch:
         }
 
 
-class ValidatorDuty:
+class ValidatorDuty(EpochDutyLoop):
     """Background validator loop; `start()` / `stop()`; reports in `reports`.
 
     `chain` must hold this node's hotkey (it signs proposals and attestations).
     `hidden_size`/`num_blocks` describe the served model (the probe shape and block list).
     """
+
+    name = "validator-duty"
 
     def __init__(self, dht, chain: Chain, node_key: NodeKey, subnet_id: int, *, hidden_size: int, num_blocks: int,
                  params: ScoringParams = DEFAULT_PARAMS, policy: ConsensusRecordPolicy | None = None,
@@ -124,41 +125,11 @@ class ValidatorDuty:
         self.poll_interval = poll_interval
         self.keep_reports = keep_reports
         self.epochs: dict[int, ValidatorEpoch] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._init_loop()
 
     @property
     def registry(self):
         return self.policy.registry
-
-    # ---- lifecycle ---------------------------------------------------------------------------
-
-    def start(self) -> ValidatorDuty:
-        self._thread = threading.Thread(target=self._run, name="validator-duty", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    @property
-    def reports(self) -> dict[int, dict]:
-        return {e: st.report() for e, st in sorted(self.epochs.items())}
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            interval = 0.2
-            try:
-                view = self.registry.view()
-                interval = self.poll_interval or max(0.05, min(0.5, view.block_time / 3))
-                self.tick(view)
-            except (ChainError, DHTUnavailableError) as e:
-                event(log, "validator_duty_chain_error", logging.WARNING, error=str(e)[:200])
-            except Exception as e:  # a bad record or a bug in one step must not kill the duty
-                log.exception("validator duty tick failed: %s", e)
-            self._stop.wait(interval)
 
     def _state(self, epoch: int) -> ValidatorEpoch:
         st = self.epochs.get(epoch)
