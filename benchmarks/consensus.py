@@ -217,7 +217,6 @@ def time_commit_reveal(n_nodes: int, *, hidden: int, block_time: float, epoch_le
         by_peer = {k.peer_id: i for i, k in enumerate(net.keys)}
         verified = 0
         for peer, body in found.items():
-            i = by_peer[peer]
             outs = {int(b): base64.b64decode(v) for b, v in body["outputs"].items()}
             ok = verify_commitment(bytes.fromhex(got[peer].payload["commit"]), bytes.fromhex(body["salt"]),
                                    encode_block_outputs(sid, epoch, peer, outs))
