@@ -214,7 +214,6 @@ def time_commit_reveal(n_nodes: int, *, hidden: int, block_time: float, epoch_le
             found, _problems = fetch_reveals(dhts[1 % n_nodes], reader, epoch, RecordKind.HOSTER_REVEAL, parts_by)
         t_reveal = time.perf_counter() - t0
         reveal_blocks = net.owner.get_epoch_info(sid).block - block0
-        by_peer = {k.peer_id: i for i, k in enumerate(net.keys)}
         verified = 0
         for peer, body in found.items():
             outs = {int(b): base64.b64decode(v) for b, v in body["outputs"].items()}
