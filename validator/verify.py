@@ -45,14 +45,7 @@ def verify_hoster_reveals(subnet_id: int, epoch: int, spec: ProbeSpec, commits: 
     values: dict[str, dict[int, torch.Tensor]] = {}
     status: dict[str, str] = {}
     max_tensor_bytes = 64 + 4 * spec.batch * spec.seq * spec.hidden
-    for peer in sorted(set(commits) | set(reveals)):
-        commit, reveal = commits.get(peer), reveals.get(peer)
-        if commit is None:
-            status[peer] = "reveal without commit"
-            continue
-        if reveal is None:
-            status[peer] = problems.get(peer, "no reveal")
-            continue
+    for peer, commit, reveal in _paired(commits, reveals, problems, status):
         try:
             blocks = commit.payload["blocks"]
             outs = reveal["outputs"]
@@ -79,20 +72,26 @@ def verify_hoster_reveals(subnet_id: int, epoch: int, spec: ProbeSpec, commits: 
     return Verified(values, status)
 
 
+def _paired(commits: dict[str, OpenedRecord], reveals: dict[str, dict], problems: dict[str, str],
+            status: dict[str, str]):
+    """(peer, commit, reveal) for peers with both, in peer order; the others get their status here."""
+    for peer in sorted(set(commits) | set(reveals)):
+        commit, reveal = commits.get(peer), reveals.get(peer)
+        if commit is None:
+            status[peer] = "reveal without commit"
+        elif reveal is None:
+            status[peer] = problems.get(peer, "no reveal")
+        else:
+            yield peer, commit, reveal
+
+
 def verify_validator_reveals(subnet_id: int, scores_epoch: int, commits: dict[str, OpenedRecord],
                              reveals: dict[str, dict], problems: dict[str, str] | None = None) -> Verified:
     """Score sets {peer: {hoster peer: fixed score}} of validators whose reveal body opens their commit."""
     problems = problems or {}
     values: dict[str, dict[str, int]] = {}
     status: dict[str, str] = {}
-    for peer in sorted(set(commits) | set(reveals)):
-        commit, reveal = commits.get(peer), reveals.get(peer)
-        if commit is None:
-            status[peer] = "reveal without commit"
-            continue
-        if reveal is None:
-            status[peer] = problems.get(peer, "no reveal")
-            continue
+    for peer, commit, reveal in _paired(commits, reveals, problems, status):
         try:
             if reveal["scores_epoch"] != scores_epoch:
                 raise ValueError("reveal is for another epoch")
