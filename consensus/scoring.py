@@ -33,13 +33,16 @@ Hoster rules (per probe block `i`):
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
 
 SCORE_SCALE = 10**18
+SCORING_THREADS = min(os.cpu_count() or 1, 4)  # blocks scored in parallel (bit-identical, see score_hosters)
 
 
 @dataclass(frozen=True)
@@ -71,36 +74,42 @@ def to_fixed(score: float) -> int:
 
 
 def _tree_sum(a: np.ndarray, axis: int) -> np.ndarray:
-    """Sum along `axis` in a fixed pairwise order: pad to 2^k with zeros, then repeatedly add
-    element i and element i + half. The pairing (hence every rounding) is fixed by the length
-    alone, whatever the memory layout, SIMD width or thread count."""
-    a = np.asarray(a, dtype=np.float64)
-    axis = axis % a.ndim
-    n = a.shape[axis]
+    """Sum along `axis` in a fixed pairwise order, in place on one float64 working copy.
+
+    Each round adds element `i + half` onto element `i` (half = n // 2) and, when n is odd,
+    moves the last element to position `half`; the pairing (hence every rounding) is fixed
+    by the length alone, whatever the memory layout, SIMD width or thread count.
+    """
+    buf = np.array(a, dtype=np.float64, copy=True)
+    return _tree_sum_inplace(buf, axis)
+
+
+def _tree_sum_inplace(buf: np.ndarray, axis: int) -> np.ndarray:
+    """`_tree_sum` that may overwrite `buf` (a float64 array the caller owns)."""
+    axis = axis % buf.ndim
+    buf = np.moveaxis(buf, axis, 0)  # a view: the rounds below index the first axis
+    n = buf.shape[0]
     if n == 0:
-        return np.zeros(a.shape[:axis] + a.shape[axis + 1:], dtype=np.float64)
-    size = 1 << (n - 1).bit_length()
-    if size != n:
-        pad = [(0, 0)] * a.ndim
-        pad[axis] = (0, size - n)
-        a = np.pad(a, pad)
-    while a.shape[axis] > 1:
-        half = a.shape[axis] // 2
-        lo = [slice(None)] * a.ndim
-        hi = [slice(None)] * a.ndim
-        lo[axis], hi[axis] = slice(0, half), slice(half, None)
-        a = np.add(a[tuple(lo)], a[tuple(hi)])
-    return a.take(0, axis=axis)
+        return np.zeros(buf.shape[1:], dtype=np.float64)
+    while n > 1:
+        half = n // 2
+        np.add(buf[:half], buf[half:2 * half], out=buf[:half])
+        if n % 2:
+            buf[half] = buf[n - 1]
+        n = half + n % 2
+    return buf[0].copy()
 
 
 def _norms(rows: np.ndarray) -> np.ndarray:
     """L2 norm of each row of a 2-D float64 array, deterministic."""
-    return np.sqrt(_tree_sum(np.multiply(rows, rows), axis=1))
+    return np.sqrt(_tree_sum_inplace(np.multiply(rows, rows), axis=1))
 
 
 def _rel_dist(rows: np.ndarray, ref: np.ndarray, eps: float) -> np.ndarray:
-    ref_norm = float(np.sqrt(_tree_sum(np.multiply(ref, ref), axis=0)))
-    return _norms(np.subtract(rows, ref[None, :])) / (ref_norm + eps)
+    ref_norm = float(np.sqrt(_tree_sum_inplace(np.multiply(ref, ref), axis=0)))
+    diff = np.subtract(rows, ref[None, :])
+    np.multiply(diff, diff, out=diff)
+    return np.sqrt(_tree_sum_inplace(diff, axis=1)) / (ref_norm + eps)
 
 
 # ---- hosters --------------------------------------------------------------------
@@ -131,30 +140,38 @@ def _as_array(x) -> np.ndarray:
 
 
 def _median_rows(rows: np.ndarray) -> np.ndarray:
-    """Coordinate-wise median over rows (exact, like np.median, ~2x faster: one partition)."""
+    """Coordinate-wise float64 median over rows (exact, like np.median, ~2x faster: one partition).
+
+    `rows` may be in its original (narrower) float dtype: order statistics do not change under
+    exact widening, and the even-count average is taken in float64, so the result is bit-identical
+    to the median of the widened rows while partitioning half the bytes.
+    """
     n = rows.shape[0]
     k = n // 2
     cols = np.ascontiguousarray(rows.T)  # partitioning contiguous rows is ~2x faster than strided
     if n % 2:
-        return np.partition(cols, k, axis=1)[:, k]
+        return np.partition(cols, k, axis=1)[:, k].astype(np.float64)
     part = np.partition(cols, (k - 1, k), axis=1)
-    return (part[:, k - 1] + part[:, k]) / 2
+    return (part[:, k - 1].astype(np.float64) + part[:, k].astype(np.float64)) / 2
 
 
 def score_block(
-    peers: list[str], rows: np.ndarray, params: ScoringParams = DEFAULT_PARAMS
+    peers: list[str], rows: np.ndarray, params: ScoringParams = DEFAULT_PARAMS, raw: np.ndarray | None = None
 ) -> dict[str, float]:
-    """Scores of the (finite, same-shape) outputs of one block, `peers` sorted, len >= 2."""
+    """Scores of the (finite, same-shape) outputs of one block, `peers` sorted, len >= 2.
+
+    `rows` is float64; `raw` optionally the same values in their original dtype (for a cheaper median).
+    """
     n = len(peers)
     mean = _tree_sum(rows, axis=0) / float(n)
     d = _rel_dist(rows, mean, params.eps)
     if params.tolerance is not None and not bool((d <= params.tolerance).all()):
         # someone disagrees: re-centre on the outputs that agree with the coordinate-wise median
-        med = _median_rows(rows)
+        med = _median_rows(rows if raw is None else raw)
         members = _rel_dist(rows, med, params.eps) <= params.tolerance
         if not members.any():
             return {p: 0.0 for p in peers}
-        mean = _tree_sum(rows[members], axis=0) / float(int(members.sum()))
+        mean = _tree_sum_inplace(rows[members], axis=0) / float(int(members.sum()))
         d = _rel_dist(rows, mean, params.eps)
     out: dict[str, float] = {}
     for p, dk in zip(peers, d.tolist()):
@@ -165,12 +182,47 @@ def score_block(
     return out
 
 
+def _score_block_entries(entries: list[tuple[str, np.ndarray]],
+                         params: ScoringParams) -> tuple[dict[str, float], str | None]:
+    """One block's scores from its (peer, output) entries, and its lone peer if it had only one.
+
+    Entries of a minority shape or with non-finite values score 0; the rest go to `score_block`.
+    """
+    scored: dict[str, float] = {}
+    if len({a.shape for _, a in entries}) != 1:  # only without expected_shape
+        shape_counts: dict[tuple, int] = {}
+        for _, a in entries:
+            shape_counts[a.shape] = shape_counts.get(a.shape, 0) + 1
+        best = min(shape_counts, key=lambda s: (-shape_counts[s], s))
+        for p, a in entries:
+            if a.shape != best:
+                scored[p] = 0.0
+        entries = [(p, a) for p, a in entries if a.shape == best]
+    # one widening to float64 per block (exact for float16/32), then drop non-finite rows
+    raw = np.stack([a.reshape(-1) for _, a in entries])
+    if raw.dtype.kind != "f":
+        raw = raw.astype(np.float64)
+    rows = raw.astype(np.float64)
+    finite = np.isfinite(rows).all(axis=1)
+    if not finite.all():
+        for (p, _), ok in zip(entries, finite.tolist()):
+            if not ok:
+                scored[p] = 0.0
+        rows, raw = rows[finite], raw[finite]
+        entries = [e for e, ok in zip(entries, finite.tolist()) if ok]
+    if len(entries) < 2:
+        return scored, (entries[0][0] if entries else None)
+    scored.update(score_block([p for p, _ in entries], rows, params, raw))
+    return scored, None
+
+
 def score_hosters(
     outputs: Mapping[str, Mapping[int, object]],
     participants: Iterable[str] = (),
     *,
     expected_shape: tuple[int, ...] | None = None,
     params: ScoringParams = DEFAULT_PARAMS,
+    threads: int | None = None,
 ) -> HosterScoring:
     """Score hosters from their verified block outputs.
 
@@ -189,31 +241,20 @@ def score_hosters(
             by_block.setdefault(block, []).append((peer, arr))
 
     uncompared: dict[int, str] = {}
-    for block, entries in sorted(by_block.items()):
-        if len({a.shape for _, a in entries}) != 1:  # only without expected_shape
-            shape_counts: dict[tuple, int] = {}
-            for _, a in entries:
-                shape_counts[a.shape] = shape_counts.get(a.shape, 0) + 1
-            best = min(shape_counts, key=lambda s: (-shape_counts[s], s))
-            for p, a in entries:
-                if a.shape != best:
-                    block_scores.setdefault(block, {})[p] = 0.0
-            entries = [(p, a) for p, a in entries if a.shape == best]
-        # one widening to float64 per block (exact for float16/32), then drop non-finite rows
-        rows = np.stack([a.reshape(-1) for _, a in entries]).astype(np.float64)
-        finite = np.isfinite(rows).all(axis=1)
-        if not finite.all():
-            for (p, _), ok in zip(entries, finite.tolist()):
-                if not ok:
-                    block_scores.setdefault(block, {})[p] = 0.0
-            rows = rows[finite]
-            entries = [e for e, ok in zip(entries, finite.tolist()) if ok]
-        if len(entries) < 2:
-            if entries:
-                uncompared[block] = entries[0][0]
-            continue
-        peers = [p for p, _ in entries]
-        block_scores.setdefault(block, {}).update(score_block(peers, rows, params))
+    blocks = sorted(by_block)
+    # Blocks are independent and each is computed by the same sequence of correctly rounded
+    # numpy ops, so scoring them on several threads (numpy releases the GIL) changes no bit.
+    workers = min(len(blocks), SCORING_THREADS if threads is None else max(1, threads))
+    if workers > 1:
+        with ThreadPoolExecutor(workers, thread_name_prefix="scoring") as pool:
+            results = list(pool.map(lambda b: _score_block_entries(by_block[b], params), blocks))
+    else:
+        results = [_score_block_entries(by_block[b], params) for b in blocks]
+    for block, (scored, lone) in zip(blocks, results):
+        if scored:
+            block_scores.setdefault(block, {}).update(scored)
+        if lone is not None:
+            uncompared[block] = lone
 
     per_peer: dict[str, list[float]] = {}
     for block in sorted(block_scores):
