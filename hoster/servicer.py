@@ -18,6 +18,7 @@ from hivemind.proto import runtime_pb2
 
 from hoster.backend import Backend, BackendClosed, StepError
 from hoster.cache import CacheFull
+from hoster.push import PushChannels, PushInbox, PushMissing
 from subnet import wire
 from subnet.logs import event
 
@@ -56,6 +57,9 @@ class BlockServicer(ServicerBase):
         self.hidden_size = backend.span.hidden_size
         self.max_tensor_bytes = max_request_tokens * self.hidden_size * 4
         self.open_streams = 0
+        self.push_timeout = 120.0  # longest a step may wait for its pushed input (the client asks for less)
+        self.inbox = PushInbox()
+        self.channels: PushChannels | None = None  # set when the handlers are added to a P2P instance
         self._stopping: asyncio.Event | None = None
         self._stopped_future: asyncio.Future | None = None
 
@@ -74,9 +78,16 @@ class BlockServicer(ServicerBase):
                 self._stopped_future.set_result(None)
         return self._stopped_future
 
+    async def add_p2p_handlers(self, p2p, wrapper=None, *, namespace: str | None = None,
+                               balanced: bool = False) -> None:
+        self.channels = PushChannels(p2p, self._get_handle_name(namespace, "rpc_push"))
+        await super().add_p2p_handlers(p2p, wrapper, namespace=namespace, balanced=balanced)
+
     def begin_shutdown(self) -> None:
         """Called on the servicer's loop: open streams answer an error and end, new requests are refused."""
         self._stop_event().set()
+        if self.channels is not None:
+            self.channels.close()
         if self._stopped_future is not None and not self._stopped_future.done():
             self._stopped_future.set_result(None)
 
@@ -118,6 +129,8 @@ class BlockServicer(ServicerBase):
             return wire.error_response("bad_request", str(e))
         if isinstance(e, BackendClosed):
             return wire.error_response("busy", f"hoster unavailable: {e}")
+        if isinstance(e, PushMissing):
+            return wire.error_response("push_missing", str(e))
         event(log, "request_failed", level=logging.ERROR, error=repr(e))
         return wire.error_response("internal", type(e).__name__)
 
@@ -141,6 +154,7 @@ class BlockServicer(ServicerBase):
                             context: P2PContext) -> AsyncIterator[runtime_pb2.ExpertResponse]:
         it = requests.__aiter__()
         session = None
+        ahead: asyncio.Future | None = None  # the next request, read early while waiting for a push
         self.open_streams += 1
         try:
             first = await self._next(it, self.open_timeout)
@@ -153,12 +167,16 @@ class BlockServicer(ServicerBase):
             except Exception as e:
                 yield self._error(e)
                 return
+            self.inbox.open(session.id, session.batch_size)
             yield self._ok(session_id=session.id, ok=True)
             event(log, "session_open", session=session.id[:8], peer=str(context.remote_id)[:16],
                   blocks=f"{session.start}:{session.end}", batch=session.batch_size, max_length=session.max_length)
             while True:
                 try:
-                    request = await self._next(it, self.session_timeout)
+                    if ahead is None:
+                        request = await self._next(it, self.session_timeout)
+                    else:
+                        request, ahead = await ahead, None
                 except asyncio.TimeoutError:
                     yield wire.error_response("unknown_session",
                                               f"session expired after {self.session_timeout:g}s idle")
@@ -174,9 +192,24 @@ class BlockServicer(ServicerBase):
                     if sid is not None and sid != session.id:
                         raise _Reject("unknown_session", "session_id does not match this stream's session")
                     position = wire.get_int(meta, "position", lo=0, hi=session.max_length)
-                    hidden = self._one_hidden(request, batch_size=session.batch_size)
+                    push_from = self._push_source(meta, request)
+                    if push_from is None:
+                        hidden = self._one_hidden(request, batch_size=session.batch_size)
+                    else:
+                        ahead = asyncio.ensure_future(self._next(it, self.session_timeout))
+                        hidden = await self.inbox.receive(session.id, wire.get_int(meta, "step_id", lo=0, hi=2**62),
+                                                          push_from, min(self.push_timeout, wire.get_float(
+                                                              meta["await_push"], "timeout", lo=0.0, hi=1e9)),
+                                                          interrupt=ahead)
+                        length = wire.get_int(meta["await_push"], "length", lo=1, hi=self.max_request_tokens)
+                        if hidden.shape[1] != length:
+                            raise _Reject("bad_request", f"pushed input has {hidden.shape[1]} positions, "
+                                                         f"the step announced {length}")
                     out = await self.backend.step(session, hidden, position)
-                    yield self._ok(out, position=position + hidden.shape[1])
+                    extra = {}
+                    if "push_to" in meta:
+                        extra = await self._push_onward(meta, out)
+                    yield self._ok(out, position=position + hidden.shape[1], **extra)
                 except _Stopping:
                     raise
                 except Exception as e:
@@ -185,9 +218,59 @@ class BlockServicer(ServicerBase):
             yield wire.error_response("busy", "hoster is shutting down; session closed")
         finally:
             self.open_streams -= 1
+            if ahead is not None:
+                ahead.cancel()
             if session is not None:
+                self.inbox.close(session.id)
                 self.backend.close_session(session)
                 event(log, "session_closed", session=session.id[:8], level=logging.DEBUG)
+
+    def _push_source(self, meta: dict, request: runtime_pb2.ExpertRequest) -> str | None:
+        """The peer that pushes this step's input (`await_push`), or None when the request carries it."""
+        spec = meta.get("await_push")
+        if spec is None:
+            return None
+        if not isinstance(spec, dict) or not isinstance(spec.get("from"), str) or len(spec["from"]) > 128:
+            raise _Reject("bad_request", "await_push must be {\"from\": peer_id, \"length\": n, \"timeout\": s}")
+        if request.tensors:
+            raise _Reject("bad_request", "a step that awaits a push carries no tensors")
+        return spec["from"]
+
+    async def _push_onward(self, meta: dict, out) -> dict:
+        """Send this step's output to the next hoster (`push_to`); problems go back to the client."""
+        spec = meta["push_to"]
+        if not isinstance(spec, dict) or not isinstance(spec.get("peer"), str) \
+                or not isinstance(spec.get("session_id"), str) or len(spec["session_id"]) > 128:
+            return {"push_error": "push_to must be {\"peer\": peer_id, \"session_id\": id}"}
+        if self.channels is None:
+            return {"push_error": "this hoster cannot push"}
+        try:
+            step_id = wire.get_int(meta, "step_id", lo=0, hi=2**62)
+            await self.channels.push(spec["peer"], spec["session_id"], step_id, out)
+        except Exception as e:
+            event(log, "push_failed", level=logging.INFO, peer=spec["peer"][-8:], error=repr(e)[:200])
+            return {"push_error": f"{type(e).__name__}: {str(e)[:200]}"}
+        return {}
+
+    async def rpc_push(self, requests: AsyncIterator[runtime_pb2.ExpertRequest],
+                       context: P2PContext) -> AsyncIterator[runtime_pb2.ExpertResponse]:
+        """A persistent stream of inputs pushed by an upstream hoster (never answered)."""
+        sender = context.remote_id.to_base58()
+        async for request in requests:
+            try:
+                meta = wire.decode_metadata(request.metadata)
+                sid = meta.get("session_id")
+                batch_size = self.inbox.batch_size(sid) if isinstance(sid, str) else None
+                if batch_size is None:
+                    self.inbox.rejected += 1
+                    continue
+                hidden = self._one_hidden(request, batch_size=batch_size)
+                self.inbox.deliver(sid, wire.get_int(meta, "step_id", lo=0, hi=2**62), sender, hidden)
+            except Exception as e:
+                self.inbox.rejected += 1
+                event(log, "push_rejected", level=logging.DEBUG, peer=sender[-8:], error=repr(e)[:200])
+        return
+        yield  # an async generator: hivemind registers it as a stream handler
 
     def _open(self, request: runtime_pb2.ExpertRequest):
         meta = wire.decode_metadata(request.metadata)

@@ -148,6 +148,18 @@ def get_int(meta: dict, key: str, *, lo: int = 0, hi: int = 2**31, default: int 
     return value
 
 
+def get_float(meta: dict, key: str, *, lo: float, hi: float, default: float | None = None) -> float:
+    """A finite number in [lo, hi] (bools rejected), or `default` when absent and not None."""
+    value = meta.get(key, default)
+    if value is None:
+        raise WireError("bad_request", f"missing number field {key!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise WireError("bad_request", f"field {key!r} must be a finite number")
+    if not lo <= value <= hi:
+        raise WireError("bad_request", f"field {key!r}={value} outside [{lo}, {hi}]")
+    return float(value)
+
+
 def error_metadata(type: str, message: str) -> bytes:
     return encode_metadata({"error": {"type": type, "message": message[:2000]}})
 

@@ -51,6 +51,9 @@ class InferenceSession:
         self.reroutes = 0
         self.closed = False
         self._excluded: set[str] = set()  # hosters that refused this session's request (not banned)
+        self._step_id = 0  # pairs pushed inputs with their steps on the hosters
+        self.pushed_steps = 0  # steps forwarded hoster to hoster end to end (observability, tests)
+        self.push_fallbacks = 0  # pushed steps finished hop by hop after a problem
 
     @property
     def route(self) -> list[Span]:
@@ -104,9 +107,19 @@ class InferenceSession:
         x, x_start = hidden, position
         idx, attempts = 0, 0
         errors: list[str] = []
+        failure: BaseException | None = None  # a pushed step's error, handled like a direct one below
+        if self._can_push(position):
+            idx, x, failure = await self._step_pushed(hidden, position, n)
+            if idx == len(self.spans):
+                self.pushed_steps += 1
+            else:
+                self.push_fallbacks += 1
         while idx < len(self.spans):
             st = self.spans[idx]
             try:
+                if failure is not None:
+                    err, failure = failure, None
+                    raise err
                 x, x_start = await self._run_span(st, x, x_start, position, n)
                 idx += 1
             except asyncio.CancelledError:
@@ -135,6 +148,60 @@ class InferenceSession:
         self.position = position + n
         return x[:, x.shape[1] - n:]
 
+    def _can_push(self, position: int) -> bool:
+        """Forward hoster to hoster only in the steady state: every span open and exactly at `position`."""
+        if not self.manager.config.push or len(self.spans) < 2 or position != self.position:
+            return False
+        return all(st.stream is not None and not st.stream.closed and st.open_error is None
+                   and st.server_pos == position and st.stream.session_id for st in self.spans)
+
+    async def _step_pushed(self, hidden: torch.Tensor, position: int,
+                           n: int) -> tuple[int, torch.Tensor, BaseException | None]:
+        """One step with hoster-to-hoster forwarding (docs/PROTOCOL.md, `rpc_push`).
+
+        Every hoster gets its request at once: the first with the input, the others told to
+        wait for their predecessor's push. Outputs still come back to the client (they are the
+        next span's history, needed to replay after a failure), but off the critical path.
+        Returns `(i, x, error)`: spans before `i` are done and `x` is span `i`'s input; the
+        caller continues hop by hop from there (with `error` raised for span `i` if it failed).
+        """
+        self._step_id += 1
+        k = len(self.spans)
+        timeout = self.manager.config.request_timeout * (1 + n / 2048)
+        for i, st in enumerate(self.spans):
+            meta: dict = {"step_id": self._step_id}
+            if i + 1 < k:
+                nxt = self.spans[i + 1]
+                meta["push_to"] = {"peer": nxt.span.peer_id, "session_id": nxt.stream.session_id}
+            if i > 0:
+                meta["await_push"] = {"from": self.spans[i - 1].span.peer_id, "length": n,
+                                      "timeout": min(timeout * i, 120.0)}
+            st.stream.send_step(position, hidden if i == 0 else None, **meta)
+        x = hidden
+        for i, st in enumerate(self.spans):
+            _record_history(st, x, position, self.max_length)
+            try:
+                out, meta = await st.stream.receive_step(position, x.shape, timeout)
+            except asyncio.CancelledError:
+                for later in self.spans[i:]:
+                    later.stream.stale = later.stream.pending  # whatever they answer is nobody's
+                raise
+            except Exception as e:
+                for later in self.spans[i + 1:]:
+                    later.stream.abandon()  # they get this step again, hop by hop
+                if isinstance(e, RemoteError) and e.type == "push_missing":
+                    return i, x, None  # its input never came (upstream trouble): send it directly
+                return i, x, e
+            st.server_pos = position + n
+            x = out
+            if meta.get("push_error") and i + 1 < k:
+                event(log, "push_failed", hoster=st.span.peer_id[-8:], error=str(meta["push_error"])[:200],
+                      level=logging.INFO)
+                for later in self.spans[i + 1:]:
+                    later.stream.abandon()
+                return i + 1, x, None
+        return k, x, None
+
     async def _run_span(self, st: _SpanState, x: torch.Tensor, x_start: int, position: int,
                         n: int) -> tuple[torch.Tensor, int]:
         """Send this span what its hoster is missing; returns its outputs and their first position."""
@@ -151,8 +218,7 @@ class InferenceSession:
             inp = torch.cat([st.history[:, need:x_start].to(x.dtype), x], dim=1)
         else:
             inp = x[:, need - x_start:]
-        st.history = _ensure_capacity(st.history, need, position + n, self.max_length, inp)
-        st.history[:, need:position + n] = inp
+        _record_history(st, inp, need, self.max_length)
         timeout = cfg.request_timeout * (1 + inp.shape[1] / 2048)
         out = await st.stream.step(inp, need, timeout)
         st.server_pos = position + n
@@ -179,6 +245,13 @@ class InferenceSession:
         self.closed = True
         self.manager.stats.release([s.span for s in self.spans])
         await asyncio.gather(*(s.stream.close() for s in self.spans if s.stream is not None), return_exceptions=True)
+
+
+def _record_history(st: _SpanState, inp: torch.Tensor, start: int, max_length: int) -> None:
+    """Keep what span `st` was sent at positions `start..`: replayed to a replacement hoster."""
+    end = start + inp.shape[1]
+    st.history = _ensure_capacity(st.history, start, end, max_length, inp)
+    st.history[:, start:end] = inp
 
 
 def _ensure_capacity(history: torch.Tensor | None, keep: int, needed: int, max_length: int,

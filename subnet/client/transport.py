@@ -95,6 +95,8 @@ class InferenceStream:
         self._queue: asyncio.Queue[runtime_pb2.ExpertRequest | None] = asyncio.Queue()
         self._responses: AsyncIterator[runtime_pb2.ExpertResponse] | None = None
         self.closed = False
+        self.pending = 0  # step requests sent and not yet answered
+        self.stale = 0  # of those, answers nobody waits for any more (dropped when read)
 
     async def _requests(self) -> AsyncIterator[runtime_pb2.ExpertRequest]:
         while True:
@@ -131,17 +133,42 @@ class InferenceStream:
 
     async def step(self, hidden: torch.Tensor, position: int, timeout: float) -> torch.Tensor:
         """Run positions `position .. position+n-1` (KV cache truncated to `position` first)."""
+        self.send_step(position, hidden)
+        out, _ = await self.receive_step(position, hidden.shape, timeout)
+        return out
+
+    def send_step(self, position: int, hidden: torch.Tensor | None, **meta) -> None:
+        """Queue one step request; `hidden=None` with `await_push=...` for a step whose input is pushed.
+
+        Every request gets exactly one response, read in order by `receive_step`.
+        """
         if self.closed:
             raise ConnectionError("stream is closed")
-        req = runtime_pb2.ExpertRequest(metadata=wire.encode_metadata({"position": position}),
-                                        tensors=[wire.encode_tensor(hidden)])
+        req = runtime_pb2.ExpertRequest(metadata=wire.encode_metadata({"position": position, **meta}),
+                                        tensors=[] if hidden is None else [wire.encode_tensor(hidden)])
         self._queue.put_nowait(req)
+        self.pending += 1
+
+    def abandon(self) -> None:
+        """Forget the answer to the oldest pending request (it will be read and dropped)."""
+        self.stale += 1
+
+    async def receive_step(self, position: int, shape: torch.Size | tuple[int, ...],
+                           timeout: float) -> tuple[torch.Tensor, dict]:
+        """The output of the oldest pending step (`shape` = its `[batch, n, hidden]`) and its metadata."""
+        if self.closed:
+            raise ConnectionError("stream is closed")
+        while self.stale:
+            await self._next(timeout)
+            self.stale -= 1
+            self.pending -= 1
         resp = await self._next(timeout)
+        self.pending -= 1
         meta = _check(self.peer_id, resp)
         got = meta.get("position")
-        if got is not None and got != position + hidden.shape[1]:
-            raise RemoteError(self.peer_id, "bad_response", f"position {got}, expected {position + hidden.shape[1]}")
-        return _one_tensor(self.peer_id, resp, hidden.shape)
+        if got is not None and got != position + shape[1]:
+            raise RemoteError(self.peer_id, "bad_response", f"position {got}, expected {position + shape[1]}")
+        return _one_tensor(self.peer_id, resp, torch.Size(shape)), meta
 
     async def close(self) -> None:
         """End the stream (the hoster frees the cache); never raises, never hangs."""

@@ -255,3 +255,31 @@ async def test_abandoned_streams_close_their_sessions(chain_swarm):
             break
         await asyncio.sleep(0.05)
     assert model.active_routes() == []
+
+
+@pytest.mark.parametrize("n_hosters", [2, 3])
+def test_steps_are_forwarded_hoster_to_hoster(chain_swarm, reference, n_hosters):
+    """In the steady state every step goes client -> h1 -> ... -> hk -> client (pushes), with the
+    same numbers as hop by hop; turning push off in the config gives the same tokens."""
+    import dataclasses
+
+    _, _, models, _ = chain_swarm
+    model = models[n_hosters]
+    ids = model.tokenizer(PROMPTS[1], return_tensors="pt")["input_ids"]
+    expected = reference.generate(ids, max_new_tokens=10, do_sample=False)
+    with model.inference_session(max_length=ids.shape[1] + 10) as sess:
+        hidden = sess.step(model.head.embed_ids(ids))
+        tokens = [int(model.head.logits(hidden).argmax(-1))]
+        for _ in range(9):
+            hidden = sess.step(model.head.embed_ids(torch.tensor([[tokens[-1]]])))
+            tokens.append(int(model.head.logits(hidden).argmax(-1)))
+        assert sess.session.pushed_steps == 10 and sess.session.push_fallbacks == 0
+        assert all(st.server_pos == ids.shape[1] + 9 for st in sess.session.spans)
+        assert all(st.history is not None for st in sess.session.spans)  # replayable after a failure
+    assert tokens == expected[0, ids.shape[1]:].tolist()
+    config = model.manager.config
+    try:
+        model.manager.config = dataclasses.replace(config, push=False)
+        assert model.generate(ids, max_new_tokens=10).tolist() == expected.tolist()
+    finally:
+        model.manager.config = config
