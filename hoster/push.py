@@ -114,6 +114,25 @@ class PushInbox:
                 fut.cancel()
 
 
+async def read_frame(reader: asyncio.StreamReader, max_bytes: int) -> runtime_pb2.ExpertRequest | None:
+    """One hivemind-framed ExpertRequest (marker, 8-byte length, protobuf), None at a clean end.
+
+    Unlike hivemind's reader this bounds the length before reading: a peer announcing more than
+    `max_bytes` gets its stream dropped (ValueError) instead of making us buffer it.
+    """
+    try:
+        marker = await reader.readexactly(1)
+    except asyncio.IncompleteReadError:
+        return None
+    length = int.from_bytes(await reader.readexactly(P2P.HEADER_LEN), P2P.BYTEORDER)
+    if length > max_bytes:
+        raise ValueError(f"push frame of {length} bytes exceeds {max_bytes}")
+    data = await reader.readexactly(length)
+    if marker != P2P.MESSAGE_MARKER:
+        return None  # hivemind's end-of-stream / error marker
+    return runtime_pb2.ExpertRequest.FromString(data)
+
+
 class PushChannels:
     """Persistent outgoing push streams, one per downstream hoster (event-loop only)."""
 

@@ -9,6 +9,7 @@ backend's compute thread, never on this event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import AsyncIterator  # hivemind detects streams by typing.AsyncIterator only
@@ -18,7 +19,7 @@ from hivemind.proto import runtime_pb2
 
 from hoster.backend import Backend, BackendClosed, StepError
 from hoster.cache import CacheFull
-from hoster.push import PushChannels, PushInbox, PushMissing
+from hoster.push import PushChannels, PushInbox, PushMissing, read_frame
 from subnet import wire
 from subnet.logs import event
 
@@ -80,8 +81,15 @@ class BlockServicer(ServicerBase):
 
     async def add_p2p_handlers(self, p2p, wrapper=None, *, namespace: str | None = None,
                                balanced: bool = False) -> None:
-        self.channels = PushChannels(p2p, self._get_handle_name(namespace, "rpc_push"))
+        push_name = self._get_handle_name(namespace, "rpc_push")
+        self.channels = PushChannels(p2p, push_name)
         await super().add_p2p_handlers(p2p, wrapper, namespace=namespace, balanced=balanced)
+        await p2p.add_binary_stream_handler(push_name, self._serve_push)
+
+    async def remove_p2p_handlers(self, p2p, *, namespace: str | None = None) -> None:
+        await super().remove_p2p_handlers(p2p, namespace=namespace)
+        with contextlib.suppress(Exception):
+            await p2p.remove_binary_stream_handler(self._get_handle_name(namespace, "rpc_push"))
 
     def begin_shutdown(self) -> None:
         """Called on the servicer's loop: open streams answer an error and end, new requests are refused."""
@@ -252,25 +260,32 @@ class BlockServicer(ServicerBase):
             return {"push_error": f"{type(e).__name__}: {str(e)[:200]}"}
         return {}
 
-    async def rpc_push(self, requests: AsyncIterator[runtime_pb2.ExpertRequest],
-                       context: P2PContext) -> AsyncIterator[runtime_pb2.ExpertResponse]:
-        """A persistent stream of inputs pushed by an upstream hoster (never answered)."""
-        sender = context.remote_id.to_base58()
-        async for request in requests:
-            try:
-                meta = wire.decode_metadata(request.metadata)
-                sid = meta.get("session_id")
-                batch_size = self.inbox.batch_size(sid) if isinstance(sid, str) else None
-                if batch_size is None:
+    async def _serve_push(self, stream_info, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A persistent stream of inputs pushed by an upstream hoster (`rpc_push`, never answered).
+
+        A raw libp2p stream read frame by frame (hivemind's framing, sizes bounded before
+        reading): no per-message tasks or queues on this hot path.
+        """
+        sender = stream_info.peer_id.to_base58()
+        max_frame = self.max_tensor_bytes + wire.MAX_METADATA_BYTES + 1024
+        try:
+            while (request := await read_frame(reader, max_frame)) is not None:
+                try:
+                    meta = wire.decode_metadata(request.metadata)
+                    sid = meta.get("session_id")
+                    batch_size = self.inbox.batch_size(sid) if isinstance(sid, str) else None
+                    if batch_size is None:
+                        self.inbox.rejected += 1
+                        continue
+                    hidden = self._one_hidden(request, batch_size=batch_size)
+                    self.inbox.deliver(sid, wire.get_int(meta, "step_id", lo=0, hi=2**62), sender, hidden)
+                except Exception as e:
                     self.inbox.rejected += 1
-                    continue
-                hidden = self._one_hidden(request, batch_size=batch_size)
-                self.inbox.deliver(sid, wire.get_int(meta, "step_id", lo=0, hi=2**62), sender, hidden)
-            except Exception as e:
-                self.inbox.rejected += 1
-                event(log, "push_rejected", level=logging.DEBUG, peer=sender[-8:], error=repr(e)[:200])
-        return
-        yield  # an async generator: hivemind registers it as a stream handler
+                    event(log, "push_rejected", level=logging.DEBUG, peer=sender[-8:], error=repr(e)[:200])
+        except Exception as e:  # broken framing or connection: drop this stream, the sender re-opens
+            event(log, "push_stream_dropped", level=logging.DEBUG, peer=sender[-8:], error=repr(e)[:200])
+        finally:
+            writer.close()
 
     def _open(self, request: runtime_pb2.ExpertRequest):
         meta = wire.decode_metadata(request.metadata)

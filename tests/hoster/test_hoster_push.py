@@ -157,3 +157,33 @@ def test_push_messages_are_plain_protobuf():
     again = runtime_pb2.ExpertRequest.FromString(msg.SerializeToString())
     assert wire.decode_metadata(again.metadata) == {"session_id": "s", "step_id": 1}
     assert wire.decode_tensor(again.tensors[0], shape=[1, None, 4]).shape == (1, 1, 4)
+
+
+async def test_push_frames_are_bounded_before_reading():
+    from hoster.push import read_frame
+
+    ok = rh.request(meta={"session_id": "s", "step_id": 1}).SerializeToString()
+    reader = asyncio.StreamReader()
+    reader.feed_data(P2P.MESSAGE_MARKER + len(ok).to_bytes(P2P.HEADER_LEN, P2P.BYTEORDER) + ok)
+    reader.feed_data(P2P.MESSAGE_MARKER + (1 << 40).to_bytes(P2P.HEADER_LEN, P2P.BYTEORDER))
+    reader.feed_eof()
+    assert wire.decode_metadata((await read_frame(reader, 1 << 20)).metadata)["step_id"] == 1
+    with pytest.raises(ValueError, match="exceeds"):
+        await read_frame(reader, 1 << 20)  # refused from the header alone, nothing buffered
+    empty = asyncio.StreamReader()
+    empty.feed_eof()
+    assert await read_frame(empty, 1 << 20) is None
+
+
+async def test_oversized_push_drops_only_that_stream(second, client_dht):
+    x = torch.randn(1, 1, 64)
+    async with connect(client_dht) as p2p:
+        _, reader, writer = await p2p.call_binary_stream_handler(PeerID.from_base58(second.peer_id),
+                                                                  rh.handle("rpc_push"))
+        writer.write(P2P.MESSAGE_MARKER + (1 << 40).to_bytes(P2P.HEADER_LEN, P2P.BYTEORDER))
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # the hoster closed the stream
+        b, _ = await _open(p2p, second)
+        _send(b, {"position": 0}, [x])
+        assert rh.unpack(await b.receive())[0]["position"] == 1
+        await b.close()
