@@ -177,6 +177,8 @@ class InferenceSession:
                 meta["await_push"] = {"from": self.spans[i - 1].span.peer_id, "length": n,
                                       "timeout": min(timeout * i, 120.0)}
             st.stream.send_step(position, hidden if i == 0 else None, **meta)
+            if i == 0:
+                await asyncio.sleep(0)  # let the first hoster's request go out before the others
         x = hidden
         for i, st in enumerate(self.spans):
             _record_history(st, x, position, self.max_length)
