@@ -7,13 +7,16 @@ Same checkpoint (random weights, fp32), same prompt, 2 torch threads in every pr
 Tokens/s is new tokens / wall time of a whole `generate` call (prefill included), time to
 first token is `generate(max_new_tokens=1)` on a 512-token prompt (session open included).
 Runs are interleaved (local, 1 hoster, 3 hosters, local, ...) so load changes hit all
-three alike; medians after one warm-up. The distributed tokens are checked against local.
+alike; medians after one warm-up. The distributed tokens are checked against local. Chains
+of several hosters forward hoster to hoster (push, the default); the "no push" row runs the
+same chain hop by hop through the client, to show what forwarding buys in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 
 if not __package__:  # also runnable as `python benchmarks/<name>.py`
@@ -36,8 +39,13 @@ def local_model(path):
     return model.eval()
 
 
+def _generate(model, config, ids, n):
+    model.manager.config = config
+    return model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+
+
 def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt: int, runs: int,
-                chains: list[int]) -> dict:
+                chains: list[int], compare_push: bool = True) -> dict:
     spec = MODELS[key]
     path = ensure_model(spec)
     gen = torch.Generator().manual_seed(1234)
@@ -65,8 +73,12 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
             configs = {"local": local_gen}
             for k in chains:
                 m = clients[k]
+                pushing = m.manager.config
                 configs[f"{k} hoster" + ("s" if k > 1 else "")] = (
-                    lambda ids, n, m=m: m.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False))
+                    lambda ids, n, m=m, c=pushing: _generate(m, c, ids, n))
+                if k > 1 and compare_push:  # the same chain hop by hop: what forwarding buys, in this run
+                    configs[f"{k} hosters, no push"] = (
+                        lambda ids, n, m=m, c=dataclasses.replace(pushing, push=False): _generate(m, c, ids, n))
 
             # correctness: the same greedy tokens
             expect = local_gen(prompt, max(new_tokens))
@@ -128,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ttft-prompt", type=int, default=512)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--chains", default="1,3", help="numbers of hosters in the chain")
+    p.add_argument("--no-push-row", action="store_true", help="skip the hop-by-hop (push off) comparison row")
     p.add_argument("--quick", action="store_true", help="small model, 16 new tokens, one pass")
     p.add_argument("--out", default="generation")
     args = p.parse_args(argv)
@@ -138,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     all_results = {"load_avg_at_start": start_load, "models": {}}
     for key in args.models.split(","):
         r = bench_model(key, new_tokens=[int(x) for x in args.new_tokens.split(",")], prompt_len=args.prompt_len,
-                        ttft_prompt=args.ttft_prompt, runs=args.runs, chains=[int(x) for x in args.chains.split(",")])
+                        ttft_prompt=args.ttft_prompt, runs=args.runs, chains=[int(x) for x in args.chains.split(",")],
+                        compare_push=not args.no_push_row)
         all_results["models"][key] = r
         print(report(key, r), flush=True)
         print(flush=True)

@@ -2,7 +2,8 @@
 
     .venv/bin/python -m benchmarks.profile_chain --model a --hosters 3
 
-Times, per generated token: the whole step as the client sees it, each hop's round trip
+Times, per generated token: the whole generate with hoster-to-hoster push (the default),
+then hop by hop (push off) with each hop's round trip
 (`InferenceStream.step`, serialization included), and the pure compute of that hop's blocks
 measured in this process with the same `BlockSpan` code; the difference is the per-hop
 transport + queueing overhead. Optionally writes cProfile stats of the client.
@@ -11,6 +12,7 @@ transport + queueing overhead. Optionally writes cProfile stats of the client.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections import defaultdict
@@ -81,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         for pr in procs.procs:
             procs.wait(pr)
         with client(path, procs.initial_peers, f"{spec.name}-prof") as m:
+            pushing = m.manager.config
+            m.generate(prompt, max_new_tokens=8, min_new_tokens=8)
+            t0 = time.perf_counter()
+            m.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
+            pushed = time.perf_counter() - t0
+            m.manager.config = dataclasses.replace(pushing, push=False)  # hop by hop: each hop timed alone
             m.generate(prompt, max_new_tokens=8, min_new_tokens=8)
             hop_times.clear()
             prof = None
@@ -99,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
                 prof.disable()
                 prof.dump_stats(args.cprofile)
     per_token = total / args.new_tokens * 1000
-    print(f"model {args.model}, {args.hosters} hosters: {per_token:.1f} ms per token (whole generate / new tokens)")
+    print(f"model {args.model}, {args.hosters} hosters: {pushed / args.new_tokens * 1000:.1f} ms per token with "
+          f"hoster-to-hoster push, {per_token:.1f} ms hop by hop (whole generate / new tokens)")
+    print("hop by hop:")
     print(f"time to first token ({args.prompt_len}-token prompt): {first * 1000:.0f} ms")
     for s in spans:
         rt = min(hop_times[(*s, "prefill")]) * 1000
