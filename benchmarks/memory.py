@@ -9,7 +9,11 @@ budget is used) and the hoster's peak RSS (VmHWM of its main process) is read fr
 The Python + torch + transformers + hivemind runtime itself takes a fixed amount (measured
 here as the peak RSS of a process that imports the hoster and loads nothing); the table shows
 the ratio with and without that fixed part. The DHT process and p2pd daemon are separate
-processes and reported separately.
+processes and reported separately. Weights are memory-mapped from the checkpoint, so
+"RSS after load" does not include them yet (they count once touched by the first step).
+The hoster's RSS (anonymous / file-backed) after each filled session goes to the JSON, to see
+where the peak comes from. `--also 12:16384` adds configurations with a larger cache budget
+(there the fixed runtime matters less).
 """
 
 from __future__ import annotations
@@ -48,6 +52,19 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _settle(pid: int, timeout: float = 10.0) -> None:
+    """Wait until the process's RSS stops falling (1 s unchanged, at most `timeout`)."""
+    import time
+
+    last, stable_since, t_end = _status_kb(pid, "VmRSS"), time.monotonic(), time.monotonic() + timeout
+    while time.monotonic() < t_end and time.monotonic() - stable_since < 1.0:
+        time.sleep(0.2)
+        now = _status_kb(pid, "VmRSS")
+        if now < last - 1024:
+            stable_since = time.monotonic()
+        last = now
+
+
 def runtime_baseline_mb() -> float:
     """Peak RSS of a process that imports everything a hoster imports, and nothing else."""
     code = ("import resource, hoster.server, hoster.backend, subnet.blocks, transformers.models.llama.modeling_llama;"
@@ -58,8 +75,11 @@ def runtime_baseline_mb() -> float:
 
 
 def fill_cache(initial_peers: list[str], model_uid: str, k: int, hidden: int, cache_tokens: int,
-               seq: int) -> int:
-    """Open sessions of `seq` positions and prefill them until the budget is used; returns tokens held."""
+               seq: int, after_each=None) -> int:
+    """Open sessions of `seq` positions and prefill them until the budget is used; returns tokens held.
+
+    `after_each()` is called after every prefilled session (to sample the hoster's memory).
+    """
     from subnet.client.runtime import ClientRuntime
     from subnet.client.transport import InferenceStream
 
@@ -86,6 +106,8 @@ def fill_cache(initial_peers: list[str], model_uid: str, k: int, hidden: int, ca
             h = torch.randn(1, seq, hidden, generator=gen)
             rt.run(s.step(h, 0, 120))
             held += seq
+            if after_each is not None:
+                after_each()
         return held
     finally:
         for s in streams:
@@ -122,15 +144,22 @@ def measure(path: Path, spec, k: int, cache_tokens: int, seq: int) -> dict:
         idle_rss = _status_kb(pid, "VmRSS") / 1024
         load_peak = _status_kb(pid, "VmHWM") / 1024
         idle_parts = {f: _status_kb(pid, f) / 1024 for f in ("RssAnon", "RssFile")}
-        held = fill_cache(procs.initial_peers, name, k, config.hidden_size, cache_tokens, seq)
+        fills: list[dict] = []
+
+        def sample() -> None:
+            fills.append({f: _status_kb(pid, f) / 1024 for f in ("VmRSS", "RssAnon", "RssFile", "VmHWM")})
+
+        held = fill_cache(procs.initial_peers, name, k, config.hidden_size, cache_tokens, seq, sample)
         peak = _status_kb(pid, "VmHWM") / 1024
+        _settle(pid)  # the hoster frees a session's cache when it sees the stream close
         after = _status_kb(pid, "VmRSS") / 1024
         after_parts = {f: _status_kb(pid, f) / 1024 for f in ("RssAnon", "RssFile")}
         kids = {c: _status_kb(c, "VmHWM") / 1024 for c in _children(pid)}
     return {"k": k, "n": spec.num_layers, "weights_mb": weight_bytes / 2**20, "cache_tokens": cache_tokens,
             "cache_mb": cache_bytes / 2**20, "tokens_filled": held, "idle_rss_mb": idle_rss, "idle_rss_parts_mb": idle_parts,
             "load_peak_rss_mb": load_peak, "peak_rss_mb": peak, "rss_after_close_parts_mb": after_parts,
-            "rss_after_close_mb": after, "child_peak_rss_mb": sorted(kids.values(), reverse=True)}
+            "rss_after_close_mb": after, "rss_after_each_fill_mb": fills,
+            "child_peak_rss_mb": sorted(kids.values(), reverse=True)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blocks", default="4,12", help="values of k (the hoster serves blocks 0:k)")
     p.add_argument("--cache-tokens", type=int, default=4096)
     p.add_argument("--seq", type=int, default=1024, help="positions per filling session")
+    p.add_argument("--also", default="", help="extra k:cache_tokens configurations, e.g. 12:16384")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default="memory")
     args = p.parse_args(argv)
@@ -150,8 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     path = ensure_model(spec)
     base = runtime_baseline_mb()
     rows, results = [], []
-    for k in (int(x) for x in args.blocks.split(",")):
-        r = measure(path, spec, k, args.cache_tokens, args.seq)
+    configs = [(int(x), args.cache_tokens) for x in args.blocks.split(",") if x]
+    configs += [(int(c.split(":")[0]), int(c.split(":")[1])) for c in args.also.split(",") if c]
+    for k, cache_tokens in configs:
+        r = measure(path, spec, k, cache_tokens, args.seq)
         budget = r["weights_mb"] + r["cache_mb"]
         r["ratio"] = r["peak_rss_mb"] / budget
         r["ratio_without_runtime"] = (r["peak_rss_mb"] - base) / budget

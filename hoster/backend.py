@@ -3,10 +3,16 @@
 The event loop never runs torch: `forward`/`step` put a task on a queue and await its
 future. The compute thread takes the next task plus everything else already queued
 (optionally waiting `gather_window` seconds for more) and runs inference steps of
-different sessions that have the same block range and step length as ONE batch:
-each session's past KV is left-padded to the longest past, a 2-D padding mask goes
-through transformers' mask creation, and each row gets its own position ids. A
-single pending step runs directly on its session's cache (no padding, no copies).
+different sessions that have the same block range and step length as ONE batch.
+
+Every session keeps its K/V in a `hoster.cache.SessionKV`: per layer one buffer with
+spare capacity, new positions written in place (no per-step concatenation). A batched
+step runs the linear layers on all rows at once, writes each session's new K/V into its
+own buffers and runs attention per session on views of them (`rows_attention`): no
+session's past is copied into a batch tensor. The masks are transformers' own, built
+for the left-padded batch (2-D padding mask, per-row position ids) and sliced per
+session. Long prompts run in chunks of `PREFILL_CHUNK` positions (same results, bounded
+activation memory).
 
 `run_span(hidden, start, end)` is the thread-safe stateless forward used by probes:
 the very same code path as the `forward` RPC.
@@ -25,12 +31,23 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hoster.cache import CacheBudget
-from hoster.memory import trim
+from hoster.cache import (
+    CacheBudget,
+    KVCache,
+    RowsCache,
+    SessionKV,
+    enable_rows_attention,
+)
+from hoster.memory import serve_large_buffers_from_mmap, trim
 from subnet.blocks import BlockSpan
 from subnet.logs import event
 
 log = logging.getLogger(__name__)
+
+# Positions per forward of a long step: activations (attention scores, MLP) grow with the
+# positions of one forward, the KV cache only with the session; 256 keeps a 1024-position
+# prefill of a 1024-hidden model within a few tens of MB. Decode steps are never chunked.
+PREFILL_CHUNK = 256
 
 
 class BackendClosed(RuntimeError):
@@ -49,19 +66,15 @@ class Session:
     end: int
     batch_size: int
     max_length: int
-    cache: object
+    cache: SessionKV
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     length: int = 0  # positions held in the cache
     last_used: float = field(default_factory=time.monotonic)
     closed: bool = False
 
     def cache_bytes(self) -> int:
-        total = 0
-        for layer in self.cache.layers:
-            keys = getattr(layer, "keys", None)
-            if isinstance(keys, torch.Tensor):
-                total += keys.numel() * keys.element_size() + layer.values.numel() * layer.values.element_size()
-        return total
+        """Bytes of K/V buffers held (capacity, so slightly more than `length` positions)."""
+        return self.cache.nbytes()
 
 
 @dataclass
@@ -89,6 +102,8 @@ class Backend:
         self.max_batch_rows = max_batch_rows
         self.sessions: dict[str, Session] = {}
         self.batches_run = 0  # number of multi-session batched steps (observability, tests)
+        self._rows = enable_rows_attention(span.config)  # batched steps need per-session attention
+        serve_large_buffers_from_mmap()  # freed prompt activations go back to the OS, not into fragments
         self._queue: queue.Queue[_Task | None] = queue.Queue()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="hoster-compute", daemon=True)
@@ -119,7 +134,7 @@ class Backend:
     def open_session(self, start: int, end: int, batch_size: int, max_length: int) -> Session:
         """Admit a session (CacheFull -> busy); no KV memory is allocated until its first step."""
         start, end = self._range(start, end)
-        session = Session(start, end, batch_size, max_length, self.span.new_cache(start, end))
+        session = Session(start, end, batch_size, max_length, self._new_kv(start, end, batch_size, max_length))
         if self.budget is not None:
             self.budget.open(session.id, batch_size, max_length)
         self.sessions[session.id] = session
@@ -173,15 +188,19 @@ class Backend:
 
     def measure_throughput(self, steps: int = 16, prefix: int = 16) -> float:
         """Decode tokens/s of the full span for one sequence: median step time after a warm-up."""
-        cache = self.span.new_cache()
+        kv = self._new_kv(self.span.start, self.span.end, 1, prefix + steps + 2)
+        cache = KVCache(kv)
         h = torch.randn(1, prefix, self.span.hidden_size, generator=torch.Generator().manual_seed(0))
         h = h.to(self.span.device, self.span.dtype)
         self.span(h, cache=cache)
+        kv.length += prefix
         x = h[:, -1:]
         times = []
         for i in range(steps + 2):
             t0 = time.perf_counter()
+            kv.reserve(kv.length + 1)
             x = self.span(x, cache=cache)
+            kv.length += 1
             if self.span.device.type == "cuda":
                 torch.cuda.synchronize(self.span.device)
             if i >= 2:
@@ -193,6 +212,10 @@ class Backend:
 
     def _range(self, start: int | None, end: int | None) -> tuple[int, int]:
         return self.span._check_range(start, end)
+
+    def _new_kv(self, start: int, end: int, batch_size: int, max_length: int) -> SessionKV:
+        return SessionKV(start, end, batch_size, max_length, self.span.num_kv_heads, self.span.head_dim,
+                         self.span.dtype, self.span.device)
 
     def _submit(self, task: _Task) -> concurrent.futures.Future:
         if self._closed:
@@ -280,6 +303,10 @@ class Backend:
             else:
                 groups.setdefault(task.key(), []).append(task)
         for group in groups.values():
+            if not self._rows or group[0].hidden.shape[1] > PREFILL_CHUNK:
+                for task in group:  # long steps run alone, in chunks
+                    self._guard(task, self._step_one, task)
+                continue
             while group:
                 batch, rows, seen = [], 0, set()
                 for task in list(group):
@@ -321,7 +348,7 @@ class Backend:
                 task.future.set_result(result)
 
     def _drop_cache(self, session: Session) -> None:
-        session.cache.layers = []
+        session.cache.clear()
         session.length = 0
         trim()  # hand the freed KV memory back to the OS
 
@@ -331,29 +358,44 @@ class Backend:
         return out.to("cpu", task.hidden.dtype)
 
     def _crop(self, session: Session, position: int) -> None:
-        if session.length > position:
-            session.cache.crop(position - session.length)
-            session.length = position
+        if session.cache.length > position:
+            session.cache.crop(position)
+        session.length = session.cache.length
 
     def _step_one(self, task: _Task) -> torch.Tensor:
-        s = task.session
+        s, kv = task.session, task.session.cache
         self._crop(s, task.position)
         x = task.hidden.to(self.span.device, self.span.dtype)
+        n = x.shape[1]
+        kv.reserve(kv.length + n)  # once for the whole step: chunks never reallocate
+        cache = KVCache(kv)
+        outs = []
         try:
-            out = self.span(x, cache=s.cache, start=s.start, end=s.end)
+            for i in range(0, n, PREFILL_CHUNK):
+                chunk = x[:, i:i + PREFILL_CHUNK]
+                outs.append(self.span(chunk, cache=cache, start=s.start, end=s.end))
+                kv.length += chunk.shape[1]  # commit only once every layer has the chunk
         finally:
-            s.length = s.cache.get_seq_length(s.start)
+            s.length = kv.length
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
         return out.to("cpu", task.hidden.dtype)
 
     def _step_batched(self, batch: list[_Task]) -> list[torch.Tensor]:
-        """Run several sessions' steps (same range, same step length) as one left-padded batch."""
-        from transformers.cache_utils import DynamicLayer
+        """Run several sessions' steps (same range, same step length) as one batch.
+
+        Linear layers see all rows at once; each session's new K/V go into its own buffers and
+        attention runs per session (`RowsCache` + `rows_attention`), so nothing is padded or copied.
+        """
+        from subnet.blocks import layer_type
 
         for task in batch:
             self._crop(task.session, task.position)
         start, end = batch[0].start, batch[0].end
         n = batch[0].hidden.shape[1]
-        pasts = [t.session.length for t in batch]
+        kvs = [t.session.cache for t in batch]
+        for kv in kvs:
+            kv.reserve(kv.length + n)
+        pasts = [kv.length for kv in kvs]
         rows = [t.hidden.shape[0] for t in batch]
         P, B = max(pasts), sum(rows)
         dev, dt = self.span.device, self.span.dtype
@@ -365,31 +407,16 @@ class Backend:
             mask[r:r + b, : P - L] = False
             position_ids[r:r + b] = torch.arange(L, L + n, device=dev)
             r += b
-        tmp = self.span.new_cache(start, end)
-        if P > 0:
-            shape = (B, self.span.num_kv_heads, P, self.span.head_dim)
-            for li in range(start, end):
-                keys = torch.zeros(shape, dtype=dt, device=dev)
-                values = torch.zeros(shape, dtype=dt, device=dev)
-                r = 0
-                for task, L, b in zip(batch, pasts, rows):
-                    if L:
-                        layer = task.session.cache.layers[li]
-                        keys[r:r + b, :, P - L:] = layer.keys
-                        values[r:r + b, :, P - L:] = layer.values
-                    r += b
-                layer = DynamicLayer()
-                layer.lazy_initialization(keys, values)
-                layer.keys, layer.values = keys, values
-                tmp.layers[li] = layer
-        out = self.span(x, position_ids=position_ids, cache=tmp, attention_mask=mask, start=start, end=end)
+        # one-position steps through full-attention layers see all their keys: no mask needed
+        mask_free = n == 1 and all(layer_type(self.span.config, i) == "full_attention" for i in range(start, end))
+        if mask_free and P == min(pasts):
+            mask = None  # nothing padded either: transformers then skips building a mask
+        cache = RowsCache(kvs, start, end, mask_free)
+        out = self.span(x, position_ids=position_ids, cache=cache, attention_mask=mask, start=start, end=end)
         results, r = [], 0
-        for task, b in zip(batch, rows):
-            s = task.session
-            for li in range(start, end):
-                new = tmp.layers[li]
-                s.cache.layers[li].update(new.keys[r:r + b, :, P:], new.values[r:r + b, :, P:])
-            s.length = s.cache.get_seq_length(s.start)
+        for task, kv, b in zip(batch, kvs, rows):
+            kv.length += n
+            task.session.length = kv.length
             results.append(out[r:r + b].to("cpu", task.hidden.dtype))
             r += b
         self.batches_run += 1

@@ -48,7 +48,7 @@ async def test_concurrent_sessions_batched_equal_separate(backend, span):
     seqs = [_h(1, L, 64, seed=L) for L in (7, 12, 4)]
     refs = [span(h) for h in seqs]
     sessions = [backend.open_session(1, 7, 1, 32) for _ in seqs]
-    prefixes = [3, 8, 1]  # different past lengths: left-padding + mask must be right
+    prefixes = [3, 8, 1]  # different past lengths: per-session attention and masks must be right
     outs = await asyncio.gather(*[backend.step(s, h[:, :p], 0) for s, h, p in zip(sessions, seqs, prefixes)])
     got = [[o] for o in outs]
     for t in range(4):
