@@ -38,7 +38,7 @@ from hoster.cache import (
     SessionKV,
     enable_rows_attention,
 )
-from hoster.memory import serve_large_buffers_from_mmap, trim
+from hoster.memory import trim
 from subnet.blocks import BlockSpan
 from subnet.logs import event
 
@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 # positions of one forward, the KV cache only with the session; 256 keeps a 1024-position
 # prefill of a 1024-hidden model within a few tens of MB. Decode steps are never chunked.
 PREFILL_CHUNK = 256
+# Steps of at least this many positions return their freed activations to the OS afterwards
+# (`malloc_trim`, ~ms). Making every large buffer its own mapping instead (mallopt) did the same
+# for memory but page-faulted every activation: time to first token +25% (model b, 512 tokens).
+TRIM_AFTER = 64
 
 
 class BackendClosed(RuntimeError):
@@ -103,7 +107,6 @@ class Backend:
         self.sessions: dict[str, Session] = {}
         self.batches_run = 0  # number of multi-session batched steps (observability, tests)
         self._rows = enable_rows_attention(span.config)  # batched steps need per-session attention
-        serve_large_buffers_from_mmap()  # freed prompt activations go back to the OS, not into fragments
         self._queue: queue.Queue[_Task | None] = queue.Queue()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="hoster-compute", daemon=True)
@@ -378,7 +381,10 @@ class Backend:
         finally:
             s.length = kv.length
         out = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
-        return out.to("cpu", task.hidden.dtype)
+        out = out.to("cpu", task.hidden.dtype)
+        if n >= TRIM_AFTER:
+            trim()  # a prompt's activations are freed: hand the pages back instead of keeping fragments
+        return out
 
     def _step_batched(self, batch: list[_Task]) -> list[torch.Tensor]:
         """Run several sessions' steps (same range, same step length) as one batch.

@@ -3,13 +3,8 @@
 KV caches grow (now in chunks, `hoster.cache.SessionKV`) and are freed when sessions end, but
 glibc keeps freed heap memory mapped: measured, a hoster that had filled and then closed 4096 tokens of
 cache kept +560 MB RSS. `trim()` after a session closes hands the free pages back
-(`malloc_trim` releases free pages inside every arena, not only at the top).
-
-`serve_large_buffers_from_mmap()` makes every buffer of >= 1 MiB its own mapping, returned to
-the OS when freed: prompt activations and transport buffers then leave no fragments behind
-that the next session's KV cache cannot reuse. This used to cost decode speed (every step
-reallocated the whole KV cache: 12 -> 21 ms per hop at a 512-token context); with the
-in-place KV store (`hoster.cache.SessionKV`) decode steps allocate no large buffers.
+(`malloc_trim` releases free pages inside every arena, not only at the top); the backend
+also calls it after long (prompt) steps, whose activations are the other large transient.
 """
 
 from __future__ import annotations
@@ -40,14 +35,3 @@ def trim() -> None:
     lib = _glibc()
     if lib:
         lib.malloc_trim(0)
-
-
-_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-
-
-def serve_large_buffers_from_mmap(threshold: int = 1 << 20) -> None:
-    """Allocate buffers of >= `threshold` bytes as their own mappings (fixed: glibc otherwise raises
-    the threshold after the first such buffer is freed, and later ones fragment the heap)."""
-    lib = _glibc()
-    if lib:
-        lib.mallopt(_M_MMAP_THRESHOLD, int(threshold))
