@@ -77,8 +77,9 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
                 configs[f"{k} hoster" + ("s" if k > 1 else "")] = (
                     lambda ids, n, m=m, c=pushing: _generate(m, c, ids, n))
                 if k > 1 and compare_push:  # the same chain hop by hop: what forwarding buys, in this run
+                    hop_by_hop = dataclasses.replace(pushing, push=False)
                     configs[f"{k} hosters, no push"] = (
-                        lambda ids, n, m=m, c=dataclasses.replace(pushing, push=False): _generate(m, c, ids, n))
+                        lambda ids, n, m=m, c=hop_by_hop: _generate(m, c, ids, n))
 
             # correctness: the same greedy tokens
             expect = local_gen(prompt, max(new_tokens))
