@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import torch
@@ -12,6 +13,18 @@ from hivemind.proto import runtime_pb2
 from subnet import wire
 
 NAMESPACE = "mesh.v1"
+
+
+@contextlib.asynccontextmanager
+async def connect(dht):
+    """A P2P replica of a test DHT peer, for calling hosters; shut down afterwards."""
+    from hoster.server import own_p2p_replica
+
+    p2p = await own_p2p_replica(dht)
+    try:
+        yield p2p
+    finally:
+        await p2p.shutdown()
 
 
 def handle(method: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import hoster_rpc as rh
@@ -13,7 +12,7 @@ from hivemind.p2p import P2P, PeerID
 from hivemind.proto import runtime_pb2
 from hoster_ref import reference_layers
 
-from hoster.server import Hoster, own_p2p_replica
+from hoster.server import Hoster
 from keys import NodeKey
 from subnet import wire
 
@@ -37,13 +36,7 @@ def client_dht(first, second, client_dht_factory):
     return client_dht_factory(first.maddrs)
 
 
-@contextlib.asynccontextmanager
-async def connect(dht):
-    p2p = await own_p2p_replica(dht)
-    try:
-        yield p2p
-    finally:
-        await p2p.shutdown()
+connect = rh.connect
 
 
 async def _open(p2p, hoster, max_length=32) -> tuple[rh.Stream, str]:

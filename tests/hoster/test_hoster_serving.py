@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import hoster_rpc as rh
@@ -13,7 +12,7 @@ from hoster_ref import reference_layers
 from hivemind.proto import runtime_pb2
 from hivemind.utils import get_dht_time
 
-from hoster.server import Hoster, own_p2p_replica
+from hoster.server import Hoster
 from keys import NodeKey
 from subnet import wire
 from subnet.announcements import parse_entries, read_announcements, servers_key
@@ -41,13 +40,7 @@ def client_dht(llama_hoster, client_dht_factory):
     return client_dht_factory(llama_hoster.maddrs)
 
 
-@contextlib.asynccontextmanager
-async def connect(dht):
-    p2p = await own_p2p_replica(dht)
-    try:
-        yield p2p
-    finally:
-        await p2p.shutdown()
+connect = rh.connect
 
 
 def _h(*shape, seed=0, dtype=torch.float32):
