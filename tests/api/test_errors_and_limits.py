@@ -125,7 +125,8 @@ def test_concurrency_limit_429_and_disconnect_cancels(local_backend, serve):
     from subnet.api import create_app
 
     url = serve(create_app(local_backend, max_concurrent_streams=1, max_tokens_limit=50000, retry_after=3))
-    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 50000, "temperature": 0.8, "stream": True}
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 50000, "temperature": 0.8, "stream": True,
+            "seed": 7}  # fixed: runs 2000+ tokens without EOS (random seeds sometimes stopped early, freeing the slot)
     with httpx.Client(timeout=30) as http:
         with http.stream("POST", url + "/v1/completions", json=body) as r:
             assert r.status_code == 200
