@@ -163,19 +163,28 @@ class SessionKV:
         self.capacity = capacity
 
 
-class _KVLayer(CacheLayerMixin):
-    """transformers' view of one layer of a `SessionKV`: `update` writes in place."""
+class _InPlaceLayer(CacheLayerMixin):
+    """A transformers cache layer whose storage lives elsewhere (already "initialized")."""
 
     is_sliding = False  # every layer keeps its full history (the sliding mask limits attention)
-    is_croppable = True
 
-    def __init__(self, kv: SessionKV, layer: int):
+    def __init__(self, layer: int):
         super().__init__()
-        self.kv, self.layer = kv, layer
+        self.layer = layer
         self.is_initialized = True
 
     def lazy_initialization(self, key_states, value_states) -> None:
         pass
+
+
+class _KVLayer(_InPlaceLayer):
+    """transformers' view of one layer of a `SessionKV`: `update` writes in place."""
+
+    is_croppable = True
+
+    def __init__(self, kv: SessionKV, layer: int):
+        super().__init__(layer)
+        self.kv = kv
 
     def update(self, key_states, value_states, *args, **kwargs):
         return self.kv.write(self.layer, key_states, value_states)
@@ -220,17 +229,12 @@ class Rows:
         self.mask_free = mask_free  # every row sees all its keys (one-position steps, full attention)
 
 
-class _RowsLayer(CacheLayerMixin):
-    is_sliding = False
+class _RowsLayer(_InPlaceLayer):
     is_croppable = False
 
     def __init__(self, cache: RowsCache, layer: int):
-        super().__init__()
-        self.cache, self.layer = cache, layer
-        self.is_initialized = True
-
-    def lazy_initialization(self, key_states, value_states) -> None:
-        pass
+        super().__init__(layer)
+        self.cache = cache
 
     def update(self, key_states, value_states, *args, **kwargs):
         ks, vs, r = [], [], 0
