@@ -10,6 +10,11 @@ Runs are interleaved (local, 1 hoster, 3 hosters, local, ...) so load changes hi
 alike; medians after one warm-up. The distributed tokens are checked against local. Chains
 of several hosters forward hoster to hoster (push, the default); the "no push" row runs the
 same chain hop by hop through the client, to show what forwarding buys in the same run.
+
+Hosters and clients run their linear layers as packed oneDNN products by default
+(`subnet.kernels`); plain `transformers` does not. So that the ratios do not hide what that
+kernel alone is worth, the "local, packed" row runs the same local model with the same
+packing, and every row is also given relative to it ("vs packed").
 """
 
 from __future__ import annotations
@@ -32,10 +37,14 @@ from benchmarks.common import (
 import torch  # noqa: E402  (after benchmarks.common set the thread count)
 
 
-def local_model(path):
+def local_model(path, packed: bool = False):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if packed:
+        from subnet.kernels import pack_linears
+
+        pack_linears(model)
     return model.eval()
 
 
@@ -45,7 +54,7 @@ def _generate(model, config, ids, n):
 
 
 def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt: int, runs: int,
-                chains: list[int], compare_push: bool = True) -> dict:
+                chains: list[int], compare_push: bool = True, packed_local: bool = True) -> dict:
     spec = MODELS[key]
     path = ensure_model(spec)
     gen = torch.Generator().manual_seed(1234)
@@ -53,9 +62,9 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
     long_prompt = torch.randint(0, spec.vocab_size, (1, ttft_prompt), generator=gen)
     ref = local_model(path)
 
-    def local_gen(ids, n):
-        return ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                            do_sample=False)
+    def local_gen(ids, n, model=ref):
+        return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                              do_sample=False)
 
     results: dict = {"model": spec.__dict__, "prompt_len": prompt_len, "ttft_prompt": ttft_prompt, "runs": runs}
     with HosterProcs() as procs:
@@ -71,6 +80,8 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
         with contextlib.ExitStack() as stack:
             clients = {k: stack.enter_context(client(path, procs.initial_peers, names[k])) for k in chains}
             configs = {"local": local_gen}
+            if packed_local:
+                configs["local, packed"] = lambda ids, n, m=local_model(path, packed=True): local_gen(ids, n, m)
             for k in chains:
                 m = clients[k]
                 pushing = m.manager.config
@@ -119,16 +130,17 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
 def report(key: str, r: dict) -> str:
     rows = []
     loc = r["tokens_per_s"]["local"]
+    packed = r["tokens_per_s"].get("local, packed")
     for name, d in r["tokens_per_s"].items():
         row = [name]
         for n, v in d.items():
-            row += [f"{v:.1f}", f"{v / loc[n]:.2f}x"]
+            row += [f"{v:.1f}", f"{v / loc[n]:.2f}x"] + ([f"{v / packed[n]:.2f}x"] if packed else [])
         t = r["ttft_s"][name]
         row += [f"{t * 1000:.0f}", f"{t / r['ttft_s']['local']:.2f}x", r["tokens_equal_local"][name]]
         rows.append(row)
     headers = ["model " + key]
     for n in r["tokens_per_s"]["local"]:
-        headers += [f"tok/s {r['prompt_len']}->{n}", "vs local"]
+        headers += [f"tok/s {r['prompt_len']}->{n}", "vs local"] + (["vs packed"] if packed else [])
     headers += [f"TTFT ms ({r['ttft_prompt']} tok)", "vs local", "same tokens"]
     return fmt_table(headers, rows)
 
@@ -142,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--chains", default="1,3", help="numbers of hosters in the chain")
     p.add_argument("--no-push-row", action="store_true", help="skip the hop-by-hop (push off) comparison row")
+    p.add_argument("--no-packed-local", action="store_true", help="skip the local row with packed linears")
     p.add_argument("--quick", action="store_true", help="small model, 16 new tokens, one pass")
     p.add_argument("--out", default="generation")
     args = p.parse_args(argv)
@@ -153,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in args.models.split(","):
         r = bench_model(key, new_tokens=[int(x) for x in args.new_tokens.split(",")], prompt_len=args.prompt_len,
                         ttft_prompt=args.ttft_prompt, runs=args.runs, chains=[int(x) for x in args.chains.split(",")],
-                        compare_push=not args.no_push_row)
+                        compare_push=not args.no_push_row, packed_local=not args.no_packed_local)
         all_results["models"][key] = r
         print(report(key, r), flush=True)
         print(flush=True)

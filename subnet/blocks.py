@@ -234,7 +234,9 @@ class BlockSpan(nn.Module):
         return 2 * n * self.num_kv_heads * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
 
     def weight_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.parameters())
+        from subnet.kernels import packed_bytes
+
+        return sum(p.numel() * p.element_size() for p in self.parameters()) + packed_bytes(self)
 
     def new_cache(self, start: int | None = None, end: int | None = None):
         """An empty growing KV cache for layers [start, end), indexed by global layer index.
@@ -299,8 +301,12 @@ class BlockSpan(nn.Module):
 
 
 def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str | torch.dtype = "float32",
-                device: str | torch.device = "cpu", *, progress: bool = True) -> BlockSpan:
-    """Build decoder layers [start, end) with transformers' classes and load only their tensors."""
+                device: str | torch.device = "cpu", *, progress: bool = True, packed: bool = True) -> BlockSpan:
+    """Build decoder layers [start, end) with transformers' classes and load only their tensors.
+
+    `packed`: run their linear layers through `subnet.kernels.PackedLinear` where supported
+    (float32 on CPU; see that module for why and by how much).
+    """
     from tqdm.auto import tqdm
 
     dtype = parse_dtype(dtype)
@@ -347,6 +353,10 @@ def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str 
     rotary.eval()
     span = BlockSpan(config, layers, rotary, start, end, dtype, device)
     span.requires_grad_(False)
+    if packed:
+        from subnet.kernels import pack_linears
+
+        pack_linears(span)
     return span
 
 
@@ -366,12 +376,17 @@ class ClientParts:
     config: object
     embed_tokens: nn.Embedding
     norm: nn.Module
-    lm_head: nn.Linear
+    lm_head: nn.Module  # nn.Linear, or subnet.kernels.PackedLinear
 
 
 def load_client_parts(path_or_id: str | os.PathLike, dtype: str | torch.dtype = "float32",
-                      device: str | torch.device = "cpu") -> ClientParts:
-    """Load embeddings, final norm and LM head only (tied LM head shares the embedding weight)."""
+                      device: str | torch.device = "cpu", *, packed: bool = True) -> ClientParts:
+    """Load embeddings, final norm and LM head only (tied LM head shares the embedding weight).
+
+    `packed`: the LM head (a vocab x hidden product per generated token, the client's whole
+    per-token compute) runs as a `subnet.kernels.PackedLinear` where supported; a tied head
+    is then packed as a copy, so the embedding matrix is held twice.
+    """
     dtype = parse_dtype(dtype)
     device = torch.device(device)
     config = load_config(path_or_id)
@@ -401,7 +416,14 @@ def load_client_parts(path_or_id: str | os.PathLike, dtype: str | torch.dtype = 
     norm.requires_grad_(False)
     head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, device="meta")
     head.weight = embed.weight if tied else nn.Parameter(t["lm_head.weight"], requires_grad=False)
-    return ClientParts(config, embed.eval(), norm.eval(), head.eval())
+    parts = ClientParts(config, embed.eval(), norm.eval(), head.eval())
+    if packed:
+        from subnet.kernels import pack_linears
+
+        holder = nn.ModuleDict({"lm_head": parts.lm_head})
+        pack_linears(holder)
+        parts.lm_head = holder["lm_head"]
+    return parts
 
 
 def _has_weights(directory: str) -> bool:

@@ -89,7 +89,7 @@ class ClientHead:
     alone, exactly as before.
     """
 
-    def __init__(self, embed: torch.nn.Embedding, norm: torch.nn.Module, lm_head: torch.nn.Linear, vocab_size: int):
+    def __init__(self, embed: torch.nn.Embedding, norm: torch.nn.Module, lm_head: torch.nn.Module, vocab_size: int):
         self.embed, self.norm, self.lm_head = embed, norm, lm_head
         self.vocab_size = vocab_size
         self._cv = threading.Condition()

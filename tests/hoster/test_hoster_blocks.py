@@ -13,6 +13,7 @@ from subnet.blocks import (
     load_config,
     model_uid,
 )
+from subnet.kernels import PackedLinear
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
@@ -75,13 +76,16 @@ def test_client_parts_untied_and_tied(tiny_model_factory):
     for tie in (False, True):
         path = tiny_model_factory("llama", tie_word_embeddings=tie)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        parts = load_client_parts(path)
+        parts = load_client_parts(path, packed=False)
         torch.testing.assert_close(parts.embed_tokens.weight, model.model.embed_tokens.weight)
         torch.testing.assert_close(parts.norm.weight, model.model.norm.weight)
         torch.testing.assert_close(parts.lm_head.weight, model.lm_head.weight)
         assert (parts.lm_head.weight is parts.embed_tokens.weight) == tie
         h = torch.randn(1, 2, 64)
         torch.testing.assert_close(parts.lm_head(parts.norm(h)), model.lm_head(model.model.norm(h)))
+        packed = load_client_parts(path)  # the default: the LM head runs as a packed oneDNN product
+        assert isinstance(packed.lm_head, PackedLinear) and torch.equal(packed.embed_tokens.weight, parts.embed_tokens.weight)
+        torch.testing.assert_close(packed.lm_head(packed.norm(h)), model.lm_head(model.model.norm(h)))
 
 
 def test_model_uid(tmp_path):
