@@ -81,7 +81,8 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
             clients = {k: stack.enter_context(client(path, procs.initial_peers, names[k])) for k in chains}
             configs = {"local": local_gen}
             if packed_local:
-                configs["local, packed"] = lambda ids, n, m=local_model(path, packed=True): local_gen(ids, n, m)
+                packed_ref = local_model(path, packed=True)
+                configs["local, packed"] = lambda ids, n: local_gen(ids, n, packed_ref)
             for k in chains:
                 m = clients[k]
                 pushing = m.manager.config
