@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session-timeout", type=float, default=60.0, help="idle seconds before a session expires")
     p.add_argument("--announce-period", type=float, default=15.0)
     p.add_argument("--announce-ttl", type=float, default=60.0)
-    p.add_argument("--gather-window", type=float, default=0.0, help="seconds to wait to batch decode steps")
+    p.add_argument("--gather-window", type=float, default=0.002,
+                   help="seconds to wait for more decode steps to batch while other sessions are active")
     p.add_argument("--rebalance-interval", type=float, default=None, help="seconds between coverage checks")
     p.add_argument("--throughput", type=float, default=None,
                    help="announced tokens/s (default: measured at start-up)")

@@ -247,8 +247,9 @@ class Backend:
         self._fail_pending()
 
     def _gather(self, first: _Task, tasks: list[_Task]) -> None:
-        """Collect more steps for this round: for `gather_window` seconds, and until the sessions
-        batched with `first` last round have sent their next step (at most `align_wait`).
+        """Collect more steps for this round: for `gather_window` seconds (only while other sessions
+        are active), and until the sessions batched with `first` last round have sent their next
+        step (at most `align_wait`).
 
         Concurrent decoders that were computed together get their results together and come back
         together, a few transport hops apart. Without waiting for them, the first arrival runs
@@ -257,7 +258,7 @@ class Backend:
         alone last round is expected by nobody, so a single session never waits.
         """
         now = time.monotonic()
-        fixed_until = now + self.gather_window
+        fixed_until = now + (self.gather_window if self._others_active(first.session, now) else 0.0)
         expected = {sid for sid in self._last_batch.get(first.key(), ())
                     if sid != first.session.id and sid in self.sessions}
         align_until = now + (self._align_wait() if expected else 0.0)
@@ -276,6 +277,11 @@ class Backend:
             tasks.append(more)
             if more.session is not None:
                 expected.discard(more.session.id)
+
+    def _others_active(self, session: Session, now: float) -> bool:
+        """Whether another open session stepped within the last second: only then can waiting
+        `gather_window` batch anything. A lone decoder never pays the window."""
+        return any(s is not session and now - s.last_used < 1.0 for s in list(self.sessions.values()))
 
     def _align_wait(self) -> float:
         """How long to wait for last round's batch mates: about one single-session step."""

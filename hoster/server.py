@@ -77,7 +77,7 @@ class Hoster:
                  dtype: str | torch.dtype = "float32", device: str = "cpu", cache_tokens: int | None = None,
                  cache_bytes: int | None = None, model_name: str | None = None, session_timeout: float = 60.0,
                  announce_period: float = ANNOUNCE_PERIOD, announce_ttl: float = ANNOUNCE_TTL,
-                 gather_window: float = 0.0, rebalance_interval: float | None = None,
+                 gather_window: float = 0.002, rebalance_interval: float | None = None,
                  max_length: int = 8192, throughput: float | None = None, progress: bool = True):
         if dht is not None and node_key is None:
             raise ValueError("a hoster given a DHT also needs that DHT's node_key to sign announcements")

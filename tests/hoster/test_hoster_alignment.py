@@ -67,3 +67,22 @@ async def test_lone_session_and_closed_mates_do_not_wait(span):
 def test_trim_is_safe_to_call():
     trim()
     trim()
+
+
+async def test_gather_window_only_while_other_sessions_are_active(span):
+    """The fixed window batches concurrent decoders; a lone decoder must not pay it per token."""
+    be = Backend(span, CacheBudget(1000), gather_window=2.0)
+    try:
+        a = be.open_session(0, 4, 1, 32)
+        await be.step(a, _h(1, 4, span.hidden_size), 0)
+        t0 = time.monotonic()
+        for t in range(4, 8):
+            await be.step(a, _h(1, 1, span.hidden_size, seed=t), t)
+        assert time.monotonic() - t0 < 2.0  # 4 steps; each would wait 2 s if the window applied
+        b = be.open_session(0, 4, 1, 32)  # a second session that just arrived counts as active
+        b.last_used = time.monotonic()
+        t0 = time.monotonic()
+        await be.step(a, _h(1, 1, span.hidden_size, seed=9), 8)
+        assert time.monotonic() - t0 >= 1.9
+    finally:
+        be.shutdown()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import shutil
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -53,3 +57,22 @@ def test_opt_out_and_unsupported_dtype(tiny_llama, monkeypatch):
     span = load_blocks(tiny_llama, 0, 1, progress=False)
     assert not any(isinstance(m, PackedLinear) for m in span.modules())
     assert pack_linears(nn.Sequential(nn.Linear(4, 4))) == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_packed_load_does_not_keep_the_checkpoint_mapped(tiny_llama, tmp_path):
+    """Packed weights are copies: the checkpoint's pages must not stay resident next to them."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_llama, ckpt)
+    weights = str(ckpt / "model.safetensors")
+
+    def mapped() -> bool:
+        gc.collect()
+        return weights in open("/proc/self/maps").read()
+
+    plain = load_blocks(ckpt, 0, 2, progress=False, packed=False)
+    assert mapped()  # zero-copy tensors point into the file map
+    del plain
+    assert not mapped()
+    packed = load_blocks(ckpt, 0, 2, progress=False)
+    assert not mapped() and packed.weight_bytes() > 0
