@@ -14,7 +14,9 @@ same chain hop by hop through the client, to show what forwarding buys in the sa
 Hosters and clients run their linear layers as packed oneDNN products by default
 (`subnet.kernels`); plain `transformers` does not. So that the ratios do not hide what that
 kernel alone is worth, the "local, packed" row runs the same local model with the same
-packing, and every row is also given relative to it ("vs packed").
+packing, and every row is also given relative to it ("vs packed"); the "F.linear" row is
+the multi-hoster chain again with `--no-packed-linears` hosters (the client still packs its
+LM head), to show what packing does inside a chain in the same run.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def _generate(model, config, ids, n):
 
 
 def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt: int, runs: int,
-                chains: list[int], compare_push: bool = True, packed_local: bool = True) -> dict:
+                chains: list[int], compare_push: bool = True, packed_local: bool = True,
+                plain_row: bool = True) -> dict:
     spec = MODELS[key]
     path = ensure_model(spec)
     gen = torch.Generator().manual_seed(1234)
@@ -70,15 +73,21 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
     with HosterProcs() as procs:
         names = {}
         first = True
+        plain_chains = [k for k in chains if k > 1] if plain_row else []
         for k in chains:
             names[k] = f"{spec.name}-{k}h"
             for span in chain_spans(spec.num_layers, k):
                 procs.start(path, span, model_name=names[k], wait=first)
                 first = False
+        for k in plain_chains:  # the same chain with F.linear in the hosters: what packing does there
+            for span in chain_spans(spec.num_layers, k):
+                procs.start(path, span, model_name=f"{names[k]}-plain", wait=False, extra=["--no-packed-linears"])
         for p in procs.procs:
             procs.wait(p)
         with contextlib.ExitStack() as stack:
             clients = {k: stack.enter_context(client(path, procs.initial_peers, names[k])) for k in chains}
+            plain_clients = {k: stack.enter_context(client(path, procs.initial_peers, f"{names[k]}-plain"))
+                             for k in plain_chains}
             configs = {"local": local_gen}
             if packed_local:
                 packed_ref = local_model(path, packed=True)
@@ -92,6 +101,10 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
                     hop_by_hop = dataclasses.replace(pushing, push=False)
                     configs[f"{k} hosters, no push"] = (
                         lambda ids, n, m=m, c=hop_by_hop: _generate(m, c, ids, n))
+                if k in plain_clients:
+                    pm = plain_clients[k]
+                    configs[f"{k} hosters, F.linear"] = (
+                        lambda ids, n, m=pm, c=pm.manager.config: _generate(m, c, ids, n))
 
             # correctness: the same greedy tokens
             expect = local_gen(prompt, max(new_tokens))
@@ -156,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chains", default="1,3", help="numbers of hosters in the chain")
     p.add_argument("--no-push-row", action="store_true", help="skip the hop-by-hop (push off) comparison row")
     p.add_argument("--no-packed-local", action="store_true", help="skip the local row with packed linears")
+    p.add_argument("--no-plain-row", action="store_true",
+                   help="skip the chain whose hosters run F.linear instead of packed linears")
     p.add_argument("--quick", action="store_true", help="small model, 16 new tokens, one pass")
     p.add_argument("--out", default="generation")
     args = p.parse_args(argv)
@@ -167,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in args.models.split(","):
         r = bench_model(key, new_tokens=[int(x) for x in args.new_tokens.split(",")], prompt_len=args.prompt_len,
                         ttft_prompt=args.ttft_prompt, runs=args.runs, chains=[int(x) for x in args.chains.split(",")],
-                        compare_push=not args.no_push_row, packed_local=not args.no_packed_local)
+                        compare_push=not args.no_push_row, packed_local=not args.no_packed_local,
+                        plain_row=not args.no_plain_row)
         all_results["models"][key] = r
         print(report(key, r), flush=True)
         print(flush=True)

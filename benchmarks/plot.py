@@ -58,11 +58,12 @@ class Panel:
                               f'font-size="11" text-anchor="middle">{escape(label)}</text>')
 
     def legend(self, names: list[str]) -> None:
+        per_row = max(1, int(self.w // 150))
         for i, name in enumerate(names):
-            lx = self.x + 8 + i * 120
-            self.parts.append(f'<rect x="{lx}" y="{self.y + self.h + 24}" width="10" height="10" '
-                              f'fill="{COLORS[i % len(COLORS)]}"/>')
-            self.parts.append(f'<text x="{lx + 14}" y="{self.y + self.h + 33}" font-size="11">{escape(name)}</text>')
+            lx = self.x + 8 + (i % per_row) * 150
+            ly = self.y + self.h + 24 + (i // per_row) * 14
+            self.parts.append(f'<rect x="{lx}" y="{ly}" width="10" height="10" fill="{COLORS[i % len(COLORS)]}"/>')
+            self.parts.append(f'<text x="{lx + 14}" y="{ly + 9}" font-size="11">{escape(name)}</text>')
 
     def goal(self, v: float, label: str) -> None:
         gy = self._py(v)
@@ -117,9 +118,10 @@ def build() -> str:
     conc = _load("concurrency")
     if conc:
         p = Panel(760, 50, 260, 220, "Concurrent sessions, one hoster", 9.0, "aggregate tok/s vs 1 session")
+        p.title += f" (gather window {window} s)"
         modes = [(name, key) for name, key in (("end-to-end", "by_window"), ("hoster only", "hoster_only_by_window"))
                  if conc.get(key)]
-        window = next(iter(conc["by_window"]))
+        window = "0.002" if "0.002" in conc["by_window"] else next(iter(conc["by_window"]))  # the hoster default
         counts = list(conc["by_window"][window]["aggregate_tokens_per_s"])
         groups = []
         for n in counts:
@@ -133,7 +135,7 @@ def build() -> str:
         p.legend([name for name, _ in modes])
         panels.append(p)
     body = "\n".join(pl.svg() for pl in panels) or '<text x="20" y="40">no results yet</text>'
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="1060" height="330" font-family="sans-serif">\n'
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="1100" height="380" font-family="sans-serif">\n'
             f'<rect width="100%" height="100%" fill="white"/>\n{body}\n</svg>\n')
 
 

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebalance-interval", type=float, default=None, help="seconds between coverage checks")
     p.add_argument("--throughput", type=float, default=None,
                    help="announced tokens/s (default: measured at start-up)")
+    p.add_argument("--no-packed-linears", action="store_true",
+                   help="run linear layers with F.linear instead of packed oneDNN products (subnet/kernels.py)")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_bytes=args.cache_bytes, model_name=args.model_name, session_timeout=args.session_timeout,
         announce_period=args.announce_period, announce_ttl=args.announce_ttl, gather_window=args.gather_window,
         rebalance_interval=args.rebalance_interval, throughput=args.throughput, progress=not args.no_progress,
+        packed_linears=not args.no_packed_linears,
     )
     install_signal_handlers(hoster)
     try:

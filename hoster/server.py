@@ -78,7 +78,8 @@ class Hoster:
                  cache_bytes: int | None = None, model_name: str | None = None, session_timeout: float = 60.0,
                  announce_period: float = ANNOUNCE_PERIOD, announce_ttl: float = ANNOUNCE_TTL,
                  gather_window: float = 0.002, rebalance_interval: float | None = None,
-                 max_length: int = 8192, throughput: float | None = None, progress: bool = True):
+                 max_length: int = 8192, throughput: float | None = None, progress: bool = True,
+                 packed_linears: bool = True):
         if dht is not None and node_key is None:
             raise ValueError("a hoster given a DHT also needs that DHT's node_key to sign announcements")
         self.model_path = str(model_path)
@@ -94,6 +95,7 @@ class Hoster:
         self.announce_period, self.announce_ttl = announce_period, announce_ttl
         self.rebalance_interval = rebalance_interval
         self.progress = progress
+        self.packed_linears = packed_linears  # subnet.kernels: oneDNN products where supported
         self.state = "joining"
         self.fixed_throughput = throughput  # operator/test override of the start-up measurement
         self.throughput = 0.0
@@ -201,7 +203,8 @@ class Hoster:
         return start, end
 
     def _make_backend(self, start: int, end: int) -> Backend:
-        span = load_blocks(self.model_path, start, end, self.dtype, self.device, progress=self.progress)
+        span = load_blocks(self.model_path, start, end, self.dtype, self.device, progress=self.progress,
+                           packed=self.packed_linears)
         if self.cache_bytes is not None:
             budget = CacheBudget.from_bytes(self.cache_bytes, span.kv_bytes_per_token())
         else:

@@ -30,7 +30,7 @@ def llama_hoster(tiny_llama):
 @pytest.fixture(scope="module")
 def qwen_hoster(tiny_qwen3, llama_hoster):
     h = Hoster(tiny_qwen3, start=3, end=8, cache_tokens=1000, initial_peers=llama_hoster.maddrs,
-               progress=False).start()
+               progress=False, packed_linears=False).start()  # the F.linear path serves too
     yield h
     h.shutdown()
 
@@ -45,6 +45,16 @@ connect = rh.connect
 
 def _h(*shape, seed=0, dtype=torch.float32):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def test_packed_linears_are_the_default_and_can_be_turned_off(llama_hoster, qwen_hoster):
+    from torch import nn
+
+    from subnet.kernels import PackedLinear
+
+    assert any(isinstance(m, PackedLinear) for m in llama_hoster.backend.span.modules())
+    assert not any(isinstance(m, PackedLinear) for m in qwen_hoster.backend.span.modules())
+    assert any(isinstance(m, nn.Linear) for m in qwen_hoster.backend.span.modules())
 
 
 @pytest.mark.parametrize("which,k,n", [("llama", 2, 6), ("llama", 3, 5), ("qwen", 3, 8), ("qwen", 5, 7)])
