@@ -118,10 +118,10 @@ def build() -> str:
     conc = _load("concurrency")
     if conc:
         p = Panel(760, 50, 260, 220, "Concurrent sessions, one hoster", 9.0, "aggregate tok/s vs 1 session")
-        p.title += f" (gather window {window} s)"
         modes = [(name, key) for name, key in (("end-to-end", "by_window"), ("hoster only", "hoster_only_by_window"))
                  if conc.get(key)]
         window = "0.002" if "0.002" in conc["by_window"] else next(iter(conc["by_window"]))  # the hoster default
+        p.title += f" (window {window} s)"
         counts = list(conc["by_window"][window]["aggregate_tokens_per_s"])
         groups = []
         for n in counts:
