@@ -4,8 +4,11 @@ Decode multiplies 1 to a few dozen rows by every weight of a block, once per tok
 these skinny products `F.linear` (MKL sgemm on a transposed view) reaches well under
 half of this CPU's memory bandwidth; oneDNN with the weight reordered ONCE into its
 blocked layout (the same op pair PyTorch's inductor uses when it freezes a CPU model:
-`mkldnn::_reorder_linear_weight` + `mkldnn::_linear_pointwise`) was measured 1.3-2x
-faster on the benchmark models' shapes, for 1 row and for 8 (`benchmarks/kernels.py`).
+`mkldnn::_reorder_linear_weight` + `mkldnn::_linear_pointwise`) was measured 1.0-1.8x
+faster per call on the benchmark models' shapes for one row and 1.05-2.8x for eight; over a
+whole decode step 1.05x for one sequence and 1.2-1.6x for a batch of eight
+(`benchmarks/kernels.py`). Each call has more fixed cost than `F.linear`, so tiny matrices
+(hidden 128) get slower; see docs/BENCHMARKS.md for what that does inside a chain.
 
 Only the kernel changes: the modules around it are still transformers' own classes, which
 call `self.q_proj(x)` etc. and never read `.weight`. Results differ from `F.linear` only by
