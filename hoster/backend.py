@@ -38,7 +38,7 @@ from hoster.cache import (
     SessionKV,
     enable_rows_attention,
 )
-from hoster.memory import trim
+from subnet.memory import trim
 from subnet.blocks import BlockSpan
 from subnet.logs import event
 

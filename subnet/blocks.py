@@ -341,7 +341,7 @@ def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str 
     # Packed linears (see subnet.kernels) are copies in oneDNN's layout: load the layer's tensors as
     # copies too and pack right away, so the originals and the file map go layer by layer instead of
     # keeping the checkpoint's pages resident next to the packed weights (measured: 2x weight RSS).
-    from hoster.memory import trim
+    from subnet.memory import trim
     from subnet.kernels import pack_linears, packing_enabled, packing_supported
 
     pack = packed and packing_enabled() and packing_supported(dtype, device)
@@ -429,14 +429,11 @@ def load_client_parts(path_or_id: str | os.PathLike, dtype: str | torch.dtype = 
     norm.requires_grad_(False)
     head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, device="meta")
     head.weight = embed.weight if tied else nn.Parameter(t["lm_head.weight"], requires_grad=False)
-    parts = ClientParts(config, embed.eval(), norm.eval(), head.eval())
     if packed:
-        from subnet.kernels import pack_linears
+        from subnet.kernels import pack_linear
 
-        holder = nn.ModuleDict({"lm_head": parts.lm_head})
-        pack_linears(holder)
-        parts.lm_head = holder["lm_head"]
-    return parts
+        head = pack_linear(head)
+    return ClientParts(config, embed.eval(), norm.eval(), head.eval())
 
 
 def _has_weights(directory: str) -> bool:

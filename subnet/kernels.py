@@ -73,21 +73,27 @@ def pack_linears(module: nn.Module) -> int:
     module keeps the original. A failure to pack (e.g. missing CPU instructions) leaves the
     layer as it was.
     """
-    if not packing_enabled():
-        return 0
     replaced = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is not nn.Linear or not packing_supported(child.weight.dtype, child.weight.device):
+            if type(child) is not nn.Linear:
                 continue
-            try:
-                packed = PackedLinear(child)
-            except RuntimeError as e:  # the op exists but this CPU/build cannot run it
-                log.info("packed linear unavailable, keeping nn.Linear: %s", e)
-                return replaced
-            setattr(parent, name, packed)
-            replaced += 1
+            packed = pack_linear(child)
+            if packed is not child:
+                setattr(parent, name, packed)
+                replaced += 1
     return replaced
+
+
+def pack_linear(linear: nn.Linear) -> nn.Module:
+    """`linear` as a `PackedLinear` when enabled and supported, else `linear` itself."""
+    if not packing_enabled() or not packing_supported(linear.weight.dtype, linear.weight.device):
+        return linear
+    try:
+        return PackedLinear(linear)
+    except RuntimeError as e:  # the op exists but this CPU/build cannot run it
+        log.info("packed linear unavailable, keeping nn.Linear: %s", e)
+        return linear
 
 
 def packed_bytes(module: nn.Module) -> int:

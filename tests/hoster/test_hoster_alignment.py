@@ -11,7 +11,7 @@ import torch
 
 from hoster.backend import Backend
 from hoster.cache import CacheBudget
-from hoster.memory import trim
+from subnet.memory import trim
 from subnet.blocks import load_blocks
 
 

@@ -1,4 +1,4 @@
-"""Give freed KV-cache memory back to the operating system (glibc only; a no-op elsewhere).
+"""Give freed memory (KV caches, repacked weights) back to the OS (glibc only; a no-op elsewhere).
 
 KV caches grow (now in chunks, `hoster.cache.SessionKV`) and are freed when sessions end, but
 glibc keeps freed heap memory mapped: measured, a hoster that had filled and then closed 4096 tokens of
