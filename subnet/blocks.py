@@ -414,13 +414,14 @@ def load_client_parts(path_or_id: str | os.PathLike, dtype: str | torch.dtype = 
         probe = _WeightIndex(directory)
     prefix = _layer_prefix(probe.names())
     embed_name, norm_name = f"{prefix}embed_tokens.weight", f"{prefix}norm.weight"
-    names = [embed_name, norm_name]
-    has_head = "lm_head.weight" in probe.weight_map
-    if has_head and not tied:
-        names.append("lm_head.weight")
-    elif not tied:
+    if not tied and "lm_head.weight" not in probe.weight_map:
         raise CheckpointError("checkpoint has no lm_head.weight and does not tie word embeddings")
-    t = probe.load(names, dtype, device)
+    from subnet.kernels import pack_linear, packing_enabled, packing_supported
+
+    pack = packed and packing_enabled() and packing_supported(dtype, device)
+    t = probe.load([embed_name, norm_name], dtype, device)
+    if not tied:  # a head about to be packed loads as a copy: its file pages are never touched or kept
+        t.update(probe.load(["lm_head.weight"], dtype, device, copy=pack))
     embed = nn.Embedding(config.vocab_size, config.hidden_size, device="meta")
     embed.weight = nn.Parameter(t[embed_name], requires_grad=False)
     with torch.device("meta"):
@@ -428,11 +429,12 @@ def load_client_parts(path_or_id: str | os.PathLike, dtype: str | torch.dtype = 
     norm.load_state_dict({"weight": t[norm_name]}, assign=True)
     norm.requires_grad_(False)
     head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, device="meta")
-    head.weight = embed.weight if tied else nn.Parameter(t["lm_head.weight"], requires_grad=False)
-    if packed:
-        from subnet.kernels import pack_linear
+    head.weight = embed.weight if tied else nn.Parameter(t.pop("lm_head.weight"), requires_grad=False)
+    if pack:
+        from subnet.memory import trim
 
         head = pack_linear(head)
+        trim()  # the unpacked copy was just freed
     return ClientParts(config, embed.eval(), norm.eval(), head.eval())
 
 
