@@ -19,14 +19,17 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from subnet.process_env import DEFAULTS as THREAD_POOL_DEFAULTS
+
 THREADS = 2
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 MODEL_CACHE = Path(os.environ.get("MESH_BENCH_MODELS", Path(tempfile.gettempdir()) / "mesh-bench-models"))
 
-# Same environment for every process we time: idle OpenMP workers sleep instead of spinning
-# (several processes share 2 cores), and exactly THREADS intra-op threads.
-CHILD_ENV = {"OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS), "OMP_WAIT_POLICY": "PASSIVE",
+# Same environment for every process we time: the node's thread-pool defaults (idle OpenMP and
+# OpenBLAS workers stop spinning soon: several processes share 2 cores; subnet/process_env.py),
+# and exactly THREADS intra-op threads.
+CHILD_ENV = {**THREAD_POOL_DEFAULTS, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS),
              "TOKENIZERS_PARALLELISM": "false"}
 for _k, _v in CHILD_ENV.items():
     os.environ.setdefault(_k, _v)
@@ -152,11 +155,13 @@ class HosterProcs:
 
 
 @contextlib.contextmanager
-def client(model: Path, initial_peers: Sequence[str], model_name: str | None = None) -> Iterator:
+def client(model: Path, initial_peers: Sequence[str], model_name: str | None = None,
+           linear_kernel: str | None = None) -> Iterator:
     """A `DistributedModelForCausalLM` that has seen every block served."""
     from subnet.client import DistributedModelForCausalLM
 
-    m = DistributedModelForCausalLM.from_pretrained(model, initial_peers=list(initial_peers), model_name=model_name)
+    m = DistributedModelForCausalLM.from_pretrained(model, initial_peers=list(initial_peers), model_name=model_name,
+                                                    linear_kernel=linear_kernel)
     try:
         m.wait_until_servable(60)
         yield m

@@ -170,7 +170,7 @@ def time_commit_reveal(n_nodes: int, *, hidden: int, block_time: float, epoch_le
         # each node's probe outputs: SPAN blocks of [1, 8, hidden] float32
         gen = torch.Generator().manual_seed(0)
         bodies, commits, parts = [], [], []
-        for i, key in enumerate(net.keys):
+        for _i, key in enumerate(net.keys):
             outs = {b: encode_tensor(torch.randn(1, 8, hidden, generator=gen)) for b in range(SPAN)}
             salt = new_salt()
             bodies.append({"salt": salt.hex(),

@@ -11,12 +11,14 @@ alike; medians after one warm-up. The distributed tokens are checked against loc
 of several hosters forward hoster to hoster (push, the default); the "no push" row runs the
 same chain hop by hop through the client, to show what forwarding buys in the same run.
 
-Hosters and clients run their linear layers as packed oneDNN products by default
-(`subnet.kernels`); plain `transformers` does not. So that the ratios do not hide what that
-kernel alone is worth, the "local, packed" row runs the same local model with the same
-packing, and every row is also given relative to it ("vs packed"); the "F.linear" row is
-the multi-hoster chain again with `--no-packed-linears` hosters (the client still packs its
-LM head), to show what packing does inside a chain in the same run.
+Hosters and clients run their linear layers on a faster kernel than plain `transformers`
+(`subnet.kernels`: `onednn` by default, `blas` as an option; plain `transformers` uses
+torch's MKL). So that the ratios do not hide what a kernel alone is worth, "local, <kernel>"
+rows run the same local model with that kernel (`--local-kernels`), and every row is also
+given relative to "local, <default kernel>"; "3 hosters, <kernel>" rows (`--chain-kernels`)
+run the multi-hoster chain again with `--linear-kernel <kernel>` hosters (their client uses
+the same kernel for its LM head), to show what each kernel does inside a chain in the same
+run.
 """
 
 from __future__ import annotations
@@ -39,14 +41,15 @@ from benchmarks.common import (
 import torch  # noqa: E402  (after benchmarks.common set the thread count)
 
 
-def local_model(path, packed: bool = False):
+def local_model(path, kernel: str | None = None):
+    """transformers' own model; with `kernel`, its linear layers run on that `subnet.kernels` kernel."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    if packed:
-        from subnet.kernels import pack_linears
+    if kernel:
+        from subnet.kernels import convert_linears
 
-        pack_linears(model)
+        convert_linears(model, kernel)
     return model.eval()
 
 
@@ -56,8 +59,8 @@ def _generate(model, config, ids, n):
 
 
 def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt: int, runs: int,
-                chains: list[int], compare_push: bool = True, packed_local: bool = True,
-                plain_row: bool = True) -> dict:
+                chains: list[int], compare_push: bool = True, local_kernels: tuple[str, ...] = (),
+                chain_kernels: tuple[str, ...] = ()) -> dict:
     spec = MODELS[key]
     path = ensure_model(spec)
     gen = torch.Generator().manual_seed(1234)
@@ -69,29 +72,34 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
         return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
                               do_sample=False)
 
-    results: dict = {"model": spec.__dict__, "prompt_len": prompt_len, "ttft_prompt": ttft_prompt, "runs": runs}
+    from subnet.kernels import linear_kernel
+
+    results: dict = {"model": spec.__dict__, "prompt_len": prompt_len, "ttft_prompt": ttft_prompt, "runs": runs,
+                     "default_kernel": linear_kernel()}
     with HosterProcs() as procs:
         names = {}
         first = True
-        plain_chains = [k for k in chains if k > 1] if plain_row else []
+        alt_chains = [(k, kernel) for k in chains if k > 1 for kernel in chain_kernels]
         for k in chains:
             names[k] = f"{spec.name}-{k}h"
             for span in chain_spans(spec.num_layers, k):
                 procs.start(path, span, model_name=names[k], wait=first)
                 first = False
-        for k in plain_chains:  # the same chain with F.linear in the hosters: what packing does there
+        for k, kernel in alt_chains:  # the same chain on another kernel: what the kernel does there
             for span in chain_spans(spec.num_layers, k):
-                procs.start(path, span, model_name=f"{names[k]}-plain", wait=False, extra=["--no-packed-linears"])
+                procs.start(path, span, model_name=f"{names[k]}-{kernel}", wait=False,
+                            extra=["--linear-kernel", kernel])
         for p in procs.procs:
             procs.wait(p)
         with contextlib.ExitStack() as stack:
             clients = {k: stack.enter_context(client(path, procs.initial_peers, names[k])) for k in chains}
-            plain_clients = {k: stack.enter_context(client(path, procs.initial_peers, f"{names[k]}-plain"))
-                             for k in plain_chains}
+            alt_clients = {(k, kernel): stack.enter_context(
+                client(path, procs.initial_peers, f"{names[k]}-{kernel}", linear_kernel=kernel))
+                for k, kernel in alt_chains}
             configs = {"local": local_gen}
-            if packed_local:
-                packed_ref = local_model(path, packed=True)
-                configs["local, packed"] = lambda ids, n: local_gen(ids, n, packed_ref)
+            for kernel in local_kernels:
+                model = local_model(path, kernel=kernel)
+                configs[f"local, {kernel}"] = lambda ids, n, m=model: local_gen(ids, n, m)
             for k in chains:
                 m = clients[k]
                 pushing = m.manager.config
@@ -101,10 +109,10 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
                     hop_by_hop = dataclasses.replace(pushing, push=False)
                     configs[f"{k} hosters, no push"] = (
                         lambda ids, n, m=m, c=hop_by_hop: _generate(m, c, ids, n))
-                if k in plain_clients:
-                    pm = plain_clients[k]
-                    configs[f"{k} hosters, F.linear"] = (
-                        lambda ids, n, m=pm, c=pm.manager.config: _generate(m, c, ids, n))
+                for kernel in chain_kernels if k > 1 else ():
+                    am = alt_clients[(k, kernel)]
+                    configs[f"{k} hosters, {kernel}"] = (
+                        lambda ids, n, m=am, c=am.manager.config: _generate(m, c, ids, n))
 
             # correctness: the same greedy tokens
             expect = local_gen(prompt, max(new_tokens))
@@ -144,19 +152,23 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
 def report(key: str, r: dict) -> str:
     rows = []
     loc = r["tokens_per_s"]["local"]
-    packed = r["tokens_per_s"].get("local, packed")
+    same = r["tokens_per_s"].get(f"local, {r['default_kernel']}")
     for name, d in r["tokens_per_s"].items():
         row = [name]
         for n, v in d.items():
-            row += [f"{v:.1f}", f"{v / loc[n]:.2f}x"] + ([f"{v / packed[n]:.2f}x"] if packed else [])
+            row += [f"{v:.1f}", f"{v / loc[n]:.2f}x"] + ([f"{v / same[n]:.2f}x"] if same else [])
         t = r["ttft_s"][name]
         row += [f"{t * 1000:.0f}", f"{t / r['ttft_s']['local']:.2f}x", r["tokens_equal_local"][name]]
         rows.append(row)
     headers = ["model " + key]
     for n in r["tokens_per_s"]["local"]:
-        headers += [f"tok/s {r['prompt_len']}->{n}", "vs local"] + (["vs packed"] if packed else [])
+        headers += [f"tok/s {r['prompt_len']}->{n}", "vs local"] + ([f"vs local {r['default_kernel']}"] if same else [])
     headers += [f"TTFT ms ({r['ttft_prompt']} tok)", "vs local", "same tokens"]
     return fmt_table(headers, rows)
+
+
+def _names(csv: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in csv.split(",") if x.strip())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,9 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--chains", default="1,3", help="numbers of hosters in the chain")
     p.add_argument("--no-push-row", action="store_true", help="skip the hop-by-hop (push off) comparison row")
-    p.add_argument("--no-packed-local", action="store_true", help="skip the local row with packed linears")
-    p.add_argument("--no-plain-row", action="store_true",
-                   help="skip the chain whose hosters run F.linear instead of packed linears")
+    p.add_argument("--local-kernels", default="onednn,blas",
+                   help="comma-separated subnet.kernels kernels to run local transformers with (also a row each)")
+    p.add_argument("--chain-kernels", default="blas,torch",
+                   help="comma-separated kernels to run the multi-hoster chain again with (a row each)")
     p.add_argument("--quick", action="store_true", help="small model, 16 new tokens, one pass")
     p.add_argument("--out", default="generation")
     args = p.parse_args(argv)
@@ -182,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in args.models.split(","):
         r = bench_model(key, new_tokens=[int(x) for x in args.new_tokens.split(",")], prompt_len=args.prompt_len,
                         ttft_prompt=args.ttft_prompt, runs=args.runs, chains=[int(x) for x in args.chains.split(",")],
-                        compare_push=not args.no_push_row, packed_local=not args.no_packed_local,
-                        plain_row=not args.no_plain_row)
+                        compare_push=not args.no_push_row, local_kernels=_names(args.local_kernels),
+                        chain_kernels=_names(args.chain_kernels))
         all_results["models"][key] = r
         print(report(key, r), flush=True)
         print(flush=True)

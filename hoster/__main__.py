@@ -7,17 +7,14 @@ close open sessions cleanly, then the process exits 0.
 
 from __future__ import annotations
 
-import os
+from subnet.process_env import set_thread_pool_defaults
 
-# Before torch loads OpenMP: idle worker threads must sleep, not spin. Several hosters (and the
-# client) on one machine compute in turn along a chain; spinning threads of the idle ones steal
-# the cores of the one computing (measured: 3-hoster chain 0.39x -> ~1.0x of local generate).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+set_thread_pool_defaults()  # before torch and numpy start their thread pools
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
 
-from hoster.server import Hoster, install_signal_handlers, parse_blocks
+from hoster.server import Hoster, install_signal_handlers, parse_blocks  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebalance-interval", type=float, default=None, help="seconds between coverage checks")
     p.add_argument("--throughput", type=float, default=None,
                    help="announced tokens/s (default: measured at start-up)")
-    p.add_argument("--no-packed-linears", action="store_true",
-                   help="run linear layers with F.linear instead of packed oneDNN products (subnet/kernels.py)")
+    p.add_argument("--linear-kernel", choices=("blas", "onednn", "torch"), default=None,
+                   help="what multiplies the blocks' linear layers (subnet/kernels.py; default: "
+                        "MESH_LINEAR_KERNEL or onednn; blas is faster for one sequence at a time)")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -59,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.blocks:
             start, end = parse_blocks(args.blocks)
         key = NodeKey.load(args.node_key) if args.node_key else NodeKey.generate()
+        from subnet.kernels import linear_kernel
+
+        linear_kernel(args.linear_kernel)  # a bad MESH_LINEAR_KERNEL fails here, in one line
     except Exception as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_bytes=args.cache_bytes, model_name=args.model_name, session_timeout=args.session_timeout,
         announce_period=args.announce_period, announce_ttl=args.announce_ttl, gather_window=args.gather_window,
         rebalance_interval=args.rebalance_interval, throughput=args.throughput, progress=not args.no_progress,
-        packed_linears=not args.no_packed_linears,
+        linear_kernel=args.linear_kernel,
     )
     install_signal_handlers(hoster)
     try:

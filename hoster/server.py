@@ -79,7 +79,7 @@ class Hoster:
                  announce_period: float = ANNOUNCE_PERIOD, announce_ttl: float = ANNOUNCE_TTL,
                  gather_window: float = 0.002, rebalance_interval: float | None = None,
                  max_length: int = 8192, throughput: float | None = None, progress: bool = True,
-                 packed_linears: bool = True):
+                 linear_kernel: str | None = None):
         if dht is not None and node_key is None:
             raise ValueError("a hoster given a DHT also needs that DHT's node_key to sign announcements")
         self.model_path = str(model_path)
@@ -95,7 +95,7 @@ class Hoster:
         self.announce_period, self.announce_ttl = announce_period, announce_ttl
         self.rebalance_interval = rebalance_interval
         self.progress = progress
-        self.packed_linears = packed_linears  # subnet.kernels: oneDNN products where supported
+        self.linear_kernel = linear_kernel  # subnet.kernels; None = MESH_LINEAR_KERNEL or onednn
         self.state = "joining"
         self.fixed_throughput = throughput  # operator/test override of the start-up measurement
         self.throughput = 0.0
@@ -204,7 +204,7 @@ class Hoster:
 
     def _make_backend(self, start: int, end: int) -> Backend:
         span = load_blocks(self.model_path, start, end, self.dtype, self.device, progress=self.progress,
-                           packed=self.packed_linears)
+                           linear_kernel=self.linear_kernel)
         if self.cache_bytes is not None:
             budget = CacheBudget.from_bytes(self.cache_bytes, span.kv_bytes_per_token())
         else:

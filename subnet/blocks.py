@@ -307,11 +307,12 @@ class BlockSpan(nn.Module):
 
 
 def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str | torch.dtype = "float32",
-                device: str | torch.device = "cpu", *, progress: bool = True, packed: bool = True) -> BlockSpan:
+                device: str | torch.device = "cpu", *, progress: bool = True,
+                linear_kernel: str | None = None) -> BlockSpan:
     """Build decoder layers [start, end) with transformers' classes and load only their tensors.
 
-    `packed`: run their linear layers through `subnet.kernels.PackedLinear` where supported
-    (float32 on CPU; see that module for why and by how much).
+    `linear_kernel`: what runs their linear layers (`subnet.kernels`: `blas`, `onednn` or
+    `torch`; None = MESH_LINEAR_KERNEL or `onednn`), where it can serve `dtype` on `device`.
     """
     from tqdm.auto import tqdm
 
@@ -338,13 +339,15 @@ def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str 
     index = _WeightIndex(directory)
     prefix = _layer_prefix(index.names())
 
-    # Packed linears (see subnet.kernels) are copies in oneDNN's layout: load the layer's tensors as
-    # copies too and pack right away, so the originals and the file map go layer by layer instead of
-    # keeping the checkpoint's pages resident next to the packed weights (measured: 2x weight RSS).
+    # oneDNN's packed linears are copies in its own layout: load the layer's tensors as copies too and
+    # pack right away, so the originals and the file map go layer by layer instead of keeping the
+    # checkpoint's pages resident next to the packed weights (measured: 2x weight RSS). The other
+    # kernels use the loaded tensors as they are (zero copy).
     from subnet.memory import trim
-    from subnet.kernels import pack_linears, packing_enabled, packing_supported
+    from subnet.kernels import convert_linears, effective_kernel
 
-    pack = packed and packing_enabled() and packing_supported(dtype, device)
+    kernel = effective_kernel(linear_kernel, dtype, device)
+    pack = kernel == "onednn"
     layers: dict[int, nn.Module] = {}
     bar = tqdm(range(start, end), desc=f"loading blocks {start}:{end}", unit="block", disable=not progress)
     for i in bar:
@@ -360,8 +363,8 @@ def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str 
             raise CheckpointError(f"layer {i}: missing tensors {missing}, unexpected {unexpected}")
         _check_materialized(layer, f"layer {i}")
         del state
+        convert_linears(layer, kernel)
         if pack:
-            pack_linears(layer)
             trim()  # the originals were just freed: hand their pages back instead of keeping heap fragments
         layers[i] = layer.eval()
     bar.close()
@@ -389,16 +392,16 @@ class ClientParts:
     config: object
     embed_tokens: nn.Embedding
     norm: nn.Module
-    lm_head: nn.Module  # nn.Linear, or subnet.kernels.PackedLinear
+    lm_head: nn.Module  # nn.Linear, or a subnet.kernels replacement
 
 
 def load_client_parts(path_or_id: str | os.PathLike, dtype: str | torch.dtype = "float32",
-                      device: str | torch.device = "cpu", *, packed: bool = True) -> ClientParts:
+                      device: str | torch.device = "cpu", *, linear_kernel: str | None = None) -> ClientParts:
     """Load embeddings, final norm and LM head only (tied LM head shares the embedding weight).
 
-    `packed`: the LM head (a vocab x hidden product per generated token, the client's whole
-    per-token compute) runs as a `subnet.kernels.PackedLinear` where supported; a tied head
-    is then packed as a copy, so the embedding matrix is held twice.
+    `linear_kernel`: what runs the LM head (a vocab x hidden product per generated token, the
+    client's whole per-token compute); see `load_blocks`. With `onednn` a tied head is packed
+    as a copy, so the embedding matrix is held twice.
     """
     dtype = parse_dtype(dtype)
     device = torch.device(device)
@@ -416,9 +419,10 @@ def load_client_parts(path_or_id: str | os.PathLike, dtype: str | torch.dtype = 
     embed_name, norm_name = f"{prefix}embed_tokens.weight", f"{prefix}norm.weight"
     if not tied and "lm_head.weight" not in probe.weight_map:
         raise CheckpointError("checkpoint has no lm_head.weight and does not tie word embeddings")
-    from subnet.kernels import pack_linear, packing_enabled, packing_supported
+    from subnet.kernels import convert_linear, effective_kernel
 
-    pack = packed and packing_enabled() and packing_supported(dtype, device)
+    kernel = effective_kernel(linear_kernel, dtype, device)
+    pack = kernel == "onednn"
     t = probe.load([embed_name, norm_name], dtype, device)
     if not tied:  # a head about to be packed loads as a copy: its file pages are never touched or kept
         t.update(probe.load(["lm_head.weight"], dtype, device, copy=pack))
@@ -430,10 +434,10 @@ def load_client_parts(path_or_id: str | os.PathLike, dtype: str | torch.dtype = 
     norm.requires_grad_(False)
     head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, device="meta")
     head.weight = embed.weight if tied else nn.Parameter(t.pop("lm_head.weight"), requires_grad=False)
+    head = convert_linear(head, kernel)
     if pack:
         from subnet.memory import trim
 
-        head = pack_linear(head)
         trim()  # the unpacked copy was just freed
     return ClientParts(config, embed.eval(), norm.eval(), head.eval())
 

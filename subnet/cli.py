@@ -9,14 +9,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 
-# Idle OpenMP workers spin by default and steal the cores of whichever process of a local
-# chain is computing; set before torch is imported anywhere in this process.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from subnet.process_env import set_thread_pool_defaults
 
-from subnet.commands import HELP
+set_thread_pool_defaults()  # before torch and numpy start their thread pools
+
+from subnet.commands import HELP  # noqa: E402
 
 
 class UserError(Exception):

@@ -1,47 +1,146 @@
-"""Packed oneDNN linear layers for CPU float32: the decode hot path's matrix products.
+"""Linear-layer kernels for CPU float32: the decode hot path's matrix products.
 
-Decode multiplies 1 to a few dozen rows by every weight of a block, once per token. For
-these skinny products `F.linear` (MKL sgemm on a transposed view) reaches well under
-half of this CPU's memory bandwidth; oneDNN with the weight reordered ONCE into its
-blocked layout (the same op pair PyTorch's inductor uses when it freezes a CPU model:
-`mkldnn::_reorder_linear_weight` + `mkldnn::_linear_pointwise`) was measured 1.0-1.8x
-faster per call on the benchmark models' shapes for one row and 1.05-2.8x for eight; over a
-whole decode step 1.05x for one sequence and 1.2-1.6x for a batch of eight
-(`benchmarks/kernels.py`). Each call has more fixed cost than `F.linear`, so tiny matrices
-(hidden 128) get slower; see docs/BENCHMARKS.md for what that does inside a chain.
+Decode multiplies 1 to a few dozen rows by every weight of a block, once per token, so the
+products mostly stream weights from memory. `F.linear` (what transformers calls: torch's MKL
+sgemm on a transposed view) multiplies one row at 11-12 GB/s on this 2-vCPU AMD EPYC VM with
+1 or 2 threads, although the same cores stream 23-29 GB/s. Two kernels do better
+(`benchmarks/kernels.py`; docs/BENCHMARKS.md has the table):
+
+- `onednn` (the default): `PackedLinear`, the weight reordered once into oneDNN's blocked
+  layout (`mkldnn::_reorder_linear_weight` + `mkldnn::_linear_pointwise`, the op pair
+  PyTorch's inductor uses when it freezes a CPU model). Best for batches: a 12-layer decode
+  step of 8 sequences runs at 1.22x (model a) / 1.47x (model b) the speed of `F.linear`,
+  one sequence at 0.86x / 1.07x. The reordered copy replaces the weight (same bytes).
+- `blas`: `BlasLinear`, `numpy.matmul` (numpy's bundled OpenBLAS) on the module's own weight,
+  zero copy (a checkpoint's memory map stays shared), on as many threads as torch uses. Best
+  for one sequence: the same step at 0.99x (a) / 1.37x (b) the speed of `F.linear`, 8
+  sequences at 1.03x / 1.33x.
+- `torch`: plain `nn.Linear`.
+
+The default is `onednn` because a hoster's throughput under concurrent sessions is what it
+is paid for (8 sessions on one hoster: 3.8-4.9x one session with `onednn`, 2.6-3.4x with
+`blas`); `blas` suits a hoster or client that mostly serves one sequence at a time. Choose per
+process with MESH_LINEAR_KERNEL, or per call site (`hoster --linear-kernel`, `load_blocks`).
 
 Only the kernel changes: the modules around it are still transformers' own classes, which
-call `self.q_proj(x)` etc. and never read `.weight`. Results differ from `F.linear` only by
-float32 rounding (another summation order), within 1e-5 relative. The packed weight
-replaces the original (same bytes), so memory does not grow. Anything this cannot serve
-(other dtypes, GPUs, a torch without oneDNN, CPUs without the needed instructions) keeps
-`nn.Linear`. `MESH_PACKED_LINEARS=0` turns packing off for a process.
+call `self.q_proj(x)` and never read `.weight`. Results differ from `F.linear` only by
+float32 rounding (another summation order). Anything a kernel cannot serve (other dtypes,
+GPUs, a missing library or CPU instruction) keeps `nn.Linear`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 
+import numpy as np
 import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
 
-ENV_SWITCH = "MESH_PACKED_LINEARS"
+ENV_KERNEL = "MESH_LINEAR_KERNEL"
+KERNELS = ("blas", "onednn", "torch")
+DEFAULT_KERNEL = "onednn"
 
 
-def packing_enabled() -> bool:
-    """False when the operator set MESH_PACKED_LINEARS=0 (or false/no/off)."""
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in {"0", "false", "no", "off"}
+def linear_kernel(requested: str | None = None) -> str:
+    """The kernel to use: `requested`, else MESH_LINEAR_KERNEL, else `DEFAULT_KERNEL`; unknown names raise."""
+    name = (requested or os.environ.get(ENV_KERNEL) or DEFAULT_KERNEL).strip().lower()
+    if name not in KERNELS:
+        raise ValueError(f"unknown linear kernel {name!r} (from {'argument' if requested else ENV_KERNEL}); "
+                         f"choose one of {', '.join(KERNELS)}")
+    return name
 
 
-def packing_supported(dtype: torch.dtype, device: torch.device | str) -> bool:
-    """float32 on a CPU with oneDNN and the two ops present in this torch build."""
-    return (torch.device(device).type == "cpu" and dtype == torch.float32
-            and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+def kernel_supported(kernel: str, dtype: torch.dtype, device: torch.device | str) -> bool:
+    """Whether `kernel` can serve weights of `dtype` on `device` in this process."""
+    if torch.device(device).type != "cpu":
+        return kernel == "torch"
+    if kernel == "blas":
+        return dtype == torch.float32 and _Blas.get() is not None
+    if kernel == "onednn":
+        return (dtype == torch.float32 and torch.backends.mkldnn.is_available()
+                and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+                and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+    return kernel == "torch"
+
+
+def effective_kernel(requested: str | None, dtype: torch.dtype, device: torch.device | str) -> str:
+    """`linear_kernel(requested)` if it can serve `dtype` on `device`, else `torch`."""
+    kernel = linear_kernel(requested)
+    return kernel if kernel_supported(kernel, dtype, device) else "torch"
+
+
+class _Blas:
+    """numpy's OpenBLAS, found through threadpoolctl, and a per-thread thread-count switch."""
+
+    _instance: _Blas | None = None
+    _probed = False
+    _lock = threading.Lock()
+
+    def __init__(self, controller) -> None:
+        self.controller = controller
+        lib = controller.dynlib
+        # Thread-local in OpenBLAS >= 0.3.27; the process-wide setter otherwise.
+        self._set = getattr(lib, "openblas_set_num_threads_local", None) or controller.set_num_threads
+        self._current = threading.local()
+
+    @classmethod
+    def get(cls) -> _Blas | None:
+        """The OpenBLAS numpy multiplies with, or None (numpy built against another BLAS)."""
+        with cls._lock:
+            if not cls._probed:
+                cls._probed = True
+                try:
+                    from threadpoolctl import ThreadpoolController
+
+                    found = ThreadpoolController().select(internal_api="openblas").lib_controllers
+                    cls._instance = cls(found[0]) if found else None
+                except Exception as e:  # noqa: BLE001 - no controllable OpenBLAS: keep torch's kernels
+                    log.info("numpy's OpenBLAS not usable for linear layers: %s", e)
+                if cls._instance is None:
+                    log.info("numpy does not multiply with OpenBLAS here; linear layers keep torch's kernels")
+            return cls._instance
+
+    def threads(self, n: int) -> None:
+        """Use `n` BLAS threads for this thread's next products (a no-op when already so)."""
+        if getattr(self._current, "n", None) != n:
+            self._set(n)
+            self._current.n = n
+
+
+class BlasLinear(nn.Module):
+    """`y = x W^T + b` through numpy's OpenBLAS on the unchanged weight tensor (inference only)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        blas = _Blas.get()
+        if blas is None:
+            raise RuntimeError("numpy has no OpenBLAS to run BlasLinear with")
+        self._blas = blas
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight if not linear.weight.requires_grad else nn.Parameter(
+            linear.weight.detach(), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.requires_grad:
+            raise TypeError(f"BlasLinear serves float32 CPU inputs without autograd, got {x.dtype} on {x.device}")
+        weight = self.weight if self.weight.is_contiguous() else self.weight.contiguous()
+        rows = x.reshape(-1, self.in_features)
+        if not rows.is_contiguous():
+            rows = rows.contiguous()
+        out = torch.empty(rows.shape[0], self.out_features, dtype=torch.float32)
+        self._blas.threads(torch.get_num_threads())
+        np.matmul(rows.numpy(), weight.numpy().T, out=out.numpy())
+        if self.bias is not None:
+            out += self.bias
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
 class PackedLinear(nn.Module):
@@ -66,34 +165,37 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def pack_linears(module: nn.Module) -> int:
-    """Replace every `nn.Linear` inside `module` by a `PackedLinear` when supported; returns how many.
+_CLASSES = {"blas": BlasLinear, "onednn": PackedLinear}
 
-    A weight shared with another module (a tied LM head) is packed as a copy; the sharing
-    module keeps the original. A failure to pack (e.g. missing CPU instructions) leaves the
-    layer as it was.
+
+def convert_linear(linear: nn.Linear, kernel: str | None = None) -> nn.Module:
+    """`linear` running on `kernel` (see `linear_kernel`) when supported, else `linear` itself."""
+    kernel = effective_kernel(kernel, linear.weight.dtype, linear.weight.device)
+    if kernel == "torch":
+        return linear
+    try:
+        return _CLASSES[kernel](linear)
+    except RuntimeError as e:  # the op exists but this CPU/build cannot run it
+        log.info("%s linear unavailable, keeping nn.Linear: %s", kernel, e)
+        return linear
+
+
+def convert_linears(module: nn.Module, kernel: str | None = None) -> int:
+    """Replace every `nn.Linear` inside `module` by the `kernel` version; returns how many.
+
+    A weight shared with another module (a tied LM head) stays shared for `blas` and is
+    packed as a copy for `onednn`. A layer that cannot convert is left as it was.
     """
     replaced = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is not nn.Linear:
                 continue
-            packed = pack_linear(child)
-            if packed is not child:
-                setattr(parent, name, packed)
+            converted = convert_linear(child, kernel)
+            if converted is not child:
+                setattr(parent, name, converted)
                 replaced += 1
     return replaced
-
-
-def pack_linear(linear: nn.Linear) -> nn.Module:
-    """`linear` as a `PackedLinear` when enabled and supported, else `linear` itself."""
-    if not packing_enabled() or not packing_supported(linear.weight.dtype, linear.weight.device):
-        return linear
-    try:
-        return PackedLinear(linear)
-    except RuntimeError as e:  # the op exists but this CPU/build cannot run it
-        log.info("packed linear unavailable, keeping nn.Linear: %s", e)
-        return linear
 
 
 def packed_bytes(module: nn.Module) -> int:

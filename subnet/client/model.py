@@ -59,16 +59,18 @@ class DistributedModelForCausalLM:
         model_name: str | None = None,
         dtype: str | torch.dtype = "float32",
         config: ClientConfig | None = None,
+        linear_kernel: str | None = None,
         **config_overrides,
     ) -> "DistributedModelForCausalLM":
         """Load the client parts of `model_path_or_id` and join the swarm via `initial_peers` (or `dht`).
 
         `model_name` must match the hosters' `--model-name` when they used one. `config_overrides`
-        set `ClientConfig` fields (timeouts, retries, `wait_for_coverage`, ...).
+        set `ClientConfig` fields (timeouts, retries, `wait_for_coverage`, ...). `linear_kernel`
+        picks what multiplies the LM head (`subnet.kernels`; None = MESH_LINEAR_KERNEL or the default).
         """
         from dataclasses import replace
 
-        parts = load_client_parts(model_path_or_id, dtype)
+        parts = load_client_parts(model_path_or_id, dtype, linear_kernel=linear_kernel)
         tokenizer = _load_tokenizer(model_path_or_id)
         generation_config = _load_generation_config(model_path_or_id, parts.config)
         cfg = replace(config or ClientConfig(), **config_overrides)

@@ -12,7 +12,7 @@ def make_outputs(seed: int, n_hosters: int, n_blocks: int, noise: float = 1e-7) 
     rng = np.random.default_rng(seed)
     truth = {b: rng.standard_normal(SHAPE).astype(np.float32) for b in range(n_blocks)}
     out: dict[str, dict[int, np.ndarray]] = {}
-    for h in range(n_hosters):
+    for _ in range(n_hosters):
         start = int(rng.integers(0, n_blocks))
         end = int(rng.integers(start + 1, n_blocks + 1))
         peer = f"12D3Koo{rng.integers(0, 10**9):09d}"

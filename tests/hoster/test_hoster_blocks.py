@@ -13,7 +13,7 @@ from subnet.blocks import (
     load_config,
     model_uid,
 )
-from subnet.kernels import PackedLinear
+from subnet.kernels import BlasLinear, PackedLinear
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
@@ -76,7 +76,7 @@ def test_client_parts_untied_and_tied(tiny_model_factory):
     for tie in (False, True):
         path = tiny_model_factory("llama", tie_word_embeddings=tie)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        parts = load_client_parts(path, packed=False)
+        parts = load_client_parts(path, linear_kernel="torch")
         torch.testing.assert_close(parts.embed_tokens.weight, model.model.embed_tokens.weight)
         torch.testing.assert_close(parts.norm.weight, model.model.norm.weight)
         torch.testing.assert_close(parts.lm_head.weight, model.lm_head.weight)
@@ -86,6 +86,11 @@ def test_client_parts_untied_and_tied(tiny_model_factory):
         packed = load_client_parts(path)  # the default: the LM head runs as a packed oneDNN product
         assert isinstance(packed.lm_head, PackedLinear) and torch.equal(packed.embed_tokens.weight, parts.embed_tokens.weight)
         torch.testing.assert_close(packed.lm_head(packed.norm(h)), model.lm_head(model.model.norm(h)))
+        fast = load_client_parts(path, linear_kernel="blas")  # numpy's OpenBLAS on the loaded weight
+        assert isinstance(fast.lm_head, BlasLinear)
+        assert (fast.lm_head.weight is fast.embed_tokens.weight) == tie  # a tied head stays shared: no copy
+        with torch.inference_mode():
+            torch.testing.assert_close(fast.lm_head(fast.norm(h)), model.lm_head(model.model.norm(h)))
 
 
 def test_model_uid(tmp_path):

@@ -30,7 +30,7 @@ def llama_hoster(tiny_llama):
 @pytest.fixture(scope="module")
 def qwen_hoster(tiny_qwen3, llama_hoster):
     h = Hoster(tiny_qwen3, start=3, end=8, cache_tokens=1000, initial_peers=llama_hoster.maddrs,
-               progress=False, packed_linears=False).start()  # the F.linear path serves too
+               progress=False, linear_kernel="blas").start()  # the OpenBLAS path serves too
     yield h
     h.shutdown()
 
@@ -47,14 +47,15 @@ def _h(*shape, seed=0, dtype=torch.float32):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
-def test_packed_linears_are_the_default_and_can_be_turned_off(llama_hoster, qwen_hoster):
+def test_onednn_linears_are_the_default_and_another_kernel_can_be_chosen(llama_hoster, qwen_hoster):
     from torch import nn
 
-    from subnet.kernels import PackedLinear
+    from subnet.kernels import BlasLinear, PackedLinear
 
-    assert any(isinstance(m, PackedLinear) for m in llama_hoster.backend.span.modules())
-    assert not any(isinstance(m, PackedLinear) for m in qwen_hoster.backend.span.modules())
-    assert any(isinstance(m, nn.Linear) for m in qwen_hoster.backend.span.modules())
+    llama, qwen = list(llama_hoster.backend.span.modules()), list(qwen_hoster.backend.span.modules())
+    assert any(isinstance(m, PackedLinear) for m in llama) and not any(isinstance(m, BlasLinear) for m in llama)
+    assert any(isinstance(m, BlasLinear) for m in qwen) and not any(isinstance(m, PackedLinear) for m in qwen)
+    assert not any(type(m) is nn.Linear for m in llama + qwen)
 
 
 @pytest.mark.parametrize("which,k,n", [("llama", 2, 6), ("llama", 3, 5), ("qwen", 3, 8), ("qwen", 5, 7)])
