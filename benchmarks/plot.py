@@ -21,7 +21,7 @@ if not __package__:  # also runnable as `python benchmarks/<name>.py`
 from benchmarks.common import RESULTS_DIR, ROOT
 
 OUT = ROOT / "docs" / "benchmarks.svg"
-COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3"]
+COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
 
 
 def _load(name: str) -> dict | None:
@@ -93,7 +93,7 @@ def build() -> str:
     panels: list[Panel] = []
     gen = _load("generation")
     if gen:
-        p = Panel(70, 50, 330, 220, "Greedy tokens/s vs local transformers", 1.2, "ratio to local")
+        p = Panel(70, 50, 330, 220, "Greedy tokens/s vs local transformers", 1.4, "ratio to local")
         groups, names = [], []
         for key, r in gen["models"].items():
             loc = r["tokens_per_s"]["local"]
