@@ -250,6 +250,7 @@ TEMPLATE = """\
 # blocks = "0:16"            # block range to serve (default: chosen from swarm coverage)
 # dtype = "float32"          # float32 | bfloat16 | float16
 # cache_tokens = 8192        # KV cache budget in tokens
+# linear_kernel = "onednn"   # onednn (best under concurrent sessions) | blas (one sequence at a time) | torch
 
 [api]
 # host = "127.0.0.1"          # use 0.0.0.0 to listen on every interface

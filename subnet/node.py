@@ -43,6 +43,7 @@ class NodeOptions:
     dtype: str = "float32"
     device: str = "cpu"
     cache_tokens: int | None = None
+    linear_kernel: str | None = None  # subnet.kernels; None = MESH_LINEAR_KERNEL or onednn
     api_host: str = "127.0.0.1"
     api_port: int = 0
     api_keys: list[str] = field(default_factory=list)
@@ -82,6 +83,13 @@ class Node:
             raise NodeConfigError("--validator needs --chain, --subnet-id, --account-key (hotkey) and --model")
         if o.chain and o.subnet_id is None:
             raise NodeConfigError("--chain needs --subnet-id")
+        if o.hoster:
+            from subnet.kernels import linear_kernel
+
+            try:
+                linear_kernel(o.linear_kernel)  # also checks MESH_LINEAR_KERNEL before anything starts
+            except ValueError as e:
+                raise NodeConfigError(str(e)) from None
 
     # ------------------------------------------------------------------ start
     def start(self) -> Node:
@@ -163,7 +171,7 @@ class Node:
                 raise NodeConfigError(f"bad --blocks {o.blocks!r}: {e}") from None
         self.hoster = Hoster(o.model, dht=self.dht, node_key=self.node_key, start=start, end=end,
                              num_blocks=o.num_blocks, dtype=o.dtype, device=o.device, cache_tokens=o.cache_tokens,
-                             model_name=o.model_name).start()
+                             model_name=o.model_name, linear_kernel=o.linear_kernel).start()
 
     def _model_shape(self) -> tuple[int, int]:
         from transformers import AutoConfig

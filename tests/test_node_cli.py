@@ -31,6 +31,26 @@ def test_node_option_errors_are_one_line(capsys, argv, message):
     assert out.err.strip().count("\n") == 0 and message in out.err and "Traceback" not in out.err
 
 
+def test_bad_linear_kernel_in_the_environment_is_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("MESH_LINEAR_KERNEL", "fastest")
+    code, out = _run(capsys, "--hoster", "--model", "x")
+    assert code == 1 and out.err.strip().count("\n") == 0 and "unknown linear kernel 'fastest'" in out.err
+
+
+def test_linear_kernel_option_reaches_the_hoster(tmp_path):
+    """`linear_kernel` in the TOML file (like every node option) becomes NodeOptions and the Hoster's choice."""
+    import argparse
+
+    from subnet.cli import _build_parser, apply_node_config
+    from subnet.node import NodeOptions
+
+    cfg = tmp_path / "mesh.toml"
+    cfg.write_text('[node]\nhoster = true\nmodel = "m"\nlinear_kernel = "blas"\n')
+    argv = ["--config", str(cfg)]
+    args = apply_node_config(_build_parser(), _build_parser().parse_known_args(argv)[0], argv)
+    assert isinstance(args, argparse.Namespace) and NodeOptions.from_args(args).linear_kernel == "blas"
+
+
 def test_node_options_from_toml_and_env(tmp_path, capsys, monkeypatch):
     """Flags > environment > file: the file says --hoster, the environment names a model dir that does not exist."""
     cfg = tmp_path / "mesh.toml"
