@@ -98,10 +98,11 @@ class _Blas:
 
                     found = ThreadpoolController().select(internal_api="openblas").lib_controllers
                     cls._instance = cls(found[0]) if found else None
+                    reason = "numpy does not multiply with OpenBLAS here"
                 except Exception as e:  # noqa: BLE001 - no controllable OpenBLAS: keep torch's kernels
-                    log.info("numpy's OpenBLAS not usable for linear layers: %s", e)
+                    reason = f"numpy's OpenBLAS is not controllable: {e}"
                 if cls._instance is None:
-                    log.info("numpy does not multiply with OpenBLAS here; linear layers keep torch's kernels")
+                    log.info("%s; the blas kernel is unavailable", reason)
             return cls._instance
 
     def threads(self, n: int) -> None:
