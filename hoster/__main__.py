@@ -15,6 +15,7 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 
 from hoster.server import Hoster, install_signal_handlers, parse_blocks  # noqa: E402
+from subnet.kernels import KERNELS, linear_kernel  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebalance-interval", type=float, default=None, help="seconds between coverage checks")
     p.add_argument("--throughput", type=float, default=None,
                    help="announced tokens/s (default: measured at start-up)")
-    p.add_argument("--linear-kernel", choices=("blas", "onednn", "torch"), default=None,
+    p.add_argument("--linear-kernel", choices=KERNELS, default=None,
                    help="what multiplies the blocks' linear layers (subnet/kernels.py; default: "
                         "MESH_LINEAR_KERNEL or onednn; blas is faster for one sequence at a time)")
     p.add_argument("--log-level", default="INFO")
@@ -57,8 +58,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.blocks:
             start, end = parse_blocks(args.blocks)
         key = NodeKey.load(args.node_key) if args.node_key else NodeKey.generate()
-        from subnet.kernels import linear_kernel
-
         linear_kernel(args.linear_kernel)  # a bad MESH_LINEAR_KERNEL fails here, in one line
     except Exception as e:
         print(f"error: {e}", file=sys.stderr)
