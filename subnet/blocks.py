@@ -344,10 +344,10 @@ def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str 
     # checkpoint's pages resident next to the packed weights (measured: 2x weight RSS). The other
     # kernels use the loaded tensors as they are (zero copy).
     from subnet.memory import trim
-    from subnet.kernels import convert_linears, effective_kernel
+    from subnet.kernels import convert_linears, effective_kernel, replaces_weights
 
     kernel = effective_kernel(linear_kernel, dtype, device)
-    pack = kernel == "onednn"
+    pack = replaces_weights(kernel)
     layers: dict[int, nn.Module] = {}
     bar = tqdm(range(start, end), desc=f"loading blocks {start}:{end}", unit="block", disable=not progress)
     for i in bar:
@@ -419,10 +419,10 @@ def load_client_parts(path_or_id: str | os.PathLike, dtype: str | torch.dtype = 
     embed_name, norm_name = f"{prefix}embed_tokens.weight", f"{prefix}norm.weight"
     if not tied and "lm_head.weight" not in probe.weight_map:
         raise CheckpointError("checkpoint has no lm_head.weight and does not tie word embeddings")
-    from subnet.kernels import convert_linear, effective_kernel
+    from subnet.kernels import convert_linear, effective_kernel, replaces_weights
 
     kernel = effective_kernel(linear_kernel, dtype, device)
-    pack = kernel == "onednn"
+    pack = replaces_weights(kernel)
     t = probe.load([embed_name, norm_name], dtype, device)
     if not tied:  # a head about to be packed loads as a copy: its file pages are never touched or kept
         t.update(probe.load(["lm_head.weight"], dtype, device, copy=pack))

@@ -67,6 +67,12 @@ def kernel_supported(kernel: str, dtype: torch.dtype, device: torch.device | str
     return kernel == "torch"
 
 
+def replaces_weights(kernel: str) -> bool:
+    """Whether `kernel` holds its own copy of each weight (so loaders should read copies and free
+    the originals layer by layer) rather than using the loaded tensor as it is."""
+    return kernel == "onednn"
+
+
 def effective_kernel(requested: str | None, dtype: torch.dtype, device: torch.device | str) -> str:
     """`linear_kernel(requested)` if it can serve `dtype` on `device`, else `torch`."""
     kernel = linear_kernel(requested)
