@@ -38,6 +38,7 @@ from hoster.cache import (
     SessionKV,
     enable_rows_attention,
 )
+from hoster.compiled import CompiledDecode
 from subnet.memory import trim
 from subnet.blocks import BlockSpan
 from subnet.logs import event
@@ -96,8 +97,10 @@ class _Task:
 
 class Backend:
     def __init__(self, span: BlockSpan, budget: CacheBudget | None = None, *, gather_window: float = 0.0,
-                 max_batch_rows: int = 64, align_wait: float | None = None):
+                 max_batch_rows: int = 64, align_wait: float | None = None, compile_decode: bool = False):
         self.span = span
+        # hoster.compiled: one-session decode steps through a torch.compile'd span (after warm_up)
+        self.compiled = CompiledDecode(span) if compile_decode else None
         self.budget = budget
         self.gather_window = gather_window
         self.align_wait = align_wait  # None: adaptive (see _align_wait)
@@ -189,6 +192,13 @@ class Backend:
         self._queue.put(None)
         self._thread.join(timeout=30)
 
+    def warm_up(self) -> float:
+        """Compile the decode step if `compile_decode` (seconds taken, 0 otherwise); before serving."""
+        if self.compiled is None or self.compiled.ready:
+            return 0.0
+        start, end = self.span.start, self.span.end
+        return self.compiled.warm_up(lambda max_length: self._new_kv(start, end, 1, max_length), KVCache)
+
     def measure_throughput(self, steps: int = 16, prefix: int = 16) -> float:
         """Decode tokens/s of the full span for one sequence: median step time after a warm-up."""
         kv = self._new_kv(self.span.start, self.span.end, 1, prefix + steps + 2)
@@ -202,7 +212,7 @@ class Backend:
         for i in range(steps + 2):
             t0 = time.perf_counter()
             kv.reserve(kv.length + 1)
-            x = self.span(x, cache=cache)
+            x = self._run(x, cache, kv, self.span.start, self.span.end)
             kv.length += 1
             if self.span.device.type == "cuda":
                 torch.cuda.synchronize(self.span.device)
@@ -371,6 +381,14 @@ class Backend:
             session.cache.crop(position)
         session.length = session.cache.length
 
+    def _run(self, hidden: torch.Tensor, cache: KVCache, kv: SessionKV, start: int, end: int) -> torch.Tensor:
+        """One session's forward through [start, end): compiled when it serves the step, else eager."""
+        if self.compiled is not None and self.compiled.serves(hidden, kv, start, end):
+            out = self.compiled(hidden, cache, start, end)
+            if out is not None:
+                return out
+        return self.span(hidden, cache=cache, start=start, end=end)
+
     def _step_one(self, task: _Task) -> torch.Tensor:
         s, kv = task.session, task.session.cache
         self._crop(s, task.position)
@@ -382,7 +400,7 @@ class Backend:
         try:
             for i in range(0, n, PREFILL_CHUNK):
                 chunk = x[:, i:i + PREFILL_CHUNK]
-                outs.append(self.span(chunk, cache=cache, start=s.start, end=s.end))
+                outs.append(self._run(chunk, cache, kv, s.start, s.end))
                 kv.length += chunk.shape[1]  # commit only once every layer has the chunk
         finally:
             s.length = kv.length

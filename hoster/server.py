@@ -22,6 +22,7 @@ import torch
 from hoster.announce import ANNOUNCE_PERIOD, ANNOUNCE_TTL, Announcer
 from hoster.backend import Backend
 from hoster.cache import CacheBudget
+from hoster.compiled import kernel_for_compile
 from hoster.selection import Span, choose_blocks, should_move
 from hoster.servicer import NAMESPACE, BlockServicer
 from keys.node_key import NodeKey
@@ -79,7 +80,7 @@ class Hoster:
                  announce_period: float = ANNOUNCE_PERIOD, announce_ttl: float = ANNOUNCE_TTL,
                  gather_window: float = 0.002, rebalance_interval: float | None = None,
                  max_length: int = 8192, throughput: float | None = None, progress: bool = True,
-                 linear_kernel: str | None = None):
+                 linear_kernel: str | None = None, compile_decode: bool = False):
         if dht is not None and node_key is None:
             raise ValueError("a hoster given a DHT also needs that DHT's node_key to sign announcements")
         self.model_path = str(model_path)
@@ -96,6 +97,9 @@ class Hoster:
         self.rebalance_interval = rebalance_interval
         self.progress = progress
         self.linear_kernel = linear_kernel  # subnet.kernels; None = MESH_LINEAR_KERNEL or onednn
+        self.compile_decode = compile_decode  # hoster.compiled: one-session decode steps torch.compile'd
+        if compile_decode:
+            self.linear_kernel = kernel_for_compile(linear_kernel)  # ValueError on a conflicting choice
         self.state = "joining"
         self.fixed_throughput = throughput  # operator/test override of the start-up measurement
         self.throughput = 0.0
@@ -211,7 +215,9 @@ class Hoster:
             budget = CacheBudget(self.cache_tokens or DEFAULT_CACHE_TOKENS)
         event(log, "blocks_loaded", blocks=f"{start}:{end}", weight_mb=round(span.weight_bytes() / 2**20, 1),
               cache_tokens=budget.total_tokens)
-        return Backend(span, budget, gather_window=self.gather_window)
+        backend = Backend(span, budget, gather_window=self.gather_window, compile_decode=self.compile_decode)
+        backend.warm_up()  # compiles before the hoster measures its throughput and announces
+        return backend
 
     def _throughput(self, backend: Backend) -> float:
         if self.fixed_throughput is not None:

@@ -288,7 +288,11 @@ class BlockSpan(nn.Module):
                 attention_mask: torch.Tensor | None = None, start: int | None = None,
                 end: int | None = None) -> torch.Tensor:
         """Run layers [start, end) on `hidden` [batch, seq, hidden] (positions after the cache by default)."""
-        start, end = self._check_range(start, end)
+        return self.run_layers(hidden, position_ids, cache, attention_mask, *self._check_range(start, end))
+
+    def run_layers(self, hidden: torch.Tensor, position_ids: torch.Tensor | None, cache,
+                   attention_mask: torch.Tensor | None, start: int, end: int) -> torch.Tensor:
+        """`forward` without entering inference mode: what `hoster.compiled` traces (callers enter it)."""
         if position_ids is None:
             past = cache.get_seq_length(start) if cache is not None else 0
             position_ids = torch.arange(past, past + hidden.shape[1], device=hidden.device).unsqueeze(0)

@@ -1,0 +1,122 @@
+"""An optional compiled decode step (`hoster --compile`): torch.compile of the served span.
+
+A one-sequence decode step through a few small layers is dominated by launching ops, not
+by arithmetic: on model (a) about 40% of a 4-block step is the ~35 small ops per layer
+around the 7 matrix products (norms, rotary embedding, residual adds, SiLU), each with its
+own dispatch and memory pass. Inductor fuses those into a few generated C++ loops and
+keeps the matrix products as MKL calls on the layers' own weights (no copy, no freezing),
+so a step of 4 blocks runs ~1.2x faster (`benchmarks.generation`, "compiled" rows).
+
+What is compiled, and when:
+
+- only one-position steps of a one-row session over the hoster's whole span: the case a
+  lone chat session hits on every token. Prompts, batched steps of several sessions and
+  sub-ranges keep the eager path (they have other shapes, and batches use per-session
+  attention that compiling would specialise on the number of sessions);
+- the K/V length and buffer capacity are dynamic, so one compiled graph serves every
+  session and length: `warm_up` compiles it at start-up, before the hoster announces;
+- after warm-up a step that would need a new compilation (a guard the warm-up did not
+  cover) raises instead of compiling for tens of seconds on the compute thread, and runs
+  eagerly; nothing was written to the cache when that happens (guards run first).
+
+Needs the `torch` linear kernel: inductor cannot lower oneDNN's packed weights, and the
+OpenBLAS kernel calls numpy (a graph break per product). Results differ from the eager
+path by float32 rounding only (fused loops sum in another order); the `forward` RPC and
+validator probes never use it, so consensus outputs stay the eager ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from subnet.blocks import BlockSpan
+from subnet.logs import event
+
+log = logging.getLogger(__name__)
+
+REQUIRED_KERNEL = "torch"
+MAX_FALLBACKS = 8  # steps refused by the compiled graph before the hoster stops trying it
+
+
+def kernel_for_compile(requested: str | None) -> str:
+    """The linear kernel of a compiled hoster: `torch` unless chosen otherwise, which is an error."""
+    import os
+
+    from subnet.kernels import ENV_KERNEL, linear_kernel
+
+    if requested is None and not os.environ.get(ENV_KERNEL):
+        return REQUIRED_KERNEL
+    kernel = linear_kernel(requested)
+    if kernel != REQUIRED_KERNEL:
+        raise ValueError(f"--compile needs the {REQUIRED_KERNEL!r} linear kernel, not {kernel!r}")
+    return kernel
+
+
+class CompiledDecode:
+    """torch.compile'd `BlockSpan.run_layers` for one-position, one-row steps over the whole span."""
+
+    def __init__(self, span: BlockSpan):
+        if span.device.type != "cpu":
+            raise ValueError("--compile is supported on CPU only")
+        self.span = span
+        self._fn = torch.compile(span.run_layers, dynamic=True)
+        self.ready = False  # warmed up: from now on a new compilation is refused
+        self.fallbacks = 0  # steps that would have needed a new compilation and ran eagerly instead
+
+    def serves(self, hidden: torch.Tensor, kv, start: int, end: int) -> bool:
+        """Whether this step takes the compiled path (lengths 0 and 1 would specialise the graph)."""
+        return (self.ready and hidden.shape[0] == 1 and hidden.shape[1] == 1
+                and start == self.span.start and end == self.span.end and kv.length >= 2 and kv.capacity >= 4)
+
+    def __call__(self, hidden: torch.Tensor, cache, start: int, end: int) -> torch.Tensor | None:
+        """The step's output, or None when it would need a new compilation (the caller runs it eagerly)."""
+        try:
+            with torch.inference_mode(), torch.compiler.set_stance("fail_on_recompile"):
+                return self._fn(_uniform(hidden), None, cache, None, start, end)
+        except RuntimeError as e:
+            if "recompil" not in str(e).lower():
+                raise
+            self.fallbacks += 1
+            if self.fallbacks >= MAX_FALLBACKS:
+                self.ready = False  # this span's steps keep missing the graph: stop paying the failed guard
+            event(log, "compiled_step_fallback", level=logging.WARNING, error=str(e).splitlines()[0][:200],
+                  fallbacks=self.fallbacks, compiled_path="off" if not self.ready else "on")
+            return None
+
+    def warm_up(self, new_kv, new_cache) -> float:
+        """Compile for dynamic lengths and capacities (blocking, seconds taken); call before serving.
+
+        `new_kv(max_length)` makes a one-row SessionKV, `new_cache(kv)` its transformers view.
+        """
+        t0 = time.perf_counter()
+        event(log, "compile_started", blocks=f"{self.span.start}:{self.span.end}")
+        kv = new_kv(64)
+        cache = new_cache(kv)
+        gen = torch.Generator().manual_seed(0)
+
+        def hidden(n: int) -> torch.Tensor:
+            return torch.randn(1, n, self.span.hidden_size, generator=gen).to(self.span.device, self.span.dtype)
+
+        kv.reserve(4)
+        self.span(hidden(4), cache=cache)  # eager prefill: the compiled path starts at length >= 2
+        # lengths 4, 5: the length becomes dynamic; 15: the step fills the buffer exactly (a view of
+        # all of it, its own graph); 16 after growing: the capacity becomes dynamic. The positions
+        # skipped hold garbage, which is fine for compiling.
+        for length, capacity in ((4, 16), (5, 16), (15, 16), (16, 40), (20, 40)):
+            kv.length = length
+            kv.reserve(capacity)
+            with torch.inference_mode():
+                self._fn(_uniform(hidden(1)), None, cache, None, self.span.start, self.span.end)
+        self.ready = True
+        seconds = time.perf_counter() - t0
+        event(log, "compile_done", blocks=f"{self.span.start}:{self.span.end}", seconds=round(seconds, 1))
+        return seconds
+
+
+def _uniform(hidden: torch.Tensor) -> torch.Tensor:
+    """A contiguous inference-mode copy (call inside inference mode): requests' inputs, views of
+    them and earlier outputs differ in dispatch keys and strides, which the graph's guards check."""
+    return hidden.clone(memory_format=torch.contiguous_format)
