@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
 import sys
 import threading
 import time
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--gather-windows", default="0,0.002", help="hoster --gather-window values to compare")
+    p.add_argument("--hoster-args", default="",
+                   help="more hoster options, e.g. --hoster-args=--compile (results/concurrency-compiled.json)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default="concurrency")
     args = p.parse_args(argv)
@@ -116,13 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     windows = [float(x) for x in args.gather_windows.split(",")]
     gen = torch.Generator().manual_seed(7)
     prompts = [torch.randint(0, spec.vocab_size, (1, args.prompt_len), generator=gen) for _ in range(max(counts))]
-    results: dict = {"model": spec.__dict__, "new_tokens": args.new_tokens, "runs": args.runs, "by_window": {},
+    results: dict = {"model": spec.__dict__, "new_tokens": args.new_tokens, "runs": args.runs,
+                     "hoster_args": args.hoster_args, "by_window": {},
                      "hoster_only_by_window": {}}
     with HosterProcs() as procs, contextlib.ExitStack() as stack:
         names = {w: f"{spec.name}-gw{w:g}" for w in windows}
         for i, w in enumerate(windows):
             procs.start(path, (0, spec.num_layers), model_name=names[w], wait=i == 0,
-                        extra=["--gather-window", str(w), "--cache-tokens", str(64 * 1024)])
+                        extra=["--gather-window", str(w), "--cache-tokens", str(64 * 1024),
+                               *shlex.split(args.hoster_args)])
         for proc in procs.procs:
             procs.wait(proc)
         models = {w: stack.enter_context(client(path, procs.initial_peers, names[w])) for w in windows}

@@ -15,10 +15,11 @@ Hosters and clients run their linear layers on a faster kernel than plain `trans
 (`subnet.kernels`: `onednn` by default, `blas` as an option; plain `transformers` uses
 torch's MKL). So that the ratios do not hide what a kernel alone is worth, "local, <kernel>"
 rows run the same local model with that kernel (`--local-kernels`), and every row is also
-given relative to "local, <default kernel>"; "3 hosters, <kernel>" rows (`--chain-kernels`)
+given relative to "local, <default kernel>"; "3 hosters, <kernel>" rows (`--chain-variants`)
 run the multi-hoster chain again with `--linear-kernel <kernel>` hosters (their client uses
 the same kernel for its LM head), to show what each kernel does inside a chain in the same
-run.
+run. "3 hosters, compiled" runs it with `--compile` hosters (`hoster/compiled.py`: one-session
+decode steps through a torch.compile'd span; the client as usual).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _generate(model, config, ids, n):
 
 def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt: int, runs: int,
                 chains: list[int], compare_push: bool = True, local_kernels: tuple[str, ...] = (),
-                chain_kernels: tuple[str, ...] = ()) -> dict:
+                chain_variants: tuple[str, ...] = ()) -> dict:
     spec = MODELS[key]
     path = ensure_model(spec)
     gen = torch.Generator().manual_seed(1234)
@@ -79,23 +80,24 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
     with HosterProcs() as procs:
         names = {}
         first = True
-        alt_chains = [(k, kernel) for k in chains if k > 1 for kernel in chain_kernels]
+        alt_chains = [(k, variant) for k in chains if k > 1 for variant in chain_variants]
         for k in chains:
             names[k] = f"{spec.name}-{k}h"
             for span in chain_spans(spec.num_layers, k):
                 procs.start(path, span, model_name=names[k], wait=first)
                 first = False
-        for k, kernel in alt_chains:  # the same chain on another kernel: what the kernel does there
+        for k, variant in alt_chains:  # the same chain another way: what the kernel / compiling does there
             for span in chain_spans(spec.num_layers, k):
-                procs.start(path, span, model_name=f"{names[k]}-{kernel}", wait=False,
-                            extra=["--linear-kernel", kernel])
+                procs.start(path, span, model_name=f"{names[k]}-{variant}", wait=False,
+                            extra=_variant_args(variant))
         for p in procs.procs:
             procs.wait(p)
         with contextlib.ExitStack() as stack:
             clients = {k: stack.enter_context(client(path, procs.initial_peers, names[k])) for k in chains}
-            alt_clients = {(k, kernel): stack.enter_context(
-                client(path, procs.initial_peers, f"{names[k]}-{kernel}", linear_kernel=kernel))
-                for k, kernel in alt_chains}
+            alt_clients = {(k, variant): stack.enter_context(
+                client(path, procs.initial_peers, f"{names[k]}-{variant}",
+                       linear_kernel=None if variant == COMPILED else variant))
+                for k, variant in alt_chains}
             configs = {"local": local_gen}
             for kernel in local_kernels:
                 model = local_model(path, kernel=kernel)
@@ -109,9 +111,9 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
                     hop_by_hop = dataclasses.replace(pushing, push=False)
                     configs[f"{k} hosters, no push"] = (
                         lambda ids, n, m=m, c=hop_by_hop: _generate(m, c, ids, n))
-                for kernel in chain_kernels if k > 1 else ():
-                    am = alt_clients[(k, kernel)]
-                    configs[f"{k} hosters, {kernel}"] = (
+                for variant in chain_variants if k > 1 else ():
+                    am = alt_clients[(k, variant)]
+                    configs[f"{k} hosters, {variant}"] = (
                         lambda ids, n, m=am, c=am.manager.config: _generate(m, c, ids, n))
 
             # correctness: the same greedy tokens
@@ -167,6 +169,14 @@ def report(key: str, r: dict) -> str:
     return fmt_table(headers, rows)
 
 
+COMPILED = "compiled"  # a chain variant: hosters started with --compile (the client as usual)
+
+
+def _variant_args(variant: str) -> list[str]:
+    """Hoster arguments of a chain variant: a linear kernel's name, or `compiled`."""
+    return ["--compile"] if variant == COMPILED else ["--linear-kernel", variant]
+
+
 def _names(csv: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in csv.split(",") if x.strip())
 
@@ -182,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-push-row", action="store_true", help="skip the hop-by-hop (push off) comparison row")
     p.add_argument("--local-kernels", default="onednn,blas",
                    help="comma-separated subnet.kernels kernels to run local transformers with (also a row each)")
-    p.add_argument("--chain-kernels", default="blas,torch",
-                   help="comma-separated kernels to run the multi-hoster chain again with (a row each)")
+    p.add_argument("--chain-variants", default="compiled,blas,torch",
+                   help="comma-separated ways to run the multi-hoster chain again (a row each): a linear "
+                        "kernel's name, or compiled (hosters with --compile)")
     p.add_argument("--quick", action="store_true", help="small model, 16 new tokens, one pass")
     p.add_argument("--out", default="generation")
     args = p.parse_args(argv)
@@ -196,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         r = bench_model(key, new_tokens=[int(x) for x in args.new_tokens.split(",")], prompt_len=args.prompt_len,
                         ttft_prompt=args.ttft_prompt, runs=args.runs, chains=[int(x) for x in args.chains.split(",")],
                         compare_push=not args.no_push_row, local_kernels=_names(args.local_kernels),
-                        chain_kernels=_names(args.chain_kernels))
+                        chain_variants=_names(args.chain_variants))
         all_results["models"][key] = r
         print(report(key, r), flush=True)
         print(flush=True)

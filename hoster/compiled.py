@@ -28,25 +28,24 @@ validator probes never use it, so consensus outputs stay the eager ones.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import torch
 
 from subnet.blocks import BlockSpan
+from subnet.kernels import ENV_KERNEL, linear_kernel
 from subnet.logs import event
 
 log = logging.getLogger(__name__)
 
 REQUIRED_KERNEL = "torch"
+RECOMPILE_LIMIT = 64  # graphs per code object before dynamo gives up compiling (its default is 8)
 MAX_FALLBACKS = 8  # steps refused by the compiled graph before the hoster stops trying it
 
 
 def kernel_for_compile(requested: str | None) -> str:
     """The linear kernel of a compiled hoster: `torch` unless chosen otherwise, which is an error."""
-    import os
-
-    from subnet.kernels import ENV_KERNEL, linear_kernel
-
     if requested is None and not os.environ.get(ENV_KERNEL):
         return REQUIRED_KERNEL
     kernel = linear_kernel(requested)
@@ -61,10 +60,15 @@ class CompiledDecode:
     def __init__(self, span: BlockSpan):
         if span.device.type != "cpu":
             raise ValueError("--compile is supported on CPU only")
+        import torch._dynamo
+
         self.span = span
+        # each span (a rebalanced hoster loads a new one) adds its own ~3 graphs to the shared code object
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         self._fn = torch.compile(span.run_layers, dynamic=True)
         self.ready = False  # warmed up: from now on a new compilation is refused
         self.fallbacks = 0  # steps that would have needed a new compilation and ran eagerly instead
+        self.steps = 0  # steps run compiled (observability, tests)
 
     def serves(self, hidden: torch.Tensor, kv, start: int, end: int) -> bool:
         """Whether this step takes the compiled path (lengths 0 and 1 would specialise the graph)."""
@@ -75,7 +79,9 @@ class CompiledDecode:
         """The step's output, or None when it would need a new compilation (the caller runs it eagerly)."""
         try:
             with torch.inference_mode(), torch.compiler.set_stance("fail_on_recompile"):
-                return self._fn(_uniform(hidden), None, cache, None, start, end)
+                out = self._fn(_uniform(hidden), None, cache, None, start, end)
+            self.steps += 1
+            return out
         except RuntimeError as e:
             if "recompil" not in str(e).lower():
                 raise
@@ -93,7 +99,7 @@ class CompiledDecode:
         """
         t0 = time.perf_counter()
         event(log, "compile_started", blocks=f"{self.span.start}:{self.span.end}")
-        kv = new_kv(64)
+        kv = new_kv(128)
         cache = new_cache(kv)
         gen = torch.Generator().manual_seed(0)
 
@@ -103,11 +109,12 @@ class CompiledDecode:
         kv.reserve(4)
         self.span(hidden(4), cache=cache)  # eager prefill: the compiled path starts at length >= 2
         # lengths 4, 5: the length becomes dynamic; 15: the step fills the buffer exactly (a view of
-        # all of it, its own graph); 16 after growing: the capacity becomes dynamic. The positions
-        # skipped hold garbage, which is fine for compiling.
-        for length, capacity in ((4, 16), (5, 16), (15, 16), (16, 40), (20, 40)):
+        # all of it: its own graph); 16 after growing: the capacity becomes dynamic; 47 fills a
+        # larger buffer: the full-buffer graph's capacity becomes dynamic too; 63 checks it. The
+        # positions skipped hold garbage, which is fine for compiling.
+        for length, capacity in ((4, 16), (5, 16), (15, 16), (16, 40), (20, 40), (47, 48), (63, 64)):
+            kv.reserve(capacity)  # before moving the length: growing copies [0, length)
             kv.length = length
-            kv.reserve(capacity)
             with torch.inference_mode():
                 self._fn(_uniform(hidden(1)), None, cache, None, self.span.start, self.span.end)
         self.ready = True

@@ -251,6 +251,7 @@ TEMPLATE = """\
 # dtype = "float32"          # float32 | bfloat16 | float16
 # cache_tokens = 8192        # KV cache budget in tokens
 # linear_kernel = "onednn"   # onednn (best under concurrent sessions) | blas (one sequence at a time) | torch
+# compile_decode = false     # torch.compile one-session decode steps (faster lone sessions; torch kernel)
 
 [api]
 # host = "127.0.0.1"          # use 0.0.0.0 to listen on every interface

@@ -44,6 +44,7 @@ class NodeOptions:
     device: str = "cpu"
     cache_tokens: int | None = None
     linear_kernel: str | None = None  # subnet.kernels; None = MESH_LINEAR_KERNEL or onednn
+    compile_decode: bool = False  # hoster.compiled: torch.compile one-session decode steps
     api_host: str = "127.0.0.1"
     api_port: int = 0
     api_keys: list[str] = field(default_factory=list)
@@ -84,10 +85,13 @@ class Node:
         if o.chain and o.subnet_id is None:
             raise NodeConfigError("--chain needs --subnet-id")
         if o.hoster:
+            from hoster.compiled import kernel_for_compile
             from subnet.kernels import linear_kernel
 
             try:
                 linear_kernel(o.linear_kernel)  # also checks MESH_LINEAR_KERNEL before anything starts
+                if o.compile_decode:
+                    kernel_for_compile(o.linear_kernel)
             except ValueError as e:
                 raise NodeConfigError(str(e)) from None
 
@@ -171,7 +175,8 @@ class Node:
                 raise NodeConfigError(f"bad --blocks {o.blocks!r}: {e}") from None
         self.hoster = Hoster(o.model, dht=self.dht, node_key=self.node_key, start=start, end=end,
                              num_blocks=o.num_blocks, dtype=o.dtype, device=o.device, cache_tokens=o.cache_tokens,
-                             model_name=o.model_name, linear_kernel=o.linear_kernel).start()
+                             model_name=o.model_name, linear_kernel=o.linear_kernel,
+                             compile_decode=o.compile_decode).start()
 
     def _model_shape(self) -> tuple[int, int]:
         from transformers import AutoConfig

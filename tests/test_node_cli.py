@@ -37,6 +37,29 @@ def test_bad_linear_kernel_in_the_environment_is_one_line(capsys, monkeypatch):
     assert code == 1 and out.err.strip().count("\n") == 0 and "unknown linear kernel 'fastest'" in out.err
 
 
+def test_compile_with_another_kernel_is_one_line(capsys, monkeypatch):
+    monkeypatch.delenv("MESH_LINEAR_KERNEL", raising=False)
+    code, out = _run(capsys, "--hoster", "--model", "x", "--compile", "--linear-kernel", "blas")
+    assert code == 1 and out.err.strip().count("\n") == 0
+    assert "--compile needs the 'torch' linear kernel, not 'blas'" in out.err
+
+
+def test_compile_option_reaches_the_hoster(tmp_path):
+    """`--compile` on the command line and `compile_decode` in the TOML file both become NodeOptions.compile_decode."""
+    from subnet.cli import _build_parser, apply_node_config
+    from subnet.node import NodeOptions
+
+    def options(argv):
+        return NodeOptions.from_args(apply_node_config(_build_parser(), _build_parser().parse_known_args(argv)[0],
+                                                       argv))
+
+    cfg = tmp_path / "mesh.toml"
+    cfg.write_text('[node]\nhoster = true\nmodel = "m"\ncompile_decode = true\n')
+    assert options(["--config", str(cfg)]).compile_decode is True
+    assert options(["--hoster", "--model", "m", "--compile"]).compile_decode is True
+    assert options(["--hoster", "--model", "m"]).compile_decode is False
+
+
 def test_linear_kernel_option_reaches_the_hoster(tmp_path):
     """`linear_kernel` in the TOML file (like every node option) becomes NodeOptions and the Hoster's choice."""
     import argparse

@@ -37,6 +37,15 @@ def test_hoster_entry_point_sets_the_openblas_timeout_before_numpy_loads():
     assert out.stdout.split()[-1] == DEFAULTS["OPENBLAS_THREAD_TIMEOUT"]
 
 
+def test_compile_with_another_kernel_is_a_one_line_error(tiny_llama):
+    out = _run(["-m", "hoster", "--model", str(tiny_llama), "--blocks", "0:1", "--no-progress", "--compile",
+                "--linear-kernel", "onednn"])
+    assert out.returncode == 2
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "--compile needs the 'torch' linear kernel, not 'onednn'" in errors[0]
+    assert "Traceback" not in out.stderr
+
+
 def test_unknown_linear_kernel_is_a_one_line_error(tiny_llama):
     out = _run(["-m", "hoster", "--model", str(tiny_llama), "--blocks", "0:1", "--no-progress"],
                MESH_LINEAR_KERNEL="fast")

@@ -1,0 +1,144 @@
+"""`hoster --compile`: one-session decode steps through a torch.compile'd span (hoster/compiled.py).
+
+One compiled backend per module (compiling takes seconds): its steps must equal the eager
+path's within float32 rounding, for several sessions, lengths and buffer growths, without
+compiling again after warm-up; everything else must stay eager.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import pytest
+import torch
+
+from hoster.backend import Backend, _Task
+from hoster.compiled import kernel_for_compile
+from subnet.blocks import load_blocks
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def backends(tiny_llama):
+    compiled = Backend(load_blocks(tiny_llama, 0, 8, progress=False, linear_kernel="torch"), compile_decode=True)
+    assert compiled.warm_up() > 0 and compiled.compiled.ready
+    eager = Backend(load_blocks(tiny_llama, 0, 8, progress=False, linear_kernel="torch"))
+    yield compiled, eager
+    compiled.shutdown()
+    eager.shutdown()
+
+
+def _step(backend: Backend, session, hidden: torch.Tensor, position: int) -> torch.Tensor:
+    """One step on the backend's compute thread, as the servicer runs it."""
+    task = _Task(concurrent.futures.Future(), hidden, session.start, session.end, session, position)
+    backend._queue.put(task)
+    return task.future.result(timeout=60)
+
+
+def _h(*shape, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_compiled_steps_equal_eager_across_sessions_lengths_and_growth(backends):
+    compiled, eager = backends
+    before = compiled.compiled.steps
+    for trial, (prompt, steps, max_length) in enumerate([(5, 40, 2048), (2, 150, 2048), (9, 30, 40)]):
+        sc = compiled.open_session(0, 8, 1, max_length)
+        se = eager.open_session(0, 8, 1, max_length)
+        x = _h(1, prompt, 64, seed=trial)
+        torch.testing.assert_close(_step(compiled, sc, x, 0), _step(eager, se, x, 0), rtol=0, atol=0)  # eager prefill
+        for i in range(steps - prompt + 1 if max_length < 64 else steps):
+            x = _h(1, 1, 64, seed=100 * trial + i)
+            got, want = _step(compiled, sc, x, sc.length), _step(eager, se, x, se.length)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        compiled.close_session(sc)
+        eager.close_session(se)
+    # every decode step from length 2 on was compiled (the KV buffers grew several times), none refused
+    assert compiled.compiled.steps - before >= 40 + 150 + 20
+    assert compiled.compiled.fallbacks == 0
+
+
+def test_rollback_then_decode_stays_compiled_and_correct(backends):
+    compiled, eager = backends
+    sc, se = compiled.open_session(0, 8, 1, 256), eager.open_session(0, 8, 1, 256)
+    x = _h(1, 6, 64, seed=7)
+    _step(compiled, sc, x, 0), _step(eager, se, x, 0)
+    for i in range(5):
+        y = _h(1, 1, 64, seed=70 + i)
+        _step(compiled, sc, y, 6 + i), _step(eager, se, y, 6 + i)
+    y = _h(1, 1, 64, seed=99)  # rewind to position 4 (a client retrying a step elsewhere)
+    torch.testing.assert_close(_step(compiled, sc, y, 4), _step(eager, se, y, 4), rtol=1e-4, atol=1e-4)
+    assert compiled.compiled.fallbacks == 0
+
+
+def test_other_steps_stay_eager(backends):
+    compiled, _ = backends
+    n0 = compiled.compiled.steps
+    pair = compiled.open_session(0, 8, 2, 128)  # two rows
+    _step(compiled, pair, _h(2, 4, 64, seed=1), 0)
+    _step(compiled, pair, _h(2, 1, 64, seed=2), 4)
+    part = compiled.open_session(2, 6, 1, 128)  # a sub-range of the span
+    _step(compiled, part, _h(1, 4, 64, seed=3), 0)
+    _step(compiled, part, _h(1, 1, 64, seed=4), 4)
+    lone = compiled.open_session(0, 8, 1, 128)
+    _step(compiled, lone, _h(1, 3, 64, seed=5), 0)  # a prompt
+    _step(compiled, lone, _h(1, 2, 64, seed=6), 3)  # two positions at once
+    assert compiled.compiled.steps == n0
+    _step(compiled, lone, _h(1, 1, 64, seed=7), 5)  # the only kind of step that is compiled
+    assert compiled.compiled.steps == n0 + 1
+    for s in (pair, part, lone):
+        compiled.close_session(s)
+
+
+def test_a_step_the_graph_does_not_cover_runs_eagerly_instead_of_compiling(backends):
+    compiled, _ = backends
+    decode = compiled.compiled
+    session = compiled.open_session(0, 8, 1, 128)
+    _step(compiled, session, _h(1, 4, 64, seed=1), 0)
+    kv = session.cache
+    from hoster.cache import KVCache
+
+    before = decode.fallbacks
+    kv.reserve(kv.length + 1)
+    odd = _h(1, 1, 64, seed=2).double()  # another dtype: a guard the warm-up did not compile for
+    with torch.inference_mode():
+        assert decode(odd, KVCache(kv), 0, 8) is None
+    assert decode.fallbacks == before + 1 and decode.ready
+    compiled.close_session(session)
+
+
+def test_compile_needs_the_torch_kernel(monkeypatch):
+    monkeypatch.delenv("MESH_LINEAR_KERNEL", raising=False)
+    assert kernel_for_compile(None) == "torch" and kernel_for_compile("torch") == "torch"
+    with pytest.raises(ValueError, match="--compile needs the 'torch' linear kernel, not 'onednn'"):
+        kernel_for_compile("onednn")
+    monkeypatch.setenv("MESH_LINEAR_KERNEL", "blas")
+    with pytest.raises(ValueError, match="not 'blas'"):
+        kernel_for_compile(None)
+
+
+def test_compiled_hoster_generates_the_local_tokens(tiny_llama):
+    """A whole compiled hoster behind the real client: greedy tokens equal local transformers."""
+    from transformers import AutoModelForCausalLM
+
+    from hoster.server import Hoster
+    from subnet.client import DistributedModelForCausalLM
+
+    h = Hoster(tiny_llama, compile_decode=True, progress=False, model_name="compiled-llama").start()
+    model = None
+    try:
+        assert h.backend.compiled is not None and h.backend.compiled.ready
+        model = DistributedModelForCausalLM.from_pretrained(tiny_llama, initial_peers=h.maddrs,
+                                                            model_name="compiled-llama", request_timeout=30.0)
+        model.wait_until_servable(60)
+        local = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+        ids = model.tokenizer("The quick brown fox", return_tensors="pt")["input_ids"]
+        before = h.backend.compiled.steps
+        expected = local.generate(ids, max_new_tokens=24, do_sample=False)
+        assert model.generate(ids, max_new_tokens=24).tolist() == expected.tolist()
+        assert h.backend.compiled.steps - before >= 20 and h.backend.compiled.fallbacks == 0
+    finally:
+        if model is not None:
+            model.close()
+        h.shutdown()
