@@ -1,11 +1,13 @@
 """An optional compiled decode step (`hoster --compile`): torch.compile of the served span.
 
 A one-sequence decode step through a few small layers is dominated by launching ops, not
-by arithmetic: on model (a) about 40% of a 4-block step is the ~35 small ops per layer
+by arithmetic: on model (a) about 35-40% of a 4-block step is the ~35 small ops per layer
 around the 7 matrix products (norms, rotary embedding, residual adds, SiLU), each with its
-own dispatch and memory pass. Inductor fuses those into a few generated C++ loops and
-keeps the matrix products as MKL calls on the layers' own weights (no copy, no freezing),
-so a step of 4 blocks runs ~1.2x faster (`benchmarks.generation`, "compiled" rows).
+own dispatch and memory pass, and that part grows most when the hoster was idle. Inductor
+fuses those into a few generated C++ loops and keeps the matrix products as MKL calls on
+the layers' own weights (no copy, no freezing): a step of 4 blocks took 5.4 ms against
+6.4 ms eager (in one process, interleaved); `benchmarks.generation`'s "3 hosters, compiled"
+row shows what that does to a whole chain.
 
 What is compiled, and when:
 
@@ -13,8 +15,9 @@ What is compiled, and when:
   lone chat session hits on every token. Prompts, batched steps of several sessions and
   sub-ranges keep the eager path (they have other shapes, and batches use per-session
   attention that compiling would specialise on the number of sessions);
-- the K/V length and buffer capacity are dynamic, so one compiled graph serves every
-  session and length: `warm_up` compiles it at start-up, before the hoster announces;
+- the K/V length and buffer capacity are dynamic, so a few graphs (a step that exactly fills
+  its buffer gets its own) serve every session and length: `warm_up` compiles them at
+  start-up, before the hoster announces;
 - after warm-up a step that would need a new compilation (a guard the warm-up did not
   cover) raises instead of compiling for tens of seconds on the compute thread, and runs
   eagerly; nothing was written to the cache when that happens (guards run first).
