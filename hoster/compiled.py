@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 REQUIRED_KERNEL = "torch"
 RECOMPILE_LIMIT = 64  # graphs per code object before dynamo gives up compiling (its default is 8)
 MAX_FALLBACKS = 8  # steps refused by the compiled graph before the hoster stops trying it
+# torch raises a plain RuntimeError for a refused recompilation; its message is the only marker
+RECOMPILE_REFUSED = "Detected recompile when torch.compile stance is 'fail_on_recompile'"
 
 
 def kernel_for_compile(requested: str | None) -> str:
@@ -86,12 +88,13 @@ class CompiledDecode:
             self.steps += 1
             return out
         except RuntimeError as e:
-            if "recompil" not in str(e).lower():
+            if not str(e).startswith(RECOMPILE_REFUSED):
                 raise
             self.fallbacks += 1
             if self.fallbacks >= MAX_FALLBACKS:
                 self.ready = False  # this span's steps keep missing the graph: stop paying the failed guard
-            event(log, "compiled_step_fallback", level=logging.WARNING, error=str(e).splitlines()[0][:200],
+            reason = next((ln.strip() for ln in str(e).splitlines() if ln.strip().startswith("- ")), "")
+            event(log, "compiled_step_fallback", level=logging.WARNING, guard=reason[:200],
                   fallbacks=self.fallbacks, compiled_path="off" if not self.ready else "on")
             return None
 
