@@ -1,7 +1,7 @@
 """Shared pieces of the benchmarks: models, hoster processes, timing, result files.
 
 Everything runs on this machine: random-weight checkpoints written by
-`subnet.tiny_model.make_tiny_model`, real `python -m hoster` processes on 127.0.0.1,
+`subnet.model.tiny_model.make_tiny_model`, real `python -m hoster` processes on 127.0.0.1,
 and 2 torch threads in every process (OMP_NUM_THREADS=2 for children,
 `torch.set_num_threads(2)` here) so the distributed and local runs use the same cores.
 """
@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from subnet.process_env import DEFAULTS as THREAD_POOL_DEFAULTS
+from subnet.model.process_env import DEFAULTS as THREAD_POOL_DEFAULTS
 
 THREADS = 2
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +27,7 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 MODEL_CACHE = Path(os.environ.get("MESH_BENCH_MODELS", Path(tempfile.gettempdir()) / "mesh-bench-models"))
 
 # Same environment for every process we time: the node's thread-pool defaults (idle OpenMP and
-# OpenBLAS workers stop spinning soon: several processes share 2 cores; subnet/process_env.py),
+# OpenBLAS workers stop spinning soon: several processes share 2 cores; subnet/model/process_env.py),
 # and exactly THREADS intra-op threads.
 CHILD_ENV = {**THREAD_POOL_DEFAULTS, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS),
              "TOKENIZERS_PARALLELISM": "false"}
@@ -64,7 +64,7 @@ MODELS = {"a": MODEL_A, "b": MODEL_B, "quick": MODEL_QUICK}
 
 def ensure_model(spec: ModelSpec) -> Path:
     """The checkpoint directory of `spec`, written once (random weights, fp32, seed 0)."""
-    from subnet.tiny_model import make_tiny_model
+    from subnet.model.tiny_model import make_tiny_model
 
     path = MODEL_CACHE / spec.name
     if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
@@ -120,7 +120,7 @@ class HosterProcs:
 
     def start(self, model: Path, blocks: tuple[int, int], *, model_name: str | None = None,
               extra: Sequence[str] = (), wait: bool = True):
-        from subnet.procs import ManagedProcess
+        from subnet.node.procs import ManagedProcess
 
         argv = [sys.executable, "-m", "hoster", "--model", str(model), "--blocks", f"{blocks[0]}:{blocks[1]}",
                 "--no-progress", "--log-level", "WARNING", "--throughput", "100", *extra]

@@ -151,11 +151,11 @@ def time_commit_reveal(n_nodes: int, *, hidden: int, block_time: float, epoch_le
     from consensus.commit import commitment, new_salt, verify_commitment
     from consensus.encoding import encode_block_outputs, encode_tensor
     from consensus.phases import RecordKind
-    from subnet.consensus_records import (
+    from subnet.swarm.consensus_records import (
         ChainRegistry, ConsensusRecordPolicy, EpochView, fetch_records, fetch_reveals, make_record_validator,
         record_ttl, reveal_parts, store_record, store_reveal,
     )
-    from subnet.dht import start_dht, visible_maddrs
+    from subnet.swarm.dht import start_dht, visible_maddrs
 
     tmp = Path(tempfile.mkdtemp(prefix="mesh-bench-consensus-"))
     net = _Net(tmp, n_nodes, block_time=block_time, epoch_length=epoch_length)

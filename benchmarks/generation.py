@@ -12,7 +12,7 @@ of several hosters forward hoster to hoster (push, the default); the "no push" r
 same chain hop by hop through the client, to show what forwarding buys in the same run.
 
 Hosters and clients run their linear layers on a faster kernel than plain `transformers`
-(`subnet.kernels`: `onednn` by default, `blas` as an option; plain `transformers` uses
+(`subnet.model.kernels`: `onednn` by default, `blas` as an option; plain `transformers` uses
 torch's MKL). So that the ratios do not hide what a kernel alone is worth, "local, <kernel>"
 rows run the same local model with that kernel (`--local-kernels`), and every row is also
 given relative to "local, <default kernel>"; "3 hosters, <kernel>" rows (`--chain-variants`)
@@ -43,12 +43,12 @@ import torch  # noqa: E402  (after benchmarks.common set the thread count)
 
 
 def local_model(path, kernel: str | None = None):
-    """transformers' own model; with `kernel`, its linear layers run on that `subnet.kernels` kernel."""
+    """transformers' own model; with `kernel`, its linear layers run on that `subnet.model.kernels` kernel."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     if kernel:
-        from subnet.kernels import convert_linears
+        from subnet.model.kernels import convert_linears
 
         convert_linears(model, kernel)
     return model.eval()
@@ -73,7 +73,7 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
         return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
                               do_sample=False)
 
-    from subnet.kernels import linear_kernel
+    from subnet.model.kernels import linear_kernel
 
     results: dict = {"model": spec.__dict__, "prompt_len": prompt_len, "ttft_prompt": ttft_prompt, "runs": runs,
                      "default_kernel": linear_kernel()}
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chains", default="1,3", help="numbers of hosters in the chain")
     p.add_argument("--no-push-row", action="store_true", help="skip the hop-by-hop (push off) comparison row")
     p.add_argument("--local-kernels", default="onednn,blas",
-                   help="comma-separated subnet.kernels kernels to run local transformers with (also a row each)")
+                   help="comma-separated subnet.model.kernels kernels to run local transformers with (also a row each)")
     p.add_argument("--chain-variants", default="compiled,blas,torch",
                    help="comma-separated ways to run the multi-hoster chain again (a row each): a linear "
                         "kernel's name, or compiled (hosters with --compile)")

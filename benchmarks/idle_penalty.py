@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.model, args.samples, args.passes, args.out = "quick", 20, 1, "idle-penalty-quick"
     from hoster.backend import Backend, _Task
-    from subnet.blocks import load_blocks
+    from subnet.model.blocks import load_blocks
 
     spec = MODELS[args.model]
     blocks = min(args.blocks, spec.num_layers)

@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.kernels          # models a and b, 1, 8 and 512 rows
     .venv/bin/python -m benchmarks.kernels --quick
 
-Why `subnet.kernels` exists: decode multiplies a few rows by every weight of a block per
+Why `subnet.model.kernels` exists: decode multiplies a few rows by every weight of a block per
 token. For each weight shape of a decoder layer (and the client's LM head) this times
 `F.linear` (what transformers calls: torch's MKL), `BlasLinear` (numpy's OpenBLAS, the
 default) and `PackedLinear` (oneDNN, reordered weight) on the same inputs, interleaved, and
@@ -29,7 +29,7 @@ from benchmarks.common import MODELS, ensure_model, exit_on_sigterm, fmt_table, 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-FAST = ("blas", "onednn")  # subnet.kernels' kernels, each compared with torch's F.linear
+FAST = ("blas", "onednn")  # subnet.model.kernels' kernels, each compared with torch's F.linear
 
 
 def _time(fn, repeats: int) -> float:
@@ -42,7 +42,7 @@ def _time(fn, repeats: int) -> float:
 
 
 def bench_shape(in_f: int, out_f: int, rows: int, passes: int) -> dict:
-    from subnet.kernels import convert_linear
+    from subnet.model.kernels import convert_linear
 
     copies = max(2, int(150e6 // (in_f * out_f * 4)))
     g = torch.Generator().manual_seed(0)
@@ -63,7 +63,7 @@ def bench_shape(in_f: int, out_f: int, rows: int, passes: int) -> dict:
 
 def bench_stack(key: str, rows: int, passes: int) -> dict:
     """One decode step (`rows` sequences, 64 cached positions each) through all layers, on each kernel."""
-    from subnet.blocks import load_blocks
+    from subnet.model.blocks import load_blocks
 
     spec = MODELS[key]
     path = ensure_model(spec)
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="kernels")
     args = p.parse_args(argv)
     exit_on_sigterm()
-    from subnet.kernels import kernel_supported
+    from subnet.model.kernels import kernel_supported
 
     missing = [k for k in FAST if not kernel_supported(k, torch.float32, "cpu")]
     if missing:

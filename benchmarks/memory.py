@@ -67,7 +67,7 @@ def _settle(pid: int, timeout: float = 10.0) -> None:
 
 def runtime_baseline_mb() -> float:
     """Peak RSS of a process that imports everything a hoster imports, and nothing else."""
-    code = ("import resource, hoster.server, hoster.backend, subnet.blocks, transformers.models.llama.modeling_llama;"
+    code = ("import resource, hoster.server, hoster.backend, subnet.model.blocks, transformers.models.llama.modeling_llama;"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**__import__("os").environ, **CHILD_ENV})
@@ -86,7 +86,7 @@ def fill_cache(initial_peers: list[str], model_uid: str, k: int, hidden: int, ca
     rt = ClientRuntime(None, initial_peers)
     streams = []
     try:
-        from subnet.announcements import read_announcements
+        from subnet.swarm.announcements import read_announcements
 
         peer = None
         for _ in range(100):
@@ -119,7 +119,7 @@ def fill_cache(initial_peers: list[str], model_uid: str, k: int, hidden: int, ca
 
 
 def measure(path: Path, spec, k: int, cache_tokens: int, seq: int) -> dict:
-    from subnet.blocks import load_config
+    from subnet.model.blocks import load_config
 
     config = load_config(path)
     head_dim = config.hidden_size // config.num_attention_heads

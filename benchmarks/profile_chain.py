@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     path = ensure_model(spec)
     spans = chain_spans(spec.num_layers, args.hosters)
 
-    from subnet.blocks import load_blocks
+    from subnet.model.blocks import load_blocks
     from subnet.client import transport
 
     # pure compute of each hop's blocks, one decode position after a 16-token prefix

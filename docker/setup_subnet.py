@@ -37,7 +37,7 @@ def main() -> int:
 
     model = Path(args.model)
     if not (model / "config.json").exists():
-        from subnet.tiny_model import make_tiny_model
+        from subnet.model.tiny_model import make_tiny_model
 
         make_tiny_model(model, "llama")
         print(f"made a tiny random-weight model at {model}")

@@ -7,7 +7,7 @@ close open sessions cleanly, then the process exits 0.
 
 from __future__ import annotations
 
-from subnet.process_env import set_thread_pool_defaults
+from subnet.model.process_env import set_thread_pool_defaults
 
 set_thread_pool_defaults()  # before torch and numpy start their thread pools
 
@@ -16,7 +16,7 @@ import sys  # noqa: E402
 
 from hoster.compiled import kernel_for_compile  # noqa: E402
 from hoster.server import Hoster, install_signal_handlers, parse_blocks  # noqa: E402
-from subnet.kernels import KERNELS, linear_kernel  # noqa: E402
+from subnet.model.kernels import KERNELS, linear_kernel  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--throughput", type=float, default=None,
                    help="announced tokens/s (default: measured at start-up)")
     p.add_argument("--linear-kernel", choices=KERNELS, default=None,
-                   help="what multiplies the blocks' linear layers (subnet/kernels.py; default: "
+                   help="what multiplies the blocks' linear layers (subnet/model/kernels.py; default: "
                         "MESH_LINEAR_KERNEL or onednn; blas is faster for one sequence at a time)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile one-session decode steps (hoster/compiled.py): ~1.2x faster steps "

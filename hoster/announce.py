@@ -1,6 +1,6 @@
 """Publish this hoster's signed announcement, refresh it, withdraw it on shutdown.
 
-The reader lives in the runtime layer (`subnet.announcements.read_announcements`) so
+The reader lives in the runtime layer (`subnet.swarm.announcements.read_announcements`) so
 clients can use it without importing the hoster; it is re-exported here.
 hivemind keeps, per subkey, the value with the LATEST expiration: a withdrawal must
 therefore expire later than the last refresh, so it is written as state "offline"
@@ -17,9 +17,9 @@ import hivemind
 from hivemind.utils import get_dht_time
 
 from keys.node_key import NodeKey
-from subnet.announcements import Announcement, read_announcements, servers_key  # noqa: F401 (re-export)
+from subnet.swarm.announcements import Announcement, read_announcements, servers_key  # noqa: F401 (re-export)
 from subnet.logs import event
-from subnet.records import seal
+from subnet.swarm.records import seal
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from hoster.cache import (
     enable_rows_attention,
 )
 from hoster.compiled import CompiledDecode
-from subnet.memory import trim
-from subnet.blocks import BlockSpan
+from subnet.model.memory import trim
+from subnet.model.blocks import BlockSpan
 from subnet.logs import event
 
 log = logging.getLogger(__name__)
@@ -416,7 +416,7 @@ class Backend:
         Linear layers see all rows at once; each session's new K/V go into its own buffers and
         attention runs per session (`RowsCache` + `rows_attention`), so nothing is padded or copied.
         """
-        from subnet.blocks import layer_type
+        from subnet.model.blocks import layer_type
 
         for task in batch:
             self._crop(task.session, task.position)

@@ -302,7 +302,7 @@ ROWS_ATTENTION = "mesh_rows_sdpa"
 def enable_rows_attention(config) -> bool:
     """Make `config`'s layers use `rows_attention` (same results as sdpa for ordinary caches).
 
-    Only over sdpa, the implementation `subnet.blocks.load_config` sets; returns whether it is active.
+    Only over sdpa, the implementation `subnet.model.blocks.load_config` sets; returns whether it is active.
     """
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask

@@ -36,8 +36,8 @@ import time
 
 import torch
 
-from subnet.blocks import BlockSpan
-from subnet.kernels import ENV_KERNEL, linear_kernel
+from subnet.model.blocks import BlockSpan
+from subnet.model.kernels import ENV_KERNEL, linear_kernel
 from subnet.logs import event
 
 log = logging.getLogger(__name__)

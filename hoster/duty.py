@@ -24,7 +24,7 @@ from consensus.encoding import encode_block_outputs, encode_tensor
 from consensus.phases import COMMIT_END, COMMIT_START, REVEAL_END, REVEAL_START, RecordKind
 from consensus.probe import ProbeSpec, make_probe_spec, probe_input
 from keys.node_key import NodeKey
-from subnet.consensus_records import (
+from subnet.swarm.consensus_records import (
     DHTUnavailableError,
     ChainRegistry,
     ConsensusRecordPolicy,
@@ -35,7 +35,7 @@ from subnet.consensus_records import (
     store_record,
     store_reveal,
 )
-from subnet.epoch_loop import EpochDutyLoop
+from subnet.swarm.epoch_loop import EpochDutyLoop
 from subnet.logs import event
 
 log = logging.getLogger(__name__)

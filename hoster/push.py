@@ -25,7 +25,7 @@ import torch
 from hivemind.p2p import P2P, PeerID
 from hivemind.proto import runtime_pb2
 
-from subnet import wire
+from subnet.swarm import wire
 from subnet.logs import event
 
 log = logging.getLogger(__name__)

@@ -26,9 +26,9 @@ from hoster.compiled import kernel_for_compile
 from hoster.selection import Span, choose_blocks, should_move
 from hoster.servicer import NAMESPACE, BlockServicer
 from keys.node_key import NodeKey
-from subnet.announcements import AnnouncementValidator, read_announcements
-from subnet.blocks import dtype_name, load_blocks, load_config, model_uid, parse_dtype
-from subnet.dht import start_dht, visible_maddrs
+from subnet.swarm.announcements import AnnouncementValidator, read_announcements
+from subnet.model.blocks import dtype_name, load_blocks, load_config, model_uid, parse_dtype
+from subnet.swarm.dht import start_dht, visible_maddrs
 from subnet.logs import event
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ DEFAULT_CACHE_TOKENS = 16384
 
 
 def start_dht_compat(key: NodeKey | None = None, initial_peers: Sequence[str] = (), **kwargs) -> hivemind.DHT:
-    """`subnet.dht.start_dht`, skipping hivemind's identity-collision check: it parses the
+    """`subnet.swarm.dht.start_dht`, skipping hivemind's identity-collision check: it parses the
     identity file as RSA and fails on our Ed25519 keys whenever initial peers are given."""
     if "check_if_identity_free" not in inspect.signature(start_dht).parameters:
         kwargs.setdefault("check_if_identity_free", False)
@@ -96,7 +96,7 @@ class Hoster:
         self.announce_period, self.announce_ttl = announce_period, announce_ttl
         self.rebalance_interval = rebalance_interval
         self.progress = progress
-        self.linear_kernel = linear_kernel  # subnet.kernels; None = MESH_LINEAR_KERNEL or onednn
+        self.linear_kernel = linear_kernel  # subnet.model.kernels; None = MESH_LINEAR_KERNEL or onednn
         self.compile_decode = compile_decode  # hoster.compiled: one-session decode steps torch.compile'd
         if compile_decode:
             self.linear_kernel = kernel_for_compile(linear_kernel)  # ValueError on a conflicting choice

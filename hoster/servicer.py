@@ -20,7 +20,7 @@ from hivemind.proto import runtime_pb2
 from hoster.backend import Backend, BackendClosed, StepError
 from hoster.cache import CacheFull
 from hoster.push import PushChannels, PushInbox, PushMissing, read_frame
-from subnet import wire
+from subnet.swarm import wire
 from subnet.logs import event
 
 log = logging.getLogger(__name__)

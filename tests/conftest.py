@@ -15,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_model_factory(tmp_path_factory) -> Callable[..., str]:
     """Build (once per distinct argument set) a tiny checkpoint dir; returns its path."""
-    from subnet.tiny_model import make_tiny_model
+    from subnet.model.tiny_model import make_tiny_model
 
     cache: dict[tuple, str] = {}
 
@@ -51,7 +51,7 @@ class Swarm:
 
     def __init__(self, n: int):
         from keys import NodeKey
-        from subnet.dht import start_dht, visible_maddrs
+        from subnet.swarm.dht import start_dht, visible_maddrs
 
         self.keys = [NodeKey.generate() for _ in range(n)]
         self.dhts = []

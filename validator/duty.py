@@ -29,7 +29,7 @@ from consensus.phases import PROBE_ELECTED_ONLY_END, PROPOSE_END, REVEAL_END, RE
 from consensus.probe import ProbeSpec, make_probe_spec
 from consensus.scoring import DEFAULT_PARAMS, ScoringParams, onchain_scores, score_hosters, score_validators, to_fixed
 from keys.node_key import NodeKey
-from subnet.consensus_records import (
+from subnet.swarm.consensus_records import (
     ChainRegistry,
     ConsensusRecordPolicy,
     EpochView,
@@ -41,7 +41,7 @@ from subnet.consensus_records import (
     store_record,
     store_reveal,
 )
-from subnet.epoch_loop import EpochDutyLoop
+from subnet.swarm.epoch_loop import EpochDutyLoop
 from subnet.logs import event
 from validator.verify import VALID, verify_hoster_reveals, verify_validator_reveals
 

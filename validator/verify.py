@@ -1,7 +1,7 @@
 """Check reveals against commits (hoster outputs and validator score sets).
 
 A reveal counts only if the same signer committed in the same epoch and the reveal opens
-that commit; admission (`subnet.consensus_records`) has already checked signatures,
+that commit; admission (`subnet.swarm.consensus_records`) has already checked signatures,
 signer class, epoch and windows. Everything decoded here is bounded before decoding.
 """
 
@@ -20,8 +20,8 @@ from consensus.encoding import (
     make_score_set,
 )
 from consensus.probe import ProbeSpec
-from subnet.consensus_records import ConsensusRecordError, decode_b64
-from subnet.records import OpenedRecord
+from subnet.swarm.consensus_records import ConsensusRecordError, decode_b64
+from subnet.swarm.records import OpenedRecord
 
 VALID = "valid"
 

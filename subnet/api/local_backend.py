@@ -24,7 +24,7 @@ from subnet.api.sampling import eos_token_ids, to_sampling_params
 def default_model_name(path_or_id: str) -> str:
     """DHT-safe model name as in docs/PROTOCOL.md (`model_uid`), used when no name is given."""
     try:
-        from subnet.blocks import model_uid  # the runtime's definition, once it exists
+        from subnet.model.blocks import model_uid  # the runtime's definition, once it exists
     except ImportError:
         base = str(path_or_id).rstrip("/\\")
         base = base.replace("/", "--") if not os.path.isdir(base) else os.path.basename(base)

@@ -97,7 +97,7 @@ class ChainSubnetView:
             return {}
 
         def read() -> dict[str, list[Any]]:
-            from subnet.announcements import read_announcements
+            from subnet.swarm.announcements import read_announcements
 
             out: dict[str, list[Any]] = {}
             for model in self._model_ids():

@@ -28,7 +28,7 @@ def start_client_dht(initial_peers: Sequence[str]) -> Any:
     keys; a freshly generated key cannot collide, so the check is skipped.
     """
     from keys import NodeKey
-    from subnet.dht import start_dht
+    from subnet.swarm.dht import start_dht
 
     return start_dht(NodeKey.generate(), list(initial_peers), client_mode=True, check_if_identity_free=False)
 
@@ -155,6 +155,6 @@ class SwarmBackend:
 
 
 def default_swarm_name(model_path: str, name: str | None = None) -> str:
-    from subnet.blocks import model_uid
+    from subnet.model.blocks import model_uid
 
     return model_uid(os.fspath(model_path), name)

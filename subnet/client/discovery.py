@@ -1,4 +1,4 @@
-"""Hosters of a model, from their verified DHT announcements (`subnet.announcements`)."""
+"""Hosters of a model, from their verified DHT announcements (`subnet.swarm.announcements`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 import hivemind
 
-from subnet.announcements import read_announcements
+from subnet.swarm.announcements import read_announcements
 from subnet.client.routing import ServerInfo
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import hivemind
 import torch
 
-from subnet.blocks import load_client_parts, model_uid as make_model_uid
+from subnet.model.blocks import load_client_parts, model_uid as make_model_uid
 from subnet.client.generation import ClientHead, Completion, StreamEvent, generate_events
 from subnet.client.manager import ClientConfig, SequenceManager
 from subnet.client.routing import Span
@@ -66,7 +66,7 @@ class DistributedModelForCausalLM:
 
         `model_name` must match the hosters' `--model-name` when they used one. `config_overrides`
         set `ClientConfig` fields (timeouts, retries, `wait_for_coverage`, ...). `linear_kernel`
-        picks what multiplies the LM head (`subnet.kernels`; None = MESH_LINEAR_KERNEL or the default).
+        picks what multiplies the LM head (`subnet.model.kernels`; None = MESH_LINEAR_KERNEL or the default).
         """
         from dataclasses import replace
 

@@ -28,7 +28,7 @@ class ClientRuntime:
             if not initial_peers:
                 raise ValueError("give initial_peers (multiaddrs of the swarm) or a running dht")
             from keys import NodeKey
-            from subnet.dht import start_dht
+            from subnet.swarm.dht import start_dht
 
             # Client mode: the client dials hosters but accepts no inbound DHT traffic.
             # (hivemind's identity-taken check parses the key as RSA and fails on Ed25519 keys: skip it;

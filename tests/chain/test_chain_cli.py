@@ -10,7 +10,7 @@ import pytest
 
 from chain.devnet import dev_accounts
 from keys import AccountKey, NodeKey
-from subnet.cli import main
+from subnet.node.cli import main
 
 
 def _keys(tmp_path, name: str, key: AccountKey | None = None) -> str:
@@ -66,7 +66,7 @@ def test_cli_errors_are_one_line(devnet, tmp_path, argv, needle):
     cold = _keys(tmp_path, "cold")
     argv = [devnet.url if a == "URL" else cold if a == "COLD" else a for a in argv]
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from subnet.cli import main; sys.exit(main())", *argv], capture_output=True, text=True, timeout=60, cwd=str(tmp_path)
+        [sys.executable, "-c", "import sys; from subnet.node.cli import main; sys.exit(main())", *argv], capture_output=True, text=True, timeout=60, cwd=str(tmp_path)
     )
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
@@ -85,7 +85,7 @@ def test_chain_command_serves_and_prints_dev_keys(tmp_path):
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from subnet.cli import main; sys.exit(main())", "chain",
+        [sys.executable, "-c", "import sys; from subnet.node.cli import main; sys.exit(main())", "chain",
          "--db", str(tmp_path / "c.db"), "--port", str(port), "--block-time", "0.1", "--epoch-length", "5"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip

@@ -14,7 +14,7 @@ import torch
 
 from hoster.backend import Backend, _Task
 from hoster.compiled import kernel_for_compile
-from subnet.blocks import load_blocks
+from subnet.model.blocks import load_blocks
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ import torch
 
 from hoster.backend import Backend
 from hoster.cache import CacheBudget
-from subnet.memory import trim
-from subnet.blocks import load_blocks
+from subnet.model.memory import trim
+from subnet.model.blocks import load_blocks
 
 
 @pytest.fixture(scope="module")

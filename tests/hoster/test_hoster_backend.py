@@ -10,7 +10,7 @@ import torch
 
 from hoster.backend import Backend, StepError
 from hoster.cache import CacheBudget, CacheFull
-from subnet.blocks import load_blocks
+from subnet.model.blocks import load_blocks
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,14 @@ import pytest
 import torch
 from hoster_ref import reference_layers
 
-from subnet.blocks import (
+from subnet.model.blocks import (
     UnsupportedModelError,
     load_blocks,
     load_client_parts,
     load_config,
     model_uid,
 )
-from subnet.kernels import BlasLinear, PackedLinear
+from subnet.model.kernels import BlasLinear, PackedLinear
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from hoster.server import own_p2p_replica
-from subnet import wire
-from subnet.announcements import read_announcements
+from subnet.swarm import wire
+from subnet.swarm.announcements import read_announcements
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from hoster_ref import reference_layers
 
 from hoster.server import Hoster
 from keys import NodeKey
-from subnet import wire
+from subnet.swarm import wire
 
 
 @pytest.fixture(scope="module")

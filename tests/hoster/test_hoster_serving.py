@@ -14,9 +14,9 @@ from hivemind.utils import get_dht_time
 
 from hoster.server import Hoster
 from keys import NodeKey
-from subnet import wire
-from subnet.announcements import parse_entries, read_announcements, servers_key
-from subnet.records import seal
+from subnet.swarm import wire
+from subnet.swarm.announcements import parse_entries, read_announcements, servers_key
+from subnet.swarm.records import seal
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def _h(*shape, seed=0, dtype=torch.float32):
 def test_onednn_linears_are_the_default_and_another_kernel_can_be_chosen(llama_hoster, qwen_hoster):
     from torch import nn
 
-    from subnet.kernels import BlasLinear, PackedLinear
+    from subnet.model.kernels import BlasLinear, PackedLinear
 
     llama, qwen = list(llama_hoster.backend.span.modules()), list(qwen_hoster.backend.span.modules())
     assert any(isinstance(m, PackedLinear) for m in llama) and not any(isinstance(m, BlasLinear) for m in llama)
@@ -264,7 +264,7 @@ def test_forged_announcements_are_ignored(llama_hoster, client_dht):
 def test_dht_validator_rejects_subkey_forgery(client_dht_factory):
     """With AnnouncementValidator on honest peers, a forger cannot hide a hoster's announcement
     by storing a later-expiring record under its subkey (hivemind keeps the latest per subkey)."""
-    from subnet.announcements import AnnouncementValidator
+    from subnet.swarm.announcements import AnnouncementValidator
 
     honest = client_dht_factory([], record_validators=[AnnouncementValidator()])
     peers = [str(m) for m in honest.get_visible_maddrs()]

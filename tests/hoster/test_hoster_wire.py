@@ -9,7 +9,7 @@ import pytest
 import torch
 from hivemind.proto import runtime_pb2
 
-from subnet import wire
+from subnet.swarm import wire
 
 
 @pytest.mark.parametrize("dtype,size", [(torch.float32, 4), (torch.bfloat16, 2), (torch.float16, 2)])

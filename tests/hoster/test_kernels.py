@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from subnet.blocks import load_blocks
-from subnet.kernels import (BlasLinear, PackedLinear, _Blas, convert_linear, convert_linears, kernel_supported,
+from subnet.model.blocks import load_blocks
+from subnet.model.kernels import (BlasLinear, PackedLinear, _Blas, convert_linear, convert_linears, kernel_supported,
                             linear_kernel)
 
 KERNEL_CLASSES = {"blas": BlasLinear, "onednn": PackedLinear}

@@ -11,7 +11,7 @@ import torch
 import hoster.backend as backend_mod
 from hoster.backend import Backend
 from hoster.cache import CacheBudget, KVCache, SessionKV, _grown_capacity
-from subnet.blocks import load_blocks
+from subnet.model.blocks import load_blocks
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from subnet.process_env import DEFAULTS, set_thread_pool_defaults
+from subnet.model.process_env import DEFAULTS, set_thread_pool_defaults
 
 ROOT = Path(__file__).resolve().parents[2]
 

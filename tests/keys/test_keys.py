@@ -54,7 +54,7 @@ def test_peer_id_round_trip_and_format():
 
 
 def test_peer_id_matches_real_hivemind_dht(tmp_path):
-    from subnet.dht import start_dht
+    from subnet.swarm.dht import start_dht
 
     key = NodeKey.generate()
     path = key.save(tmp_path / "node.key")
@@ -113,7 +113,7 @@ def test_bad_account_files(tmp_path):
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "subnet.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run([sys.executable, "-m", "subnet.node.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
 def test_cli_help_and_keygen(tmp_path):

@@ -19,7 +19,7 @@ from consensus.phases import REVEAL_END, RecordKind, block_window
 from consensus.encoding import encode_tensor
 from hoster.duty import HosterDuty, HosterEpoch
 from keys import NodeKey
-from subnet.consensus_records import (
+from subnet.swarm.consensus_records import (
     consensus_key,
     fetch_records,
     fetch_reveals,
@@ -29,7 +29,7 @@ from subnet.consensus_records import (
     store_reveal,
     store_sealed,
 )
-from subnet.records import seal
+from subnet.swarm.records import seal
 from tests.validator.support import ChainNet, Node
 from validator.duty import ValidatorDuty
 
@@ -157,8 +157,8 @@ class ReplayDuty(HosterDuty):
 @pytest.fixture(scope="module")
 def network(tmp_path_factory, tiny_llama):
     from hoster.backend import Backend
-    from subnet.blocks import load_blocks
-    from subnet.dht import start_dht
+    from subnet.model.blocks import load_blocks
+    from subnet.swarm.dht import start_dht
 
     net = ChainNet(tmp_path_factory.mktemp("adv-chain"), block_time=BLOCK_TIME, epoch_length=EPOCH_LENGTH,
                    params={"churn_limit": 8})

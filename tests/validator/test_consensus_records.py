@@ -16,7 +16,7 @@ from chain.types import NodeClass, SubnetNode
 from consensus.phases import RecordKind
 from consensus.probe import make_probe_spec
 from keys import NodeKey
-from subnet.consensus_records import (
+from subnet.swarm.consensus_records import (
     ChainRegistry,
     ConsensusRecordError,
     ConsensusRecordPolicy,
@@ -26,8 +26,8 @@ from subnet.consensus_records import (
     fetch_records,
     store_record,
 )
-from subnet.dht import start_dht, visible_maddrs
-from subnet.records import seal
+from subnet.swarm.dht import start_dht, visible_maddrs
+from subnet.swarm.records import seal
 from tests.validator.support import ChainNet
 
 SUBNET = 7
@@ -127,7 +127,7 @@ def test_rejections(case, reason):
     elif case == "other_subnet":
         payload = commit_payload(5, 5 * BPE + 4, subnet=8)
     elif case == "replay_key":
-        from subnet.consensus_records import key_id_bytes
+        from subnet.swarm.consensus_records import key_id_bytes
 
         p = policy(at(6, 2))
         payload = commit_payload(5, 5 * BPE + 4)
@@ -175,7 +175,7 @@ def test_probe_rules():
 
 
 def test_reveal_parts_and_body_rules():
-    from subnet.consensus_records import CHUNK_CHARS, check_reveal_body, join_reveal, key_id_bytes, split_reveal
+    from subnet.swarm.consensus_records import CHUNK_CHARS, check_reveal_body, join_reveal, key_id_bytes, split_reveal
 
     p = policy(at(6, 11))
     body = {"salt": "00" * 16, "scores_epoch": 5, "scores": {f"peer{i:05d}": 10**18 - i for i in range(400)}}

@@ -11,7 +11,7 @@ from consensus.commit import commitment, new_salt
 from consensus.encoding import encode_block_outputs, encode_score_set, encode_tensor, make_score_set
 from consensus.probe import make_probe_spec, probe_input
 from keys import NodeKey
-from subnet.records import open_record, seal
+from subnet.swarm.records import open_record, seal
 from validator.verify import VALID, verify_hoster_reveals, verify_validator_reveals
 
 SID, EPOCH = 3, 9

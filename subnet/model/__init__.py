@@ -1,0 +1,1 @@
+"""The model layer: transformer blocks, linear kernels, memory helpers, tiny test models."""

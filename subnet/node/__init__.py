@@ -1,0 +1,1 @@
+"""The node's face: CLI, commands, config, node assembly, devnet, chat, processes."""

@@ -1,0 +1,285 @@
+"""Assemble one node from its roles: `mesh-node --hoster [--validator] [--api]`.
+
+A node owns one Ed25519 key (its peer id), one DHT peer (with the consensus record
+validator installed when a chain is configured), and runs whichever roles were asked
+for on top of them. Shutdown runs in reverse order: the API stops taking requests, the
+duties stop, the hoster withdraws its announcement and ends sessions, the DHT goes last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from keys import AccountKey, NodeKey
+from subnet.logs import event
+
+log = logging.getLogger("mesh_node.node")
+
+
+class NodeConfigError(Exception):
+    """A node option is missing or inconsistent (reported in one line by the CLI)."""
+
+
+@dataclass
+class NodeOptions:
+    hoster: bool = False
+    validator: bool = False
+    api: bool = False
+    model: str | None = None
+    model_name: str | None = None
+    blocks: str | None = None
+    num_blocks: int | None = None
+    initial_peers: list[str] = field(default_factory=list)
+    host_maddrs: list[str] | None = None
+    node_key: str | None = None
+    account_key: str | None = None
+    chain: str | None = None
+    subnet_id: int | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    cache_tokens: int | None = None
+    linear_kernel: str | None = None  # subnet.model.kernels; None = MESH_LINEAR_KERNEL or onednn
+    compile_decode: bool = False  # hoster.compiled: torch.compile one-session decode steps
+    api_host: str = "127.0.0.1"
+    api_port: int = 0
+    api_keys: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> NodeOptions:
+        known = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in vars(args).items() if k in known and v is not None}
+        return cls(**values)
+
+
+class Node:
+    """One running node; `start()` returns once every role serves, `stop()` is idempotent."""
+
+    def __init__(self, opts: NodeOptions):
+        self.opts = opts
+        self._check()
+        self.node_key: NodeKey | None = None
+        self.chain: Any = None
+        self.dht: Any = None
+        self.hoster: Any = None
+        self.hoster_duty: Any = None
+        self.validator_duty: Any = None
+        self.api_server: Any = None
+        self.api_url: str | None = None
+        self._swarm_backend: Any = None
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+
+    def _check(self) -> None:
+        o = self.opts
+        if not (o.hoster or o.validator):
+            raise NodeConfigError("choose a role: --hoster and/or --validator")
+        if o.hoster and not o.model:
+            raise NodeConfigError("--hoster needs --model (a model directory or hub id)")
+        if o.validator and not (o.chain and o.subnet_id is not None and o.account_key and o.model):
+            raise NodeConfigError("--validator needs --chain, --subnet-id, --account-key (hotkey) and --model")
+        if o.chain and o.subnet_id is None:
+            raise NodeConfigError("--chain needs --subnet-id")
+        if o.hoster:
+            from hoster.compiled import kernel_for_compile
+            from subnet.model.kernels import linear_kernel
+
+            try:
+                linear_kernel(o.linear_kernel)  # also checks MESH_LINEAR_KERNEL before anything starts
+                if o.compile_decode:
+                    kernel_for_compile(o.linear_kernel)
+            except ValueError as e:
+                raise NodeConfigError(str(e)) from None
+
+    # ------------------------------------------------------------------ start
+    def start(self) -> Node:
+        o = self.opts
+        self.node_key = NodeKey.load(o.node_key) if o.node_key else NodeKey.generate()
+        if not o.node_key:
+            event(log, "ephemeral_node_key", logging.WARNING, peer_id=self.node_key.peer_id,
+                  hint="pass --node-key to keep this identity across restarts")
+        try:
+            self._start_chain()
+            self._start_dht()
+            if o.hoster:
+                self._start_hoster()
+            if self.chain is not None:
+                self._start_duties()
+            if o.api:
+                self.start_api()
+        except BaseException:
+            self.stop()
+            raise
+        event(log, "node_ready", peer_id=self.node_key.peer_id, roles=self.roles, maddr=self.maddrs[0],
+              api=self.api_url or "-")
+        return self
+
+    @property
+    def roles(self) -> str:
+        o = self.opts
+        return ",".join(r for r, on in (("hoster", o.hoster), ("validator", o.validator), ("api", o.api)) if on)
+
+    @property
+    def maddrs(self) -> list[str]:
+        from subnet.swarm.dht import visible_maddrs
+
+        return visible_maddrs(self.dht)
+
+    def _start_chain(self) -> None:
+        o = self.opts
+        if not o.chain:
+            event(log, "no_chain", logging.WARNING, hint="serving without a chain: no consensus duties")
+            return
+        from chain import connect
+
+        hotkey = AccountKey.load(o.account_key) if o.account_key else None
+        self.chain = connect(o.chain, hotkey=hotkey)
+        me = self.chain.get_node_by_peer_id(o.subnet_id, self.node_key.peer_id)
+        if me is None:
+            event(log, "not_registered", logging.WARNING, subnet_id=o.subnet_id, peer_id=self.node_key.peer_id,
+                  hint="register with `mesh-node register`; records from unregistered peers are rejected")
+        else:
+            event(log, "chain_node", node_id=me.node_id, node_class=me.node_class.name, stake=me.stake)
+
+    def _start_dht(self) -> None:
+        from subnet.swarm.dht import LOOPBACK_MADDRS, start_dht
+
+        from subnet.swarm.announcements import AnnouncementValidator
+
+        validators: list = [AnnouncementValidator()]  # nobody may overwrite a hoster's announcement subkey
+        if self.chain is not None:
+            from subnet.swarm.consensus_records import make_record_validator
+
+            from chain import connect
+
+            url = self.opts.chain
+            # hivemind forks the DHT process: the record validator must build its own read-only
+            # chain client there rather than share this process's connection.
+            validators.append(make_record_validator(lambda: connect(url), self.opts.subnet_id))
+        self.dht = start_dht(self.node_key, self.opts.initial_peers,
+                             host_maddrs=self.opts.host_maddrs or LOOPBACK_MADDRS, record_validators=validators)
+
+    def _start_hoster(self) -> None:
+        from hoster.server import Hoster, parse_blocks
+
+        o = self.opts
+        start = end = None
+        if o.blocks:
+            try:
+                start, end = parse_blocks(o.blocks)
+            except ValueError as e:
+                raise NodeConfigError(f"bad --blocks {o.blocks!r}: {e}") from None
+        self.hoster = Hoster(o.model, dht=self.dht, node_key=self.node_key, start=start, end=end,
+                             num_blocks=o.num_blocks, dtype=o.dtype, device=o.device, cache_tokens=o.cache_tokens,
+                             model_name=o.model_name, linear_kernel=o.linear_kernel,
+                             compile_decode=o.compile_decode).start()
+
+    def _model_shape(self) -> tuple[int, int]:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(self.opts.model)
+        return int(cfg.hidden_size), int(cfg.num_hidden_layers)
+
+    def _start_duties(self) -> None:
+        o = self.opts
+        hidden, layers = self._model_shape()
+        if self.hoster is not None:
+            from hoster.duty import HosterDuty
+
+            self.hoster_duty = HosterDuty(self.dht, self.chain, self.node_key, self.hoster, o.subnet_id,
+                                          hidden_size=hidden, num_blocks=layers).start()
+        if o.validator:
+            from validator.duty import ValidatorDuty
+
+            self.validator_duty = ValidatorDuty(self.dht, self.chain, self.node_key, o.subnet_id,
+                                                hidden_size=hidden, num_blocks=layers).start()
+
+    def reports(self) -> dict[int, dict]:
+        """Per-epoch consensus reports of this node (validator view if any, else hoster view)."""
+        duty = self.validator_duty or self.hoster_duty
+        return dict(duty.reports) if duty is not None else {}
+
+    def start_api(self) -> str:
+        """Serve the API (also callable after `start()`, once the swarm has hosters)."""
+        from subnet.api.app import create_app
+        from subnet.api.server import BackgroundServer
+        from subnet.api.swarm_backend import SwarmBackend
+
+        o = self.opts
+        if not o.model:
+            raise NodeConfigError("--api needs --model (the client parts are loaded locally)")
+        self._swarm_backend = SwarmBackend.from_pretrained(o.model, self.maddrs, model_name=o.model_name)
+        view = None
+        if self.chain is not None:
+            from subnet.api.subnet_view import ChainSubnetView
+
+            view = ChainSubnetView(self.chain, o.subnet_id, dht=self.dht, models=[self._swarm_backend_uid()],
+                                   reports=self.reports)
+        app = create_app(self._swarm_backend, view, api_keys=o.api_keys)
+        self.api_server = BackgroundServer(app, o.api_host, o.api_port)
+        self.api_url = self.api_server.start()
+        self.opts.api = True
+        return self.api_url
+
+    def _swarm_backend_uid(self) -> str:
+        from subnet.model.blocks import model_uid
+
+        return model_uid(self.opts.model, self.opts.model_name)
+
+    # ------------------------------------------------------------------ stop
+    def stop(self) -> None:
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            self._stopped.set()
+        for name, fn in (
+            ("api", lambda: self.api_server and self.api_server.stop()),
+            ("swarm_client", lambda: self._swarm_backend and self._swarm_backend.close()),
+            ("validator_duty", lambda: self.validator_duty and self.validator_duty.stop()),
+            ("hoster_duty", lambda: self.hoster_duty and self.hoster_duty.stop()),
+            ("hoster", lambda: self.hoster and self.hoster.shutdown()),
+            ("dht", lambda: self.dht and self.dht.shutdown()),
+            ("chain", lambda: self.chain and self.chain.close()),
+        ):
+            try:
+                fn()
+            except Exception as e:  # keep shutting down the rest
+                event(log, "stop_failed", logging.WARNING, part=name, error=repr(e))
+        event(log, "node_stopped")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+
+def run_node(args: argparse.Namespace) -> int:
+    """CLI entry: start the node, print `READY <peer_id> <maddr> [api_url]`, run until SIGINT/SIGTERM."""
+    from subnet.node.cli import UserError
+
+    try:
+        node = Node(NodeOptions.from_args(args))
+    except NodeConfigError as e:
+        raise UserError(str(e)) from None
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        event(log, "signal", name=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        node.start()
+    except NodeConfigError as e:
+        raise UserError(str(e)) from None
+    print(f"READY {node.node_key.peer_id} {node.maddrs[0]}" + (f" {node.api_url}" if node.api_url else ""),
+          flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        node.stop()
+    return 0

@@ -1,0 +1,39 @@
+"""`mesh-node stake`: add stake to this node (signed by its coldkey)."""
+
+from __future__ import annotations
+
+import argparse
+
+from subnet.node.commands.register import (
+    add_chain_argument,
+    add_key_arguments,
+    add_subnet_argument,
+    format_tensor,
+    hotkey_address,
+    open_chain,
+    parse_tensor,
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_chain_argument(parser)
+    add_subnet_argument(parser)
+    add_key_arguments(parser)
+    parser.add_argument("--amount", required=True, help="TENSOR to add")
+
+
+def run(args: argparse.Namespace) -> int:
+    from subnet.node.cli import UserError
+
+    amount = parse_tensor(args.amount, "--amount")
+    chain = open_chain(args, coldkey_required=True)
+    try:
+        hotkey = hotkey_address(args)
+        node = chain.get_node_by_hotkey(args.subnet_id, hotkey)
+        if node is None:
+            raise UserError(f"no node with hotkey {hotkey} in subnet {args.subnet_id}")
+        chain.add_stake(args.subnet_id, node.node_id, hotkey=hotkey, amount=amount)
+        print(f"node {node.node_id}: stake {format_tensor(chain.get_stake(args.subnet_id, hotkey))}")
+        return 0
+    finally:
+        chain.close()

@@ -1,0 +1,316 @@
+"""`mesh-node devnet`: a whole subnet on one machine.
+
+One command starts the devnet chain (its own process), registers a subnet and its nodes
+(before activation, so they start as Validator class), activates the subnet once they all
+serve, and runs: a validator node in this
+process (its DHT peer is the bootstrap peer; it also serves the API and dashboard), N hoster
+processes (`--hoster --validator`: initial nodes are Validator class and must attest) with
+overlapping block ranges, and optional extra validator processes. Ctrl-C stops everything.
+With `--epochs K` it waits for K scored epochs, prints a summary, and exits non-zero when
+consensus failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chain.types import UNIT
+from keys import AccountKey, NodeKey
+from subnet.logs import event
+from subnet.node.procs import ManagedProcess, ProcessFailed, python_module_argv, stop_all
+
+log = logging.getLogger("mesh_node.devnet")
+
+
+def overlapping_ranges(num_blocks: int, count: int) -> list[tuple[int, int]]:
+    """`count` contiguous ranges covering all blocks, neighbours overlapping when possible.
+
+    Each range spans about 2/(count+1) of the model, so inner blocks are served twice.
+    """
+    if count < 1 or num_blocks < 1:
+        raise ValueError("need at least one hoster and one block")
+    if count == 1:
+        return [(0, num_blocks)]
+    span = min(num_blocks, max(1, math.ceil(2 * num_blocks / (count + 1))))
+    starts = [round(i * (num_blocks - span) / (count - 1)) for i in range(count)]
+    return [(s, s + span) for s in starts]
+
+
+@dataclass
+class DevnetOptions:
+    model: str | None = None
+    hosters: int = 3
+    validators: int = 1  # including the in-process one
+    epochs: int | None = None
+    block_time: float = 1.0
+    epoch_length: int = 20
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    chain_port: int = 0
+    workdir: str | None = None
+    dtype: str = "float32"
+    stake: int = 100
+    timeout: float | None = None
+
+
+@dataclass
+class _Member:
+    name: str
+    role: str
+    node_key: NodeKey
+    hotkey: AccountKey
+    coldkey: AccountKey
+    key_dir: Path
+    blocks: tuple[int, int] | None = None
+    node_id: int | None = None
+    proc: ManagedProcess | None = None
+
+
+@dataclass
+class EpochSummary:
+    epoch: int
+    outcome: str
+    attestors: int
+    validators: int
+    proposer: int | None
+    scores: dict[int, int] = field(default_factory=dict)
+    rewards: dict[int, int] = field(default_factory=dict)
+
+
+class Devnet:
+    def __init__(self, opts: DevnetOptions):
+        if opts.hosters < 1 or opts.validators < 1:
+            raise ValueError("a devnet needs at least one hoster and one validator")
+        self.opts = opts
+        self.workdir = Path(opts.workdir or tempfile.mkdtemp(prefix="mesh-devnet-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.chain_proc = None
+        self.owner = None
+        self.subnet_id: int | None = None
+        self.members: list[_Member] = []
+        self.node = None  # the in-process validator + API node
+        self.model_path: str | None = None
+        self._procs: list[ManagedProcess] = []
+
+    # ------------------------------------------------------------------ setup
+    def _model(self) -> str:
+        if self.opts.model:
+            return self.opts.model
+        path = self.workdir / "model"
+        if not (path / "config.json").exists():
+            from subnet.model.tiny_model import make_tiny_model
+
+            event(log, "creating_tiny_model", path=path)
+            make_tiny_model(path, "llama", num_layers=8, hidden_size=64)
+        return str(path)
+
+    def _start_chain(self) -> None:
+        from chain.devnet import DevnetChain, dev_accounts, start_devnet_process
+
+        self.chain_proc = start_devnet_process(self.workdir / "chain.db", port=self.opts.chain_port,
+                                               block_time=self.opts.block_time, epoch_length=self.opts.epoch_length,
+                                               log_path=self.workdir / "chain.log")
+        self.accounts = dev_accounts(2 + self.opts.hosters + self.opts.validators)
+        self.owner = DevnetChain(self.chain_proc.url, coldkey=self.accounts[0])
+        event(log, "chain_started", url=self.chain_proc.url, block_time=self.opts.block_time,
+              epoch_length=self.opts.epoch_length)
+
+    def _register(self, num_layers: int) -> None:
+        from chain.devnet import DevnetChain
+
+        o = self.opts
+        self.subnet_id = self.owner.register_subnet("mesh-devnet", min_stake=100 * UNIT, max_stake=1000 * UNIT,
+                                                    description="local mesh-node subnet")
+        ranges = overlapping_ranges(num_layers, o.hosters)
+        roles = [("validator", None)] + [("hoster", r) for r in ranges] + [("validator", None)] * (o.validators - 1)
+        for i, (role, blocks) in enumerate(roles):
+            key_dir = self.workdir / "nodes" / f"{role}-{i}"
+            key_dir.mkdir(parents=True, exist_ok=True)
+            m = _Member(f"{role}-{i}", role, NodeKey.generate(), AccountKey.generate(), self.accounts[1 + i],
+                        key_dir, blocks)
+            m.node_key.save(key_dir / "node.key", force=True)
+            m.hotkey.save(key_dir / "hotkey.json", force=True)
+            self.owner.fund(m.hotkey.address, 10 * UNIT)  # hotkeys pay the fees of proposals/attestations
+            with DevnetChain(self.chain_proc.url, coldkey=m.coldkey) as coldkey_client:
+                m.node_id = coldkey_client.register_subnet_node(self.subnet_id, hotkey=m.hotkey.address,
+                                                                peer_id=m.node_key.peer_id, stake=o.stake * UNIT)
+            self.members.append(m)
+            event(log, "node_registered", name=m.name, node_id=m.node_id, peer_id=m.node_key.peer_id,
+                  blocks=f"{blocks[0]}:{blocks[1]}" if blocks else "-")
+
+    def _activate(self) -> None:
+        """Activate once every node serves: elections start then, and an elected node that is
+        still loading its model would miss its proposal and lose reputation for it."""
+        self.owner.activate_subnet(self.subnet_id)
+        event(log, "subnet_activated", subnet_id=self.subnet_id)
+
+    def _node_argv(self, m: _Member, initial_peers: list[str]) -> list[str]:
+        argv = python_module_argv(
+            "subnet.node.cli", "--validator", "--model", self.model_path, "--chain", self.chain_proc.url,
+            "--subnet-id", str(self.subnet_id), "--node-key", str(m.key_dir / "node.key"),
+            "--account-key", str(m.key_dir / "hotkey.json"), "--dtype", self.opts.dtype,
+            "--initial-peers", *initial_peers,
+        )
+        if m.role == "hoster":
+            argv[3:3] = ["--hoster", "--blocks", f"{m.blocks[0]}:{m.blocks[1]}"]
+        return argv
+
+    def _start_local_node(self) -> None:
+        from subnet.node.assembly import Node, NodeOptions
+
+        m = self.members[0]
+        self.node = Node(NodeOptions(
+            validator=True, api=False, model=self.model_path, chain=self.chain_proc.url, subnet_id=self.subnet_id,
+            node_key=str(m.key_dir / "node.key"), account_key=str(m.key_dir / "hotkey.json"),
+            api_host=self.opts.api_host, api_port=self.opts.api_port, dtype=self.opts.dtype,
+        ))
+        self.node.start()  # its DHT peer is the bootstrap; the API starts once hosters serve
+
+    def start(self) -> Devnet:
+        self.model_path = self._model()
+        from transformers import AutoConfig
+
+        num_layers = int(AutoConfig.from_pretrained(self.model_path).num_hidden_layers)
+        self._start_chain()
+        self._register(num_layers)
+        self._start_local_node()
+        peers = self.node.maddrs
+        for m in self.members[1:]:
+            m.proc = ManagedProcess(m.name, self._node_argv(m, peers), log_path=self.workdir / f"{m.name}.log")
+            self._procs.append(m.proc)
+        for m in self.members[1:]:
+            m.proc.wait_ready(timeout=180)
+            event(log, "node_started", name=m.name, pid=m.proc.proc.pid)
+        self._activate()
+        self.node.start_api()
+        return self
+
+    def urls(self) -> dict[str, str]:
+        api = self.node.api_url if self.node else None
+        return {
+            "chain": self.chain_proc.url if self.chain_proc else "",
+            "api": f"{api}/v1" if api else "",
+            "dashboard": f"{api}/" if api else "",
+            "bootstrap": self.node.maddrs[0] if self.node else "",
+            "workdir": str(self.workdir),
+        }
+
+    # ------------------------------------------------------------------ epochs
+    def epoch_summary(self, epoch: int) -> EpochSummary | None:
+        result = self.owner.get_epoch_result(self.subnet_id, epoch)
+        if result is None:
+            return None
+        sub = self.owner.get_consensus_submission(self.subnet_id, epoch)
+        rewards: dict[int, int] = {}
+        for r in result.get("rewards", ()):
+            rewards[int(r["node_id"])] = rewards.get(int(r["node_id"]), 0) + int(r["amount"])
+        return EpochSummary(
+            epoch=epoch, outcome=str(result["outcome"]), attestors=int(result["attestors"]),
+            validators=int(result["validators"]), proposer=sub.validator_node_id if sub else None,
+            scores={e.node_id: e.score for e in sub.data} if sub else {}, rewards=rewards,
+        )
+
+    def run_epochs(self, count: int, stop: threading.Event) -> list[EpochSummary]:
+        """Wait for `count` finalised epochs that carry scores; the first epoch after start has none."""
+        first = self.owner.get_epoch_info(self.subnet_id).epoch + 2
+        epoch_seconds = self.opts.block_time * self.opts.epoch_length
+        deadline = time.monotonic() + (self.opts.timeout or epoch_seconds * (count + 4) * 2 + 60)
+        summaries: list[EpochSummary] = []
+        for e in range(first, first + count):
+            while not stop.is_set():
+                self._check_children()
+                s = self.epoch_summary(e)
+                if s is not None:
+                    summaries.append(s)
+                    event(log, "epoch_finalised", epoch=e, outcome=s.outcome,
+                          attested=f"{s.attestors}/{s.validators}", proposer=s.proposer)
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"epoch {e} was not finalised in time")
+                stop.wait(0.25)
+        return summaries
+
+    def _check_children(self) -> None:
+        for m in self.members[1:]:
+            if m.proc is not None and not m.proc.alive:
+                raise ProcessFailed(f"{m.name} exited with code {m.proc.proc.returncode} (log: {m.proc.log_path})")
+
+    def node_table(self) -> list[dict]:
+        rows = []
+        by_id = {m.node_id: m for m in self.members}
+        for n in self.owner.get_subnet_nodes(self.subnet_id):
+            m = by_id.get(n.node_id)
+            rows.append({
+                "node_id": n.node_id, "name": m.name if m else "?", "class": n.node_class.name,
+                "stake": n.stake, "reputation": n.reputation,
+                "blocks": f"{m.blocks[0]}:{m.blocks[1]}" if m and m.blocks else "-",
+            })
+        return rows
+
+    # ------------------------------------------------------------------ stop
+    def stop(self) -> None:
+        stop_all(self._procs)
+        if self.node is not None:
+            self.node.stop()
+        if self.owner is not None:
+            self.owner.close()
+        if self.chain_proc is not None:
+            self.chain_proc.stop()
+        event(log, "devnet_stopped", workdir=self.workdir)
+
+
+def format_summary(summaries: list[EpochSummary], nodes: list[dict]) -> str:
+    lines = ["", "epoch  outcome    attested  proposer  scores (node:score)"]
+    for s in summaries:
+        scores = " ".join(f"{n}:{v / 1e18:.3f}" for n, v in sorted(s.scores.items()))
+        lines.append(f"{s.epoch:<6} {s.outcome:<10} {s.attestors}/{s.validators:<7} {s.proposer!s:<9} {scores}")
+    lines += ["", "node  name          class       blocks  stake (TENSOR)      rewards in these epochs"]
+    for r in nodes:
+        earned = sum(s.rewards.get(r["node_id"], 0) for s in summaries) / UNIT
+        lines.append(f"{r['node_id']:<5} {r['name']:<13} {r['class']:<11} {r['blocks']:<7} "
+                     f"{r['stake'] / UNIT:<19.6f} {earned:+.6f}")
+    return "\n".join(lines)
+
+
+def run_devnet(opts: DevnetOptions) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    devnet = Devnet(opts)
+    try:
+        devnet.start()
+        urls = devnet.urls()
+        print("mesh-node devnet is up:", flush=True)
+        for k in ("api", "dashboard", "chain", "bootstrap", "workdir"):
+            print(f"  {k:<10} {urls[k]}", flush=True)
+        print(f"READY {json.dumps(urls)}", flush=True)
+        if opts.epochs is None:
+            print("Press Ctrl-C to stop.", flush=True)
+            while not stop.wait(0.5):
+                devnet._check_children()
+            return 0
+        summaries = devnet.run_epochs(opts.epochs, stop)
+        if stop.is_set():
+            return 130
+        print(format_summary(summaries, devnet.node_table()), flush=True)
+        failed = [s.epoch for s in summaries if s.outcome != "accepted" or s.attestors < s.validators]
+        if failed:
+            print(f"consensus FAILED in epochs {failed}", file=sys.stderr, flush=True)
+            return 1
+        print(f"consensus OK: {len(summaries)} epoch(s) proposed, attested by all validators, rewards paid", flush=True)
+        return 0
+    finally:
+        devnet.stop()

@@ -1,0 +1,1 @@
+"""The swarm layer: DHT, signed records, wire format, announcements, epoch records."""
