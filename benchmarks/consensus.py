@@ -151,9 +151,15 @@ def time_commit_reveal(n_nodes: int, *, hidden: int, block_time: float, epoch_le
     from consensus.commit import commitment, new_salt, verify_commitment
     from consensus.encoding import encode_block_outputs, encode_tensor
     from consensus.phases import RecordKind
-    from subnet.swarm.consensus_records import (
-        ChainRegistry, ConsensusRecordPolicy, EpochView, fetch_records, fetch_reveals, make_record_validator,
-        record_ttl, reveal_parts, store_record, store_reveal,
+    from subnet.swarm.chain_view import ChainRegistry, EpochPosition
+    from subnet.swarm.record_admission import ConsensusRecordPolicy, make_record_validator
+    from subnet.swarm.record_store import (
+        fetch_records,
+        fetch_reveals,
+        record_ttl,
+        reveal_parts,
+        store_record,
+        store_reveal,
     )
     from subnet.swarm.dht import start_dht, visible_maddrs
 
@@ -185,7 +191,7 @@ def time_commit_reveal(n_nodes: int, *, hidden: int, block_time: float, epoch_le
         outs_by_node = [{int(b): base64.b64decode(v) for b, v in body["outputs"].items()} for body in bodies]
         commits = [commitment(bytes.fromhex(body["salt"]), encode_block_outputs(sid, epoch, key.peer_id, outs))
                    for body, key, outs in zip(bodies, net.keys, outs_by_node)]
-        view = EpochView.from_epoch_info(info)
+        view = EpochPosition.from_epoch_info(info)
         ttl = record_ttl(view)
 
         t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 encodings, commit-reveal, deterministic scoring and attestation decisions.
 
 The roles (`hoster/duty.py`, `validator/duty.py`) feed it records and act on its answers;
-`subnet/swarm/consensus_records.py` carries the records through the DHT and admits them.
+`subnet/swarm/record_admission.py` carries the records through the DHT and admits them.
 
 One epoch `e` (progress `p` from chain blocks, `phases.py`)::
 

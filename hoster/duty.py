@@ -24,19 +24,18 @@ from consensus.encoding import encode_block_outputs, encode_tensor
 from consensus.phases import COMMIT_END, COMMIT_START, REVEAL_END, REVEAL_START, RecordKind
 from consensus.probe import ProbeSpec, make_probe_spec, probe_input
 from keys.node_key import NodeKey
-from subnet.swarm.consensus_records import (
+from subnet.logs import event
+from subnet.swarm.chain_view import ChainRegistry, EpochPosition
+from subnet.swarm.epoch_loop import EpochDutyLoop
+from subnet.swarm.record_admission import ConsensusRecordPolicy
+from subnet.swarm.record_store import (
     DHTUnavailableError,
-    ChainRegistry,
-    ConsensusRecordPolicy,
-    EpochView,
     fetch_probe,
     record_ttl,
     reveal_parts,
     store_record,
     store_reveal,
 )
-from subnet.swarm.epoch_loop import EpochDutyLoop
-from subnet.logs import event
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +103,7 @@ class HosterDuty(EpochDutyLoop):
 
     # ---- one step ----------------------------------------------------------------------------
 
-    def tick(self, view: EpochView) -> None:
+    def tick(self, view: EpochPosition) -> None:
         """Advance the duty for the chain position `view` (idempotent within a phase)."""
         e, p = view.epoch, view.progress
         st = self.epochs.get(e)
@@ -151,7 +150,7 @@ class HosterDuty(EpochDutyLoop):
         out = self.backend.run_span(probe_input(spec, block), block, block + 1)
         return out.detach().to("cpu", torch.float32).contiguous()
 
-    def _commit(self, st: HosterEpoch, view: EpochView) -> None:
+    def _commit(self, st: HosterEpoch, view: EpochPosition) -> None:
         payload = {"commit": st.commit.hex(), "blocks": list(st.blocks), "parts": reveal_parts(self.reveal_body(st))}
         if store_record(self.dht, self.node_key, self.subnet_id, st.epoch, RecordKind.HOSTER_COMMIT, payload,
                         block=view.block, ttl=record_ttl(view)):
@@ -162,7 +161,7 @@ class HosterDuty(EpochDutyLoop):
         return {"salt": st.salt.hex(),
                 "outputs": {str(b): base64.b64encode(data).decode() for b, data in sorted(st.outputs.items())}}
 
-    def _reveal(self, st: HosterEpoch, view: EpochView) -> None:
+    def _reveal(self, st: HosterEpoch, view: EpochPosition) -> None:
         if store_reveal(self.dht, self.node_key, self.subnet_id, st.epoch, RecordKind.HOSTER_REVEAL,
                         self.reveal_body(st), block=view.block, ttl=record_ttl(view)):
             st.revealed_block = view.block

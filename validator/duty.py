@@ -29,10 +29,11 @@ from consensus.phases import PROBE_ELECTED_ONLY_END, PROPOSE_END, REVEAL_END, RE
 from consensus.probe import ProbeSpec, make_probe_spec
 from consensus.scoring import DEFAULT_PARAMS, ScoringParams, onchain_scores, score_hosters, score_validators, to_fixed
 from keys.node_key import NodeKey
-from subnet.swarm.consensus_records import (
-    ChainRegistry,
-    ConsensusRecordPolicy,
-    EpochView,
+from subnet.logs import event
+from subnet.swarm.chain_view import ChainRegistry, EpochPosition
+from subnet.swarm.epoch_loop import EpochDutyLoop
+from subnet.swarm.record_admission import ConsensusRecordPolicy
+from subnet.swarm.record_store import (
     fetch_probe,
     fetch_records,
     fetch_reveals,
@@ -41,8 +42,6 @@ from subnet.swarm.consensus_records import (
     store_record,
     store_reveal,
 )
-from subnet.swarm.epoch_loop import EpochDutyLoop
-from subnet.logs import event
 from validator.verify import VALID, verify_hoster_reveals, verify_validator_reveals
 
 log = logging.getLogger(__name__)
@@ -141,7 +140,7 @@ class ValidatorDuty(EpochDutyLoop):
 
     # ---- one step ----------------------------------------------------------------------------
 
-    def tick(self, view: EpochView) -> None:
+    def tick(self, view: EpochPosition) -> None:
         e, p = view.epoch, view.progress
         st = self._state(e)
         prev = self.epochs.get(e - 1)
@@ -181,7 +180,7 @@ class ValidatorDuty(EpochDutyLoop):
         randomness = self.registry.randomness(epoch)
         return make_probe_spec(randomness, self.subnet_id, epoch, hidden=self.hidden_size, num_blocks=self.num_blocks)
 
-    def _ensure_probe(self, st: ValidatorEpoch, view: EpochView, elected: bool) -> None:
+    def _ensure_probe(self, st: ValidatorEpoch, view: EpochPosition, elected: bool) -> None:
         expected = self.expected_probe(st.epoch)
         if not elected:
             found = fetch_probe(self.dht, self.policy, expected)
@@ -193,7 +192,7 @@ class ValidatorDuty(EpochDutyLoop):
             st.probe, st.probe_poster, st.probe_posted_by_us = expected, self.peer_id, True
             event(log, "probe_posted", epoch=st.epoch, seed=expected.seed.hex()[:16], elected=elected)
 
-    def _score(self, st: ValidatorEpoch, view: EpochView) -> None:
+    def _score(self, st: ValidatorEpoch, view: EpochPosition) -> None:
         e = st.epoch
         spec = st.probe or self.expected_probe(e)
         st.probe = spec
@@ -222,7 +221,7 @@ class ValidatorDuty(EpochDutyLoop):
         event(log, "epoch_scored", epoch=e, hosters=len(hv.status), valid_reveals=valid,
               validators=len(vv.values), entries=len(st.proposal))
 
-    def _commit_scores(self, st: ValidatorEpoch, view: EpochView) -> None:
+    def _commit_scores(self, st: ValidatorEpoch, view: EpochPosition) -> None:
         if not st.score_salt:
             st.score_salt = new_salt()
             score_set = make_score_set(self.subnet_id, st.epoch, self.peer_id, st.hoster_fixed or {})
@@ -237,7 +236,7 @@ class ValidatorDuty(EpochDutyLoop):
     def reveal_body(st: ValidatorEpoch) -> dict:
         return {"salt": st.score_salt.hex(), "scores_epoch": st.epoch, "scores": dict(st.hoster_fixed or {})}
 
-    def _reveal_scores(self, prev: ValidatorEpoch, view: EpochView) -> None:
+    def _reveal_scores(self, prev: ValidatorEpoch, view: EpochPosition) -> None:
         if store_reveal(self.dht, self.node_key, self.subnet_id, view.epoch, RecordKind.VALIDATOR_REVEAL,
                         self.reveal_body(prev), block=view.block, ttl=record_ttl(view)):
             prev.score_revealed_block = view.block

@@ -1,7 +1,7 @@
 """Check reveals against commits (hoster outputs and validator score sets).
 
 A reveal counts only if the same signer committed in the same epoch and the reveal opens
-that commit; admission (`subnet.swarm.consensus_records`) has already checked signatures,
+that commit; admission (`subnet.swarm.record_admission`) has already checked signatures,
 signer class, epoch and windows. Everything decoded here is bounded before decoding.
 """
 
@@ -12,15 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from consensus.commit import verify_commitment
-from consensus.encoding import (
-    EncodingError,
-    decode_tensor,
-    encode_block_outputs,
-    encode_score_set,
-    make_score_set,
-)
+from consensus.encoding import EncodingError, decode_tensor, encode_block_outputs, encode_score_set, make_score_set
 from consensus.probe import ProbeSpec
-from subnet.swarm.consensus_records import ConsensusRecordError, decode_b64
+from subnet.swarm.epoch_records import ConsensusRecordError, decode_b64
 from subnet.swarm.records import OpenedRecord
 
 VALID = "valid"

@@ -15,14 +15,21 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from chain import connect
+from hoster.compiled import kernel_for_compile
+from hoster.duty import HosterDuty
 from keys import AccountKey, NodeKey
 from subnet.logs import event
+from subnet.model.blocks import model_uid
+from subnet.model.kernels import linear_kernel
+from subnet.node.checks import check_blocks, check_device, check_initial_peers, check_model
+from subnet.node.errors import NodeConfigError
+from subnet.swarm.announcements import AnnouncementValidator
+from subnet.swarm.dht import LOOPBACK_MADDRS, start_dht, visible_maddrs
+from subnet.swarm.record_admission import make_record_validator
+from validator.duty import ValidatorDuty
 
 log = logging.getLogger("mesh_node.node")
-
-
-class NodeConfigError(Exception):
-    """A node option is missing or inconsistent (reported in one line by the CLI)."""
 
 
 @dataclass
@@ -85,15 +92,20 @@ class Node:
         if o.chain and o.subnet_id is None:
             raise NodeConfigError("--chain needs --subnet-id")
         if o.hoster:
-            from hoster.compiled import kernel_for_compile
-            from subnet.model.kernels import linear_kernel
-
             try:
                 linear_kernel(o.linear_kernel)  # also checks MESH_LINEAR_KERNEL before anything starts
                 if o.compile_decode:
                     kernel_for_compile(o.linear_kernel)
             except ValueError as e:
                 raise NodeConfigError(str(e)) from None
+        # The common mistakes, caught here in one line rather than as a traceback mid-start-up.
+        if o.model:
+            check_model(o.model)
+        if o.hoster and o.blocks and o.model:
+            check_blocks(o.blocks, o.model)
+        if o.hoster:
+            check_device(o.device)
+        check_initial_peers(o.initial_peers)
 
     # ------------------------------------------------------------------ start
     def start(self) -> Node:
@@ -125,8 +137,6 @@ class Node:
 
     @property
     def maddrs(self) -> list[str]:
-        from subnet.swarm.dht import visible_maddrs
-
         return visible_maddrs(self.dht)
 
     def _start_chain(self) -> None:
@@ -134,8 +144,6 @@ class Node:
         if not o.chain:
             event(log, "no_chain", logging.WARNING, hint="serving without a chain: no consensus duties")
             return
-        from chain import connect
-
         hotkey = AccountKey.load(o.account_key) if o.account_key else None
         self.chain = connect(o.chain, hotkey=hotkey)
         me = self.chain.get_node_by_peer_id(o.subnet_id, self.node_key.peer_id)
@@ -146,16 +154,8 @@ class Node:
             event(log, "chain_node", node_id=me.node_id, node_class=me.node_class.name, stake=me.stake)
 
     def _start_dht(self) -> None:
-        from subnet.swarm.dht import LOOPBACK_MADDRS, start_dht
-
-        from subnet.swarm.announcements import AnnouncementValidator
-
         validators: list = [AnnouncementValidator()]  # nobody may overwrite a hoster's announcement subkey
         if self.chain is not None:
-            from subnet.swarm.consensus_records import make_record_validator
-
-            from chain import connect
-
             url = self.opts.chain
             # hivemind forks the DHT process: the record validator must build its own read-only
             # chain client there rather than share this process's connection.
@@ -164,7 +164,7 @@ class Node:
                              host_maddrs=self.opts.host_maddrs or LOOPBACK_MADDRS, record_validators=validators)
 
     def _start_hoster(self) -> None:
-        from hoster.server import Hoster, parse_blocks
+        from hoster.server import Hoster, parse_blocks  # deferred: only hosters load model code (~0.8 s)
 
         o = self.opts
         start = end = None
@@ -188,13 +188,9 @@ class Node:
         o = self.opts
         hidden, layers = self._model_shape()
         if self.hoster is not None:
-            from hoster.duty import HosterDuty
-
             self.hoster_duty = HosterDuty(self.dht, self.chain, self.node_key, self.hoster, o.subnet_id,
                                           hidden_size=hidden, num_blocks=layers).start()
         if o.validator:
-            from validator.duty import ValidatorDuty
-
             self.validator_duty = ValidatorDuty(self.dht, self.chain, self.node_key, o.subnet_id,
                                                 hidden_size=hidden, num_blocks=layers).start()
 
@@ -205,9 +201,9 @@ class Node:
 
     def start_api(self) -> str:
         """Serve the API (also callable after `start()`, once the swarm has hosters)."""
-        from subnet.api.app import create_app
-        from subnet.api.server import BackgroundServer
-        from subnet.api.swarm_backend import SwarmBackend
+        from subnet.api.app import create_app  # deferred: only --api nodes need fastapi/uvicorn (~0.3 s)
+        from subnet.api.server import BackgroundServer  # deferred: as above
+        from subnet.api.swarm_backend import SwarmBackend  # deferred: as above
 
         o = self.opts
         if not o.model:
@@ -215,7 +211,7 @@ class Node:
         self._swarm_backend = SwarmBackend.from_pretrained(o.model, self.maddrs, model_name=o.model_name)
         view = None
         if self.chain is not None:
-            from subnet.api.subnet_view import ChainSubnetView
+            from subnet.api.subnet_view import ChainSubnetView  # deferred: as above
 
             view = ChainSubnetView(self.chain, o.subnet_id, dht=self.dht, models=[self._swarm_backend_uid()],
                                    reports=self.reports)
@@ -226,8 +222,6 @@ class Node:
         return self.api_url
 
     def _swarm_backend_uid(self) -> str:
-        from subnet.model.blocks import model_uid
-
         return model_uid(self.opts.model, self.opts.model_name)
 
     # ------------------------------------------------------------------ stop
@@ -257,12 +251,7 @@ class Node:
 
 def run_node(args: argparse.Namespace) -> int:
     """CLI entry: start the node, print `READY <peer_id> <maddr> [api_url]`, run until SIGINT/SIGTERM."""
-    from subnet.node.cli import UserError
-
-    try:
-        node = Node(NodeOptions.from_args(args))
-    except NodeConfigError as e:
-        raise UserError(str(e)) from None
+    node = Node(NodeOptions.from_args(args))  # a NodeConfigError is a UserError: one line from the CLI
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -271,10 +260,7 @@ def run_node(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    try:
-        node.start()
-    except NodeConfigError as e:
-        raise UserError(str(e)) from None
+    node.start()
     print(f"READY {node.node_key.peer_id} {node.maddrs[0]}" + (f" {node.api_url}" if node.api_url else ""),
           flush=True)
     try:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import hivemind
@@ -33,26 +34,47 @@ def servers_key(model_uid: str) -> str:
     return f"{PROTOCOL_VERSION}/{model_uid}/servers"
 
 
+MIN_THROUGHPUT = 1e-3  # tokens/s floor when a route costs a hoster by its throughput
+
+
 @dataclass(frozen=True)
 class Announcement:
+    """What a hoster announces about itself: the one schema its writer and every reader use.
+
+    `to_payload()` is what the hoster signs and stores (and answers to `rpc_info`);
+    `from_payload()` is the only parser. Fields it does not know are ignored, so a newer
+    hoster can add fields without breaking older readers. `expiration` comes from the DHT
+    record, not from the payload.
+    """
+
     peer_id: str
     model: str
     start: int
     end: int
-    throughput: float
-    cache_tokens_free: int
-    cache_tokens_total: int
-    version: str
-    state: str
     num_blocks: int
     hidden_size: int
-    dtype: str
-    expiration: float
-    payload: dict
+    dtype: str = "float32"
+    throughput: float = 0.0  # tokens/s through the whole span, measured at start-up
+    cache_tokens_free: int = 0
+    cache_tokens_total: int = 0
+    version: str = ""
+    state: str = "online"
+    expiration: float = math.inf
+
+    def to_payload(self) -> dict[str, Any]:
+        payload = asdict(self)
+        del payload["expiration"]
+        return payload
+
+    def block_time(self) -> float:
+        """Seconds per token per block, from the announced span throughput (tokens/s)."""
+        return 1.0 / (max(self.throughput, MIN_THROUGHPUT) * (self.end - self.start))
 
     @classmethod
-    def from_payload(cls, payload: dict[str, Any], expiration: float = math.inf) -> Announcement:
+    def from_payload(cls, payload: Mapping[str, Any], expiration: float = math.inf) -> Announcement:
         """Validate field types and ranges; raise ValueError on anything malformed."""
+        if not isinstance(payload, Mapping):
+            raise ValueError("announcement payload is not an object")
 
         def integer(name: str, lo: int = 0, hi: int = 1 << 40) -> int:
             v = payload.get(name)
@@ -76,7 +98,7 @@ class Announcement:
             throughput=float(throughput), cache_tokens_free=integer("cache_tokens_free"),
             cache_tokens_total=integer("cache_tokens_total"), version=text("version", 50), state=text("state", 20),
             num_blocks=integer("num_blocks", 1), hidden_size=integer("hidden_size", 1), dtype=text("dtype", 20),
-            expiration=float(expiration), payload=dict(payload),
+            expiration=float(expiration),
         )
         if not ann.start < ann.end <= ann.num_blocks:
             raise ValueError(f"announced blocks [{ann.start}, {ann.end}) invalid for {ann.num_blocks} blocks")

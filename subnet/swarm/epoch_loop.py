@@ -11,8 +11,9 @@ import logging
 import threading
 
 from chain.types import ChainError
-from subnet.swarm.consensus_records import DHTUnavailableError, EpochView
 from subnet.logs import event
+from subnet.swarm.chain_view import EpochPosition
+from subnet.swarm.record_store import DHTUnavailableError
 
 
 class EpochDutyLoop:
@@ -42,7 +43,7 @@ class EpochDutyLoop:
     def reports(self) -> dict[int, dict]:
         return {e: st.report() for e, st in sorted(self.epochs.items())}
 
-    def tick(self, view: EpochView) -> None:
+    def tick(self, view: EpochPosition) -> None:
         raise NotImplementedError
 
     def _run(self) -> None:

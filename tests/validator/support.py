@@ -102,8 +102,8 @@ class Node:
     """
 
     def __init__(self, net: ChainNet, op: Operator, initial_peers: list[str]):
-        from subnet.swarm.consensus_records import make_record_validator
         from subnet.swarm.dht import start_dht, visible_maddrs
+        from subnet.swarm.record_admission import make_record_validator
 
         url, sid = net.url, net.subnet_id
         self.net, self.op = net, op

@@ -15,20 +15,12 @@ import pytest
 import torch
 
 from chain.types import NodeClass
-from consensus.phases import REVEAL_END, RecordKind, block_window
 from consensus.encoding import encode_tensor
+from consensus.phases import REVEAL_END, RecordKind, block_window
 from hoster.duty import HosterDuty, HosterEpoch
 from keys import NodeKey
-from subnet.swarm.consensus_records import (
-    consensus_key,
-    fetch_records,
-    fetch_reveals,
-    record_ttl,
-    split_reveal,
-    store_record,
-    store_reveal,
-    store_sealed,
-)
+from subnet.swarm.epoch_records import consensus_key, split_reveal
+from subnet.swarm.record_store import fetch_records, fetch_reveals, record_ttl, store_record, store_reveal, store_sealed
 from subnet.swarm.records import seal
 from tests.validator.support import ChainNet, Node
 from validator.duty import ValidatorDuty

@@ -16,17 +16,11 @@ from chain.types import NodeClass, SubnetNode
 from consensus.phases import RecordKind
 from consensus.probe import make_probe_spec
 from keys import NodeKey
-from subnet.swarm.consensus_records import (
-    ChainRegistry,
-    ConsensusRecordError,
-    ConsensusRecordPolicy,
-    ConsensusRecordValidator,
-    EpochView,
-    consensus_key,
-    fetch_records,
-    store_record,
-)
+from subnet.swarm.chain_view import ChainRegistry, EpochPosition
 from subnet.swarm.dht import start_dht, visible_maddrs
+from subnet.swarm.epoch_records import ConsensusRecordError, consensus_key
+from subnet.swarm.record_admission import ConsensusRecordPolicy, ConsensusRecordValidator
+from subnet.swarm.record_store import fetch_records, store_record
 from subnet.swarm.records import seal
 from tests.validator.support import ChainNet
 
@@ -38,12 +32,12 @@ BPE = 20
 class FixedRegistry:
     """A registry with given values (the chain-backed one is exercised further below)."""
 
-    view_: EpochView
+    view_: EpochPosition
     nodes: dict[str, NodeClass] = field(default_factory=dict)
     elected: str | None = None
     rand: bytes = bytes(range(32))
 
-    def view(self) -> EpochView:
+    def view(self) -> EpochPosition:
         return self.view_
 
     def node(self, peer_id):
@@ -57,14 +51,14 @@ class FixedRegistry:
         return self.rand
 
 
-def at(epoch: int, block_in_epoch: int) -> EpochView:
-    return EpochView(epoch, epoch * BPE + block_in_epoch, BPE, block_in_epoch, 0.25)
+def at(epoch: int, block_in_epoch: int) -> EpochPosition:
+    return EpochPosition(epoch, epoch * BPE + block_in_epoch, BPE, block_in_epoch, 0.25)
 
 
 VAL, HOST, OUTSIDER = NodeKey.generate(), NodeKey.generate(), NodeKey.generate()
 
 
-def policy(view: EpochView, **kw) -> ConsensusRecordPolicy:
+def policy(view: EpochPosition, **kw) -> ConsensusRecordPolicy:
     reg = FixedRegistry(view, {VAL.peer_id: NodeClass.VALIDATOR, HOST.peer_id: NodeClass.IDLE}, elected=VAL.peer_id)
     return ConsensusRecordPolicy(SUBNET, reg, **kw)
 
@@ -127,7 +121,7 @@ def test_rejections(case, reason):
     elif case == "other_subnet":
         payload = commit_payload(5, 5 * BPE + 4, subnet=8)
     elif case == "replay_key":
-        from subnet.swarm.consensus_records import key_id_bytes
+        from subnet.swarm.epoch_records import key_id_bytes
 
         p = policy(at(6, 2))
         payload = commit_payload(5, 5 * BPE + 4)
@@ -175,7 +169,7 @@ def test_probe_rules():
 
 
 def test_reveal_parts_and_body_rules():
-    from subnet.swarm.consensus_records import CHUNK_CHARS, check_reveal_body, join_reveal, key_id_bytes, split_reveal
+    from subnet.swarm.epoch_records import CHUNK_CHARS, check_reveal_body, join_reveal, key_id_bytes, split_reveal
 
     p = policy(at(6, 11))
     body = {"salt": "00" * 16, "scores_epoch": 5, "scores": {f"peer{i:05d}": 10**18 - i for i in range(400)}}
