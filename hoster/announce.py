@@ -1,7 +1,7 @@
 """Publish this hoster's signed announcement, refresh it, withdraw it on shutdown.
 
-The reader lives in the runtime layer (`subnet.swarm.announcements.read_announcements`) so
-clients can use it without importing the hoster; it is re-exported here.
+The schema and the verifying reader live in `subnet.swarm.announcements`, so clients use
+them without importing the hoster.
 hivemind keeps, per subkey, the value with the LATEST expiration: a withdrawal must
 therefore expire later than the last refresh, so it is written as state "offline"
 with expiration `last + 1 s`, and readers drop offline records.
@@ -17,8 +17,8 @@ import hivemind
 from hivemind.utils import get_dht_time
 
 from keys.node_key import NodeKey
-from subnet.swarm.announcements import Announcement, read_announcements, servers_key  # noqa: F401 (re-export)
 from subnet.logs import event
+from subnet.swarm.announcements import servers_key
 from subnet.swarm.records import seal
 
 log = logging.getLogger(__name__)

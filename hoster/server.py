@@ -26,7 +26,7 @@ from hoster.compiled import kernel_for_compile
 from hoster.selection import Span, choose_blocks, should_move
 from hoster.servicer import NAMESPACE, BlockServicer
 from keys.node_key import NodeKey
-from subnet.swarm.announcements import AnnouncementValidator, read_announcements
+from subnet.swarm.announcements import Announcement, AnnouncementValidator, read_announcements
 from subnet.model.blocks import dtype_name, load_blocks, load_config, model_uid, parse_dtype
 from subnet.swarm.dht import start_dht, visible_maddrs
 from subnet.logs import event
@@ -139,13 +139,13 @@ class Hoster:
     def info(self) -> dict:
         """The announcement payload (also the `rpc_info` answer)."""
         budget = self.backend.budget
-        return {
-            "peer_id": self.peer_id, "model": self.model_uid, "start": self.backend.start, "end": self.backend.end,
-            "throughput": round(float(self.throughput), 3),
-            "cache_tokens_free": budget.free_tokens, "cache_tokens_total": budget.total_tokens,
-            "version": VERSION, "state": self.state, "num_blocks": self.config.num_hidden_layers,
-            "hidden_size": self.config.hidden_size, "dtype": dtype_name(self.dtype),
-        }
+        return Announcement(
+            peer_id=self.peer_id, model=self.model_uid, start=self.backend.start, end=self.backend.end,
+            num_blocks=self.config.num_hidden_layers, hidden_size=self.config.hidden_size,
+            dtype=dtype_name(self.dtype), throughput=round(float(self.throughput), 3),
+            cache_tokens_free=budget.free_tokens, cache_tokens_total=budget.total_tokens, version=VERSION,
+            state=self.state,
+        ).to_payload()
 
     def run_span(self, hidden: torch.Tensor, start: int | None = None, end: int | None = None) -> torch.Tensor:
         """Thread-safe stateless forward through the serving path (used by the probe duty)."""

@@ -8,11 +8,11 @@
 from subnet.client.generation import Completion, StreamEvent
 from subnet.client.manager import ClientConfig
 from subnet.client.model import DistributedModelForCausalLM
-from subnet.client.routing import RouteError, ServerInfo, Span, find_route
+from subnet.client.routing import RouteError, Span, find_route
 from subnet.client.sampling import SamplingParams
 from subnet.client.session import SessionError
 
 __all__ = [
-    "ClientConfig", "Completion", "DistributedModelForCausalLM", "RouteError", "SamplingParams", "ServerInfo",
+    "ClientConfig", "Completion", "DistributedModelForCausalLM", "RouteError", "SamplingParams",
     "SessionError", "Span", "StreamEvent", "find_route",
 ]

@@ -15,9 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from subnet.client import discovery, transport
-from subnet.client.routing import BanList, RouteError, RouteStats, ServerInfo, Span, find_route
+from subnet.client.routing import BanList, RouteError, RouteStats, Span, find_route
 from subnet.client.runtime import ClientRuntime
 from subnet.logs import event
+from subnet.swarm.announcements import Announcement
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class SequenceManager:
         self.config = config or ClientConfig()
         self.bans = BanList(self.config.ban_base, self.config.ban_max)
         self.stats = RouteStats()
-        self._servers: list[ServerInfo] = []
+        self._servers: list[Announcement] = []
         self._fetched_at = -1e9
         self._refresh_lock: asyncio.Lock | None = None
         self._refresh_task: asyncio.Future | None = None
@@ -60,7 +61,7 @@ class SequenceManager:
     def p2p(self):
         return self.runtime.p2p
 
-    async def servers(self, force: bool = False) -> list[ServerInfo]:
+    async def servers(self, force: bool = False) -> list[Announcement]:
         """Announced online hosters of this model.
 
         Stale-while-revalidate: once a list exists, a stale one is returned at once while a
@@ -75,7 +76,7 @@ class SequenceManager:
             self._refresh_task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return self._servers
 
-    async def _refresh(self) -> list[ServerInfo]:
+    async def _refresh(self) -> list[Announcement]:
         if self._refresh_lock is None:
             self._refresh_lock = asyncio.Lock()
         async with self._refresh_lock:
@@ -88,7 +89,7 @@ class SequenceManager:
             self._fetched_at = time.monotonic()
         return self._servers
 
-    def _compatible(self, s: ServerInfo) -> bool:
+    def _compatible(self, s: Announcement) -> bool:
         if s.num_blocks and s.num_blocks != self.num_blocks:
             return False
         if s.hidden_size and self.hidden_size and s.hidden_size != self.hidden_size:
@@ -109,7 +110,7 @@ class SequenceManager:
         self.stats.record_ping(peer_id, rtt)
         return rtt
 
-    async def _ping_unmeasured(self, servers: Iterable[ServerInfo]) -> None:
+    async def _ping_unmeasured(self, servers: Iterable[Announcement]) -> None:
         todo = {s.peer_id for s in servers if s.peer_id not in self.stats.pings and not self.bans.is_banned(s.peer_id)}
         if todo:
             await asyncio.gather(*(self.ping(p) for p in todo))

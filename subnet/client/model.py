@@ -18,13 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 import hivemind
 import torch
 
-from subnet.model.blocks import load_client_parts, model_uid as make_model_uid
 from subnet.client.generation import ClientHead, Completion, StreamEvent, generate_events
 from subnet.client.manager import ClientConfig, SequenceManager
 from subnet.client.routing import Span
 from subnet.client.runtime import ClientRuntime
 from subnet.client.sampling import SamplingParams
 from subnet.client.session import RemoteSession
+from subnet.model.blocks import load_client_parts, model_uid as make_model_uid
 
 log = logging.getLogger(__name__)
 

@@ -15,60 +15,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from subnet.swarm.announcements import Announcement
+
 DEFAULT_PING = 0.05  # seconds assumed for a hoster not measured yet
-MIN_THROUGHPUT = 1e-3
 
 
 class RouteError(RuntimeError):
     """The model cannot be covered by the reachable, non-banned hosters."""
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    """What a hoster announced (the announcement payload of PROTOCOL.md), parsed and checked."""
-
-    peer_id: str
-    start: int
-    end: int
-    throughput: float = 1.0
-    cache_tokens_free: int = 0
-    cache_tokens_total: int = 0
-    state: str = "online"
-    num_blocks: int = 0
-    hidden_size: int = 0
-    dtype: str = "float32"
-    version: str = ""
-
-    @classmethod
-    def from_payload(cls, payload: Mapping, peer_id: str | None = None) -> "ServerInfo":
-        """Parse an announcement payload; raises ValueError on anything malformed."""
-        pid = str(peer_id or payload["peer_id"])
-        start, end = int(payload["start"]), int(payload["end"])
-        if not 0 <= start < end:
-            raise ValueError(f"bad block range [{start}, {end})")
-        num_blocks = int(payload.get("num_blocks", 0) or 0)
-        if num_blocks and end > num_blocks:
-            raise ValueError(f"block range [{start}, {end}) beyond num_blocks={num_blocks}")
-        throughput = float(payload.get("throughput", 1.0) or 0.0)
-        if not math.isfinite(throughput) or throughput < 0:
-            raise ValueError("bad throughput")
-        return cls(
-            peer_id=pid,
-            start=start,
-            end=end,
-            throughput=throughput,
-            cache_tokens_free=int(payload.get("cache_tokens_free", 0) or 0),
-            cache_tokens_total=int(payload.get("cache_tokens_total", 0) or 0),
-            state=str(payload.get("state", "online")),
-            num_blocks=num_blocks,
-            hidden_size=int(payload.get("hidden_size", 0) or 0),
-            dtype=str(payload.get("dtype", "float32")),
-            version=str(payload.get("version", "")),
-        )
-
-    def block_time(self) -> float:
-        """Seconds per token per block, from the announced span throughput (tokens/s)."""
-        return 1.0 / (max(self.throughput, MIN_THROUGHPUT) * (self.end - self.start))
 
 
 @dataclass(frozen=True)
@@ -81,7 +34,7 @@ class Span:
 
 
 def find_route(
-    servers: Iterable[ServerInfo],
+    servers: Iterable[Announcement],
     start: int,
     end: int,
     *,
@@ -115,7 +68,7 @@ def find_route(
     best: dict[int, float] = {start: 0.0}
     prev: dict[int, Span] = {}
     heap: list[tuple[float, int]] = [(0.0, start)]
-    edges: list[tuple[ServerInfo, float, float]] = []  # (server, fixed cost per hop, cost per block)
+    edges: list[tuple[Announcement, float, float]] = []  # (server, fixed cost per hop, cost per block)
     for s in candidates:
         ping = pings.get(s.peer_id, DEFAULT_PING)
         penalty = no_cache_penalty if cache_tokens_needed and s.cache_tokens_free < cache_tokens_needed else 0.0

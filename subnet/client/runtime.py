@@ -15,6 +15,9 @@ from typing import Any, TypeVar
 
 import hivemind
 
+from keys import NodeKey
+from subnet.swarm.dht import start_dht
+
 T = TypeVar("T")
 
 
@@ -27,9 +30,6 @@ class ClientRuntime:
         if dht is None:
             if not initial_peers:
                 raise ValueError("give initial_peers (multiaddrs of the swarm) or a running dht")
-            from keys import NodeKey
-            from subnet.swarm.dht import start_dht
-
             # Client mode: the client dials hosters but accepts no inbound DHT traffic.
             # (hivemind's identity-taken check parses the key as RSA and fails on Ed25519 keys: skip it;
             # a fresh random key cannot be taken anyway.)

@@ -15,8 +15,8 @@ import torch
 from hivemind.p2p import P2P, PeerID
 from hivemind.proto import runtime_pb2
 
-from subnet.swarm import wire
 from subnet.client.runtime import wait_for
+from subnet.swarm import wire
 
 NAMESPACE = "mesh.v1"
 SERVICER_CLASS = "BlockServicer"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from subnet.client.routing import BanList, RouteError, RouteStats, ServerInfo, Span, find_route
+from subnet.client.routing import BanList, RouteError, RouteStats, Span, find_route
+from subnet.swarm.announcements import Announcement
 
 
-def srv(pid: str, start: int, end: int, tput: float = 100.0, free: int = 10_000, state: str = "online") -> ServerInfo:
-    return ServerInfo(pid, start, end, throughput=tput, cache_tokens_free=free, state=state, num_blocks=8)
+def srv(pid: str, start: int, end: int, tput: float = 100.0, free: int = 10_000, state: str = "online") -> Announcement:
+    return Announcement(pid, "m", start, end, num_blocks=8, hidden_size=64, throughput=tput, cache_tokens_free=free,
+                        state=state)
 
 
 def covers(route: list[Span], start: int, end: int) -> bool:
@@ -104,13 +106,16 @@ def test_ban_backoff_doubles_and_expires():
     assert not bans.is_banned("p") and bans.ban("p") == 1.0
 
 
-def test_server_info_parsing_rejects_garbage():
-    ok = ServerInfo.from_payload({"peer_id": "p", "start": 0, "end": 4, "throughput": 10, "num_blocks": 8})
-    assert ok.end == 4 and ok.throughput == 10
-    for bad in ({"peer_id": "p", "start": 4, "end": 4}, {"peer_id": "p", "start": 0, "end": 9, "num_blocks": 8},
-                {"peer_id": "p", "start": 0, "end": 2, "throughput": float("nan")}, {"peer_id": "p"}):
-        with pytest.raises((ValueError, KeyError, TypeError)):
-            ServerInfo.from_payload(bad)
+def test_the_writer_payload_parses_back_and_garbage_is_rejected():
+    """One schema: what a hoster writes (`to_payload`) is exactly what readers parse."""
+    ann = srv("p", 0, 4, tput=10.0)
+    assert Announcement.from_payload(ann.to_payload()) == ann
+    assert Announcement.from_payload({**ann.to_payload(), "future_field": 1}) == ann  # newer writers
+    good = ann.to_payload()
+    for bad in ({**good, "start": 4}, {**good, "end": 9}, {**good, "throughput": float("nan")},
+                {**good, "state": "weird"}, {k: v for k, v in good.items() if k != "hidden_size"}, {"peer_id": "p"}):
+        with pytest.raises(ValueError):
+            Announcement.from_payload(bad)
 
 
 def test_hop_cost_prefers_fewer_hops():
