@@ -31,17 +31,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hoster.cache import (
-    CacheBudget,
-    KVCache,
-    RowsCache,
-    SessionKV,
-    enable_rows_attention,
-)
+from hoster.cache import CacheBudget, KVCache, RowsCache, SessionKV, enable_rows_attention
 from hoster.compiled import CompiledDecode
-from subnet.model.memory import trim
-from subnet.model.blocks import BlockSpan
 from subnet.logs import event
+from subnet.model.blocks import BlockSpan, layer_type
+from subnet.model.memory import trim
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +214,6 @@ class Backend:
                 times.append(time.perf_counter() - t0)
         times.sort()
         return 1.0 / max(times[len(times) // 2], 1e-9)
-
-    # ------------------------------------------------------------------ internals
 
     def _range(self, start: int | None, end: int | None) -> tuple[int, int]:
         return self.span._check_range(start, end)
@@ -416,8 +408,6 @@ class Backend:
         Linear layers see all rows at once; each session's new K/V go into its own buffers and
         attention runs per session (`RowsCache` + `rows_attention`), so nothing is padded or copied.
         """
-        from subnet.model.blocks import layer_type
-
         for task in batch:
             self._crop(task.session, task.position)
         start, end = batch[0].start, batch[0].end

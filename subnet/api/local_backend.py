@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import threading
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,16 +18,13 @@ import torch
 
 from subnet.api.backends import BackendError, GenerationParams, ModelCard, TokenEvent
 from subnet.api.sampling import eos_token_ids, to_sampling_params
+from subnet.client.sampling import Sampler
+from subnet.client.streaming import IncrementalDetokenizer
+from subnet.model.blocks import model_uid
 
 
 def default_model_name(path_or_id: str) -> str:
     """DHT-safe model name as in docs/PROTOCOL.md (`model_uid`), used when no name is given."""
-    try:
-        from subnet.model.blocks import model_uid  # the runtime's definition, once it exists
-    except ImportError:
-        base = str(path_or_id).rstrip("/\\")
-        base = base.replace("/", "--") if not os.path.isdir(base) else os.path.basename(base)
-        return re.sub(r"[^a-z0-9._-]", "-", base.lower()) or "model"
     return model_uid(path_or_id)
 
 
@@ -75,9 +71,6 @@ class LocalTransformersBackend:
 
     async def stream(self, model: str, prompt_ids: Sequence[int], params: GenerationParams) -> AsyncIterator[TokenEvent]:
         from transformers import DynamicCache
-
-        from subnet.client.sampling import Sampler
-        from subnet.client.streaming import IncrementalDetokenizer
 
         self._check(model)
         if not prompt_ids:

@@ -17,7 +17,9 @@ from typing import Any
 
 from chain.base import Chain
 from chain.types import SCORE_SCALE, ConsensusSubmission, NodeClass
+from consensus.probe import probe_seed
 from subnet.api.backends import BlockCoverage, EpochView, NodeView, RewardView
+from subnet.swarm.announcements import read_announcements
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +99,6 @@ class ChainSubnetView:
             return {}
 
         def read() -> dict[str, list[Any]]:
-            from subnet.swarm.announcements import read_announcements
-
             out: dict[str, list[Any]] = {}
             for model in self._model_ids():
                 try:
@@ -211,8 +211,6 @@ class ChainSubnetView:
             return self._final[epoch]
         view = EpochView(epoch=epoch)
         try:
-            from consensus.probe import probe_seed
-
             view.probe_seed = probe_seed(self.chain.get_epoch_randomness(self.subnet_id, epoch),
                                          self.subnet_id, epoch).hex()
         except Exception:

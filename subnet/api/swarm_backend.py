@@ -15,8 +15,12 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from keys import NodeKey
 from subnet.api.backends import BackendError, GenerationParams, ModelCard, TokenEvent
 from subnet.api.sampling import to_sampling_params
+from subnet.client import DistributedModelForCausalLM, RouteError, SessionError
+from subnet.model.blocks import model_uid
+from subnet.swarm.dht import start_dht
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +31,6 @@ def start_client_dht(initial_peers: Sequence[str]) -> Any:
     hivemind's identity-collision check reads the key file as RSA and fails on our Ed25519
     keys; a freshly generated key cannot collide, so the check is skipped.
     """
-    from keys import NodeKey
-    from subnet.swarm.dht import start_dht
-
     return start_dht(NodeKey.generate(), list(initial_peers), client_mode=True, check_if_identity_free=False)
 
 
@@ -61,8 +62,6 @@ class SwarmBackend:
                         dht: Any = None, **client_kwargs) -> "SwarmBackend":
         """Load the client parts of `model_path` and join the swarm (a client-mode DHT of its own
         unless `dht` is given)."""
-        from subnet.client import DistributedModelForCausalLM
-
         own_dht = None
         if dht is None:
             own_dht = dht = start_client_dht(initial_peers)
@@ -134,8 +133,6 @@ class SwarmBackend:
         return m.tokenizer
 
     async def stream(self, model: str, prompt_ids: Sequence[int], params: GenerationParams) -> AsyncIterator[TokenEvent]:
-        from subnet.client import RouteError, SessionError
-
         m = self._model(model)
         eos = set(m.eos_token_ids())
         events = m.astream(list(prompt_ids), to_sampling_params(params))
@@ -155,6 +152,4 @@ class SwarmBackend:
 
 
 def default_swarm_name(model_path: str, name: str | None = None) -> str:
-    from subnet.model.blocks import model_uid
-
     return model_uid(os.fspath(model_path), name)

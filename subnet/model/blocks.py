@@ -25,6 +25,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from subnet.model.kernels import convert_linear, convert_linears, effective_kernel, packed_bytes, replaces_weights
+from subnet.model.memory import trim
+
 SUPPORTED_ARCHITECTURES = {
     # model_type: (modeling module, class-name prefix)
     "llama": ("transformers.models.llama.modeling_llama", "Llama"),
@@ -240,8 +243,6 @@ class BlockSpan(nn.Module):
         return 2 * n * self.num_kv_heads * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
 
     def weight_bytes(self) -> int:
-        from subnet.model.kernels import packed_bytes
-
         return sum(p.numel() * p.element_size() for p in self.parameters()) + packed_bytes(self)
 
     def new_cache(self, start: int | None = None, end: int | None = None):
@@ -347,8 +348,6 @@ def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str 
     # pack right away, so the originals and the file map go layer by layer instead of keeping the
     # checkpoint's pages resident next to the packed weights (measured: 2x weight RSS). The other
     # kernels use the loaded tensors as they are (zero copy).
-    from subnet.model.memory import trim
-    from subnet.model.kernels import convert_linears, effective_kernel, replaces_weights
 
     kernel = effective_kernel(linear_kernel, dtype, device)
     pack = replaces_weights(kernel)
@@ -423,7 +422,6 @@ def load_client_parts(path_or_id: str | os.PathLike, dtype: str | torch.dtype = 
     embed_name, norm_name = f"{prefix}embed_tokens.weight", f"{prefix}norm.weight"
     if not tied and "lm_head.weight" not in probe.weight_map:
         raise CheckpointError("checkpoint has no lm_head.weight and does not tie word embeddings")
-    from subnet.model.kernels import convert_linear, effective_kernel, replaces_weights
 
     kernel = effective_kernel(linear_kernel, dtype, device)
     pack = replaces_weights(kernel)
@@ -440,8 +438,6 @@ def load_client_parts(path_or_id: str | os.PathLike, dtype: str | torch.dtype = 
     head.weight = embed.weight if tied else nn.Parameter(t.pop("lm_head.weight"), requires_grad=False)
     head = convert_linear(head, kernel)
     if pack:
-        from subnet.model.memory import trim
-
         trim()  # the unpacked copy was just freed
     return ClientParts(config, embed.eval(), norm.eval(), head.eval())
 
