@@ -3,7 +3,8 @@
 Threads: the caller's thread (start/shutdown), one asyncio loop thread for the P2P
 handlers, the backend's compute thread, the announcer thread, and optionally a
 rebalance thread. `Hoster.run_span` is the probe duty's entry into the exact serving
-forward path.
+forward path. Options (and their defaults) live in `hoster.options.HosterOptions`; a
+hoster with a rebalance interval may leave its starting range, pinned by --blocks or not.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import random
 import signal
 import threading
 import time
@@ -19,22 +21,27 @@ from collections.abc import Sequence
 import hivemind
 import torch
 
-from hoster.announce import ANNOUNCE_PERIOD, ANNOUNCE_TTL, Announcer
+from hoster.announce import Announcer
 from hoster.backend import Backend
 from hoster.cache import CacheBudget
 from hoster.compiled import kernel_for_compile
+from hoster.options import (
+    DEFAULT_CACHE_TOKENS,
+    HosterOptions,
+    parse_blocks as parse_blocks,  # re-exported: older imports name hoster.server
+)
 from hoster.selection import Span, choose_blocks, should_move
 from hoster.servicer import NAMESPACE, BlockServicer
 from keys.node_key import NodeKey
-from subnet.swarm.announcements import Announcement, AnnouncementValidator, read_announcements
-from subnet.model.blocks import dtype_name, load_blocks, load_config, model_uid, parse_dtype
-from subnet.swarm.dht import start_dht, visible_maddrs
 from subnet.logs import event
+from subnet.model.blocks import dtype_name, load_blocks, load_config, model_uid, parse_dtype
+from subnet.swarm.announcements import Announcement, AnnouncementValidator, read_announcements
+from subnet.swarm.dht import start_dht, visible_maddrs
 
 log = logging.getLogger(__name__)
 
 VERSION = "mesh-node/0.1.0"
-DEFAULT_CACHE_TOKENS = 16384
+_D = HosterOptions()  # the keyword defaults below are HosterOptions' (one home)
 
 
 def start_dht_compat(key: NodeKey | None = None, initial_peers: Sequence[str] = (), **kwargs) -> hivemind.DHT:
@@ -58,29 +65,19 @@ async def own_p2p_replica(dht: hivemind.DHT):
     return await P2P.replicate(maddr)
 
 
-def parse_blocks(text: str) -> tuple[int, int]:
-    """`a:b` -> (a, b) with 0 <= a < b."""
-    try:
-        a, b = (int(x) for x in text.split(":"))
-    except ValueError:
-        raise ValueError(f"--blocks must look like a:b (got {text!r})") from None
-    if not 0 <= a < b:
-        raise ValueError(f"--blocks {text}: need 0 <= a < b")
-    return a, b
-
-
 class Hoster:
     """Serve blocks [start, end) of one model; `start()` then `shutdown()` (idempotent)."""
 
     def __init__(self, model_path: str, *, dht: hivemind.DHT | None = None, node_key: NodeKey | None = None,
                  initial_peers: Sequence[str] = (), host_maddrs: Sequence[str] | None = None,
                  start: int | None = None, end: int | None = None, num_blocks: int | None = None,
-                 dtype: str | torch.dtype = "float32", device: str = "cpu", cache_tokens: int | None = None,
-                 cache_bytes: int | None = None, model_name: str | None = None, session_timeout: float = 60.0,
-                 announce_period: float = ANNOUNCE_PERIOD, announce_ttl: float = ANNOUNCE_TTL,
-                 gather_window: float = 0.002, rebalance_interval: float | None = None,
-                 max_length: int = 8192, throughput: float | None = None, progress: bool = True,
-                 linear_kernel: str | None = None, compile_decode: bool = False):
+                 dtype: str | torch.dtype = _D.dtype, device: str = _D.device, cache_tokens: int | None = None,
+                 cache_bytes: int | None = None, model_name: str | None = None,
+                 session_timeout: float = _D.session_timeout, announce_period: float = _D.announce_period,
+                 announce_ttl: float = _D.announce_ttl, gather_window: float = _D.gather_window,
+                 rebalance_interval: float | None = _D.rebalance_interval, max_length: int = 8192,
+                 throughput: float | None = _D.throughput, progress: bool = _D.progress,
+                 linear_kernel: str | None = _D.linear_kernel, compile_decode: bool = _D.compile_decode):
         if dht is not None and node_key is None:
             raise ValueError("a hoster given a DHT also needs that DHT's node_key to sign announcements")
         self.model_path = str(model_path)
@@ -112,6 +109,16 @@ class Hoster:
         self._stopped = threading.Event()
         self._started = False
         self.config = None
+
+    @classmethod
+    def from_options(cls, opts: HosterOptions, *, dht: hivemind.DHT | None = None, node_key: NodeKey | None = None,
+                     initial_peers: Sequence[str] = (), host_maddrs: Sequence[str] | None = None) -> Hoster:
+        """The hoster `opts` describe (validated first); the DHT and identity come from the caller."""
+        opts.validate()
+        if not opts.model:
+            raise ValueError("a hoster needs --model (a model directory or hub id)")
+        return cls(opts.model, dht=dht, node_key=node_key, initial_peers=initial_peers, host_maddrs=host_maddrs,
+                   **opts.hoster_kwargs())
 
     # ------------------------------------------------------------------ properties
 
@@ -285,7 +292,9 @@ class Hoster:
     # ------------------------------------------------------------------ rebalancing
 
     def _rebalance_loop(self) -> None:
-        while not self._stopped.wait(self.rebalance_interval):
+        """Check coverage every ~`rebalance_interval` s, randomized +-50% so that hosters which lost
+        the same peer at the same moment do not all move into the same gap (and back)."""
+        while not self._stopped.wait(self.rebalance_interval * random.uniform(0.5, 1.5)):
             try:
                 self.maybe_rebalance()
             except Exception as e:

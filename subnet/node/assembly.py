@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chain import connect
-from hoster.compiled import kernel_for_compile
 from hoster.duty import HosterDuty
+from hoster.options import HosterOptions
 from keys import AccountKey, NodeKey
 from subnet.logs import event
 from subnet.model.blocks import model_uid
-from subnet.model.kernels import linear_kernel
 from subnet.node.checks import check_blocks, check_device, check_initial_peers, check_model
 from subnet.node.errors import NodeConfigError
 from subnet.swarm.announcements import AnnouncementValidator
@@ -33,25 +32,19 @@ log = logging.getLogger("mesh_node.node")
 
 
 @dataclass
-class NodeOptions:
+class NodeOptions(HosterOptions):
+    """The hoster options (hoster/options.py, their one home, shared with `python -m hoster`;
+    `model` and `model_name` also serve the validator and the API) plus the node's own."""
+
     hoster: bool = False
     validator: bool = False
     api: bool = False
-    model: str | None = None
-    model_name: str | None = None
-    blocks: str | None = None
-    num_blocks: int | None = None
     initial_peers: list[str] = field(default_factory=list)
     host_maddrs: list[str] | None = None
     node_key: str | None = None
     account_key: str | None = None
     chain: str | None = None
     subnet_id: int | None = None
-    dtype: str = "float32"
-    device: str = "cpu"
-    cache_tokens: int | None = None
-    linear_kernel: str | None = None  # subnet.model.kernels; None = MESH_LINEAR_KERNEL or onednn
-    compile_decode: bool = False  # hoster.compiled: torch.compile one-session decode steps
     api_host: str = "127.0.0.1"
     api_port: int = 0
     api_keys: list[str] = field(default_factory=list)
@@ -93,9 +86,7 @@ class Node:
             raise NodeConfigError("--chain needs --subnet-id")
         if o.hoster:
             try:
-                linear_kernel(o.linear_kernel)  # also checks MESH_LINEAR_KERNEL before anything starts
-                if o.compile_decode:
-                    kernel_for_compile(o.linear_kernel)
+                o.validate()  # blocks, kernel (also MESH_LINEAR_KERNEL), --compile, cache sizes
             except ValueError as e:
                 raise NodeConfigError(str(e)) from None
         # The common mistakes, caught here in one line rather than as a traceback mid-start-up.
@@ -164,19 +155,9 @@ class Node:
                              host_maddrs=self.opts.host_maddrs or LOOPBACK_MADDRS, record_validators=validators)
 
     def _start_hoster(self) -> None:
-        from hoster.server import Hoster, parse_blocks  # deferred: only hosters load model code (~0.8 s)
+        from hoster.server import Hoster  # deferred: only hosters load model code (~0.8 s)
 
-        o = self.opts
-        start = end = None
-        if o.blocks:
-            try:
-                start, end = parse_blocks(o.blocks)
-            except ValueError as e:
-                raise NodeConfigError(f"bad --blocks {o.blocks!r}: {e}") from None
-        self.hoster = Hoster(o.model, dht=self.dht, node_key=self.node_key, start=start, end=end,
-                             num_blocks=o.num_blocks, dtype=o.dtype, device=o.device, cache_tokens=o.cache_tokens,
-                             model_name=o.model_name, linear_kernel=o.linear_kernel,
-                             compile_decode=o.compile_decode).start()
+        self.hoster = Hoster.from_options(self.opts, dht=self.dht, node_key=self.node_key).start()
 
     def _model_shape(self) -> tuple[int, int]:
         from transformers import AutoConfig

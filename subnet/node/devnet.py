@@ -45,6 +45,15 @@ def overlapping_ranges(num_blocks: int, count: int) -> list[tuple[int, int]]:
     return [(s, s + span) for s in starts]
 
 
+HOSTER_REBALANCE_INTERVAL = 30.0  # seconds: a devnet hoster's coverage checks (`--rebalance-interval`)
+
+
+def hoster_flags(blocks: tuple[int, int], rebalance_interval: float = HOSTER_REBALANCE_INTERVAL) -> list[str]:
+    """A devnet hoster's flags: `blocks` is only its starting range; it moves (rebalances) when
+    coverage changes, e.g. when a hoster leaves and some blocks are served by nobody."""
+    return ["--hoster", "--blocks", f"{blocks[0]}:{blocks[1]}", "--rebalance-interval", f"{rebalance_interval:g}"]
+
+
 @dataclass
 class DevnetOptions:
     model: str | None = None
@@ -161,7 +170,7 @@ class Devnet:
             "--initial-peers", *initial_peers,
         )
         if m.role == "hoster":
-            argv[3:3] = ["--hoster", "--blocks", f"{m.blocks[0]}:{m.blocks[1]}"]
+            argv[3:3] = hoster_flags(m.blocks)
         return argv
 
     def _start_local_node(self) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hoster.options import HosterOptions
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("node")
@@ -11,28 +13,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--validator", action="store_true", help="run the validator duty")
     g.add_argument("--api", action="store_true", help="also serve the HTTP API on this node")
     g.add_argument("--config", help="TOML config file")
-    g.add_argument("--model", help="model directory or hub id (hoster)")
-    g.add_argument("--model-name", help="DHT name of the model (default: derived from --model)")
-    g.add_argument("--blocks", help="block range a:b to serve (default: chosen from swarm coverage)")
     g.add_argument("--initial-peers", nargs="*", default=[], help="multiaddrs of peers to join")
     g.add_argument("--host-maddrs", nargs="*", default=None, help="libp2p listen multiaddrs")
     g.add_argument("--node-key", help="node key file (Ed25519; created by `mesh-node keygen`)")
     g.add_argument("--account-key", help="chain account key file (hotkey)")
     g.add_argument("--chain", default=None, help="devnet URL (http://...) or Hypertensor ws URL")
     g.add_argument("--subnet-id", type=int, default=None)
-    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    g.add_argument("--device", default=None, help="cpu or cuda[:N]")
-    g.add_argument("--cache-tokens", type=int, default=None, help="KV cache budget in tokens")
-    g.add_argument("--linear-kernel", default=None, choices=["onednn", "blas", "torch"],
-                   help="what multiplies the served blocks' linear layers (default onednn: best under "
-                        "concurrent sessions; blas: faster for one sequence at a time)")
-    g.add_argument("--compile", dest="compile_decode", action="store_true", default=None,
-                   help="torch.compile one-session decode steps (~1.2x faster per step after a start-up "
-                        "compile; uses the torch linear kernel)")
-    g.add_argument("--num-blocks", type=int, default=None, help="blocks to serve when --blocks is absent")
     g.add_argument("--api-host", default=None, help="API bind address (default 127.0.0.1)")
     g.add_argument("--api-port", type=int, default=None, help="API port (default: a free port)")
     g.add_argument("--api-keys", nargs="*", default=None, help="bearer keys required by /v1 (default: open)")
+    HosterOptions.add_arguments(parser.add_argument_group("hoster", "what --hoster serves and how (hoster/options.py)"))
 
 
 def wants_node(args: argparse.Namespace) -> bool:

@@ -1,0 +1,164 @@
+"""Every hoster option, once: name, type, default, help and validation.
+
+`python -m hoster` and `mesh-node --hoster` both build their hoster flags with
+`HosterOptions.add_arguments` and read them back with `HosterOptions.from_args`, so the two
+entry points (and the TOML config, whose keys are these argparse destinations) accept the
+same set with the same defaults. `Hoster.from_options` turns one into a running hoster.
+Rule: `--blocks`/`--num-blocks` pick the starting range; with `--rebalance-interval` the
+hoster may later move to another range of the same size when the swarm's coverage changes.
+
+This module imports no torch or hivemind: `mesh-node` builds this parser for every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+DEFAULT_CACHE_TOKENS = 16384  # KV cache budget when neither --cache-tokens nor --cache-bytes is given
+
+
+class _LazyChoices(Sequence[str]):
+    """A name list owned by a torch-importing module, read on first use: building the parser
+    for `mesh-node keygen` must not import torch (~2 s) only to list the kernels or dtypes."""
+
+    def __init__(self, module: str, attr: str):
+        self.module, self.attr = module, attr
+
+    def _names(self) -> tuple[str, ...]:
+        return tuple(getattr(importlib.import_module(self.module), self.attr))
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._names()[i]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+
+KERNEL_CHOICES = _LazyChoices("subnet.model.kernels", "KERNELS")
+DTYPE_CHOICES = _LazyChoices("subnet.model.blocks", "DTYPES")
+
+
+def parse_blocks(text: str) -> tuple[int, int]:
+    """`a:b` -> (a, b) with 0 <= a < b."""
+    try:
+        a, b = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise ValueError(f"--blocks must look like a:b (got {text!r})") from None
+    if not 0 <= a < b:
+        raise ValueError(f"--blocks {text}: need 0 <= a < b")
+    return a, b
+
+
+@dataclass
+class HosterOptions:
+    """How to host: field names are the argparse destinations and the TOML keys."""
+
+    model: str | None = None
+    model_name: str | None = None
+    blocks: str | None = None  # "a:b"; see block_range()
+    num_blocks: int | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    cache_tokens: int | None = None
+    cache_bytes: int | None = None
+    session_timeout: float = 60.0
+    announce_period: float = 15.0
+    announce_ttl: float = 60.0
+    gather_window: float = 0.002
+    rebalance_interval: float | None = None  # None or 0: never move
+    throughput: float | None = None  # None: measured at start-up
+    linear_kernel: str | None = None  # subnet.model.kernels; None = MESH_LINEAR_KERNEL or onednn
+    compile_decode: bool = False  # hoster.compiled: torch.compile one-session decode steps
+    progress: bool = True
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *,
+                      require_model: bool = False) -> None:
+        """Add every hoster flag to `parser` (an ArgumentParser or an argument group)."""
+        d = HosterOptions()
+        a = parser.add_argument
+        a("--model", required=require_model, default=None,
+          help="model directory or hub id (a node's validator and API use it too)")
+        a("--model-name", default=None, help="DHT name of the model (default: derived from --model)")
+        a("--blocks", default=None,
+          help="block range a:b to start serving (default: chosen from swarm coverage); with "
+               "--rebalance-interval the hoster may later move to another range of the same size")
+        a("--num-blocks", type=int, default=None, help="how many blocks to serve when --blocks is absent")
+        a("--dtype", default=d.dtype, choices=DTYPE_CHOICES, help="weight dtype (default %(default)s)")
+        a("--device", default=d.device, help="cpu or cuda[:N] (default %(default)s)")
+        a("--cache-tokens", type=int, default=None,
+          help=f"KV cache budget in tokens (default {DEFAULT_CACHE_TOKENS})")
+        a("--cache-bytes", type=int, default=None, help="KV cache budget in bytes (instead of --cache-tokens)")
+        a("--session-timeout", type=float, default=d.session_timeout,
+          help="idle seconds before a session expires (default %(default)s)")
+        a("--announce-period", type=float, default=d.announce_period,
+          help="seconds between announcement refreshes (default %(default)s)")
+        a("--announce-ttl", type=float, default=d.announce_ttl,
+          help="seconds an announcement lives in the DHT (default %(default)s)")
+        a("--gather-window", type=float, default=d.gather_window,
+          help="seconds to wait for more decode steps to batch while other sessions are active "
+               "(default %(default)s)")
+        a("--rebalance-interval", type=float, default=None,
+          help="seconds between coverage checks (randomized +-50%%); the hoster moves to another range "
+               "of its size, starting from --blocks if given, when that raises the swarm's weakest "
+               "coverage by more than the hysteresis margin (hoster/selection.py). Default: never move")
+        a("--throughput", type=float, default=None, help="announced tokens/s (default: measured at start-up)")
+        a("--linear-kernel", default=None, choices=KERNEL_CHOICES,
+          help="what multiplies the blocks' linear layers (subnet/model/kernels.py; default: "
+               "MESH_LINEAR_KERNEL or onednn, best under concurrent sessions; blas is faster for one "
+               "sequence at a time)")
+        a("--compile", dest="compile_decode", action="store_true", default=d.compile_decode,
+          help="torch.compile one-session decode steps (hoster/compiled.py): ~1.2x faster steps for a lone "
+               "session after a start-up compile; uses the torch linear kernel")
+        a("--no-progress", dest="progress", action="store_false", default=d.progress,
+          help="no progress bars while loading blocks")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> HosterOptions:
+        """The options in a parsed namespace (None means not given: the field's default)."""
+        names = {f.name for f in fields(HosterOptions)}
+        return cls(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+
+    def block_range(self) -> tuple[int | None, int | None]:
+        """`--blocks` as (start, end), or (None, None) to choose from coverage; ValueError if malformed."""
+        return parse_blocks(self.blocks) if self.blocks else (None, None)
+
+    def validate(self) -> None:
+        """Raise ValueError (a one-line message) for a bad value before anything loads."""
+        self.block_range()
+        for flag, value in (("--num-blocks", self.num_blocks), ("--cache-tokens", self.cache_tokens),
+                            ("--cache-bytes", self.cache_bytes)):
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be at least 1 (got {value})")
+        if self.cache_tokens is not None and self.cache_bytes is not None:
+            raise ValueError("give --cache-tokens or --cache-bytes, not both")
+        for flag, value in (("--session-timeout", self.session_timeout), ("--announce-period", self.announce_period),
+                            ("--announce-ttl", self.announce_ttl)):
+            if value <= 0:
+                raise ValueError(f"{flag} must be positive (got {value})")
+        if self.rebalance_interval is not None and self.rebalance_interval < 0:
+            raise ValueError(f"--rebalance-interval must be >= 0 (got {self.rebalance_interval})")
+        if self.dtype not in DTYPE_CHOICES:
+            raise ValueError(f"unsupported --dtype {self.dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
+        from hoster.compiled import kernel_for_compile  # deferred: imports torch
+        from subnet.model.kernels import linear_kernel  # deferred: imports torch
+
+        linear_kernel(self.linear_kernel)  # also checks MESH_LINEAR_KERNEL
+        if self.compile_decode:
+            kernel_for_compile(self.linear_kernel)
+
+    def hoster_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `Hoster(model_path, ...)`: the fields, with --blocks as start/end."""
+        start, end = self.block_range()
+        kwargs = {f.name: getattr(self, f.name) for f in fields(HosterOptions) if f.name not in ("model", "blocks")}
+        return {**kwargs, "start": start, "end": end}
