@@ -1,7 +1,7 @@
 """The one chain interface every node role talks to.
 
 Backends: `chain.devnet.client.DevnetChain` (embedded local chain over HTTP) and
-`chain.hypertensor.HypertensorChain` (substrate-interface). Signing keys are held
+`chain.hypertensor.client.HypertensorChain` (substrate-interface). Signing keys are held
 by the backend instance (coldkey for registration/stake, hotkey for proposals and
 attestations), so callers pass only protocol values.
 """
@@ -11,14 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 
-from chain.types import (
-    ConsensusSubmission,
-    EpochInfo,
-    Receipt,
-    ScoreEntry,
-    SubnetInfo,
-    SubnetNode,
-)
+from chain.types import ConsensusSubmission, EpochInfo, Receipt, ScoreEntry, SubnetInfo, SubnetNode, error_for
 
 
 class Chain(abc.ABC):
@@ -105,8 +98,6 @@ class Chain(abc.ABC):
 
     def claim_unbondings(self) -> Receipt:
         """Signed by the coldkey: move stake whose unbonding period ended back to the balance."""
-        from chain.types import error_for
-
         raise error_for("Unsupported", f"{type(self).__name__} cannot claim unbondings")
 
     def close(self) -> None:  # noqa: B027 - optional hook

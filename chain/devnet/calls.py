@@ -11,11 +11,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from chain.devnet.checks import address as _address
-from chain.devnet.checks import fail as _fail
-from chain.devnet.checks import integer as _int
-from chain.devnet.checks import peer_id as _peer_id
-from chain.devnet.checks import text as _text
+from chain.devnet.checks import address as _address, fail as _fail, integer as _int, peer_id as _peer_id, text as _text
 from chain.types import NodeClass, SubnetState
 
 if TYPE_CHECKING:
@@ -27,8 +23,8 @@ MAX_SCORE = 2**128 - 1  # u128 like the pallet
 def _transfer(st: ChainState, db, signer: str, a: dict) -> dict:
     to = _address(a.get("to"), "to")
     amount = _int(a.get("amount"), "amount", 1)
-    st._debit(db, signer, amount)
-    st._credit(db, to, amount)
+    st.debit(db, signer, amount)
+    st.credit(db, to, amount)
     return {}
 
 
@@ -45,13 +41,12 @@ def _register_subnet(st: ChainState, db, signer: str, a: dict) -> dict:
     initial = sorted({_address(c, "initial_coldkeys") for c in initial})
     if db.execute("SELECT 1 FROM subnets WHERE name=?", (name,)).fetchone():
         raise _fail("SubnetNameTaken", f"a subnet named {name!r} exists")
-    st._debit(db, signer, cfg.subnet_registration_cost)
-    sid = int(st._meta("next_subnet_id"))
-    st._set_meta("next_subnet_id", sid + 1)
+    st.debit(db, signer, cfg.subnet_registration_cost)
+    sid = st.allocate_subnet_id()
     db.execute(
         "INSERT INTO subnets VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, 1)",
         (
-            sid, name, signer, SubnetState.REGISTERED.value, str(min_stake), str(max_stake), int(st._meta("block")),
+            sid, name, signer, SubnetState.REGISTERED.value, str(min_stake), str(max_stake), st.block(),
             _text(a.get("repo"), "repo", 512), _text(a.get("description"), "description", 2048), json.dumps(initial),
         ),
     )  # fmt: skip
@@ -70,7 +65,7 @@ def _activate_subnet(st: ChainState, db, signer: str, a: dict) -> dict:
         raise _fail("NotEnoughNodes", f"{count} nodes < {st.config.min_subnet_nodes} required")
     db.execute(
         "UPDATE subnets SET state=?, activated_block=? WHERE subnet_id=?",
-        (SubnetState.ACTIVE.value, int(st._meta("block")), sid),
+        (SubnetState.ACTIVE.value, st.block(), sid),
     )
     return {}
 
@@ -95,10 +90,10 @@ def _register_subnet_node(st: ChainState, db, signer: str, a: dict) -> dict:
         raise _fail("PeerIdTaken", f"peer id {peer_id} is already registered in subnet {sid}")
     if not sub.min_stake <= stake <= sub.max_stake:
         raise _fail("StakeOutOfRange", f"stake must be in [{sub.min_stake}, {sub.max_stake}]")
-    st._debit(db, signer, stake)
+    st.debit(db, signer, stake)
     nid = db.execute("SELECT next_node_id FROM subnets WHERE subnet_id=?", (sid,)).fetchone()[0]
     db.execute("UPDATE subnets SET next_node_id=? WHERE subnet_id=?", (nid + 1, sid))
-    epoch = st._now_epoch()
+    epoch = st.current_epoch()
     # Initial nodes (before activation) are validators at once; later ones queue.
     cls = NodeClass.VALIDATOR if sub.state == SubnetState.REGISTERED else NodeClass.REGISTERED
     db.execute(
@@ -113,14 +108,14 @@ def _register_subnet_node(st: ChainState, db, signer: str, a: dict) -> dict:
 
 def _remove_subnet_node(st: ChainState, db, signer: str, a: dict) -> dict:
     sid, nid = _int(a.get("subnet_id"), "subnet_id"), _int(a.get("node_id"), "node_id")
-    st._owned_node(db, signer, sid, nid)
-    st._remove_node(db, sid, nid, st._now_epoch())
+    st.owned_node(signer, sid, nid)
+    st.remove_node(db, sid, nid)
     return {}
 
 
 def _update_peer_info(st: ChainState, db, signer: str, a: dict) -> dict:
     sid, nid = _int(a.get("subnet_id"), "subnet_id"), _int(a.get("node_id"), "node_id")
-    st._owned_node(db, signer, sid, nid)
+    st.owned_node(signer, sid, nid)
     peer_id = _peer_id(a.get("peer_id"))
     other = st.node_by_peer_id(sid, peer_id)
     if other is not None and other.node_id != nid:
@@ -134,14 +129,14 @@ def _update_peer_info(st: ChainState, db, signer: str, a: dict) -> dict:
 
 def _add_stake(st: ChainState, db, signer: str, a: dict) -> dict:
     sid, nid = _int(a.get("subnet_id"), "subnet_id"), _int(a.get("node_id"), "node_id")
-    node = st._owned_node(db, signer, sid, nid)
+    node = st.owned_node(signer, sid, nid)
     if _address(a.get("hotkey"), "hotkey") != node.hotkey:
         raise _fail("WrongHotkey", f"node {nid} has hotkey {node.hotkey}")
     amount = _int(a.get("amount"), "amount", 1)
     max_stake = st.subnet(sid).max_stake
     if node.stake + amount > max_stake:
         raise _fail("StakeOutOfRange", f"stake would exceed the subnet maximum {max_stake}")
-    st._debit(db, signer, amount)
+    st.debit(db, signer, amount)
     db.execute("UPDATE nodes SET stake=? WHERE subnet_id=? AND node_id=?", (str(node.stake + amount), sid, nid))
     return {"stake": str(node.stake + amount)}
 
@@ -153,28 +148,30 @@ def _remove_stake(st: ChainState, db, signer: str, a: dict) -> dict:
     node = st.node_by_hotkey(sid, hotkey)
     if node is None:
         raise _fail("UnknownNode", f"no node with hotkey {hotkey} in subnet {sid}")
-    node = st._owned_node(db, signer, sid, node.node_id)
+    node = st.owned_node(signer, sid, node.node_id)
     amount = _int(a.get("amount"), "amount", 1)
     if amount > node.stake:
         raise _fail("InsufficientStake", f"stake {node.stake} < {amount}")
     min_stake = st.subnet(sid).min_stake
     if node.stake - amount < min_stake:
         raise _fail("InsufficientStake", f"remaining stake would fall below the minimum {min_stake}; remove the node")
-    unlock = st._now_epoch() + st.config.unbonding_epochs
-    db.execute("UPDATE nodes SET stake=? WHERE subnet_id=? AND node_id=?", (str(node.stake - amount), sid, node.node_id))
+    unlock = st.current_epoch() + st.config.unbonding_epochs
+    db.execute(
+        "UPDATE nodes SET stake=? WHERE subnet_id=? AND node_id=?", (str(node.stake - amount), sid, node.node_id)
+    )
     db.execute("INSERT INTO unbondings (account, amount, unlock_epoch) VALUES (?, ?, ?)", (signer, str(amount), unlock))
     return {"unlock_epoch": unlock}
 
 
 def _claim_unbondings(st: ChainState, db, signer: str, a: dict) -> dict:
-    epoch = st._now_epoch()
+    epoch = st.current_epoch()
     rows = db.execute(
         "SELECT id, amount FROM unbondings WHERE account=? AND unlock_epoch<=?", (signer, epoch)
     ).fetchall()
     total = sum(int(r[1]) for r in rows)
     db.executemany("DELETE FROM unbondings WHERE id=?", [(r[0],) for r in rows])
     if total:
-        st._credit(db, signer, total)
+        st.credit(db, signer, total)
     return {"claimed": str(total)}
 
 
@@ -182,7 +179,7 @@ def _propose_attestation(st: ChainState, db, signer: str, a: dict) -> dict:
     sid = _int(a.get("subnet_id"), "subnet_id")
     if st.subnet(sid).state != SubnetState.ACTIVE:
         raise _fail("SubnetNotActive", f"subnet {sid} is not active")
-    epoch = st._now_epoch()
+    epoch = st.current_epoch()
     elected = st.elected(sid, epoch)
     node = st.node_by_hotkey(sid, signer)
     if node is None:
@@ -208,7 +205,7 @@ def _propose_attestation(st: ChainState, db, signer: str, a: dict) -> dict:
             continue
         best[nid] = min(score, best.get(nid, score))
     data = [[nid, str(best[nid])] for nid in sorted(best)]
-    block = int(st._meta("block"))
+    block = st.block()
     db.execute("INSERT INTO submissions VALUES (?, ?, ?, ?, ?)", (sid, epoch, node.node_id, json.dumps(data), block))
     db.execute("INSERT INTO attestations VALUES (?, ?, ?, ?)", (sid, epoch, node.node_id, block))
     return {"epoch": epoch, "entries": len(data)}
@@ -217,7 +214,7 @@ def _propose_attestation(st: ChainState, db, signer: str, a: dict) -> dict:
 def _attest(st: ChainState, db, signer: str, a: dict) -> dict:
     sid = _int(a.get("subnet_id"), "subnet_id")
     st.subnet(sid)
-    epoch = st._now_epoch()
+    epoch = st.current_epoch()
     node = st.node_by_hotkey(sid, signer)
     if node is None:
         raise _fail("UnknownNode", f"{signer} is not the hotkey of a node in subnet {sid}")
@@ -229,7 +226,7 @@ def _attest(st: ChainState, db, signer: str, a: dict) -> dict:
         "SELECT 1 FROM attestations WHERE subnet_id=? AND epoch=? AND node_id=?", (sid, epoch, node.node_id)
     ).fetchone():
         raise _fail("AlreadyAttested", f"node {node.node_id} already attested epoch {epoch}")
-    db.execute("INSERT INTO attestations VALUES (?, ?, ?, ?)", (sid, epoch, node.node_id, int(st._meta("block"))))
+    db.execute("INSERT INTO attestations VALUES (?, ?, ?, ?)", (sid, epoch, node.node_id, st.block()))
     return {"epoch": epoch}
 
 

@@ -186,7 +186,9 @@ class DevnetChain(Chain):
     def register_subnet_node(
         self, subnet_id: int, *, hotkey: str, peer_id: str, stake: int, multiaddr: str = ""
     ) -> int:
-        args = {"subnet_id": subnet_id, "hotkey": hotkey, "peer_id": peer_id, "stake": str(stake), "multiaddr": multiaddr}
+        args = {
+            "subnet_id": subnet_id, "hotkey": hotkey, "peer_id": peer_id, "stake": str(stake), "multiaddr": multiaddr
+        }  # fmt: skip
         return int(self._send(self.coldkey, "coldkey", "register_subnet_node", args)["result"]["node_id"])
 
     def remove_subnet_node(self, subnet_id: int, node_id: int) -> Receipt:

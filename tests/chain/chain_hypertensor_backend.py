@@ -6,7 +6,7 @@ demand with the `dev_newBlock` RPC, so epochs advance as fast as chopsticks buil
 
 from __future__ import annotations
 
-from chain.hypertensor import HypertensorChain
+from chain.hypertensor.client import HypertensorChain
 from chain.types import UNIT, EpochInfo
 from keys import AccountKey, NodeKey
 
@@ -40,7 +40,7 @@ class HypertensorBackend:
         }
 
     def new_blocks(self, count: int) -> None:
-        self._faucet._retry(lambda s: s.rpc_request("dev_newBlock", [{"count": count}]), "dev_newBlock")
+        self._faucet.connection.retry(lambda s: s.rpc_request("dev_newBlock", [{"count": count}]), "dev_newBlock")
 
     def next_epoch(self, chain, subnet_id: int) -> EpochInfo:
         info = chain.get_epoch_info(subnet_id)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from chain_support import make_subnet
 
 from chain.devnet.codec import canonical_json
 from chain.devnet.tx import TX_DOMAIN, sign_tx
-from chain.types import AuthError, ChainError, UNIT
+from chain.types import UNIT, AuthError, ChainError
 from keys import AccountKey
-from chain_support import make_subnet
 
 
 def test_forged_signature_rejected(state, dev_keys):

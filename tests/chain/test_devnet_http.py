@@ -11,7 +11,7 @@ import pytest
 from chain.devnet import DevnetChain, dev_accounts, start_devnet_process
 from chain.devnet.codec import canonical_json
 from chain.devnet.tx import TX_DOMAIN, sign_tx
-from chain.types import AuthError, ChainUnavailableError, UNIT, UnknownSubnetError
+from chain.types import UNIT, AuthError, ChainUnavailableError, UnknownSubnetError
 from keys import AccountKey, NodeKey
 
 

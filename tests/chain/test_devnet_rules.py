@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from chain_support import Operator, make_subnet, register
 
 from chain.types import (
+    UNIT,
     AlreadyAttestedError,
     AlreadyProposedError,
     ChainError,
@@ -13,11 +15,9 @@ from chain.types import (
     NodeClass,
     NotElectedError,
     SubnetState,
-    UNIT,
     UnknownNodeError,
 )
 from keys import AccountKey
-from chain_support import Operator, make_subnet, register
 
 
 def data(scores: dict[int, int]) -> list[dict]:

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from chain import connect
-from chain.hypertensor import HypertensorChain, _btree, compose_args
+from chain.hypertensor.client import HypertensorChain
+from chain.hypertensor.extrinsics import btree, compose_args
 from chain.multiaddr_bin import encode_multiaddr
 from chain.types import ChainError, ChainUnavailableError
 from keys import NodeKey
@@ -47,11 +48,12 @@ def test_compose_fails_loudly_naming_call_and_argument():
     with pytest.raises(ChainError, match=r"Network\.propose_attestation.*'subnet_node_id'"):
         compose_args("propose_attestation", {"subnet_id": "u32", "subnet_node_id": "u32"}, {"subnet_id": 1})
     with pytest.raises(ChainError, match=r"'subnet_data\.min_stake'"):
-        compose_args("register_subnet", REGISTER_SUBNET, {"max_cost": 1, "name": b"n", "initial_coldkeys": [], "misc": b""})
+        values = {"max_cost": 1, "name": b"n", "initial_coldkeys": [], "misc": b""}
+        compose_args("register_subnet", REGISTER_SUBNET, values)
 
 
 def test_btree_args_sorted_and_unique():
-    assert _btree([(b"\x02", "b", 1), (b"\x01", "a", 2), (b"\x02", "b2", 3)]) == [("a", 2), ("b", 1)]
+    assert btree([(b"\x02", "b", 1), (b"\x01", "a", 2), (b"\x02", "b2", 3)]) == [("a", 2), ("b", 1)]
 
 
 def test_binary_multiaddr():

@@ -1,0 +1,105 @@
+"""Decode the `Network` pallet's storage values into the chain types.
+
+Accounts are Ethereum-style (AccountId20), peer ids are the ASCII bytes of the base58
+text, and percentages are fixed-point with PERCENT as 1.0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chain.types import ConsensusSubmission, NodeClass, ScoreEntry, SubnetInfo, SubnetNode, SubnetState
+
+PERCENT = 10**18  # the pallet's percentage factor (1.0)
+NO_EPOCH = 2**32 - 1  # start_epoch of a subnet that has not been activated
+
+NODE_CLASSES = {
+    "Registered": NodeClass.REGISTERED,
+    "Idle": NodeClass.IDLE,
+    "Included": NodeClass.INCLUDED,
+    "Validator": NodeClass.VALIDATOR,
+    "Deactivated": NodeClass.DEACTIVATED,
+}
+
+
+def text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode(errors="replace")
+    if isinstance(value, str) and value.startswith("0x"):
+        try:
+            return bytes.fromhex(value[2:]).decode()
+        except (ValueError, UnicodeDecodeError):
+            return value
+    return str(value)
+
+
+def address(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return "0x" + bytes(value).hex()
+    return str(value)
+
+
+def enum_name(value: Any) -> str:
+    if isinstance(value, dict):
+        return next(iter(value))
+    return str(value)
+
+
+def subnet_info(
+    data: dict, owner: Any, *, min_stake: Any, max_stake: Any, epoch_length: int
+) -> SubnetInfo:
+    """A `SubnetsData` value plus the subnet's owner and stake bounds."""
+    start_epoch = int(data.get("start_epoch") or 0)
+    return SubnetInfo(
+        subnet_id=int(data["id"]),
+        name=text(data.get("name")),
+        owner=address(owner) if owner else "",
+        state=SubnetState(enum_name(data.get("state"))),
+        min_stake=int(min_stake or 0),
+        max_stake=int(max_stake or 0),
+        registered_block=0,
+        activated_block=None if start_epoch >= NO_EPOCH else start_epoch * epoch_length,
+        repo=text(data.get("repo")),
+        description=text(data.get("description")),
+    )
+
+
+def node_class(d: dict, queued: bool) -> NodeClass:
+    """Queued nodes (`RegisteredSubnetNodesData`) are Registered whatever they claim."""
+    if queued:
+        return NodeClass.REGISTERED
+    cls_info = d.get("classification") or {}
+    return NODE_CLASSES.get(enum_name(cls_info.get("node_class")), NodeClass.IDLE)
+
+
+def subnet_node(subnet_id: int, d: dict, *, queued: bool, coldkey: Any, reputation: Any, stake: int) -> SubnetNode:
+    """A `SubnetNodesData` value plus the facts stored elsewhere (owner, reputation, stake)."""
+    peer_info = d.get("peer_info") or {}
+    maddr = peer_info.get("multiaddr")
+    return SubnetNode(
+        subnet_id=subnet_id,
+        node_id=int(d["id"]),
+        coldkey=address(coldkey) if coldkey else "",
+        hotkey=address(d["hotkey"]),
+        peer_id=text(peer_info.get("peer_id")),
+        node_class=node_class(d, queued),
+        stake=stake,
+        reputation=min(1.0, int(reputation or 0) / PERCENT),
+        registered_epoch=0,
+        classified_epoch=int((d.get("classification") or {}).get("start_epoch") or 0),
+        multiaddr=maddr if isinstance(maddr, str) else "",
+    )
+
+
+def consensus_submission(subnet_id: int, epoch: int, d: dict) -> ConsensusSubmission:
+    """A `SubnetConsensusSubmission` value; its attests map may decode as pairs."""
+    attests = d.get("attests") or {}
+    if isinstance(attests, list):  # BTreeMap decoded as [(k, v), ...]
+        attests = dict(attests)
+    att: dict[int, int] = {}
+    for k, v in attests.items():
+        att[int(k)] = int(v.get("block", 0)) if isinstance(v, dict) else int(v or 0)
+    data = tuple(ScoreEntry(int(e["subnet_node_id"]), int(e["score"])) for e in d.get("data") or [])
+    return ConsensusSubmission(subnet_id, epoch, int(d["validator_id"]), data, att, int(d.get("block") or 0))
