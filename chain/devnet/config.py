@@ -14,12 +14,30 @@ from chain.types import UNIT
 from keys import AccountKey
 
 DEV_ACCOUNT_COUNT = 10
+DEFAULT_BLOCK_TIME = 1.0  # seconds between blocks
+DEFAULT_EPOCH_LENGTH = 20  # blocks per epoch
+# The narrowest phase of consensus/phases.py (REVEAL, [0.50, 0.60)) spans a tenth of an
+# epoch; with 10 or more blocks every phase window holds at least one block. With fewer
+# some lengths leave a window empty (5 blocks: no reveal block), and the epoch can never
+# be scored.
+MIN_EPOCH_LENGTH = 10
+
+
+def check_timing(block_time: float, epoch_length: int) -> None:
+    """Reject a block time or epoch length the protocol cannot run on (one-line ValueError)."""
+    if not block_time > 0:
+        raise ValueError(f"--block-time must be > 0 (got {block_time})")
+    if epoch_length < MIN_EPOCH_LENGTH:
+        raise ValueError(
+            f"--epoch-length must be at least {MIN_EPOCH_LENGTH} blocks so every consensus phase"
+            f" gets a block (got {epoch_length})"
+        )
 
 
 @dataclass(frozen=True)
 class DevnetConfig:
-    block_time: float = 1.0  # seconds between blocks (not part of the chain's identity)
-    epoch_length: int = 20  # blocks per epoch
+    block_time: float = DEFAULT_BLOCK_TIME  # not part of the chain's identity
+    epoch_length: int = DEFAULT_EPOCH_LENGTH  # unchecked here: rule tests use short epochs
     genesis_seed: str = "mesh-node devnet"
     dev_accounts: int = DEV_ACCOUNT_COUNT  # genesis-funded dev accounts
     dev_balance: int = 1_000_000 * UNIT

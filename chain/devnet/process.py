@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 
+from chain.devnet.config import DEFAULT_BLOCK_TIME, DEFAULT_EPOCH_LENGTH, check_timing
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -98,8 +100,8 @@ class DevnetProcess:
 def start_devnet_process(
     db_path: str | os.PathLike,
     port: int = 0,
-    block_time: float = 1.0,
-    epoch_length: int = 20,
+    block_time: float = DEFAULT_BLOCK_TIME,
+    epoch_length: int = DEFAULT_EPOCH_LENGTH,
     *,
     params: dict[str, Any] | None = None,
     log_path: str | os.PathLike | None = None,
@@ -108,7 +110,9 @@ def start_devnet_process(
     """Start `python -m chain.devnet.server` and wait until it answers /health.
 
     `port=0` picks a free port. `params` sets other genesis parameters (DevnetConfig fields).
+    Bad timing values raise ValueError here rather than as a child that exits at once.
     """
+    check_timing(block_time, epoch_length)
     port = port or free_port()
     args = ["--db", str(db_path), "--port", str(port), "--block-time", str(block_time),
             "--epoch-length", str(epoch_length), "--quiet"]  # fmt: skip

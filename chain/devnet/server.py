@@ -22,7 +22,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from chain.devnet import codec
-from chain.devnet.config import DevnetConfig, dev_accounts
+from chain.devnet.config import (
+    DEFAULT_BLOCK_TIME,
+    DEFAULT_EPOCH_LENGTH,
+    MIN_EPOCH_LENGTH,
+    DevnetConfig,
+    check_timing,
+    dev_accounts,
+)
 from chain.devnet.state import ChainState
 from chain.devnet.tx import MAX_TX_BYTES
 from chain.types import AuthError, ChainError
@@ -179,7 +186,9 @@ def create_app(state: ChainState, *, produce: bool = True) -> FastAPI:
     return app
 
 
-def _config(block_time: float, epoch_length: int, params: dict[str, Any]) -> DevnetConfig:
+def build_config(block_time: float, epoch_length: int, params: dict[str, Any]) -> DevnetConfig:
+    """The genesis config from the CLI values; ValueError (one line) on a bad value."""
+    check_timing(block_time, epoch_length)
     fields = {f.name: f for f in dataclasses.fields(DevnetConfig)}
     values: dict[str, Any] = {"block_time": block_time, "epoch_length": epoch_length}
     for key, value in params.items():
@@ -187,8 +196,6 @@ def _config(block_time: float, epoch_length: int, params: dict[str, Any]) -> Dev
             raise ValueError(f"unknown devnet parameter {key!r} (known: {', '.join(sorted(fields))})")
         default = getattr(DevnetConfig(), key)
         values[key] = type(default)(value) if not isinstance(value, type(default)) else value
-    if block_time <= 0 or epoch_length < 2:
-        raise ValueError("block time must be > 0 and epoch length >= 2")
     return DevnetConfig(**values)
 
 
@@ -196,8 +203,8 @@ def run_chain(
     db_path: str | Path,
     host: str = "127.0.0.1",
     port: int = 9944,
-    block_time: float = 1.0,
-    epoch_length: int = 20,
+    block_time: float = DEFAULT_BLOCK_TIME,
+    epoch_length: int = DEFAULT_EPOCH_LENGTH,
     *,
     params: dict[str, Any] | None = None,
     print_accounts: bool = False,
@@ -206,12 +213,13 @@ def run_chain(
     """Open (or create) the chain at `db_path` and serve it until interrupted."""
     import uvicorn
 
-    state = ChainState(db_path, _config(block_time, epoch_length, params or {}))
+    state = ChainState(db_path, build_config(block_time, epoch_length, params or {}))
     if state.config.epoch_length != epoch_length:
         print(f"note: {db_path} was created with epoch length {state.config.epoch_length}; keeping it", flush=True)
     if print_accounts:
         print_dev_accounts(state)
-    print(f"devnet chain listening on http://{host}:{port} (block {state.block()}, chain id {state.chain_id})", flush=True)
+    where = f"http://{host}:{port} (block {state.block()}, chain id {state.chain_id})"
+    print(f"devnet chain listening on {where}", flush=True)
     try:
         uvicorn.run(create_app(state), host=host, port=port, log_level=log_level.lower(), access_log=False)
     finally:
@@ -239,8 +247,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", default="devnet-chain.db", help="SQLite database path (created at genesis)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9944)
-    parser.add_argument("--block-time", type=float, default=1.0, help="seconds between blocks")
-    parser.add_argument("--epoch-length", type=int, default=20, help="blocks per epoch (fixed at genesis)")
+    parser.add_argument("--block-time", type=float, default=DEFAULT_BLOCK_TIME, help="seconds between blocks")
+    parser.add_argument(
+        "--epoch-length", type=int, default=DEFAULT_EPOCH_LENGTH,
+        help=f"blocks per epoch, at least {MIN_EPOCH_LENGTH} (fixed at genesis)",
+    )  # fmt: skip
     parser.add_argument(
         "--param", action="append", default=[], metavar="KEY=VALUE",
         help="other genesis parameters, e.g. node_emission=..., queue_epochs=1, unbonding_epochs=2",
@@ -253,9 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    try:
+        params = parse_params(args.param)
+        build_config(args.block_time, args.epoch_length, params)  # validate before opening the database
+    except (ValueError, TypeError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
     run_chain(
         args.db, args.host, args.port, args.block_time, args.epoch_length,
-        params=parse_params(args.param), print_accounts=not args.quiet,
+        params=params, print_accounts=not args.quiet,
     )  # fmt: skip
     return 0
 

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chain.devnet.config import DEFAULT_BLOCK_TIME, DEFAULT_EPOCH_LENGTH
 from chain.types import UNIT
 from keys import AccountKey, NodeKey
 from subnet.logs import event
@@ -60,8 +61,8 @@ class DevnetOptions:
     hosters: int = 3
     validators: int = 1  # including the in-process one
     epochs: int | None = None
-    block_time: float = 1.0
-    epoch_length: int = 20
+    block_time: float = DEFAULT_BLOCK_TIME
+    epoch_length: int = DEFAULT_EPOCH_LENGTH
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     chain_port: int = 0

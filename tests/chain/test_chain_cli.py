@@ -38,7 +38,8 @@ def test_register_activate_stake_unstake_status(devnet, tmp_path, capsys):
     assert main(["unstake", *args, "--amount", "20", "--claim"]) == 0
     out = capsys.readouterr().out
     assert "unbonding 20 TENSOR" in out and "stake now 140.5 TENSOR" in out and "claimed 0 TENSOR" in out
-    assert main(["status", "--chain", url, "--subnet-id", str(sid), "--node-key", str(tmp_path / "node.key"), "--json"]) == 0
+    node_key = str(tmp_path / "node.key")
+    assert main(["status", "--chain", url, "--subnet-id", str(sid), "--node-key", node_key, "--json"]) == 0
     st = json.loads(capsys.readouterr().out)
     assert st["registered"] and st["node_class"] == "VALIDATOR" and st["reputation"] == 1.0
     assert st["stake"] == 140_500_000_000_000_000_000 and st["coldkey_balance"] > 0 and "last_score" in st
@@ -66,8 +67,9 @@ def test_cli_errors_are_one_line(devnet, tmp_path, argv, needle):
     cold = _keys(tmp_path, "cold")
     argv = [devnet.url if a == "URL" else cold if a == "COLD" else a for a in argv]
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from subnet.node.cli import main; sys.exit(main())", *argv], capture_output=True, text=True, timeout=60, cwd=str(tmp_path)
-    )
+        [sys.executable, "-c", "import sys; from subnet.node.cli import main; sys.exit(main())", *argv],
+        capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
+    )  # fmt: skip
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -86,7 +88,7 @@ def test_chain_command_serves_and_prints_dev_keys(tmp_path):
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; from subnet.node.cli import main; sys.exit(main())", "chain",
-         "--db", str(tmp_path / "c.db"), "--port", str(port), "--block-time", "0.1", "--epoch-length", "5"],
+         "--db", str(tmp_path / "c.db"), "--port", str(port), "--block-time", "0.1", "--epoch-length", "10"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -98,7 +100,7 @@ def test_chain_command_serves_and_prints_dev_keys(tmp_path):
             except httpx.HTTPError:
                 time.sleep(0.1)
         info = httpx.get(f"http://127.0.0.1:{port}/chain", timeout=5).json()
-        assert info["config"]["epoch_length"] == 5 and info["config"]["block_time"] == 0.1
+        assert info["config"]["epoch_length"] == 10 and info["config"]["block_time"] == 0.1
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=15)

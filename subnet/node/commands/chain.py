@@ -16,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         params = server.parse_params(args.param)
-        server._config(args.block_time, args.epoch_length, params)  # validate before opening the database
+        server.build_config(args.block_time, args.epoch_length, params)  # validate before opening the database
     except (ValueError, TypeError) as e:
         raise UserError(str(e)) from None
     server.run_chain(

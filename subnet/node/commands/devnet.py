@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 
+from chain.devnet.config import DEFAULT_BLOCK_TIME, DEFAULT_EPOCH_LENGTH, MIN_EPOCH_LENGTH, check_timing
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model directory (default: a tiny random-weight model made locally)")
     parser.add_argument("--hosters", type=int, default=3, help="hoster nodes (default 3, overlapping ranges)")
     parser.add_argument("--validators", type=int, default=1, help="validator-only nodes (default 1)")
     parser.add_argument("--epochs", type=int, default=None, help="run K scored epochs, print a summary, exit")
-    parser.add_argument("--block-time", type=float, default=1.0, help="seconds per block (default 1)")
-    parser.add_argument("--epoch-length", type=int, default=20, help="blocks per epoch (default 20)")
+    parser.add_argument("--block-time", type=float, default=DEFAULT_BLOCK_TIME,
+                        help=f"seconds per block (default {DEFAULT_BLOCK_TIME:g})")
+    parser.add_argument("--epoch-length", type=int, default=DEFAULT_EPOCH_LENGTH,
+                        help=f"blocks per epoch (default {DEFAULT_EPOCH_LENGTH}, at least {MIN_EPOCH_LENGTH})")
     parser.add_argument("--api-host", default="127.0.0.1")
     parser.add_argument("--api-port", type=int, default=8000, help="API/dashboard port (0: any free port)")
     parser.add_argument("--chain-port", type=int, default=0, help="devnet chain HTTP port (0: any free port)")
@@ -28,8 +32,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--hosters and --validators must be at least 1")
     if args.epochs is not None and args.epochs < 1:
         raise UserError("--epochs must be at least 1")
-    if args.block_time <= 0 or args.epoch_length < 5:
-        raise UserError("--block-time must be > 0 and --epoch-length at least 5")
+    try:
+        check_timing(args.block_time, args.epoch_length)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     opts = DevnetOptions(model=args.model, hosters=args.hosters, validators=args.validators, epochs=args.epochs,
                          block_time=args.block_time, epoch_length=args.epoch_length, api_host=args.api_host,
                          api_port=args.api_port, chain_port=args.chain_port, workdir=args.workdir, dtype=args.dtype,
