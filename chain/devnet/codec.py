@@ -9,15 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from chain.types import (
-    ConsensusSubmission,
-    EpochInfo,
-    NodeClass,
-    ScoreEntry,
-    SubnetInfo,
-    SubnetNode,
-    SubnetState,
-)
+from chain.types import ConsensusSubmission, EpochInfo, NodeClass, ScoreEntry, SubnetInfo, SubnetNode, SubnetState
 
 
 def canonical_json(value: Any) -> bytes:
