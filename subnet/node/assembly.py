@@ -93,7 +93,7 @@ class Node:
         if o.model:
             check_model(o.model)
         if o.hoster and o.blocks and o.model:
-            check_blocks(o.blocks, o.model)
+            check_blocks(o.blocks, o.block_range()[1], o.model)  # block_range() parsed by validate() above
         if o.hoster:
             check_device(o.device)
         check_initial_peers(o.initial_peers)

@@ -108,8 +108,8 @@ class SwarmTransport:
 
     def __init__(self, model_path: str, initial_peers: list[str], *, model_name: str | None = None,
                  max_tokens: int = 256, temperature: float = 0.7):
-        from subnet.api.swarm_backend import start_client_dht
-        from subnet.client import DistributedModelForCausalLM
+        from subnet.api.swarm_backend import start_client_dht  # deferred: torch + hivemind; HTTP chat needs neither
+        from subnet.client import DistributedModelForCausalLM  # deferred: as above
 
         self.dht = start_client_dht(initial_peers)
         try:
@@ -122,7 +122,7 @@ class SwarmTransport:
         self.temperature = temperature
 
     def stream(self, messages: list[dict[str, str]]) -> Iterator[str]:
-        from subnet.client import RouteError, SessionError
+        from subnet.client import RouteError, SessionError  # deferred: as in __init__
 
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_tokens}
         if self.temperature > 0:

@@ -7,19 +7,45 @@ Every failure a user can cause ends in one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.metadata
 import logging
 import sys
+import tomllib
+from pathlib import Path
 
 from subnet.model.process_env import set_thread_pool_defaults
 
 set_thread_pool_defaults()  # before torch and numpy start their thread pools
 
-from subnet.node.commands import HELP  # noqa: E402
+from chain.types import ChainError  # noqa: E402
+from subnet.logs import setup_logging  # noqa: E402
+from subnet.node.commands import HELP, add_global_arguments, load, node  # noqa: E402
+from subnet.node.config import apply_config, parse_args  # noqa: E402
+from subnet.node.errors import UserError  # noqa: E402
+
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
-class UserError(Exception):
-    """An error caused by input or environment that the CLI reports in one line."""
+def version() -> str:
+    """The installed distribution's version, else the source tree's pyproject (an uninstalled checkout)."""
+    try:
+        return importlib.metadata.version("mesh-node")
+    except importlib.metadata.PackageNotFoundError:
+        try:
+            return str(tomllib.loads(PYPROJECT.read_text())["project"]["version"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown"
+
+
+class _VersionAction(argparse.Action):
+    """`--version`: looks the version up only when asked, so other runs do not pay for it."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"mesh-node {version()}")
+        parser.exit(0)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -27,9 +53,8 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="mesh-node",
         description="Node software for a decentralized, incentivized LLM inference subnet.",
     )
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    from subnet.node.commands import node
-
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
+    add_global_arguments(parser)
     node.add_arguments(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in HELP.items():
@@ -37,31 +62,18 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _command_module(name: str):
-    return importlib.import_module(f"subnet.node.commands.{name}")
-
-
 def _known_errors() -> tuple[type[BaseException], ...]:
-    from chain.types import ChainError
-    from keys.errors import KeyFileError
+    from keys.errors import KeyFileError  # deferred: keys imports cryptography (~0.2 s), not needed by --help
 
-    from subnet.node.config import ConfigError
-
-    errors: list[type[BaseException]] = [UserError, KeyFileError, ChainError, ConfigError, FileNotFoundError,
-                                         PermissionError]
-    return tuple(errors)
+    return UserError, KeyFileError, ChainError, FileNotFoundError, PermissionError
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str], command: str) -> argparse.Namespace:
     """Flags win over environment (MESH_NODE_*), which wins over the TOML config file."""
-    from subnet.node.config import parse_args
-
     return parse_args(parser, argv, command=command)
 
 
 def apply_node_config(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> argparse.Namespace:
-    from subnet.node.config import apply_config
-
     return apply_config(parser, args, argv, command="node")
 
 
@@ -70,12 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     # Parse global options, then hand the rest to the command's own parser.
     args, rest = parser.parse_known_args(argv)
-    from subnet.logs import setup_logging
-
     setup_logging(args.log_level)
     try:
         if args.command:
-            module = _command_module(args.command)
+            module = load(args.command)  # imported only when the command runs
             cmd_parser = argparse.ArgumentParser(prog=f"mesh-node {args.command}", description=HELP[args.command])
             module.add_arguments(cmd_parser)
             cmd_args = parse_with_config(cmd_parser, rest, command=args.command)
@@ -83,8 +93,6 @@ def main(argv: list[str] | None = None) -> int:
             return int(module.run(cmd_args) or 0)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        from subnet.node.commands import node
-
         args = apply_node_config(parser, args, argv)
         if not node.wants_node(args):
             parser.print_help()
@@ -105,8 +113,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the `subnet.node.cli` module object, not this `__main__` copy, so that `UserError`
-    # raised by commands (imported from subnet.node.cli) is the class caught above.
-    from subnet.node.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

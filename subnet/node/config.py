@@ -20,25 +20,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from subnet.node.errors import ConfigError
+
 ENV_PREFIX = "MESH_NODE_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 DEFAULT_PATH = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "mesh-node" / "config.toml"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _GLOBAL_TABLES = ("node",)
-
-
-class ConfigError(ValueError):
-    """A config file or environment value is unreadable or has the wrong type."""
-
-
-def _user_error(message: str) -> Exception:
-    try:
-        from subnet.node.cli import UserError
-
-        return UserError(message)
-    except ImportError:  # pragma: no cover - the CLI is always there in the package
-        return ConfigError(message)
 
 
 def config_path(explicit: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Path | None:
@@ -57,9 +46,9 @@ def load_file(path: str | os.PathLike) -> dict[str, Any]:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        raise _user_error(f"config file {path} does not exist (create one with `mesh-node config init`)") from None
+        raise ConfigError(f"config file {path} does not exist (create one with `mesh-node config init`)") from None
     except tomllib.TOMLDecodeError as e:
-        raise _user_error(f"config file {path} is not valid TOML: {e}") from None
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
 
 
 def _norm(key: str) -> str:
@@ -82,7 +71,7 @@ def file_settings(data: Mapping[str, Any], command: str | None, known: set[str])
     if command and isinstance(data.get(command), dict):
         for key, value in data[command].items():
             if _norm(key) not in known:
-                raise _user_error(f"unknown setting {key!r} in [{command}] of the config file")
+                raise ConfigError(f"unknown setting {key!r} in [{command}] of the config file")
             out[_norm(key)] = value
     return out
 
@@ -110,16 +99,16 @@ def _convert(action: argparse.Action, value: Any, source: str) -> Any:
             return value
         if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
-        raise _user_error(f"{where} must be true or false, not {value!r}")
+        raise ConfigError(f"{where} must be true or false, not {value!r}")
     is_list = action.nargs in ("*", "+") or isinstance(action, argparse._AppendAction)
     if is_list:
         if isinstance(value, str):
             value = [v for v in value.replace(",", " ").split() if v]
         if not isinstance(value, list):
-            raise _user_error(f"{where} must be a list")
+            raise ConfigError(f"{where} must be a list")
         return [_scalar(action, v, where) for v in value]
     if isinstance(value, (list, dict)):
-        raise _user_error(f"{where} must be a single value")
+        raise ConfigError(f"{where} must be a single value")
     return _scalar(action, value, where)
 
 
@@ -127,15 +116,15 @@ def _scalar(action: argparse.Action, value: Any, where: str) -> Any:
     conv = action.type
     if conv is not None and callable(conv):
         if isinstance(value, bool):
-            raise _user_error(f"{where} has the wrong type: {value!r}")
+            raise ConfigError(f"{where} has the wrong type: {value!r}")
         try:
             value = conv(value if isinstance(value, str) else str(value)) if conv in (int, float) else conv(value)
         except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
-            raise _user_error(f"{where} is invalid: {value!r} ({e})") from None
+            raise ConfigError(f"{where} is invalid: {value!r} ({e})") from None
     elif not isinstance(value, str):
         value = str(value)
     if action.choices is not None and value not in action.choices:
-        raise _user_error(f"{where} must be one of {sorted(action.choices)}, not {value!r}")
+        raise ConfigError(f"{where} must be one of {sorted(action.choices)}, not {value!r}")
     return value
 
 
@@ -280,7 +269,7 @@ def write_template(path: str | os.PathLike, *, force: bool = False) -> Path:
     """Write the commented template; refuses to overwrite unless `force`."""
     path = Path(path)
     if path.exists() and not force:
-        raise _user_error(f"refusing to overwrite existing config file {path} (use --force)")
+        raise ConfigError(f"refusing to overwrite existing config file {path} (use --force)")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(TEMPLATE)
     return path

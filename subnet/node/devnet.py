@@ -23,10 +23,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chain.devnet import DevnetChain, dev_accounts, start_devnet_process
 from chain.devnet.config import DEFAULT_BLOCK_TIME, DEFAULT_EPOCH_LENGTH
 from chain.types import UNIT
 from keys import AccountKey, NodeKey
 from subnet.logs import event
+from subnet.model.tiny_model import make_tiny_model
+from subnet.node.assembly import Node, NodeOptions
 from subnet.node.procs import ManagedProcess, ProcessFailed, python_module_argv, stop_all
 
 log = logging.getLogger("mesh_node.devnet")
@@ -117,15 +120,11 @@ class Devnet:
             return self.opts.model
         path = self.workdir / "model"
         if not (path / "config.json").exists():
-            from subnet.model.tiny_model import make_tiny_model
-
             event(log, "creating_tiny_model", path=path)
             make_tiny_model(path, "llama", num_layers=8, hidden_size=64)
         return str(path)
 
     def _start_chain(self) -> None:
-        from chain.devnet import DevnetChain, dev_accounts, start_devnet_process
-
         self.chain_proc = start_devnet_process(self.workdir / "chain.db", port=self.opts.chain_port,
                                                block_time=self.opts.block_time, epoch_length=self.opts.epoch_length,
                                                log_path=self.workdir / "chain.log")
@@ -135,8 +134,6 @@ class Devnet:
               epoch_length=self.opts.epoch_length)
 
     def _register(self, num_layers: int) -> None:
-        from chain.devnet import DevnetChain
-
         o = self.opts
         self.subnet_id = self.owner.register_subnet("mesh-devnet", min_stake=100 * UNIT, max_stake=1000 * UNIT,
                                                     description="local mesh-node subnet")
@@ -175,8 +172,6 @@ class Devnet:
         return argv
 
     def _start_local_node(self) -> None:
-        from subnet.node.assembly import Node, NodeOptions
-
         m = self.members[0]
         self.node = Node(NodeOptions(
             validator=True, api=False, model=self.model_path, chain=self.chain_proc.url, subnet_id=self.subnet_id,

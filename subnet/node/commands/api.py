@@ -10,7 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 
+from chain import connect
+from subnet.api import create_app
+from subnet.api.subnet_view import ChainSubnetView
 from subnet.logs import event
+from subnet.node.checks import check_initial_peers, check_model
+from subnet.node.config import resolve
+from subnet.node.errors import UserError
 
 log = logging.getLogger("mesh_node.api")
 
@@ -47,21 +53,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens-limit", type=int, help="largest accepted max_tokens")
 
 
-def build_backend(args: argparse.Namespace):
-    """The generation backend the flags ask for, and a DHT for subnet views (or None)."""
-    from subnet.node.cli import UserError
-
+def check_args(args: argparse.Namespace) -> None:
+    """The flags' mistakes, found before any model loads or DHT starts."""
     if not args.model:
         raise UserError("give --model (a model directory or hub id)")
+    if not args.local and not args.initial_peers:
+        raise UserError("give --initial-peers to reach the swarm (or --local to run the model in this process)")
+    check_model(args.model)
+    if not args.local:
+        check_initial_peers(args.initial_peers)
+    if args.chain and args.subnet_id is None:
+        raise UserError("--chain needs --subnet-id")
+
+
+def build_backend(args: argparse.Namespace):
+    """The generation backend the flags ask for, and a DHT for subnet views (or None)."""
+    check_args(args)
     if args.local:
         import torch
 
-        from subnet.api.local_backend import LocalTransformersBackend
+        from subnet.api.local_backend import LocalTransformersBackend  # deferred: torch (~2 s), after the checks
 
         return LocalTransformersBackend(args.model, name=args.model_name, dtype=getattr(torch, args.dtype)), None
-    if not args.initial_peers:
-        raise UserError("give --initial-peers to reach the swarm (or --local to run the model in this process)")
-    from subnet.api.swarm_backend import SwarmBackend
+    from subnet.api.swarm_backend import SwarmBackend  # deferred: torch + hivemind (~2 s), after the checks
 
     backend = SwarmBackend.from_pretrained(args.model, args.initial_peers, model_name=args.model_name,
                                            dtype=args.dtype)
@@ -71,10 +85,6 @@ def build_backend(args: argparse.Namespace):
 def build_subnet_view(args: argparse.Namespace, dht, model_ids):
     if not args.chain:
         return None
-    from chain import connect
-    from subnet.api.subnet_view import ChainSubnetView
-    from subnet.node.cli import UserError
-
     if args.subnet_id is None:
         raise UserError("--chain needs --subnet-id")
     return ChainSubnetView(connect(args.chain), args.subnet_id, dht=dht, models=model_ids)
@@ -98,9 +108,6 @@ def serve(app, host: str, port: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from subnet.api import create_app
-    from subnet.node.config import resolve
-
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     resolve(parser, args, command="api", defaults=DEFAULTS)
@@ -108,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         model_ids = [args.model_name] if args.model_name else None
         if model_ids is None:
-            from subnet.api.local_backend import default_model_name
+            from subnet.api.local_backend import default_model_name  # deferred: torch (~2 s), as build_backend
 
             model_ids = [default_model_name(args.model)]
         view = build_subnet_view(args, dht, model_ids)

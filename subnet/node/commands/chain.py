@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from chain.devnet import server
+from subnet.node.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -12,8 +13,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from subnet.node.cli import UserError
-
     try:
         params = server.parse_params(args.param)
         server.build_config(args.block_time, args.epoch_length, params)  # validate before opening the database

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import argparse
 
+from subnet.node.chat import ChatError, Conversation, HttpTransport, SwarmTransport, repl
+from subnet.node.checks import check_initial_peers, check_model
+from subnet.node.config import resolve
+from subnet.node.errors import UserError
+
 DEFAULTS = {"initial_peers": [], "max_tokens": 256, "temperature": 0.7, "timeout": 120.0}
 
 
@@ -22,10 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from subnet.node.chat import ChatError, Conversation, HttpTransport, SwarmTransport, repl
-    from subnet.node.cli import UserError
-    from subnet.node.config import resolve
-
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     resolve(parser, args, command="chat", defaults=DEFAULTS)
@@ -36,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
         elif args.initial_peers:
             if not args.model:
                 raise UserError("swarm chat needs --model (the model directory or hub id)")
+            check_model(args.model)
+            check_initial_peers(args.initial_peers)
             transport = SwarmTransport(args.model, args.initial_peers, model_name=args.model_name,
                                        max_tokens=args.max_tokens, temperature=args.temperature)
         else:

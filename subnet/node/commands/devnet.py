@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from chain.devnet.config import DEFAULT_BLOCK_TIME, DEFAULT_EPOCH_LENGTH, MIN_EPOCH_LENGTH, check_timing
+from subnet.node.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,8 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from subnet.node.cli import UserError
-    from subnet.node.devnet import DevnetOptions, run_devnet
+    from subnet.node.devnet import DevnetOptions, run_devnet  # deferred: imports the node assembly (torch, hivemind)
 
     if args.hosters < 1 or args.validators < 1:
         raise UserError("--hosters and --validators must be at least 1")

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from keys import AccountKey, NodeKey
+from keys.errors import KeyFileError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +25,6 @@ def run(args: argparse.Namespace) -> int:
     node = NodeKey.generate()
     # Check both targets before writing either, so a refusal leaves nothing half-written.
     if not args.force:
-        from keys.errors import KeyFileError
-
         for p in (node_path, account_path):
             if p.exists():
                 raise KeyFileError(f"refusing to overwrite existing key file {p} (use --force)")

@@ -30,6 +30,6 @@ def wants_node(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from subnet.node.assembly import run_node
+    from subnet.node.assembly import run_node  # deferred: torch + hivemind; `mesh-node --help` builds this parser
 
     return run_node(args)

@@ -9,7 +9,10 @@ import argparse
 import os
 from decimal import Decimal, InvalidOperation
 
+from chain import connect
 from chain.types import DECIMALS, UNIT
+from keys import AccountKey, NodeKey
+from subnet.node.errors import UserError
 
 DEFAULT_DEVNET_URL = "http://127.0.0.1:9944"
 
@@ -35,8 +38,6 @@ def add_key_arguments(parser: argparse.ArgumentParser, *, coldkey: bool = True, 
 
 
 def chain_url(value: str) -> str:
-    from subnet.node.cli import UserError
-
     if value == "devnet":
         return os.environ.get("MESH_DEVNET_URL", DEFAULT_DEVNET_URL)
     if not value.startswith(("http://", "https://", "ws://", "wss://")):
@@ -45,9 +46,6 @@ def chain_url(value: str) -> str:
 
 
 def load_account(path: str | None, flag: str, *, required: bool):
-    from keys import AccountKey
-    from subnet.node.cli import UserError
-
     if not path:
         if required:
             raise UserError(f"{flag} is required (an account key file from `mesh-node keygen`)")
@@ -56,8 +54,6 @@ def load_account(path: str | None, flag: str, *, required: bool):
 
 
 def hotkey_address(args: argparse.Namespace, *, required: bool = True) -> str | None:
-    from subnet.node.cli import UserError
-
     key = load_account(getattr(args, "hotkey_key", None), "--hotkey-key", required=False)
     if key is not None:
         return key.address
@@ -70,8 +66,6 @@ def hotkey_address(args: argparse.Namespace, *, required: bool = True) -> str | 
 
 def open_chain(args: argparse.Namespace, *, coldkey_required: bool = False):
     """Connect with the keys named on the command line."""
-    from chain import connect
-
     coldkey = load_account(getattr(args, "account_key", None), "--account-key", required=coldkey_required)
     hotkey = load_account(getattr(args, "hotkey_key", None), "--hotkey-key", required=False)
     return connect(chain_url(args.chain), coldkey, hotkey)
@@ -79,8 +73,6 @@ def open_chain(args: argparse.Namespace, *, coldkey_required: bool = False):
 
 def parse_tensor(value: str, flag: str) -> int:
     """'100', '0.5' TENSOR -> smallest units, exactly."""
-    from subnet.node.cli import UserError
-
     try:
         d = Decimal(value)
     except InvalidOperation:
@@ -120,8 +112,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _bootnodes(items: list[str]) -> dict[str, str]:
-    from subnet.node.cli import UserError
-
     out = {}
     for maddr in items:
         head, sep, peer_id = maddr.rpartition("/p2p/")
@@ -132,8 +122,6 @@ def _bootnodes(items: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from subnet.node.cli import UserError
-
     chain = open_chain(args, coldkey_required=True)
     try:
         if args.create_subnet:
@@ -153,8 +141,6 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--subnet-id is required (or --create-subnet NAME)")
         hotkey = hotkey_address(args)
         if args.node_key:
-            from keys import NodeKey
-
             peer_id = NodeKey.load(args.node_key).peer_id
         elif args.peer_id:
             peer_id = args.peer_id

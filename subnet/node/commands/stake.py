@@ -13,6 +13,7 @@ from subnet.node.commands.register import (
     open_chain,
     parse_tensor,
 )
+from subnet.node.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,8 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from subnet.node.cli import UserError
-
     amount = parse_tensor(args.amount, "--amount")
     chain = open_chain(args, coldkey_required=True)
     try:

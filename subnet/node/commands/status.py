@@ -6,6 +6,7 @@ import argparse
 import json
 
 from chain.types import SCORE_SCALE
+from keys import NodeKey
 from subnet.node.commands.register import (
     add_chain_argument,
     add_key_arguments,
@@ -14,6 +15,7 @@ from subnet.node.commands.register import (
     hotkey_address,
     open_chain,
 )
+from subnet.node.errors import UserError
 
 SCORE_LOOKBACK_EPOCHS = 16
 
@@ -39,14 +41,10 @@ def _last_score(chain, subnet_id: int, node_id: int, epoch: int) -> tuple[int, i
 
 
 def run(args: argparse.Namespace) -> int:
-    from subnet.node.cli import UserError
-
     chain = open_chain(args)
     try:
         sid = args.subnet_id
         if args.node_key or args.peer_id:
-            from keys import NodeKey
-
             peer_id = NodeKey.load(args.node_key).peer_id if args.node_key else args.peer_id
             node = chain.get_node_by_peer_id(sid, peer_id)
             who = f"peer id {peer_id}"
@@ -96,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"class:       {node.node_class.name}")
         print(f"stake:       {format_tensor(node.stake)}")
         print(f"reputation:  {node.reputation:.3f}")
-        print(f"balance:     coldkey {format_tensor(out['coldkey_balance'])}, hotkey {format_tensor(out['hotkey_balance'])}")
+        print(f"balance:     coldkey {format_tensor(out['coldkey_balance'])}, "
+              f"hotkey {format_tensor(out['hotkey_balance'])}")
         elected = out["elected_validator"]
         if elected is None:
             print("validator:   none elected this epoch")

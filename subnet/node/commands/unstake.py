@@ -13,6 +13,7 @@ from subnet.node.commands.register import (
     open_chain,
     parse_tensor,
 )
+from subnet.node.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from subnet.node.cli import UserError
-
     if not args.amount and not args.claim:
         raise UserError("give --amount TENSOR to unstake and/or --claim to claim unbonded stake")
     amount = parse_tensor(args.amount, "--amount") if args.amount else 0
@@ -38,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
             receipt = chain.remove_stake(args.subnet_id, hotkey=hotkey, amount=amount)
             unlock = receipt.detail.get("unlock_epoch")
             when = f" (claimable from epoch {unlock})" if unlock is not None else ""
-            print(f"unbonding {format_tensor(amount)}{when}; stake now {format_tensor(chain.get_stake(args.subnet_id, hotkey))}")
+            stake = chain.get_stake(args.subnet_id, hotkey)
+            print(f"unbonding {format_tensor(amount)}{when}; stake now {format_tensor(stake)}")
         if args.claim:
             receipt = chain.claim_unbondings()
             claimed = receipt.detail.get("claimed")

@@ -46,8 +46,8 @@ def test_compile_with_another_kernel_is_one_line(capsys, monkeypatch):
 
 def test_compile_option_reaches_the_hoster(tmp_path):
     """`--compile` on the command line and `compile_decode` in the TOML file both become NodeOptions.compile_decode."""
-    from subnet.node.cli import _build_parser, apply_node_config
     from subnet.node.assembly import NodeOptions
+    from subnet.node.cli import _build_parser, apply_node_config
 
     def options(argv):
         return NodeOptions.from_args(apply_node_config(_build_parser(), _build_parser().parse_known_args(argv)[0],
@@ -64,8 +64,8 @@ def test_linear_kernel_option_reaches_the_hoster(tmp_path):
     """`linear_kernel` in the TOML file (like every node option) becomes NodeOptions and the Hoster's choice."""
     import argparse
 
-    from subnet.node.cli import _build_parser, apply_node_config
     from subnet.node.assembly import NodeOptions
+    from subnet.node.cli import _build_parser, apply_node_config
 
     cfg = tmp_path / "mesh.toml"
     cfg.write_text('[node]\nhoster = true\nmodel = "m"\nlinear_kernel = "blas"\n')
@@ -74,11 +74,12 @@ def test_linear_kernel_option_reaches_the_hoster(tmp_path):
     assert isinstance(args, argparse.Namespace) and NodeOptions.from_args(args).linear_kernel == "blas"
 
 
-def test_node_options_from_toml_and_env(tmp_path, capsys, monkeypatch):
-    """Flags > environment > file: the file says --hoster, the environment names a model dir that does not exist."""
+def test_node_options_from_toml_and_env(tmp_path, capsys, monkeypatch, tiny_llama):
+    """Flags > environment > file: the file says --hoster and a model dir that does not exist, the environment
+    names a real one, the flag a node key file that does not exist (the first thing the node loads)."""
     cfg = tmp_path / "mesh.toml"
-    cfg.write_text('[node]\nhoster = true\nblocks = "0:2"\n')
-    monkeypatch.setenv("MESH_NODE_MODEL", str(tmp_path / "no-such-model"))
+    cfg.write_text(f'[node]\nhoster = true\nblocks = "0:2"\nmodel = "{tmp_path / "no-such-model"}"\n')
+    monkeypatch.setenv("MESH_NODE_MODEL", tiny_llama)
     code, out = _run(capsys, "--config", str(cfg), "--node-key", str(tmp_path / "missing.key"))
     assert code == 1 and "node key file not found" in out.err
 

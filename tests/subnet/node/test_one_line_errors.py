@@ -1,0 +1,99 @@
+"""The common mistakes end in one line (`mesh-node: error: ...`), before any DHT or chain starts; `--version`."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from subnet.node import cli
+
+PEER = "/ip4/127.0.0.1/tcp/31337/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+ENV.pop("MESH_NODE_CONFIG", None)
+
+
+def _mesh_node(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "subnet.node.cli", *argv], capture_output=True, text=True,
+                          timeout=120, env=ENV, stdin=subprocess.DEVNULL)
+
+
+def _assert_one_line_error(r: subprocess.CompletedProcess, *fragments: str) -> None:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0, r.stderr
+    assert "Traceback" not in r.stderr and len(lines) == 1, r.stderr
+    assert lines[0].startswith("mesh-node: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_version():
+    r = _mesh_node("--version")
+    assert r.returncode == 0 and r.stdout == f"mesh-node {importlib.metadata.version('mesh-node')}\n"
+
+
+def test_version_falls_back_to_pyproject(monkeypatch):
+    """An uninstalled checkout still knows its version."""
+    def missing(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    pyproject = Path(__file__).resolve().parents[3] / "pyproject.toml"
+    assert cli.version() == tomllib.loads(pyproject.read_text())["project"]["version"]
+
+
+@pytest.fixture
+def empty_dir(tmp_path) -> str:
+    d = tmp_path / "not-a-model"
+    d.mkdir()
+    (d / "weights.bin").write_bytes(b"")
+    return str(d)
+
+
+@pytest.mark.parametrize("command", [["--hoster"], ["--validator", "--chain", "http://127.0.0.1:1", "--subnet-id", "1",
+                                                    "--account-key", "k.json"], ["api", "--local"]])
+def test_model_path_that_does_not_exist(tmp_path, command):
+    missing = str(tmp_path / "no-such-model")
+    _assert_one_line_error(_mesh_node(*command, "--model", missing), f"--model {missing}: no such directory")
+
+
+@pytest.mark.parametrize("command", [["--hoster"], ["api", "--initial-peers", PEER], ["chat", "--initial-peers", PEER]])
+def test_model_dir_without_config_json(empty_dir, command):
+    _assert_one_line_error(_mesh_node(*command, "--model", empty_dir), f"--model {empty_dir}:", "no config.json")
+
+
+def test_blocks_past_the_models_layers(tiny_llama):
+    _assert_one_line_error(_mesh_node("--hoster", "--model", tiny_llama, "--blocks", "4:12"),
+                           "--blocks 4:12", "8 layers")
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_cuda_device_without_cuda_torch(tiny_llama, device):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this torch has CUDA")
+    _assert_one_line_error(_mesh_node("--hoster", "--model", tiny_llama, "--blocks", "0:2", "--device", device),
+                           f"--device {device}", "no usable CUDA")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["--hoster", "--blocks", "0:2"], ["api"], ["chat"]],
+)
+@pytest.mark.parametrize(
+    "peer,message",
+    [
+        ("garbage", "'garbage' is not a multiaddr"),
+        ("/ip4/1.2.3/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN", "is not a multiaddr"),
+        ("/ip4/127.0.0.1/tcp/31337", "'/ip4/127.0.0.1/tcp/31337' has no /p2p/<peer id>"),
+    ],
+)
+def test_bad_initial_peers(tiny_llama, command, peer, message):
+    r = _mesh_node(*command, "--model", tiny_llama, "--initial-peers", PEER, peer)
+    _assert_one_line_error(r, "--initial-peers: ", message)
