@@ -14,12 +14,14 @@ Two ways to use it:
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from subnet.node.commands import HELP, add_global_arguments, load
 from subnet.node.errors import ConfigError
 
 ENV_PREFIX = "MESH_NODE_"
@@ -55,23 +57,78 @@ def _norm(key: str) -> str:
     return key.replace("-", "_")
 
 
-def file_settings(data: Mapping[str, Any], command: str | None, known: set[str]) -> dict[str, Any]:
+def all_settings() -> set[str]:
+    """Every setting `mesh-node` or any of its commands accepts: what the top level and [node] may hold.
+
+    Imports every command module (no heavy ones: they defer torch and hivemind), so it runs only
+    when a shared key is unknown to the running command.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    add_global_arguments(parser)
+    out = set(_actions(parser))
+    for name in ("node", *HELP):
+        try:
+            module = load(name)
+        except ModuleNotFoundError as e:
+            if e.name == f"subnet.node.commands.{name}":  # a command left out of this build
+                continue
+            raise
+        parser = argparse.ArgumentParser(add_help=False)
+        module.add_arguments(parser)
+        out |= set(_actions(parser))
+    return out
+
+
+def _did_you_mean(key: str, candidates: set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(candidates), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def file_settings(
+    data: Mapping[str, Any],
+    command: str | None,
+    known: set[str],
+    *,
+    source: str = "config file",
+    shared: Callable[[], set[str]] = all_settings,
+) -> dict[str, Any]:
     """Settings for `command` from parsed TOML: top level and [node], then [command].
 
-    Unknown keys in the command's own table are an error (a typo should not pass silently);
-    unknown top-level keys are ignored because they may belong to other commands.
+    A typo must not pass silently: an unknown section, a top-level or [node] key that no
+    command accepts (`shared()`, they apply to every command), or a [command] key that this
+    command does not accept is an error naming the key and the closest valid one.
     """
+    everywhere: set[str] | None = None
+
+    def check_shared(key: str, where: str) -> bool:
+        """Whether a shared key applies to this command; an error if it applies to none."""
+        nonlocal everywhere
+        if _norm(key) in known:
+            return True
+        everywhere = shared() if everywhere is None else everywhere
+        if _norm(key) not in everywhere:
+            raise ConfigError(f"{source}: unknown key {key!r} {where}{_did_you_mean(_norm(key), everywhere)}")
+        return False
+
+    sections = {*_GLOBAL_TABLES, *HELP}
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if not isinstance(value, dict) and _norm(key) in known:
+        if isinstance(value, dict):
+            if key not in sections:
+                close = difflib.get_close_matches(key, sorted(sections), n=1)
+                hint = f" (did you mean [{close[0]}]?)" if close else ""
+                raise ConfigError(f"{source}: unknown section [{key}]{hint}")
+        elif check_shared(key, "at the top level"):
             out[_norm(key)] = value
     for table in _GLOBAL_TABLES:
-        if table != command and isinstance(data.get(table), dict):
-            out.update({_norm(k): v for k, v in data[table].items() if _norm(k) in known})
-    if command and isinstance(data.get(command), dict):
+        if isinstance(data.get(table), dict):
+            for key, value in data[table].items():
+                if check_shared(key, f"in [{table}]"):
+                    out[_norm(key)] = value
+    if command and command not in _GLOBAL_TABLES and isinstance(data.get(command), dict):
         for key, value in data[command].items():
             if _norm(key) not in known:
-                raise ConfigError(f"unknown setting {key!r} in [{command}] of the config file")
+                raise ConfigError(f"{source}: unknown key {key!r} in [{command}]{_did_you_mean(_norm(key), known)}")
             out[_norm(key)] = value
     return out
 
@@ -161,7 +218,7 @@ def apply_config(
     cfg_path = config_path(path or getattr(args, "config", None), environ)
     merged: dict[str, tuple[Any, str]] = {}
     if cfg_path is not None:
-        for k, v in file_settings(load_file(cfg_path), command, known).items():
+        for k, v in file_settings(load_file(cfg_path), command, known, source=f"config file {cfg_path}").items():
             merged[k] = (v, f"config file {cfg_path}")
     for k, v in env_settings(known, environ).items():
         merged[k] = (v, f"environment {ENV_PREFIX}{k.upper()}")
@@ -203,7 +260,7 @@ def resolve(
     cfg_path = config_path(path or getattr(args, "config", None), environ)
     merged: dict[str, tuple[Any, str]] = {}
     if cfg_path is not None:
-        for k, v in file_settings(load_file(cfg_path), command, known).items():
+        for k, v in file_settings(load_file(cfg_path), command, known, source=f"config file {cfg_path}").items():
             merged[k] = (v, f"config file {cfg_path}")
     for k, v in env_settings(known, environ).items():
         merged[k] = (v, f"environment {ENV_PREFIX}{k.upper()}")

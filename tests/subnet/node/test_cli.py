@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
 from api_support import MODEL
 
 MESH_NODE = str(Path(sys.executable).with_name("mesh-node"))
