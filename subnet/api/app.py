@@ -6,7 +6,7 @@ import hmac
 from collections.abc import Iterable
 from importlib import resources
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.staticfiles import StaticFiles
@@ -31,29 +31,45 @@ def _endpoint_label(path: str) -> str:
 
 
 class _EdgeMiddleware:
-    """Pure ASGI (no BaseHTTPMiddleware, which breaks disconnect detection of streams):
-    rejects oversize bodies by Content-Length and counts responses by endpoint and status."""
+    """The API's edge, before any route runs: API key, body size, response counting.
 
-    def __init__(self, app, *, metrics: ApiMetrics, max_body_bytes: int):
+    Pure ASGI (BaseHTTPMiddleware breaks disconnect detection of streams). The key is
+    checked from the headers before a byte of the body is read, so an unauthenticated
+    client cannot make the server buffer anything. A body without Content-Length (chunked)
+    is read here up to `max_body_bytes` and replayed to the route; one byte more is a 413.
+    """
+
+    def __init__(self, app, *, metrics: ApiMetrics, max_body_bytes: int, api_keys: frozenset[str]):
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.api_keys = api_keys
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         label = _endpoint_label(scope.get("path", ""))
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_body_bytes
-                except ValueError:
-                    too_big = True
-                if too_big:
-                    self.metrics.requests.labels(label, "413").inc()
-                    resp = JSONResponse(error_body(f"Request body exceeds {self.max_body_bytes} bytes.",
-                                                   "invalid_request_error", None, "request_too_large"), 413)
-                    return await resp(scope, receive, send)
+
+        async def reply(status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+            self.metrics.requests.labels(label, str(status)).inc()
+            await JSONResponse(body, status, headers=headers)(scope, receive, send)
+
+        headers = dict(scope.get("headers", ()))
+        if self.api_keys and scope.get("path", "").startswith("/v1/"):
+            denied = _check_key(self.api_keys, headers.get(b"authorization", b"").decode("latin-1"))
+            if denied is not None:
+                return await reply(denied.status, denied.body(), denied.headers)
+        too_big = error_body(f"Request body exceeds {self.max_body_bytes} bytes.", "invalid_request_error", None,
+                             "request_too_large")
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_body_bytes:
+                return await reply(413, too_big)
+        elif scope.get("method") in ("POST", "PUT", "PATCH"):
+            body = await _read_body(receive, self.max_body_bytes)
+            if body is None:
+                return await reply(413, too_big)
+            receive = _replay(body, receive)
 
         async def counting_send(message):
             if message["type"] == "http.response.start":
@@ -63,22 +79,46 @@ class _EdgeMiddleware:
         return await self.app(scope, receive, counting_send)
 
 
-def _auth_dependency(keys: frozenset[str]):
-    async def check(request: Request) -> None:
-        if not keys:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise APIError(401, "You didn't provide an API key. Provide it in the Authorization header "
-                                "(Authorization: Bearer YOUR_KEY).", code="missing_api_key",
-                           headers={"WWW-Authenticate": "Bearer"})
-        token = token.strip()
-        if not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
-            raise APIError(401, "Incorrect API key provided.", code="invalid_api_key",
-                           headers={"WWW-Authenticate": "Bearer"})
+async def _read_body(receive, limit: int) -> bytes | None:
+    """The whole request body, or None as soon as it exceeds `limit` (the rest is never read)."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)  # disconnected: the route will see an empty body
+        size += len(message.get("body", b""))
+        if size > limit:
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
-    return check
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # afterwards: disconnect detection of streams
+
+    return replay
+
+
+def _check_key(keys: frozenset[str], header: str) -> APIError | None:
+    """None if the Authorization header carries one of `keys`, else the 401 to answer."""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return APIError(401, "You didn't provide an API key. Provide it in the Authorization header "
+                             "(Authorization: Bearer YOUR_KEY).", code="missing_api_key",
+                        headers={"WWW-Authenticate": "Bearer"})
+    token = token.strip()
+    if not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
+        return APIError(401, "Incorrect API key provided.", code="invalid_api_key",
+                        headers={"WWW-Authenticate": "Bearer"})
+    return None
 
 
 def create_app(
@@ -110,7 +150,7 @@ def create_app(
     app = FastAPI(title="mesh-node API", version="1", docs_url="/docs", redoc_url=None)
     app.state.ctx = ctx
     install_error_handlers(app)
-    app.include_router(openai_routes.router, dependencies=[Depends(_auth_dependency(ctx.api_keys))])
+    app.include_router(openai_routes.router)  # the API key is checked by _EdgeMiddleware
     app.include_router(subnet_routes.router)
 
     @app.get("/health")
@@ -137,5 +177,5 @@ def create_app(
         async def index() -> FileResponse:
             return FileResponse(str(static_dir / "index.html"), media_type="text/html")
 
-    app.add_middleware(_EdgeMiddleware, metrics=metrics, max_body_bytes=max_body_bytes)
+    app.add_middleware(_EdgeMiddleware, metrics=metrics, max_body_bytes=max_body_bytes, api_keys=ctx.api_keys)
     return app

@@ -48,13 +48,24 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _param_path(loc: tuple) -> str | None:
+    """`messages.0.content` from pydantic's location, without the union-member tags it adds
+    (`str`, `list[TextPart]`, `function-after[...]`)."""
+    parts = [str(p) for p in loc if p != "body" and not (isinstance(p, str) and ("[" in p or p in _TYPE_TAGS))]
+    return ".".join(parts) or None
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
         return "Invalid request.", None
-    first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
+    # In a union, pydantic reports every member's failure; our own checks (value_error) say
+    # what is actually wrong, so they win over "input should be a valid string".
+    first = next((e for e in errors if e.get("type") == "value_error"), errors[0])
+    param = _param_path(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         return "We could not parse the JSON body of your request.", None
     if first.get("type") == "missing":

@@ -1,7 +1,8 @@
 """OpenAI-compatible routes: /v1/models, /v1/chat/completions, /v1/completions.
 
 Responses and SSE chunks follow OpenAI's wire format field for field, so the official
-SDK works unmodified. Choices of `n > 1` run one after another in a single stream.
+SDK works unmodified. Choices of `n > 1` run one after another in a single stream. A request
+takes its concurrency slot before it is prepared (templated, tokenized).
 """
 
 from __future__ import annotations
@@ -317,9 +318,8 @@ async def _stream_events(ctx: ApiContext, plan: _Plan, first: tuple[AsyncIterato
         lease.release()
 
 
-async def _run(request: Request, plan: _Plan, kind: str) -> JSONResponse | StreamingResponse:
+async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONResponse | StreamingResponse:
     ctx = _ctx(request)
-    lease = _acquire(ctx)
     rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
     ctx.metrics.prompt_tokens.labels(plan.model).inc(plan.prompt_tokens)
@@ -414,21 +414,27 @@ def _final_choice(kind: str, index: int, text: str, finish: str) -> dict:
     return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
 
 
+async def _admit_and_run(request: Request, kind: str, make_plan) -> JSONResponse | StreamingResponse:
+    """Take a slot before preparing the request: templating and tokenizing cost CPU too, so
+    requests over the concurrency limit get their 429 before any of that work is done."""
+    ctx = _ctx(request)
+    lease = _acquire(ctx)
+    try:
+        plan = await make_plan()
+    except BackendError as e:
+        lease.release()
+        raise _backend_error(e) from None
+    except BaseException:
+        lease.release()
+        raise
+    return await _run(request, plan, kind, lease)
+
+
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
-    ctx = _ctx(request)
-    try:
-        plan = await _plan_chat(ctx, body)
-    except BackendError as e:
-        raise _backend_error(e) from None
-    return await _run(request, plan, "chat")
+    return await _admit_and_run(request, "chat", lambda: _plan_chat(_ctx(request), body))
 
 
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request):
-    ctx = _ctx(request)
-    try:
-        plan = await _plan_completion(ctx, body)
-    except BackendError as e:
-        raise _backend_error(e) from None
-    return await _run(request, plan, "completion")
+    return await _admit_and_run(request, "completion", lambda: _plan_completion(_ctx(request), body))

@@ -1,26 +1,44 @@
-"""Request bodies of the OpenAI-compatible routes (unknown extra fields are accepted and ignored)."""
+"""Request bodies of the OpenAI-compatible routes (unknown extra fields are accepted and ignored).
+
+Every string a client sends must be valid Unicode: JSON can carry a lone UTF-16 surrogate
+(`"\\ud800"`) that no tokenizer can encode, so it is a 400 here rather than a 500 later.
+Message count is capped so that a request's preparation (templating, tokenizing) stays
+cheap; the total text length is capped by the prompt limit in the routes.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 MAX_N = 8
 MAX_STOP = 4
+MAX_MESSAGES = 1024
+
+
+def _valid_unicode(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the text is not valid Unicode (it holds a lone UTF-16 surrogate)") from None
+    return value
+
+
+Text = Annotated[StrictStr, AfterValidator(_valid_unicode)]
 
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
     type: Literal["text"]
-    text: StrictStr
+    text: Text
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: StrictStr | list[TextPart] | None = None
-    name: StrictStr | None = None
+    content: Text | Annotated[list[TextPart], Field(max_length=MAX_MESSAGES)] | None = None
+    name: Text | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -35,12 +53,12 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-Stop = StrictStr | Annotated[list[StrictStr], Field(max_length=MAX_STOP)] | None
+Stop = Text | Annotated[list[Text], Field(max_length=MAX_STOP)] | None
 
 
 class _SamplingFields(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    model: StrictStr
+    model: Text
     max_tokens: StrictInt | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
@@ -51,7 +69,7 @@ class _SamplingFields(BaseModel):
     seed: StrictInt | None = None
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    user: StrictStr | None = None
+    user: Text | None = None
 
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -61,11 +79,11 @@ class _SamplingFields(BaseModel):
 
 
 class ChatCompletionRequest(_SamplingFields):
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    prompt: Text | list[Text] | list[StrictInt] | list[list[StrictInt]]
     echo: bool | None = False
-    suffix: StrictStr | None = None
+    suffix: Text | None = None
