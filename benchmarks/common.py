@@ -147,7 +147,7 @@ class HosterProcs:
                 p.stop(15)
         self.procs.clear()
 
-    def __enter__(self) -> "HosterProcs":
+    def __enter__(self) -> HosterProcs:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -29,11 +29,19 @@ if not __package__:  # also runnable as `python benchmarks/<name>.py`
 
     sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (
-    MODELS, HosterProcs, client, ensure_model, exit_on_sigterm, fmt_table, load_avg, median, save_results,
-)
-
 import torch  # noqa: E402
+
+from benchmarks.common import (
+    MODELS,
+    HosterProcs,
+    client,
+    ensure_model,
+    exit_on_sigterm,
+    fmt_table,
+    load_avg,
+    median,
+    save_results,
+)
 
 
 def run_round(model, prompts: list[torch.Tensor], new_tokens: int) -> float:

@@ -152,6 +152,7 @@ def time_commit_reveal(n_nodes: int, *, hidden: int, block_time: float, epoch_le
     from consensus.encoding import encode_block_outputs, encode_tensor
     from consensus.phases import RecordKind
     from subnet.swarm.chain_view import ChainRegistry, EpochPosition
+    from subnet.swarm.dht import start_dht, visible_maddrs
     from subnet.swarm.record_admission import ConsensusRecordPolicy, make_record_validator
     from subnet.swarm.record_store import (
         fetch_records,
@@ -161,7 +162,6 @@ def time_commit_reveal(n_nodes: int, *, hidden: int, block_time: float, epoch_le
         store_record,
         store_reveal,
     )
-    from subnet.swarm.dht import start_dht, visible_maddrs
 
     tmp = Path(tempfile.mkdtemp(prefix="mesh-bench-consensus-"))
     net = _Net(tmp, n_nodes, block_time=block_time, epoch_length=epoch_length)
@@ -264,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     start_load = load_avg()
     scoring = [time_scoring(int(n), args.hidden, args.runs) for n in args.hosters.split(",")]
     print(fmt_table(["hosters", "blocks", "hidden", "scoring s (all)", "score_hosters s", "lazy scored 0"],
-                    [[r["hosters"], r["blocks"], r["hidden"], f"{r['seconds']:.3f}", f"{r['score_hosters_seconds']:.3f}",
-                      r["zero_scored"]] for r in scoring]), flush=True)
+                    [[r["hosters"], r["blocks"], r["hidden"], f"{r['seconds']:.3f}",
+                      f"{r['score_hosters_seconds']:.3f}", r["zero_scored"]] for r in scoring]), flush=True)
     epoch = None
     if not args.skip_epoch:
         epoch = time_commit_reveal(args.nodes, hidden=512, block_time=args.block_time,
@@ -275,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
             ["nodes", "phase", "all stored s", "all fetched+checked s", "chain blocks used", "window blocks", "ok"],
             [[epoch["nodes"], "commit", f"{epoch['commit_stored_s']:.2f}", f"{epoch['commit_all_visible_s']:.2f}",
               epoch["commit_blocks"], epoch["commit_window_blocks"], f"{epoch['commits_seen']}/{epoch['nodes']}"],
-             [epoch["nodes"], f"reveal ({epoch['reveal_parts_per_node']} parts/node)", f"{epoch['reveal_stored_s']:.2f}",
+             [epoch["nodes"], f"reveal ({epoch['reveal_parts_per_node']} parts/node)",
+              f"{epoch['reveal_stored_s']:.2f}",
               f"{epoch['reveal_all_fetched_s']:.2f}", epoch["reveal_blocks"], epoch["reveal_window_blocks"],
               f"{epoch['reveals_verified']}/{epoch['nodes']} verified"]]))
     path = save_results(args.out, {"load_avg_at_start": start_load, "scoring": scoring, "epoch": epoch,

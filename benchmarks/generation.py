@@ -34,12 +34,20 @@ if not __package__:  # also runnable as `python benchmarks/<name>.py`
 
     sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent.parent))
 
+import torch  # noqa: E402  (after benchmarks.common set the thread count)
+
 from benchmarks.common import (
-    MODELS, HosterProcs, chain_spans, client, ensure_model, exit_on_sigterm, fmt_table, load_avg, median,
+    MODELS,
+    HosterProcs,
+    chain_spans,
+    client,
+    ensure_model,
+    exit_on_sigterm,
+    fmt_table,
+    load_avg,
+    median,
     save_results,
 )
-
-import torch  # noqa: E402  (after benchmarks.common set the thread count)
 
 
 def local_model(path, kernel: str | None = None):

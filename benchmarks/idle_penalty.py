@@ -33,9 +33,9 @@ if not __package__:  # also runnable as `python benchmarks/<name>.py`
 
     sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import MODELS, ensure_model, exit_on_sigterm, fmt_table, load_avg, median, save_results
-
 import torch  # noqa: E402
+
+from benchmarks.common import MODELS, ensure_model, exit_on_sigterm, fmt_table, load_avg, median, save_results
 
 
 def main(argv: list[str] | None = None) -> int:

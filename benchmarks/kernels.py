@@ -24,10 +24,10 @@ if not __package__:  # also runnable as `python benchmarks/<name>.py`
 
     sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import MODELS, ensure_model, exit_on_sigterm, fmt_table, load_avg, median, save_results
-
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+
+from benchmarks.common import MODELS, ensure_model, exit_on_sigterm, fmt_table, load_avg, median, save_results
 
 FAST = ("blas", "onednn")  # subnet.model.kernels' kernels, each compared with torch's F.linear
 

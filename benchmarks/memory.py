@@ -28,11 +28,18 @@ if not __package__:  # also runnable as `python benchmarks/<name>.py`
 
     sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (
-    CHILD_ENV, MODELS, HosterProcs, ensure_model, exit_on_sigterm, fmt_table, load_avg, save_results,
-)
-
 import torch  # noqa: E402
+
+from benchmarks.common import (
+    CHILD_ENV,
+    MODELS,
+    HosterProcs,
+    ensure_model,
+    exit_on_sigterm,
+    fmt_table,
+    load_avg,
+    save_results,
+)
 
 
 def _status_kb(pid: int, field: str) -> int:
@@ -67,7 +74,8 @@ def _settle(pid: int, timeout: float = 10.0) -> None:
 
 def runtime_baseline_mb() -> float:
     """Peak RSS of a process that imports everything a hoster imports, and nothing else."""
-    code = ("import resource, hoster.server, hoster.backend, subnet.model.blocks, transformers.models.llama.modeling_llama;"
+    code = ("import resource, hoster.server, hoster.backend, subnet.model.blocks, "
+            "transformers.models.llama.modeling_llama;"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**__import__("os").environ, **CHILD_ENV})
@@ -156,7 +164,8 @@ def measure(path: Path, spec, k: int, cache_tokens: int, seq: int) -> dict:
         after_parts = {f: _status_kb(pid, f) / 1024 for f in ("RssAnon", "RssFile")}
         kids = {c: _status_kb(c, "VmHWM") / 1024 for c in _children(pid)}
     return {"k": k, "n": spec.num_layers, "weights_mb": weight_bytes / 2**20, "cache_tokens": cache_tokens,
-            "cache_mb": cache_bytes / 2**20, "tokens_filled": held, "idle_rss_mb": idle_rss, "idle_rss_parts_mb": idle_parts,
+            "cache_mb": cache_bytes / 2**20, "tokens_filled": held, "idle_rss_mb": idle_rss,
+            "idle_rss_parts_mb": idle_parts,
             "load_peak_rss_mb": load_peak, "peak_rss_mb": peak, "rss_after_close_parts_mb": after_parts,
             "rss_after_close_mb": after, "rss_after_each_fill_mb": fills,
             "child_peak_rss_mb": sorted(kids.values(), reverse=True)}
@@ -189,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         r["ratio_without_runtime"] = (r["peak_rss_mb"] - base) / budget
         results.append(r)
         rows.append([f"{k} of {r['n']}", f"{r['weights_mb']:.0f}", f"{r['cache_mb']:.0f} ({r['cache_tokens']} tok)",
-                     f"{r['idle_rss_mb']:.0f}", f"{r['peak_rss_mb']:.0f}", f"{r['rss_after_close_mb']:.0f}", f"{r['ratio']:.2f}x", f"{r['ratio_without_runtime']:.2f}x",
+                     f"{r['idle_rss_mb']:.0f}", f"{r['peak_rss_mb']:.0f}", f"{r['rss_after_close_mb']:.0f}",
+                     f"{r['ratio']:.2f}x", f"{r['ratio_without_runtime']:.2f}x",
                      " + ".join(f"{x:.0f}" for x in r["child_peak_rss_mb"])])
     print(f"model {args.model}; python+torch+transformers+hivemind runtime alone: {base:.0f} MB peak RSS")
     print(fmt_table(["blocks", "weights MB", "cache budget MB", "RSS after load MB", "peak RSS MB",

@@ -22,9 +22,9 @@ if not __package__:  # also runnable as `python benchmarks/<name>.py`
 
     sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import MODELS, HosterProcs, chain_spans, client, ensure_model, exit_on_sigterm, median
-
 import torch  # noqa: E402
+
+from benchmarks.common import MODELS, HosterProcs, chain_spans, client, ensure_model, exit_on_sigterm, median
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     path = ensure_model(spec)
     spans = chain_spans(spec.num_layers, args.hosters)
 
-    from subnet.model.blocks import load_blocks
     from subnet.client import transport
+    from subnet.model.blocks import load_blocks
 
     # pure compute of each hop's blocks, one decode position after a 16-token prefix
     compute, prefill = {}, {}

@@ -20,6 +20,8 @@ import sys  # noqa: E402
 
 from hoster.options import HosterOptions  # noqa: E402
 from hoster.server import Hoster, install_signal_handlers  # noqa: E402
+from keys.node_key import NodeKey  # noqa: E402
+from subnet.logs import setup_logging  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,9 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from keys.node_key import NodeKey
-    from subnet.logs import setup_logging
-
     setup_logging(args.log_level)
     try:
         key = NodeKey.load(args.node_key) if args.node_key else NodeKey.generate()

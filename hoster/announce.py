@@ -16,6 +16,7 @@ from collections.abc import Callable
 import hivemind
 from hivemind.utils import get_dht_time
 
+from hoster.options import HosterOptions
 from keys.node_key import NodeKey
 from subnet.logs import event
 from subnet.swarm.announcements import servers_key
@@ -23,8 +24,6 @@ from subnet.swarm.records import seal
 
 log = logging.getLogger(__name__)
 
-ANNOUNCE_TTL = 60.0
-ANNOUNCE_PERIOD = 15.0
 STORE_TIMEOUT = 15.0  # seconds to wait for the DHT to store an announcement
 
 
@@ -32,7 +31,7 @@ class Announcer:
     """A background thread that stores `payload()` under the model's servers key every `period` s."""
 
     def __init__(self, dht: hivemind.DHT, key: NodeKey, model_uid: str, payload: Callable[[], dict], *,
-                 ttl: float = ANNOUNCE_TTL, period: float = ANNOUNCE_PERIOD):
+                 ttl: float = HosterOptions.announce_ttl, period: float = HosterOptions.announce_period):
         self.dht, self.key, self.model_uid, self.payload = dht, key, model_uid, payload
         self.ttl, self.period = ttl, period
         self.last_expiration = 0.0

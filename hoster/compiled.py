@@ -36,9 +36,9 @@ import time
 
 import torch
 
+from subnet.logs import event
 from subnet.model.blocks import BlockSpan
 from subnet.model.kernels import ENV_KERNEL, linear_kernel
-from subnet.logs import event
 
 log = logging.getLogger(__name__)
 

@@ -13,39 +13,12 @@ This module imports no torch or hivemind: `mesh-node` builds this parser for eve
 from __future__ import annotations
 
 import argparse
-import importlib
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from subnet.model.names import DTYPE_NAMES, KERNELS
+
 DEFAULT_CACHE_TOKENS = 16384  # KV cache budget when neither --cache-tokens nor --cache-bytes is given
-
-
-class _LazyChoices(Sequence[str]):
-    """A name list owned by a torch-importing module, read on first use: building the parser
-    for `mesh-node keygen` must not import torch (~2 s) only to list the kernels or dtypes."""
-
-    def __init__(self, module: str, attr: str):
-        self.module, self.attr = module, attr
-
-    def _names(self) -> tuple[str, ...]:
-        return tuple(getattr(importlib.import_module(self.module), self.attr))
-
-    def __getitem__(self, i):  # type: ignore[override]
-        return self._names()[i]
-
-    def __len__(self) -> int:
-        return len(self._names())
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names())
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._names()
-
-
-KERNEL_CHOICES = _LazyChoices("subnet.model.kernels", "KERNELS")
-DTYPE_CHOICES = _LazyChoices("subnet.model.blocks", "DTYPES")
 
 
 def parse_blocks(text: str) -> tuple[int, int]:
@@ -94,7 +67,7 @@ class HosterOptions:
           help="block range a:b to start serving (default: chosen from swarm coverage); with "
                "--rebalance-interval the hoster may later move to another range of the same size")
         a("--num-blocks", type=int, default=None, help="how many blocks to serve when --blocks is absent")
-        a("--dtype", default=d.dtype, choices=DTYPE_CHOICES, help="weight dtype (default %(default)s)")
+        a("--dtype", default=d.dtype, choices=DTYPE_NAMES, help="weight dtype (default %(default)s)")
         a("--device", default=d.device, help="cpu or cuda[:N] (default %(default)s)")
         a("--cache-tokens", type=int, default=None,
           help=f"KV cache budget in tokens (default {DEFAULT_CACHE_TOKENS})")
@@ -113,7 +86,7 @@ class HosterOptions:
                "of its size, starting from --blocks if given, when that raises the swarm's weakest "
                "coverage by more than the hysteresis margin (hoster/selection.py). Default: never move")
         a("--throughput", type=float, default=None, help="announced tokens/s (default: measured at start-up)")
-        a("--linear-kernel", default=None, choices=KERNEL_CHOICES,
+        a("--linear-kernel", default=None, choices=KERNELS,
           help="what multiplies the blocks' linear layers (subnet/model/kernels.py; default: "
                "MESH_LINEAR_KERNEL or onednn, best under concurrent sessions; blas is faster for one "
                "sequence at a time)")
@@ -148,8 +121,8 @@ class HosterOptions:
                 raise ValueError(f"{flag} must be positive (got {value})")
         if self.rebalance_interval is not None and self.rebalance_interval < 0:
             raise ValueError(f"--rebalance-interval must be >= 0 (got {self.rebalance_interval})")
-        if self.dtype not in DTYPE_CHOICES:
-            raise ValueError(f"unsupported --dtype {self.dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
+        if self.dtype not in DTYPE_NAMES:
+            raise ValueError(f"unsupported --dtype {self.dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
         from hoster.compiled import kernel_for_compile  # deferred: imports torch
         from subnet.model.kernels import linear_kernel  # deferred: imports torch
 

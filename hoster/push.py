@@ -25,8 +25,8 @@ import torch
 from hivemind.p2p import P2P, PeerID
 from hivemind.proto import runtime_pb2
 
-from subnet.swarm import wire
 from subnet.logs import event
+from subnet.swarm import wire
 
 log = logging.getLogger(__name__)
 

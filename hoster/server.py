@@ -37,10 +37,10 @@ from subnet.logs import event
 from subnet.model.blocks import dtype_name, load_blocks, load_config, model_uid, parse_dtype
 from subnet.swarm.announcements import Announcement, AnnouncementValidator, read_announcements
 from subnet.swarm.dht import start_dht, visible_maddrs
+from subnet.version import version
 
 log = logging.getLogger(__name__)
 
-VERSION = "mesh-node/0.1.0"
 _D = HosterOptions()  # the keyword defaults below are HosterOptions' (one home)
 
 
@@ -150,8 +150,8 @@ class Hoster:
             peer_id=self.peer_id, model=self.model_uid, start=self.backend.start, end=self.backend.end,
             num_blocks=self.config.num_hidden_layers, hidden_size=self.config.hidden_size,
             dtype=dtype_name(self.dtype), throughput=round(float(self.throughput), 3),
-            cache_tokens_free=budget.free_tokens, cache_tokens_total=budget.total_tokens, version=VERSION,
-            state=self.state,
+            cache_tokens_free=budget.free_tokens, cache_tokens_total=budget.total_tokens,
+            version=f"mesh-node/{version()}", state=self.state,
         ).to_payload()
 
     def run_span(self, hidden: torch.Tensor, start: int | None = None, end: int | None = None) -> torch.Tensor:

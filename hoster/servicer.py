@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import AsyncIterator  # hivemind detects streams by typing.AsyncIterator only
+from typing import AsyncIterator  # noqa: UP035 - hivemind detects streams by typing.AsyncIterator only
 
 from hivemind.p2p import P2PContext, ServicerBase
 from hivemind.proto import runtime_pb2
@@ -20,8 +20,8 @@ from hivemind.proto import runtime_pb2
 from hoster.backend import Backend, BackendClosed, StepError
 from hoster.cache import CacheFull
 from hoster.push import PushChannels, PushInbox, PushMissing, read_frame
-from subnet.swarm import wire
 from subnet.logs import event
+from subnet.swarm import wire
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class BlockServicer(ServicerBase):
                         request = await self._next(it, self.session_timeout)
                     else:
                         request, ahead = await ahead, None
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     yield wire.error_response("unknown_session",
                                               f"session expired after {self.session_timeout:g}s idle")
                     event(log, "session_expired", session=session.id[:8])
@@ -327,7 +327,7 @@ class BlockServicer(ServicerBase):
         nxt.cancel()
         if stop.done():
             raise _Stopping()
-        raise asyncio.TimeoutError()
+        raise TimeoutError()
 
 
 class _Stopping(Exception):

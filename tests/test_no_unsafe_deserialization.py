@@ -51,7 +51,8 @@ def test_no_unsafe_deserialization():
 
 
 def test_patterns_catch_the_usual_suspects():
-    samples = ["x = pickle.loads(data)", "torch.load(f)", "eval(s)", "marshal.loads(b)", "np.load(p, allow_pickle=True)"]
+    samples = ["x = pickle.loads(data)", "torch.load(f)", "eval(s)", "marshal.loads(b)",
+               "np.load(p, allow_pickle=True)"]
     for s in samples:
         assert any(p.search(s) for p in FORBIDDEN), s
     assert not any(p.search("model.eval()") for p in FORBIDDEN)

@@ -6,7 +6,7 @@ from __future__ import annotations
 class Lease:
     """One admitted request; `release()` is idempotent so every exit path may call it."""
 
-    def __init__(self, limiter: "StreamLimiter"):
+    def __init__(self, limiter: StreamLimiter):
         self._limiter = limiter
         self._released = False
 

@@ -69,7 +69,8 @@ class LocalTransformersBackend:
             self.steps_total += 1
             return out.logits[0, -1]
 
-    async def stream(self, model: str, prompt_ids: Sequence[int], params: GenerationParams) -> AsyncIterator[TokenEvent]:
+    async def stream(self, model: str, prompt_ids: Sequence[int],
+                     params: GenerationParams) -> AsyncIterator[TokenEvent]:
         from transformers import DynamicCache
 
         self._check(model)

@@ -59,7 +59,7 @@ class SwarmBackend:
 
     @classmethod
     def from_pretrained(cls, model_path: str, initial_peers: Sequence[str] = (), *, model_name: str | None = None,
-                        dht: Any = None, **client_kwargs) -> "SwarmBackend":
+                        dht: Any = None, **client_kwargs) -> SwarmBackend:
         """Load the client parts of `model_path` and join the swarm (a client-mode DHT of its own
         unless `dht` is given)."""
         own_dht = None
@@ -132,7 +132,8 @@ class SwarmBackend:
             raise BackendError(f"model `{model}` has no tokenizer", status=400, code="no_tokenizer")
         return m.tokenizer
 
-    async def stream(self, model: str, prompt_ids: Sequence[int], params: GenerationParams) -> AsyncIterator[TokenEvent]:
+    async def stream(self, model: str, prompt_ids: Sequence[int],
+                     params: GenerationParams) -> AsyncIterator[TokenEvent]:
         m = self._model(model)
         eos = set(m.eos_token_ids())
         events = m.astream(list(prompt_ids), to_sampling_params(params))

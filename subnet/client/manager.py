@@ -35,7 +35,8 @@ class ClientConfig:
     ban_base: float = 5.0
     ban_max: float = 300.0
     route_jitter: float = 0.05  # random cost spread to break ties between equal hosters
-    hop_penalty: float = 0.002  # seconds added per hop beyond its ping (serialization, queueing, one more failure point)
+    # seconds added per hop beyond its ping (serialization, queueing, one more failure point)
+    hop_penalty: float = 0.002
     push: bool = True  # hosters forward a step's output to the next hoster directly (fewer hops per token)
     wait_for_coverage: float = 0.0  # keep re-reading the DHT this long before a "cannot cover" error
 

@@ -61,7 +61,7 @@ class DistributedModelForCausalLM:
         config: ClientConfig | None = None,
         linear_kernel: str | None = None,
         **config_overrides,
-    ) -> "DistributedModelForCausalLM":
+    ) -> DistributedModelForCausalLM:
         """Load the client parts of `model_path_or_id` and join the swarm via `initial_peers` (or `dht`).
 
         `model_name` must match the hosters' `--model-name` when they used one. `config_overrides`
@@ -92,7 +92,7 @@ class DistributedModelForCausalLM:
             s.close()
         self.runtime.close()
 
-    def __enter__(self) -> "DistributedModelForCausalLM":
+    def __enter__(self) -> DistributedModelForCausalLM:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -349,7 +349,7 @@ class _TrackedSession(RemoteSession):
         super().__init__(model.manager, max_length, batch_size)
         self._model = model
 
-    def open(self) -> "_TrackedSession":
+    def open(self) -> _TrackedSession:
         with self._model._lock:
             self._model._sessions.add(self)
         try:

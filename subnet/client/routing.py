@@ -62,7 +62,8 @@ def find_route(
     load = load or {}
     excluded = set(exclude)
     rng = rng or random
-    candidates = [s for s in servers if s.state == "online" and s.peer_id not in excluded and s.start < end and s.end > start]
+    candidates = [s for s in servers
+                  if s.state == "online" and s.peer_id not in excluded and s.start < end and s.end > start]
 
     # Dijkstra over block boundaries start..end; an edge (a -> b via server s) for a in [s.start, s.end).
     best: dict[int, float] = {start: 0.0}

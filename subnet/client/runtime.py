@@ -118,5 +118,5 @@ async def wait_for(aw: Awaitable[T], timeout: float, what: str) -> T:
     """`asyncio.wait_for` with a message saying what timed out."""
     try:
         return await asyncio.wait_for(aw, timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise TimeoutError(f"{what} timed out after {timeout:.1f}s") from None

@@ -49,7 +49,7 @@ class SamplingParams:
             raise ValueError("stop sequences must be non-empty strings")
 
     @classmethod
-    def create(cls, stop: str | int | list | tuple | None = None, **kwargs) -> "SamplingParams":
+    def create(cls, stop: str | int | list | tuple | None = None, **kwargs) -> SamplingParams:
         """Build from loose arguments: `stop` may mix strings and token ids; a zero temperature means greedy."""
         strings: list[str] = []
         ids: list[int] = list(kwargs.pop("stop_token_ids", None) or ())
@@ -67,7 +67,7 @@ class SamplingParams:
             kwargs["temperature"] = 1.0
         return cls(stop=tuple(strings), stop_token_ids=tuple(ids), **kwargs)
 
-    def with_(self, **changes) -> "SamplingParams":
+    def with_(self, **changes) -> SamplingParams:
         return replace(self, **changes)
 
 

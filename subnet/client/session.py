@@ -63,7 +63,7 @@ class InferenceSession:
     def _cache_tokens(self) -> int:
         return self.max_length * self.batch_size
 
-    async def open(self) -> "InferenceSession":
+    async def open(self) -> InferenceSession:
         """Choose a route and open a stream on every hoster (failures re-route like in `step`)."""
         route = await self._make_route(0, self.manager.num_blocks)
         self.spans = [_SpanState(s) for s in route]
@@ -291,7 +291,7 @@ class RemoteSession:
     def route(self) -> list[Span]:
         return self._session.route
 
-    def open(self) -> "RemoteSession":
+    def open(self) -> RemoteSession:
         self.runtime.run(self._session.open(), timeout=self._bound)
         return self
 
@@ -307,7 +307,7 @@ class RemoteSession:
         except Exception:
             pass
 
-    def __enter__(self) -> "RemoteSession":
+    def __enter__(self) -> RemoteSession:
         return self.open()
 
     def __exit__(self, *exc) -> None:

@@ -27,6 +27,7 @@ from torch import nn
 
 from subnet.model.kernels import convert_linear, convert_linears, effective_kernel, packed_bytes, replaces_weights
 from subnet.model.memory import trim
+from subnet.model.names import DTYPE_NAMES
 
 SUPPORTED_ARCHITECTURES = {
     # model_type: (modeling module, class-name prefix)
@@ -35,7 +36,7 @@ SUPPORTED_ARCHITECTURES = {
     "qwen2": ("transformers.models.qwen2.modeling_qwen2", "Qwen2"),
     "qwen3": ("transformers.models.qwen3.modeling_qwen3", "Qwen3"),
 }
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 

@@ -38,10 +38,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from subnet.model.names import KERNELS
+
 log = logging.getLogger(__name__)
 
 ENV_KERNEL = "MESH_LINEAR_KERNEL"
-KERNELS = ("blas", "onednn", "torch")
 DEFAULT_KERNEL = "onednn"
 
 

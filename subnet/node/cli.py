@@ -7,11 +7,8 @@ Every failure a user can cause ends in one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import logging
 import sys
-import tomllib
-from pathlib import Path
 
 from subnet.model.process_env import set_thread_pool_defaults
 
@@ -22,19 +19,7 @@ from subnet.logs import setup_logging  # noqa: E402
 from subnet.node.commands import HELP, add_global_arguments, load, node  # noqa: E402
 from subnet.node.config import apply_config, parse_args  # noqa: E402
 from subnet.node.errors import UserError  # noqa: E402
-
-PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
-
-
-def version() -> str:
-    """The installed distribution's version, else the source tree's pyproject (an uninstalled checkout)."""
-    try:
-        return importlib.metadata.version("mesh-node")
-    except importlib.metadata.PackageNotFoundError:
-        try:
-            return str(tomllib.loads(PYPROJECT.read_text())["project"]["version"])
-        except (OSError, KeyError, tomllib.TOMLDecodeError):
-            return "unknown"
+from subnet.version import version  # noqa: E402
 
 
 class _VersionAction(argparse.Action):

@@ -72,7 +72,8 @@ def reveal_parts(body: dict) -> int:
 
 
 def fetch_reveals(dht, policy: ConsensusRecordPolicy, epoch: int, kind: str | RecordKind,
-                  parts_by_signer: dict[str, int], *, timeout: float = DHT_TIMEOUT) -> tuple[dict[str, dict], dict[str, str]]:
+                  parts_by_signer: dict[str, int], *,
+                  timeout: float = DHT_TIMEOUT) -> tuple[dict[str, dict], dict[str, str]]:
     """Reassembled reveal bodies of the given signers (part counts from their commits).
 
     Returns ({signer: body}, {signer: reason}) for signers whose reveal is complete and well formed

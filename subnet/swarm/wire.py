@@ -3,7 +3,8 @@
 Tensors use hivemind's protobuf format (`runtime_pb2.Tensor`, CompressionType.NONE; the
 bytes are what `serialize_torch_tensor` writes, built directly because it is faster).
 Nothing from the peer is trusted: `decode_tensor` checks compression, dtype (whitelist),
-shape (rank, limits) and the exact byte length before reading the buffer. Metadata is UTF-8 JSON objects with a size bound.
+shape (rank, limits) and the exact byte length before reading the buffer. Metadata is UTF-8
+JSON objects with a size bound.
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@ import struct
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from consensus.commit import commitment, new_salt, verify_commitment
 from consensus.encoding import (

@@ -1,8 +1,7 @@
 """The fast coordinate-wise median used for robust re-centring equals numpy's median exactly."""
 
 import numpy as np
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from consensus.scoring import _median_rows

@@ -8,17 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from consensus.scoring import (
-    SCORE_SCALE,
-    ScoringParams,
-    onchain_scores,
-    score_hosters,
-    score_validators,
-    to_fixed,
-)
+from consensus.scoring import SCORE_SCALE, ScoringParams, onchain_scores, score_hosters, score_validators, to_fixed
 from tests.consensus._fixtures import SHAPE, make_outputs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,7 +115,8 @@ def test_single_hoster_block_rule():
     assert res.uncompared == {1: "a", 5: "solo"}
     assert res.scores["a"] == 1.0  # block 1 left out of a's mean, neither helps nor hurts
     assert res.scores["solo"] == 0.0  # nothing comparable: unverifiable
-    assert score_hosters(outputs, expected_shape=SHAPE, params=ScoringParams(uncompared_score=0.5)).scores["solo"] == 0.5
+    lenient = ScoringParams(uncompared_score=0.5)
+    assert score_hosters(outputs, expected_shape=SHAPE, params=lenient).scores["solo"] == 0.5
 
 
 def test_hoster_score_is_mean_over_blocks():

@@ -11,8 +11,8 @@ import torch
 
 from hoster.backend import Backend
 from hoster.cache import CacheBudget
-from subnet.model.memory import trim
 from subnet.model.blocks import load_blocks
+from subnet.model.memory import trim
 
 
 @pytest.fixture(scope="module")

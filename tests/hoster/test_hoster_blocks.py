@@ -6,13 +6,7 @@ import pytest
 import torch
 from hoster_ref import reference_layers
 
-from subnet.model.blocks import (
-    UnsupportedModelError,
-    load_blocks,
-    load_client_parts,
-    load_config,
-    model_uid,
-)
+from subnet.model.blocks import UnsupportedModelError, load_blocks, load_client_parts, load_config, model_uid
 from subnet.model.kernels import BlasLinear, PackedLinear
 
 
@@ -84,7 +78,8 @@ def test_client_parts_untied_and_tied(tiny_model_factory):
         h = torch.randn(1, 2, 64)
         torch.testing.assert_close(parts.lm_head(parts.norm(h)), model.lm_head(model.model.norm(h)))
         packed = load_client_parts(path)  # the default: the LM head runs as a packed oneDNN product
-        assert isinstance(packed.lm_head, PackedLinear) and torch.equal(packed.embed_tokens.weight, parts.embed_tokens.weight)
+        assert isinstance(packed.lm_head, PackedLinear)
+        assert torch.equal(packed.embed_tokens.weight, parts.embed_tokens.weight)
         torch.testing.assert_close(packed.lm_head(packed.norm(h)), model.lm_head(model.model.norm(h)))
         fast = load_client_parts(path, linear_kernel="blas")  # numpy's OpenBLAS on the loaded weight
         assert isinstance(fast.lm_head, BlasLinear)

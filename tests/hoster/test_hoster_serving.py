@@ -8,9 +8,9 @@ import time
 import hoster_rpc as rh
 import pytest
 import torch
-from hoster_ref import reference_layers
 from hivemind.proto import runtime_pb2
 from hivemind.utils import get_dht_time
+from hoster_ref import reference_layers
 
 from hoster.server import Hoster
 from keys import NodeKey

@@ -12,8 +12,15 @@ import torch
 from torch import nn
 
 from subnet.model.blocks import load_blocks
-from subnet.model.kernels import (BlasLinear, PackedLinear, _Blas, convert_linear, convert_linears, kernel_supported,
-                            linear_kernel)
+from subnet.model.kernels import (
+    BlasLinear,
+    PackedLinear,
+    _Blas,
+    convert_linear,
+    convert_linears,
+    kernel_supported,
+    linear_kernel,
+)
 
 KERNEL_CLASSES = {"blas": BlasLinear, "onednn": PackedLinear}
 needs = {k: pytest.mark.skipif(not kernel_supported(k, torch.float32, "cpu"), reason=f"{k} kernel unavailable here")

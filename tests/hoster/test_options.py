@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from hoster.options import KERNEL_CHOICES, HosterOptions, parse_blocks
+from hoster.options import HosterOptions, parse_blocks
 
 # Defined by each entry point itself: the process's network identity and its logging.
 STANDALONE_ONLY = {"--initial-peers", "--host-maddrs", "--node-key", "--log-level", "--help"}
@@ -74,9 +74,8 @@ def test_kernel_choices_are_the_kernel_modules_list():
     from hoster.__main__ import build_parser
     from subnet.model.kernels import KERNELS
 
-    assert tuple(KERNEL_CHOICES) == tuple(KERNELS)
     action = next(a for a in build_parser()._actions if a.dest == "linear_kernel")
-    assert action.choices is KERNEL_CHOICES
+    assert action.choices is KERNELS
 
 
 @pytest.mark.parametrize("opts,message", [
@@ -107,9 +106,15 @@ def test_parse_blocks():
 
 
 def test_building_the_mesh_node_parser_does_not_import_torch():
-    """The kernel and dtype choices are read lazily: `mesh-node keygen` must not pay torch's ~2 s import."""
+    """The kernel and dtype names live in a torch-free module: `mesh-node keygen` must not pay torch's ~2 s import."""
     code = ("import sys; from subnet.node.cli import _build_parser; "
             "_build_parser().parse_known_args(['--hoster', '--model', 'm', '--rebalance-interval', '3']); "
             "print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "False", r.stderr
+    for argv in (["--help"], ["--version"]):
+        r = subprocess.run([sys.executable, "-X", "importtime", "-m", "subnet.node.cli", *argv], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0
+        imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if "|" in line}
+        assert "torch" not in imported and "transformers" not in imported, argv

@@ -113,7 +113,8 @@ def test_bad_account_files(tmp_path):
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "subnet.node.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run([sys.executable, "-m", "subnet.node.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
 
 
 def test_cli_help_and_keygen(tmp_path):

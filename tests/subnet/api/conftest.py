@@ -12,7 +12,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from api_support import MODEL, live_server  # noqa: E402,F401
 
 
-
 @pytest.fixture(scope="session")
 def long_llama(tiny_model_factory) -> str:
     """Tiny Llama with a long context, so a generation can run long enough to be interrupted."""

@@ -27,6 +27,7 @@ def browser():
 @pytest.fixture(scope="module")
 def dashboard_url(local_backend, live_subnet):
     from api_support import live_server
+
     from subnet.api import create_app
 
     app = create_app(local_backend, subnet_view=live_subnet.view(), max_tokens_limit=512)

@@ -12,8 +12,8 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
-
 from api_support import MODEL
+
 from subnet.api import create_app
 
 CHAT = [{"role": "user", "content": "Hello"}]

@@ -9,7 +9,6 @@ import time
 import httpx
 import openai
 import pytest
-
 from api_support import MODEL
 
 CHAT = [{"role": "user", "content": "Hello"}]
@@ -161,7 +160,8 @@ def test_non_streaming_disconnect_cancels(local_backend, serve):
     from subnet.api import create_app
 
     url = serve(create_app(local_backend, max_concurrent_streams=2, max_tokens_limit=50000))
-    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 50000, "temperature": 0.8, "seed": 7}  # no early EOS (see above)
+    # seed 7: no early EOS (see above)
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 50000, "temperature": 0.8, "seed": 7}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(url + "/v1/completions", json=body, timeout=1.0)
     _wait(lambda: _metric(url, "mesh_api_generations_cancelled_total") == 1)

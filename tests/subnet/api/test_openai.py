@@ -8,7 +8,6 @@ import httpx
 import openai
 import pytest
 import torch
-
 from api_support import MODEL
 
 CHAT = [{"role": "user", "content": "Hello, how are you?"}]

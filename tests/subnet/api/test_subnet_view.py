@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from api_support import MODEL
+
 from chain.types import SCORE_SCALE, UNIT
 
 

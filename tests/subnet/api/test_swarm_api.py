@@ -17,12 +17,12 @@ SPANS = [(0, 5), (3, 8)]
 
 @pytest.fixture(scope="module")
 def swarm_api(tiny_llama):
+    from api_support import live_server
+
     from subnet.api import create_app
     from subnet.api.swarm_backend import SwarmBackend
-    from subnet.swarm.dht import start_dht, visible_maddrs
     from subnet.node.procs import ManagedProcess, python_module_argv, stop_all
-
-    from api_support import live_server
+    from subnet.swarm.dht import start_dht, visible_maddrs
 
     bootstrap = start_dht()
     peers = visible_maddrs(bootstrap)

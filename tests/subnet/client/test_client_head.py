@@ -7,9 +7,9 @@ import time
 
 import pytest
 import torch
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from subnet.client.generation import ClientHead
-from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 
 def _head(vocab: int = 97, hidden: int = 16) -> ClientHead:

@@ -6,7 +6,8 @@ import pytest
 
 from subnet.client.streaming import IncrementalDetokenizer, StopStringMatcher
 
-TEXTS = ["Unicode: café, naïve, 日本語, emoji 🙂, Ελληνικά, русский.", "🙂🙂日本 mixed ascii 语 🐍!", "plain ascii only"]
+TEXTS = ["Unicode: café, naïve, 日本語, emoji 🙂, Ελληνικά, русский.", "🙂🙂日本 mixed ascii 语 🐍!",
+         "plain ascii only"]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def _byte_token(tokenizer, byte: int) -> int:
 
 
 def test_incomplete_tail_is_flushed_at_end(tokenizer):
-    ids = [_byte_token(tokenizer, b) for b in "x🙂".encode("utf-8")[:3]]
+    ids = [_byte_token(tokenizer, b) for b in "x🙂".encode()[:3]]
     detok = IncrementalDetokenizer(tokenizer)
     assert [detok.add(i) for i in ids] == ["x", "", ""]
     assert detok.flush() == "\ufffd"
@@ -105,7 +106,7 @@ def test_random_token_streams_concatenate_to_decode(tokenizer):
 
 def test_never_emits_a_prefix_of_a_character(tokenizer):
     """A held character is never replaced by U+FFFD in a delta when its bytes do complete."""
-    ids = [_byte_token(tokenizer, b) for b in "ab日c🙂".encode("utf-8")]
+    ids = [_byte_token(tokenizer, b) for b in "ab日c🙂".encode()]
     detok = IncrementalDetokenizer(tokenizer)
     out = [detok.add(i) for i in ids]
     assert "".join(out) == "ab日c🙂" and "\ufffd" not in "".join(out)
