@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # helper modules: hoster_rpc, hoster_ref
+sys.path.insert(0, str(Path(__file__).parent))  # helper module: hoster_rpc
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import pytest
 import torch
 from hivemind.p2p import P2P, PeerID
 from hivemind.proto import runtime_pb2
-from hoster_ref import reference_layers
 
 from hoster.server import Hoster
 from keys import NodeKey
 from subnet.swarm import wire
+from tests.reference import reference_layers
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ import pytest
 import torch
 from hivemind.proto import runtime_pb2
 from hivemind.utils import get_dht_time
-from hoster_ref import reference_layers
 
 from hoster.server import Hoster
 from keys import NodeKey
 from subnet.swarm import wire
 from subnet.swarm.announcements import parse_entries, read_announcements, servers_key
 from subnet.swarm.records import seal
+from tests.reference import reference_layers
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hoster_ref import reference_layers
 
 from subnet.model.blocks import UnsupportedModelError, load_blocks, load_client_parts, load_config, model_uid
 from subnet.model.kernels import BlasLinear, PackedLinear
+from tests.reference import reference_layers
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])

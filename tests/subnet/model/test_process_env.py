@@ -9,7 +9,7 @@ from pathlib import Path
 
 from subnet.model.process_env import DEFAULTS, set_thread_pool_defaults
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _run(code_or_args: list[str], **env: str) -> subprocess.CompletedProcess:
