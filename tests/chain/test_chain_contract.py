@@ -3,14 +3,18 @@
 Devnet always (a real chain process); Hypertensor when MESH_HYPERTENSOR_WS points at a
 node (e.g. chopsticks running the public testnet spec). One full round: register a subnet
 and nodes, activate, read the elected validator, propose, attest, see the submission,
-rewards and reputation.
+rewards and reputation. Each test makes its own subnet on the module's chain (fixtures
+`scenario`: registered; `active_scenario`: activated, in an epoch with an elected
+validator), so any test runs alone or in any order.
 """
 
 from __future__ import annotations
 
 import pytest
+from chain_backends import DevnetBackend, hypertensor_url
 
 from chain.types import (
+    UNIT,
     AlreadyAttestedError,
     AlreadyProposedError,
     ChainError,
@@ -18,21 +22,28 @@ from chain.types import (
     NotElectedError,
     ScoreEntry,
     SubnetState,
-    UNIT,
 )
 from keys import AccountKey, NodeKey
-from chain_backends import DevnetBackend, hypertensor_url
 
 BACKENDS = ["devnet"] + (["hypertensor"] if hypertensor_url() else [])
 
 
+# Devnet timing: 4 s epochs of 0.1 s blocks. A proposal and its attestations must land in one
+# epoch, so the round starts early in an epoch (see ROUND_MAX_PROGRESS) and has seconds to spare
+# even when the machine is busy (a starved block producer only makes the epoch longer).
+DEVNET_BLOCK_TIME, DEVNET_EPOCH_LENGTH = 0.1, 40
+ROUND_MAX_PROGRESS = 0.3
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def backend(request, tmp_path_factory):
+    """One chain per module (a process start is the slow part); every test makes its own subnet on it."""
     if request.param == "devnet":
         from chain.devnet.process import start_devnet_process
 
         d = tmp_path_factory.mktemp("contract")
-        proc = start_devnet_process(d / "chain.db", block_time=0.2, epoch_length=15, log_path=d / "chain.log")
+        proc = start_devnet_process(d / "chain.db", block_time=DEVNET_BLOCK_TIME, epoch_length=DEVNET_EPOCH_LENGTH,
+                                    log_path=d / "chain.log")
         b = DevnetBackend(proc.url)
         yield b
         b.close()
@@ -53,8 +64,8 @@ class Operator:
         self.chain = backend.chain(self.coldkey, self.hotkey)
 
 
-@pytest.fixture(scope="module")
-def scenario(backend):
+def _registered_subnet(backend) -> dict:
+    """A new subnet (unique name) with 4 initial-coldkey nodes registered: state REGISTERED."""
     owner = backend.funded_account(5000 * UNIT)
     owner_chain = backend.chain(owner)
     ops = [Operator(backend, i) for i in range(4)]
@@ -69,10 +80,50 @@ def scenario(backend):
             sid, hotkey=op.hotkey.address, peer_id=op.node_key.peer_id, stake=backend.node_stake
         )
         ids[nid] = op
-    yield {"backend": backend, "owner": owner_chain, "sid": sid, "ops": ids, "name": name}
-    for op in ops:
+    return {"backend": backend, "owner": owner_chain, "sid": sid, "ops": ids, "name": name, "_ops": ops}
+
+
+def _close(scenario: dict) -> None:
+    for op in scenario["_ops"]:
         op.chain.close()
-    owner_chain.close()
+    scenario["owner"].close()
+
+
+def elected_epoch(backend, chain, sid: int, *, max_progress: float = 1.0, epochs: int = 4):
+    """(epoch info, elected node id) of the first epoch, the current one or one of the next `epochs`,
+    that has an elected validator and is not further along than `max_progress`."""
+    info = chain.get_epoch_info(sid)
+    for _ in range(epochs + 1):
+        elected = chain.get_elected_validator(sid, info.epoch)
+        if elected is not None and info.progress < max_progress:
+            return info, elected
+        info = backend.next_epoch(chain, sid)
+    raise AssertionError(f"no epoch with an elected validator (progress < {max_progress}) within {epochs} epochs")
+
+
+@pytest.fixture
+def scenario(backend):
+    """A fresh subnet with 4 registered nodes, not activated: each test starts from this known state."""
+    s = _registered_subnet(backend)
+    yield s
+    _close(s)
+
+
+@pytest.fixture
+def active_scenario(backend):
+    """A fresh subnet, activated, in an epoch that has an elected validator and most of its blocks ahead.
+
+    Fresh rather than shared: an active subnet changes every epoch on its own (an elected
+    validator that proposes nothing loses reputation and is eventually removed), so a shared
+    one would depend on how long earlier tests took.
+    """
+    s = _registered_subnet(backend)
+    try:
+        assert s["owner"].activate_subnet(s["sid"]).ok
+        s["epoch"], s["elected"] = elected_epoch(backend, s["owner"], s["sid"], max_progress=ROUND_MAX_PROGRESS)
+        yield s
+    finally:
+        _close(s)
 
 
 def test_subnet_and_nodes_registered(scenario):
@@ -112,11 +163,10 @@ def test_activate_and_elect(scenario):
     assert 0 <= info.progress < 1 and info.blocks_per_epoch > 0
 
 
-def test_propose_attest_submission_rewards(scenario):
+def test_propose_attest_submission_rewards(active_scenario):
+    scenario = active_scenario
     sid, ops, chain, backend = scenario["sid"], scenario["ops"], scenario["owner"], scenario["backend"]
-    info = backend.next_epoch(chain, sid)  # a fresh epoch: plenty of time to propose and attest
-    e = info.epoch
-    elected = chain.get_elected_validator(sid, e)
+    e, elected = scenario["epoch"].epoch, scenario["elected"]  # early in e: time to propose and attest
     assert elected in ops
     others = [nid for nid in sorted(ops) if nid != elected]
     with pytest.raises(NotElectedError):
@@ -158,8 +208,8 @@ def test_balance_reads(scenario):
         )
 
 
-def test_add_stake_and_update_peer_info(scenario):
-    sid, ops, chain = scenario["sid"], scenario["ops"], scenario["owner"]
+def test_add_stake_and_update_peer_info(active_scenario):
+    sid, ops, chain = active_scenario["sid"], active_scenario["ops"], active_scenario["owner"]
     nid, op = sorted(ops.items())[-1]
     before = op.chain.get_stake(sid, op.hotkey.address)
     op.chain.add_stake(sid, nid, hotkey=op.hotkey.address, amount=5 * UNIT)

@@ -6,9 +6,12 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import hivemind
 import pytest
+from hivemind.dht.routing import DHTID
+from hivemind.dht.storage import DictionaryDHTValue
 from hivemind.utils import get_dht_time
 
 from chain.devnet import DevnetChain
@@ -193,7 +196,8 @@ def test_reveal_parts_and_body_rules():
     with pytest.raises(ConsensusRecordError):
         check_reveal_body("hoster_reveal", {"salt": "00" * 16, "outputs": {"01": "AAAA"}}, 6)
     with pytest.raises(ConsensusRecordError, match="chars"):
-        big = {"subnet": SUBNET, "epoch": 6, "block": 6 * BPE + 10, "part": 0, "parts": 1, "data": "x" * (CHUNK_CHARS + 1)}
+        big = {"subnet": SUBNET, "epoch": 6, "block": 6 * BPE + 10, "part": 0, "parts": 1,
+               "data": "x" * (CHUNK_CHARS + 1)}
         p.check(seal(VAL, "validator_reveal", big), VAL.peer_id)
 
 
@@ -236,11 +240,51 @@ def net(tmp_path_factory):
 
 
 def _validator_for(url: str, subnet_id: int) -> ConsensusRecordValidator:
-    return ConsensusRecordValidator(ConsensusRecordPolicy(subnet_id, ChainRegistry(lambda: DevnetChain(url), subnet_id)))
+    registry = ChainRegistry(lambda: DevnetChain(url), subnet_id)
+    return ConsensusRecordValidator(ConsensusRecordPolicy(subnet_id, registry))
+
+
+async def _held_subkeys(_dht, node, key_id: DHTID) -> set[str]:
+    """Subkeys this peer itself holds under `key_id`: its storage and cache, no network read."""
+    out: set[str] = set()
+    for store in (node.protocol.storage, node.protocol.cache):
+        found = store.get(key_id)
+        if found is None:
+            continue
+        if isinstance(found.value, DictionaryDHTValue):
+            out |= {str(subkey) for subkey, _ in found.value.items()}
+        else:
+            out.add("<not a dictionary>")
+    return out
+
+
+def held(dht: hivemind.DHT, key: str) -> set[str]:
+    return dht.run_coroutine(partial(_held_subkeys, key_id=DHTID.generate(source=key)))
+
+
+async def _routing_peers(_dht, node) -> set[str]:
+    return {str(peer) for peer in node.protocol.routing_table.peer_id_to_uid}
+
+
+def wait_until(condition, what: str, timeout: float = 60.0, interval: float = 0.2):
+    """Poll `condition()` until it returns something truthy (returned), or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting until {what}"
+        time.sleep(interval)
+    return result
 
 
 @pytest.mark.slow
 def test_records_over_real_dht(net):
+    """Two honest storers (a, b: the record validator) and an attacker x that stores anything.
+
+    Stores go to every peer (3 peers < hivemind's 5 replicas) once the routing tables are full,
+    so the attacker's writes do reach the honest peers; the checks are on what honest peers
+    hold and what honest readers get. `store_record`'s return value is asserted only where
+    every storer accepts: for a rejected write it reports whichever replica answered last,
+    and the attacker accepts everything.
+    """
     a, b = net.operators
     outsider = NodeKey.generate()
     sid = net.subnet_id
@@ -249,48 +293,60 @@ def test_records_over_real_dht(net):
         dht_a = start_dht(a.node_key, record_validators=[_validator_for(net.url, sid)])
         dhts.append(dht_a)
         peers = visible_maddrs(dht_a)
-        dht_b = start_dht(b.node_key, peers, record_validators=[_validator_for(net.url, sid)], check_if_identity_free=False)
+        dht_b = start_dht(b.node_key, peers, record_validators=[_validator_for(net.url, sid)],
+                          check_if_identity_free=False)
         dhts.append(dht_b)
         dht_x = start_dht(outsider, peers, check_if_identity_free=False)  # attacker: runs no validator at all
         dhts.append(dht_x)
         reader = ConsensusRecordPolicy(sid, ChainRegistry(lambda: DevnetChain(net.url), sid))
+        ids = {a.peer_id: dht_a, b.peer_id: dht_b, outsider.peer_id: dht_x}
+        for me, d in ids.items():  # everyone knows everyone: each store reaches all three peers
+            wait_until(lambda d=d, me=me: d.run_coroutine(_routing_peers) >= set(ids) - {me},
+                       f"peer {me[-6:]} knows the other two")
 
         info = net.wait_progress(0.2, 0.4)
         e = info.epoch
+        key_e, key_next = consensus_key(sid, e, "hoster_commit"), consensus_key(sid, e + 1, "hoster_commit")
         ttl = 60.0
         assert store_record(dht_a, a.node_key, sid, e, RecordKind.HOSTER_COMMIT,
                             {"commit": "11" * 32, "blocks": [0, 1], "parts": 1}, block=info.block, ttl=ttl)
         # unregistered signer: honest storers refuse it
-        store_record(dht_x, outsider, sid, e, RecordKind.HOSTER_COMMIT, {"commit": "22" * 32, "blocks": [0], "parts": 1},
-                     block=info.block, ttl=ttl)
+        store_record(dht_x, outsider, sid, e, RecordKind.HOSTER_COMMIT,
+                     {"commit": "22" * 32, "blocks": [0], "parts": 1}, block=info.block, ttl=ttl)
         # forged subkey: outsider writes a record signed by itself under a's subkey
         forged = seal(outsider, "hoster_commit", {"subnet": sid, "epoch": e, "block": info.block,
                                                   "commit": "33" * 32, "blocks": [0], "parts": 1})
-        dht_x.store(consensus_key(sid, e, "hoster_commit"), forged, get_dht_time() + ttl, subkey=b.peer_id)
+        dht_x.store(key_e, forged, get_dht_time() + ttl, subkey=b.peer_id)
         # garbage and oversize values under the consensus key
-        dht_x.store(consensus_key(sid, e, "hoster_commit"), b"\x00" * 10, get_dht_time() + ttl, subkey="junk")
+        dht_x.store(key_e, b"\x00" * 10, get_dht_time() + ttl, subkey="junk")
         big = seal(b.node_key, "hoster_commit", {"subnet": sid, "epoch": e, "block": info.block,
                                                  "commit": "44" * 32, "blocks": list(range(1000)), "parts": 1})
-        dht_x.store(consensus_key(sid, e, "hoster_commit"), big, get_dht_time() + ttl, subkey=b.peer_id)
+        dht_x.store(key_e, big, get_dht_time() + ttl, subkey=b.peer_id)
         # replay of an epoch-e record under epoch e+1's key
         replay = seal(a.node_key, "hoster_commit", {"subnet": sid, "epoch": e, "block": info.block,
                                                     "commit": "55" * 32, "blocks": [0], "parts": 1})
-        dht_x.store(consensus_key(sid, e + 1, "hoster_commit"), replay, get_dht_time() + ttl, subkey=a.peer_id)
+        dht_x.store(key_next, replay, get_dht_time() + ttl, subkey=a.peer_id)
 
-        time.sleep(0.5)
-        got = fetch_records(dht_b, reader, e, "hoster_commit")
+        # every store above returned after its replicas answered; the valid one is on both honest peers
+        wait_until(lambda: held(dht_b, key_e) >= {a.peer_id}, "b holds a's commit")
+        assert held(dht_a, key_e) == held(dht_b, key_e) == {a.peer_id}
+        assert held(dht_a, key_next) == held(dht_b, key_next) == set()
+        assert {a.peer_id, b.peer_id, "junk"} <= held(dht_x, key_e)  # the attacker kept its writes...
+        got = fetch_records(dht_b, reader, e, "hoster_commit")  # ...honest readers do not see them
         assert set(got) == {a.peer_id}
         assert got[a.peer_id].payload["commit"] == "11" * 32
-        # honest storers did not keep the outsider's records
-        raw = dht_a.get(consensus_key(sid, e, "hoster_commit"), latest=True)
+        raw = dht_a.get(key_e, latest=True)
         assert raw is not None and set(raw.value) == {a.peer_id}
         assert fetch_records(dht_b, reader, e + 1, "hoster_commit") == {}
 
         # writes outside the window: storers reject a commit that claims a reveal-window block
         info2 = net.wait_progress(0.55, 0.65)  # beyond the commit window + 1 block grace
         e2 = info2.epoch
-        assert not store_record(dht_b, b.node_key, sid, e2, RecordKind.HOSTER_COMMIT,
-                                {"commit": "66" * 32, "blocks": [0], "parts": 1}, block=info2.block, ttl=ttl)
+        key_e2 = consensus_key(sid, e2, "hoster_commit")
+        store_record(dht_b, b.node_key, sid, e2, RecordKind.HOSTER_COMMIT,
+                     {"commit": "66" * 32, "blocks": [0], "parts": 1}, block=info2.block, ttl=ttl)
+        assert b.peer_id not in held(dht_a, key_e2) | held(dht_b, key_e2)
+        assert b.peer_id in held(dht_x, key_e2)  # the write did go out; only the attacker kept it
         assert b.peer_id not in fetch_records(dht_a, reader, e2, "hoster_commit")
         # every node keeps running after all that
         assert dht_a.is_alive() and dht_b.is_alive()
@@ -312,7 +368,8 @@ def test_chain_outage_blocks_only_consensus_records():
 
     v = ConsensusRecordValidator(ConsensusRecordPolicy(SUBNET, Down(at(5, 6), {HOST.peer_id: NodeClass.IDLE})))
     announce = seal(HOST, "announce", {"peer_id": HOST.peer_id})
-    foreign = DHTRecord(DHTID.generate(source="mesh.v1/model/servers").to_bytes(), MSGPackSerializer.dumps(HOST.peer_id),
+    foreign = DHTRecord(DHTID.generate(source="mesh.v1/model/servers").to_bytes(),
+                        MSGPackSerializer.dumps(HOST.peer_id),
                         MSGPackSerializer.dumps(announce), get_dht_time() + 10)
     assert v.validate(foreign)
     ours = DHTID.generate(source=consensus_key(SUBNET, 5, "hoster_commit")).to_bytes()
