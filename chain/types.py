@@ -81,6 +81,25 @@ class SubnetNode:
     multiaddr: str = ""
 
 
+UNKNOWN_REASON = "unknown"
+
+
+@dataclass(frozen=True)
+class ReputationChange:
+    """A node's reputation moved, and the chain's rule for it.
+
+    The devnet chain records one per node and settled epoch (its reason codes: scored,
+    missing_from_scores, no_proposal, proposal_rejected, attested_rejected); where a chain
+    keeps no reason (Hypertensor) a change is only observed, with reason "unknown"."""
+
+    node_id: int
+    epoch: int | None
+    before: float
+    after: float
+    reason: str = UNKNOWN_REASON
+    detail: str = ""
+
+
 @dataclass(frozen=True)
 class ScoreEntry:
     node_id: int

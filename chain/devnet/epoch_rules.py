@@ -14,6 +14,19 @@ from chain.types import ConsensusSubmission, NodeClass, SubnetState
 if TYPE_CHECKING:
     from chain.devnet.state import ChainState
 
+# Every reputation change is recorded with the rule that made it, so an operator can see why.
+REPUTATION_SCHEMA = """
+CREATE TABLE IF NOT EXISTS reputation_changes (subnet_id INTEGER, epoch INTEGER, node_id INTEGER,
+  before REAL NOT NULL, after REAL NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (subnet_id, epoch, node_id));
+"""
+REPUTATION_REASONS = {
+    "scored": "in the accepted epoch's scores",
+    "missing_from_scores": "left out of the accepted epoch's scores",
+    "no_proposal": "elected validator, proposed nothing",
+    "proposal_rejected": "its proposal was rejected (too few attestations)",
+    "attested_rejected": "attested a proposal that was rejected",
+}
+
 
 def start_epoch(state: ChainState, db: sqlite3.Connection, epoch: int, block: int) -> None:
     for (sid,) in db.execute("SELECT subnet_id FROM subnets WHERE state=?", (SubnetState.ACTIVE.value,)).fetchall():
@@ -47,11 +60,23 @@ def _get_node_row(db: sqlite3.Connection, sid: int, nid: int) -> dict | None:
     return {"class": NodeClass(row[0]), "stake": int(row[1]), "rep": float(row[2]), "streak": row[3], "coldkey": row[4]}
 
 
-def _penalise(state: ChainState, db: sqlite3.Connection, sid: int, nid: int) -> None:
-    db.execute(
-        "UPDATE nodes SET reputation=MAX(0.0, reputation-?), streak=0 WHERE subnet_id=? AND node_id=?",
-        (state.config.reputation_penalty, sid, nid),
-    )
+def _note_reputation(
+    db: sqlite3.Connection, sid: int, epoch: int, nid: int, before: float, after: float, reason: str
+) -> None:
+    if after != before:
+        db.execute(
+            "INSERT OR REPLACE INTO reputation_changes VALUES (?, ?, ?, ?, ?, ?)",
+            (sid, epoch, nid, before, after, reason),
+        )
+
+
+def _penalise(state: ChainState, db: sqlite3.Connection, sid: int, nid: int, epoch: int, reason: str) -> None:
+    row = db.execute("SELECT reputation FROM nodes WHERE subnet_id=? AND node_id=?", (sid, nid)).fetchone()
+    if row is None:
+        return
+    after = max(0.0, float(row[0]) - state.config.reputation_penalty)
+    db.execute("UPDATE nodes SET reputation=?, streak=0 WHERE subnet_id=? AND node_id=?", (after, sid, nid))
+    _note_reputation(db, sid, epoch, nid, float(row[0]), after, reason)
 
 
 def _record(db: sqlite3.Connection, sid: int, epoch: int, outcome: str, counts: tuple[int, int], block: int) -> None:
@@ -81,7 +106,7 @@ def _finalise(state: ChainState, db: sqlite3.Connection, sid: int, epoch: int, n
     sub = state.submission(sid, epoch)
     snapshot = set(state.snapshot(sid, epoch))
     if sub is None:
-        _penalise(state, db, sid, validator)  # elected but proposed nothing
+        _penalise(state, db, sid, validator, epoch, "no_proposal")  # elected but proposed nothing
         _record(db, sid, epoch, "no_proposal", (0, len(snapshot)), block)
         return
     attestors = [n for n in sub.attestations if n in snapshot]
@@ -100,8 +125,8 @@ def _finalise(state: ChainState, db: sqlite3.Connection, sid: int, epoch: int, n
             "UPDATE nodes SET stake=? WHERE subnet_id=? AND node_id=?", (str(v["stake"] - slash), sid, validator)
         )
         db.execute("INSERT OR REPLACE INTO rewards VALUES (?, ?, ?, 'slash', ?)", (sid, epoch, validator, str(-slash)))
-    for nid in set(attestors) | {validator}:
-        _penalise(state, db, sid, nid)
+    for nid in sorted(set(attestors) | {validator}):
+        _penalise(state, db, sid, nid, epoch, "proposal_rejected" if nid == validator else "attested_rejected")
     _record(db, sid, epoch, "rejected", (a, len(snapshot)), block)
 
 
@@ -125,6 +150,7 @@ def _accept(
     full = 1.0 - 1e-9
     for nid, st in nodes.items():
         cls, rep, streak = st["class"], st["rep"], st["streak"]
+        reason = ""
         if cls == NodeClass.IDLE:
             # Idle nodes are dropped from the data by canonicalisation, so they rise by
             # staying registered through accepted epochs.
@@ -136,9 +162,9 @@ def _accept(
                 )
         elif cls >= NodeClass.INCLUDED:
             if nid not in scores:
-                rep, streak = max(0.0, rep - cfg.reputation_penalty), 0
+                rep, streak, reason = max(0.0, rep - cfg.reputation_penalty), 0, "missing_from_scores"
             else:
-                rep = min(1.0, rep + cfg.reputation_gain)
+                rep, reason = min(1.0, rep + cfg.reputation_gain), "scored"
                 if cls == NodeClass.INCLUDED:
                     streak = streak + 1 if rep >= full else 0
                     if streak >= cfg.included_epochs:
@@ -153,6 +179,8 @@ def _accept(
             "UPDATE nodes SET class=?, reputation=?, streak=? WHERE subnet_id=? AND node_id=?",
             (int(cls), rep, streak, sid, nid),
         )
+        if reason:
+            _note_reputation(db, sid, epoch, nid, st["rep"], rep, reason)
 
 
 def _activate_queue(state: ChainState, db: sqlite3.Connection, sid: int, epoch: int) -> None:

@@ -20,7 +20,7 @@ from eth_utils import is_hex_address, to_checksum_address
 from chain.devnet.calls import CALL_HANDLERS
 from chain.devnet.checks import address as _address, fail as _fail
 from chain.devnet.config import DevnetConfig, dev_accounts
-from chain.devnet.epoch_rules import remove_node, start_epoch
+from chain.devnet.epoch_rules import REPUTATION_REASONS, REPUTATION_SCHEMA, remove_node, start_epoch
 from chain.devnet.storage import ChainDB
 from chain.devnet.tx import MAX_TX_BYTES, TX_DOMAIN, verify_signature
 from chain.types import (
@@ -41,6 +41,8 @@ class ChainState:
     def __init__(self, path: str | Path, config: DevnetConfig | None = None):
         self.path = str(path)
         self._store = ChainDB(self.path)
+        with self._store.transaction() as db:
+            db.execute(REPUTATION_SCHEMA)
         stored = self._store.meta("config")
         if stored is None:
             self.config = config or DevnetConfig()
@@ -191,6 +193,11 @@ class ChainState:
                 "SELECT node_id, kind, amount FROM rewards WHERE subnet_id=? AND epoch=? ORDER BY node_id, kind",
                 (subnet_id, epoch),
             ).fetchall()
+            changes = db.execute(
+                "SELECT node_id, before, after, reason FROM reputation_changes WHERE subnet_id=? AND epoch=?"
+                " ORDER BY node_id",
+                (subnet_id, epoch),
+            ).fetchall()
         return {
             "subnet_id": subnet_id,
             "epoch": epoch,
@@ -199,6 +206,10 @@ class ChainState:
             "validators": row[2],
             "block": row[3],
             "rewards": [{"node_id": n, "kind": k, "amount": str(a)} for n, k, a in rewards],
+            "reputation_changes": [
+                {"node_id": n, "before": b, "after": a, "reason": r, "detail": REPUTATION_REASONS.get(r, r)}
+                for n, b, a, r in changes
+            ],
         }
 
     def balance(self, address: str) -> int:
