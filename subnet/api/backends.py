@@ -94,6 +94,13 @@ class NodeView:
     blocks: list[dict] = field(default_factory=list)  # [{"model", "start", "end", "throughput", ...}]
     blocks_served: int = 0
     last_score: float | None = None  # latest on-chain score, as a fraction
+    role: str = "none"  # hoster | validator | both | none: from its DHT announcements and chain class
+    state: str = "offline"  # online | joining | offline: its announcements in the DHT right now
+    throughput: float | None = None  # tokens/s it announces (summed over its spans); None if not announced
+    cache_tokens_free: int | None = None
+    cache_tokens_total: int | None = None
+    last_seen: float | None = None  # unix time this API last saw it announced (None: never)
+    reputation_change: dict | None = None  # latest {"epoch", "before", "after", "reason", "detail"}
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Read-only subnet views for operators and the dashboard: `/subnet/{summary,nodes,coverage,epochs,rewards}`.
+"""Read-only subnet views for operators and the dashboard:
+`/subnet/{summary,nodes,coverage,epochs,rewards,reputation}`.
 
 Handlers are plain functions: FastAPI runs them in its thread pool, because a view may
 block on chain HTTP or DHT reads.
@@ -55,3 +56,11 @@ def epochs(request: Request, limit: int = Query(20, ge=1, le=500)) -> dict:
 @router.get("/rewards")
 def rewards(request: Request, limit: int = Query(20, ge=1, le=500)) -> dict:
     return {"data": [asdict(r) for r in _call(_view(request).rewards, limit)]}
+
+
+@router.get("/reputation")
+def reputation(request: Request, limit: int = Query(20, ge=1, le=500)) -> dict:
+    """Reputation changes with the chain's reason (views without them answer an empty list)."""
+    view = _view(request)
+    changes = getattr(view, "reputation_changes", None)
+    return {"data": [] if changes is None else [asdict(c) for c in _call(changes, limit)]}

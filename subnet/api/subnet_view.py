@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict
 from typing import Any
 
 from chain.base import Chain
-from chain.types import SCORE_SCALE, ConsensusSubmission, NodeClass
+from chain.types import SCORE_SCALE, UNKNOWN_REASON, ConsensusSubmission, NodeClass, ReputationChange
 from consensus.probe import probe_seed
 from subnet.api.backends import BlockCoverage, EpochView, NodeView, RewardView
 from subnet.swarm.announcements import read_announcements
@@ -69,6 +71,20 @@ def _rewards(epoch: int, result: Mapping) -> list[RewardView]:
             for r in result.get("rewards", ())]
 
 
+def _reputation_changes(epoch: int, result: Mapping) -> list[ReputationChange]:
+    return [ReputationChange(node_id=int(c["node_id"]), epoch=epoch, before=float(c["before"]),
+                             after=float(c["after"]), reason=str(c.get("reason") or UNKNOWN_REASON),
+                             detail=str(c.get("detail", "")))
+            for c in result.get("reputation_changes", ())]
+
+
+def role_of(node_class: NodeClass, announces: bool) -> str:
+    """hoster (announces blocks in the DHT), validator (Validator class on chain), both, or none."""
+    validator = node_class >= NodeClass.VALIDATOR
+    return {(True, True): "both", (True, False): "hoster", (False, True): "validator"}.get(
+        (announces, validator), "none")
+
+
 class ChainSubnetView:
     def __init__(
         self,
@@ -88,6 +104,11 @@ class ChainSubnetView:
         self._live = _TTL(cache_seconds)
         self._final: dict[int, EpochView] = {}
         self._final_rewards: dict[int, list[RewardView]] = {}
+        self._final_reputation: dict[int, list[ReputationChange]] = {}
+        self._last_seen: dict[str, float] = {}  # peer id -> unix time its announcement was last read
+        self._hosters: set[str] = set()  # peer ids ever seen announcing (a hoster that went offline)
+        self._seen_reputation: dict[int, float] = {}  # for chains that keep no reasons
+        self._observed: deque[ReputationChange] = deque(maxlen=200)
 
     # ---- helpers -------------------------------------------------------------------------
     def _model_ids(self) -> list[str]:
@@ -106,6 +127,11 @@ class ChainSubnetView:
                 except Exception as e:  # one unreadable key must not hide the rest
                     log.warning("announcements of %s unreadable: %s", model, e)
                     out[model] = []
+            now = time.time()
+            for items in out.values():
+                for a in items:
+                    self._last_seen[a.peer_id] = now
+                    self._hosters.add(a.peer_id)
             return out
 
         return self._live.get("announcements", read)
@@ -156,16 +182,40 @@ class ChainSubnetView:
                     "cache_tokens_total": a.cache_tokens_total,
                 })
         last_scores = self._last_scores()
+        nodes = sorted(self._nodes(), key=lambda n: n.node_id)
+        self._observe_reputation(nodes)
+        changes: dict[int, dict] = {}
+        for c in self.reputation_changes():  # newest first: keep each node's latest
+            changes.setdefault(c.node_id, asdict(c))
         out = []
-        for n in sorted(self._nodes(), key=lambda n: n.node_id):
+        for n in nodes:
             spans = by_peer.get(n.peer_id, [])
+            states = {s["state"] for s in spans}
             out.append(NodeView(
                 node_id=n.node_id, peer_id=n.peer_id, node_class=NodeClass(n.node_class).name.lower(),
                 stake=int(n.stake), reputation=float(n.reputation), hotkey=n.hotkey, coldkey=n.coldkey,
                 blocks=spans, blocks_served=sum(s["end"] - s["start"] for s in spans),
                 last_score=last_scores.get(n.node_id),
+                role=role_of(NodeClass(n.node_class), n.peer_id in self._hosters),
+                state="online" if "online" in states else "joining" if states else "offline",
+                throughput=sum(s["throughput"] for s in spans) if spans else None,
+                cache_tokens_free=sum(s["cache_tokens_free"] for s in spans) if spans else None,
+                cache_tokens_total=sum(s["cache_tokens_total"] for s in spans) if spans else None,
+                last_seen=self._last_seen.get(n.peer_id), reputation_change=changes.get(n.node_id),
             ))
         return out
+
+    def _observe_reputation(self, nodes) -> None:
+        """Where the chain keeps no reasons (Hypertensor), note changes as this view sees them."""
+        if hasattr(self.chain, "get_epoch_result"):
+            return
+        epoch = self._epoch_info().epoch
+        for n in nodes:
+            before = self._seen_reputation.get(n.node_id)
+            if before is not None and before != float(n.reputation):
+                self._observed.appendleft(ReputationChange(n.node_id, epoch, before, float(n.reputation),
+                                                           UNKNOWN_REASON, "the chain reports no reason"))
+            self._seen_reputation[n.node_id] = float(n.reputation)
 
     def _last_scores(self) -> dict[int, float]:
         info = self._epoch_info()
@@ -249,6 +299,7 @@ class ChainSubnetView:
             if validators:
                 view.attestation_ratio = int(result.get("attestors") or 0) / validators
             self._final_rewards[epoch] = _rewards(epoch, result)
+            self._final_reputation[epoch] = _reputation_changes(epoch, result)
         elif sub is not None:
             validators = self._validator_count(epoch)
             if validators:
@@ -285,17 +336,28 @@ class ChainSubnetView:
         first = max(self._first_epoch(), current - limit + 1)
         return [self._epoch(e, current) for e in range(current, first - 1, -1)]
 
-    def rewards(self, limit: int = 20) -> list[RewardView]:
-        """Per-epoch payouts (negative amounts are slashes), newest epoch first."""
+    def _settled(self, limit: int, cache: dict[int, list], parse: Callable[[int, Mapping], list]) -> list:
+        """Per-epoch records of settled epochs (results never change once written), newest first."""
         current = self._epoch_info().epoch
-        out: list[RewardView] = []
+        out: list = []
         for e in range(current, max(self._first_epoch() - 1, current - limit), -1):
-            if e not in self._final_rewards:
+            if e not in cache:
                 result = self._result(e)
                 if result is None:
                     if e < current - 2:
-                        self._final_rewards[e] = []  # settled without payouts
+                        cache[e] = []  # settled without records
                     continue
-                self._final_rewards[e] = _rewards(e, result)
-            out.extend(self._final_rewards[e])
+                cache[e] = parse(e, result)
+            out.extend(cache[e])
         return out
+
+    def rewards(self, limit: int = 20) -> list[RewardView]:
+        """Per-epoch payouts (negative amounts are slashes), newest epoch first."""
+        return self._settled(limit, self._final_rewards, _rewards)
+
+    def reputation_changes(self, limit: int = 20) -> list[ReputationChange]:
+        """Reputation changes with the chain's reason, newest epoch first ("unknown" reasons where
+        the chain keeps none: then only changes this view observed)."""
+        if not hasattr(self.chain, "get_epoch_result"):
+            return list(self._observed)
+        return self._settled(limit, self._final_reputation, _reputation_changes)

@@ -6,9 +6,24 @@
   const UNIT = 1e18;
   const POLL_MS = 2000;
   let peerLabels = {};
+  let roles = {};  // node id -> role, for the rewards table
+  const REWARD_EPOCHS = 50;
 
   function short(s, n) { s = String(s || ""); return s.length > n ? s.slice(0, n) + "…" : s; }
   function tensor(amount) { return (Number(amount) / UNIT).toLocaleString(undefined, { maximumFractionDigits: 3 }); }
+  function ago(ts) {
+    if (ts == null) return { text: "never", cls: "muted" };
+    const s = Math.max(0, Date.now() / 1000 - ts);
+    const text = s < 5 ? "just now" : s < 120 ? `${Math.round(s)} s ago` : s < 7200 ? `${Math.round(s / 60)} min ago`
+      : `${Math.round(s / 3600)} h ago`;
+    return { text, title: new Date(ts * 1000).toLocaleString() };
+  }
+  function tokens(n) { return n >= 10000 ? `${Math.round(n / 1000)}k` : String(n); }
+  function repChange(c) {
+    const d = c.after - c.before;
+    return `${c.before.toFixed(2)} → ${c.after.toFixed(2)} (${d >= 0 ? "+" : "−"}${Math.abs(d).toFixed(2)})`;
+  }
+  function reason(c) { return c.detail && c.detail !== c.reason ? `${c.reason}: ${c.detail}` : c.reason; }
 
   function row(tbody, cells) {
     const tr = document.createElement("tr");
@@ -52,28 +67,81 @@
       `subnet ${summary.subnet_id} “${summary.name}” (${summary.state}) · epoch ${summary.epoch} · ` +
       `block ${summary.block} · ${Math.round(summary.progress * 100)}% of epoch`;
     $("epoch-progress").style.width = `${(summary.progress * 100).toFixed(1)}%`;
-    const [nodes, coverage, epochs, rewards] = await Promise.all([
+    const [nodes, coverage, epochs, rewards, reputation] = await Promise.all([
       getJSON("/subnet/nodes"), getJSON("/subnet/coverage"), getJSON("/subnet/epochs?limit=50"),
-      getJSON("/subnet/rewards?limit=50"),
+      getJSON(`/subnet/rewards?limit=${REWARD_EPOCHS}`), getJSON("/subnet/reputation?limit=50").catch(() => ({ data: [] })),
     ]);
     renderNodes(nodes.data);
     Plots.coverageGrid($("coverage"), coverage.data, (peer) => peerLabels[peer] || short(peer, 14));
     renderEpochs(epochs.data);
+    renderRewards(nodes.data, rewards.data);
+    renderReputation(reputation.data);
     renderPlots(nodes.data, epochs.data, rewards.data);
   }
 
   function renderNodes(nodes) {
     peerLabels = {};
-    for (const n of nodes) peerLabels[n.peer_id] = `#${n.node_id} ${short(n.peer_id.slice(-6), 6)}`;
+    roles = {};
+    for (const n of nodes) {
+      peerLabels[n.peer_id] = `#${n.node_id} ${short(n.peer_id.slice(-6), 6)}`;
+      roles[n.node_id] = n.role;
+    }
     const tbody = $("nodes-table").querySelector("tbody");
     tbody.textContent = "";
     if (!nodes.length) { row(tbody, [{ text: "no nodes registered", cls: "empty" }]); return; }
     for (const n of nodes) {
       const spans = n.blocks.map((b) => `${b.model}[${b.start}:${b.end})`).join(", ");
+      const c = n.reputation_change;
+      const rep = c ? `${n.reputation.toFixed(2)} ${c.after < c.before ? "↓" : "↑"}` : n.reputation.toFixed(2);
+      const cache = n.cache_tokens_total == null ? "—" : `${tokens(n.cache_tokens_free)} / ${tokens(n.cache_tokens_total)}`;
       row(tbody, [
-        `#${n.node_id}`, { text: short(n.peer_id, 18), cls: "mono", title: n.peer_id }, n.node_class,
-        tensor(n.stake), n.reputation.toFixed(2), spans || "—",
-        n.last_score == null ? "—" : n.last_score.toFixed(4),
+        `#${n.node_id}`, { text: n.role, cls: `role role-${n.role}` }, { text: n.state, cls: `state state-${n.state}` },
+        { text: short(n.peer_id, 12), cls: "mono", title: n.peer_id }, n.node_class, tensor(n.stake),
+        { text: rep, cls: c && c.after < c.before ? "rep-down" : "", title: c ? repChange(c) : "" },
+        c ? { text: `epoch ${c.epoch}: ${c.detail || c.reason}`, cls: "why", title: `${repChange(c)} · ${reason(c)}` }
+          : { text: "—", cls: "why" },
+        spans || "—", n.throughput == null ? "—" : n.throughput.toFixed(1), { text: cache, title: "tokens free / total" },
+        ago(n.last_seen), n.last_score == null ? "—" : n.last_score.toFixed(4),
+      ]);
+    }
+  }
+
+  function renderRewards(nodes, rewards) {
+    const per = {};
+    for (const n of nodes) per[n.node_id] = { emission: 0, validator: 0, slash: 0, last: null };
+    for (const r of rewards) {
+      const p = (per[r.node_id] ||= { emission: 0, validator: 0, slash: 0, last: null });
+      const amount = Number(r.amount);
+      if (amount < 0 || r.kind === "slash") p.slash += amount;
+      else if (r.kind === "validator") p.validator += amount;
+      else p.emission += amount;
+      if (amount > 0 && (p.last == null || r.epoch > p.last)) p.last = r.epoch;
+    }
+    const epochs = new Set(rewards.map((r) => r.epoch)).size;
+    $("rewards-caption").textContent = `TENSOR paid in the last ${REWARD_EPOCHS} epochs (${epochs} with payouts)`;
+    const tbody = $("rewards-table").querySelector("tbody");
+    tbody.textContent = "";
+    const ids = Object.keys(per).map(Number).sort((a, b) => a - b);
+    if (!ids.length) { row(tbody, [{ text: "no rewards paid yet", cls: "empty" }]); return; }
+    for (const id of ids) {
+      const p = per[id];
+      row(tbody, [
+        `#${id}`, roles[id] || "removed", tensor(p.emission), tensor(p.validator),
+        { text: p.slash ? tensor(p.slash) : "0", cls: p.slash ? "rep-down" : "" },
+        { text: tensor(p.emission + p.validator + p.slash), cls: "total" }, p.last == null ? "—" : p.last,
+      ]);
+    }
+  }
+
+  function renderReputation(changes) {
+    const tbody = $("reputation-table").querySelector("tbody");
+    tbody.textContent = "";
+    if (!changes.length) { row(tbody, [{ text: "no reputation changes yet", cls: "empty" }]); return; }
+    for (const c of changes.slice(0, 12)) {
+      row(tbody, [
+        c.epoch == null ? "—" : c.epoch, `#${c.node_id}`,
+        { text: repChange(c), cls: c.after < c.before ? "rep-down" : "rep-up" },
+        { text: reason(c), cls: "why" },
       ]);
     }
   }
