@@ -6,8 +6,11 @@ serve, and runs: a validator node in this
 process (its DHT peer is the bootstrap peer; it also serves the API and dashboard), N hoster
 processes (`--hoster --validator`: initial nodes are Validator class and must attest) with
 overlapping block ranges, and optional extra validator processes. Ctrl-C stops everything.
-With `--epochs K` it waits for K scored epochs, prints a summary, and exits non-zero when
-consensus failed.
+A child node that exits is logged and the rest keep running (so failover can be watched);
+with `--restart` it is started again with the same keys and arguments, after a backoff and
+at most `--max-restarts` times a minute. Every reputation change the chain makes is logged
+with the chain's reason. With `--epochs K` it waits for K scored epochs, prints a summary,
+and exits non-zero when consensus failed.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from keys import AccountKey, NodeKey
 from subnet.logs import event
 from subnet.model.tiny_model import make_tiny_model
 from subnet.node.assembly import Node, NodeOptions
-from subnet.node.procs import ManagedProcess, ProcessFailed, python_module_argv, stop_all
+from subnet.node.procs import ManagedProcess, python_module_argv, stop_all
 
 log = logging.getLogger("mesh_node.devnet")
 
@@ -73,6 +76,12 @@ class DevnetOptions:
     dtype: str = "float32"
     stake: int = 100
     timeout: float | None = None
+    restart: bool = False  # start a child node again when it exits
+    max_restarts: int = 3  # per node per RESTART_WINDOW seconds
+
+
+RESTART_WINDOW = 60.0
+MAX_BACKOFF = 30.0
 
 
 @dataclass
@@ -86,6 +95,11 @@ class _Member:
     blocks: tuple[int, int] | None = None
     node_id: int | None = None
     proc: ManagedProcess | None = None
+    argv: list[str] = field(default_factory=list)
+    ready: bool = False
+    down: bool = False  # exited and not (yet) restarted
+    restart_at: float | None = None  # monotonic time of a scheduled restart
+    restarts: list[float] = field(default_factory=list)  # monotonic times of restarts
 
 
 @dataclass
@@ -113,6 +127,8 @@ class Devnet:
         self.node = None  # the in-process validator + API node
         self.model_path: str | None = None
         self._procs: list[ManagedProcess] = []
+        self._reputation_epoch: int | None = None  # reputation changes logged up to this epoch
+        self._reputation_checked = 0.0
 
     # ------------------------------------------------------------------ setup
     def _model(self) -> str:
@@ -190,12 +206,14 @@ class Devnet:
         self._start_local_node()
         peers = self.node.maddrs
         for m in self.members[1:]:
-            m.proc = ManagedProcess(m.name, self._node_argv(m, peers), log_path=self.workdir / f"{m.name}.log")
-            self._procs.append(m.proc)
+            m.argv = self._node_argv(m, peers)
+            self._spawn(m)
         for m in self.members[1:]:
             m.proc.wait_ready(timeout=180)
+            m.ready = True
             event(log, "node_started", name=m.name, pid=m.proc.proc.pid)
         self._activate()
+        self._reputation_epoch = self.owner.get_epoch_info(self.subnet_id).epoch - 1
         self.node.start_api()
         return self
 
@@ -232,7 +250,8 @@ class Devnet:
         summaries: list[EpochSummary] = []
         for e in range(first, first + count):
             while not stop.is_set():
-                self._check_children()
+                self.supervise()
+                self.log_reputation_changes()
                 s = self.epoch_summary(e)
                 if s is not None:
                     summaries.append(s)
@@ -244,10 +263,81 @@ class Devnet:
                 stop.wait(0.25)
         return summaries
 
-    def _check_children(self) -> None:
+    # ------------------------------------------------------------------ supervision
+    def _spawn(self, m: _Member) -> None:
+        m.proc = ManagedProcess(m.name, m.argv, log_path=self.workdir / f"{m.name}.log")
+        self._procs.append(m.proc)
+        m.ready = False
+
+    def supervise(self, now: float | None = None) -> None:
+        """One pass over the child nodes (the main loop calls it twice a second): log exits,
+        reap what an exited node left behind, and with `restart` start it again after a backoff
+        (1 s, 2 s, 4 s ... up to MAX_BACKOFF), at most `max_restarts` per RESTART_WINDOW."""
+        now = time.monotonic() if now is None else now
         for m in self.members[1:]:
-            if m.proc is not None and not m.proc.alive:
-                raise ProcessFailed(f"{m.name} exited with code {m.proc.proc.returncode} (log: {m.proc.log_path})")
+            if m.proc is None or (m.down and m.restart_at is None):
+                continue
+            if m.restart_at is not None:
+                if now >= m.restart_at:
+                    m.restart_at, m.down = None, False
+                    m.restarts.append(now)
+                    self._spawn(m)
+                    event(log, "node_restarted", name=m.name, pid=m.proc.proc.pid, attempt=len(m.restarts),
+                          log=m.proc.log_path)
+                continue
+            if m.proc.alive:
+                if not m.ready and m.proc.ready_line:
+                    m.ready = True
+                    event(log, "node_ready", name=m.name, pid=m.proc.proc.pid)
+                continue
+            self._on_exit(m, now)
+
+    def _on_exit(self, m: _Member, now: float) -> None:
+        old = m.proc
+        code = old.proc.returncode
+        old.kill()  # its DHT process and p2p daemon must not stay online under the node's identity
+        if old in self._procs:
+            self._procs.remove(old)
+        m.down = True
+        event(log, "node_exited", level=logging.WARNING, name=m.name, node_id=m.node_id, code=code,
+              log=old.log_path)
+        if not self.opts.restart:
+            event(log, "node_not_restarted", name=m.name, hint="run the devnet with --restart to restart nodes")
+            return
+        recent = [t for t in m.restarts if now - t < RESTART_WINDOW]
+        if len(recent) >= self.opts.max_restarts:
+            event(log, "node_restart_limit", level=logging.ERROR, name=m.name,
+                  restarts=f"{len(recent)} in {RESTART_WINDOW:g}s", hint="left stopped")
+            return
+        delay = min(MAX_BACKOFF, 2.0 ** len(recent))
+        m.restart_at = now + delay
+        event(log, "node_restart_scheduled", name=m.name, in_seconds=f"{delay:g}")
+
+    def log_reputation_changes(self, min_interval: float = 1.0) -> None:
+        """Log each reputation change of settled epochs once, with the chain's reason."""
+        now = time.monotonic()
+        if self._reputation_epoch is None or now - self._reputation_checked < min_interval:
+            return
+        self._reputation_checked = now
+        names = {m.node_id: m.name for m in self.members}
+        try:
+            current = self.owner.get_epoch_info(self.subnet_id).epoch
+            for e in range(self._reputation_epoch + 1, current):
+                result = self.owner.get_epoch_result(self.subnet_id, e)
+                if result is None:
+                    if e >= current - 1:
+                        break  # not settled yet
+                    self._reputation_epoch = e
+                    continue
+                for c in result.get("reputation_changes", ()):
+                    drop = float(c["after"]) < float(c["before"])
+                    event(log, "reputation_changed", level=logging.WARNING if drop else logging.INFO, epoch=e,
+                          node_id=c["node_id"], name=names.get(c["node_id"], "?"), before=f"{float(c['before']):.2f}",
+                          after=f"{float(c['after']):.2f}", reason=c.get("reason", "unknown"),
+                          detail=c.get("detail", ""))
+                self._reputation_epoch = e
+        except Exception as e:  # the chain being briefly unreachable must not stop the devnet
+            log.debug("reputation changes unavailable: %s", e)
 
     def node_table(self) -> list[dict]:
         rows = []
@@ -305,7 +395,8 @@ def run_devnet(opts: DevnetOptions) -> int:
         if opts.epochs is None:
             print("Press Ctrl-C to stop.", flush=True)
             while not stop.wait(0.5):
-                devnet._check_children()
+                devnet.supervise()
+                devnet.log_reputation_changes()
             return 0
         summaries = devnet.run_epochs(opts.epochs, stop)
         if stop.is_set():

@@ -23,6 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", dest="workdir", default=None, help="keep state, keys and logs here")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--timeout", type=float, default=None, help="give up on --epochs after this many seconds")
+    parser.add_argument("--restart", action="store_true",
+                        help="start a node again (same keys and arguments) when it exits; without it the rest "
+                             "keep running without the node")
+    parser.add_argument("--max-restarts", type=int, default=3,
+                        help="restarts per node per minute before it is left stopped (default 3)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.hosters < 1 or args.validators < 1:
         raise UserError("--hosters and --validators must be at least 1")
+    if args.max_restarts < 0:
+        raise UserError("--max-restarts must be at least 0")
     if args.epochs is not None and args.epochs < 1:
         raise UserError("--epochs must be at least 1")
     try:
@@ -39,5 +46,5 @@ def run(args: argparse.Namespace) -> int:
     opts = DevnetOptions(model=args.model, hosters=args.hosters, validators=args.validators, epochs=args.epochs,
                          block_time=args.block_time, epoch_length=args.epoch_length, api_host=args.api_host,
                          api_port=args.api_port, chain_port=args.chain_port, workdir=args.workdir, dtype=args.dtype,
-                         timeout=args.timeout)
+                         timeout=args.timeout, restart=args.restart, max_restarts=args.max_restarts)
     return run_devnet(opts)
