@@ -159,3 +159,24 @@ def test_devnet_survives_a_hoster_kill_and_restarts_it(tmp_path):
     assert "devnet_stopped" in log and "Traceback" not in log
     with pytest.raises(ProcessLookupError):
         os.kill(new_pid, 0)
+
+
+def test_reputation_changes_are_logged_once_with_the_chains_reason(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    caplog.set_level(logging.INFO, logger="mesh_node.devnet")
+    d, _ = _devnet(tmp_path)
+    results = {4: {"reputation_changes": [{"node_id": 2, "before": 1.0, "after": 0.75, "reason": "missing_from_scores",
+                                           "detail": "left out of the accepted epoch's scores"}]}}
+    epoch = [5]
+    d.owner = SimpleNamespace(get_epoch_info=lambda sid=None: SimpleNamespace(epoch=epoch[0]),
+                              get_epoch_result=lambda sid, e: results.get(e))
+    d._reputation_epoch = 3
+    d.log_reputation_changes(min_interval=0)
+    d.log_reputation_changes(min_interval=0)
+    epoch[0] = 6
+    d.log_reputation_changes(min_interval=0)  # epoch 5 settled without a result: skipped once epoch 7 starts
+    lines = [r for r in caplog.records if r.getMessage() == "reputation_changed"]
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING
+    assert lines[0].fields == {"epoch": 4, "node_id": 2, "name": "hoster-1", "before": "1.00", "after": "0.75",
+                               "reason": "missing_from_scores", "detail": "left out of the accepted epoch's scores"}
