@@ -1,8 +1,10 @@
 """`python -m hoster --model PATH [--blocks a:b] ...`: one hoster as a process.
 
 The hoster options are `hoster.options.HosterOptions` (the same as `mesh-node --hoster`);
-only the process's own network identity (--initial-peers, --host-maddrs, --node-key) and
---log-level are defined here, as `mesh-node` defines them at node level.
+only the process's own network identity (--initial-peers, --host-maddrs, --node-key),
+--metrics-port/--metrics-host and --log-level are defined here, as `mesh-node` defines them at
+node level. With --metrics-port, Prometheus metrics (hoster/metrics.py) are served on
+http://HOST:PORT/metrics (0: a free port, logged as `metrics_serving url=...`); off by default.
 
 Prints exactly one line `READY <peer_id> <maddr>` on stdout once it serves (tests and the
 devnet wait for it); logs go to stderr. SIGINT/SIGTERM withdraw the announcement and
@@ -18,6 +20,7 @@ set_thread_pool_defaults()  # before torch and numpy start their thread pools
 import argparse  # noqa: E402
 import sys  # noqa: E402
 
+from hoster.metrics import HosterMetrics, MetricsServer  # noqa: E402
 from hoster.options import HosterOptions  # noqa: E402
 from hoster.server import Hoster, install_signal_handlers  # noqa: E402
 from keys.node_key import NodeKey  # noqa: E402
@@ -30,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initial-peers", nargs="*", default=[], help="multiaddrs of peers to join")
     p.add_argument("--host-maddrs", nargs="*", default=None, help="libp2p listen multiaddrs (default 127.0.0.1)")
     p.add_argument("--node-key", default=None, help="node key file (default: a fresh key)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus /metrics on this port (0: a free port; default: no metrics endpoint)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="bind address of /metrics (default %(default)s)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -44,15 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    metrics = HosterMetrics().attach(hoster) if args.metrics_port is not None else None
     install_signal_handlers(hoster)
     try:
         hoster.start()
+        server = MetricsServer(metrics.registry, args.metrics_host, args.metrics_port) if metrics else None
     except Exception as e:
+        hoster.shutdown()
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"READY {hoster.peer_id} {hoster.maddrs[0]}", flush=True)
     while not hoster.wait(0.5):
         pass
+    if server is not None:
+        server.stop()
     return 0
 
 

@@ -8,6 +8,7 @@ from importlib import resources
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, JSONResponse, Response
+from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 from starlette.staticfiles import StaticFiles
 
@@ -16,9 +17,9 @@ from subnet.api.backends import GenerationBackend, SubnetView
 from subnet.api.context import ApiContext
 from subnet.api.errors import APIError, error_body, install_error_handlers
 from subnet.api.limits import StreamLimiter
-from subnet.api.metrics import ApiMetrics
+from subnet.api.metrics import ApiMetrics, TimedBackend
 
-_KNOWN_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/"}
+_KNOWN_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics", "/"}
 
 
 def _endpoint_label(path: str) -> str:
@@ -132,13 +133,19 @@ def create_app(
     retry_after: int = 1,
     max_body_bytes: int = 4 << 20,
     dashboard: bool = True,
+    metrics_registry: CollectorRegistry | None = None,
 ) -> FastAPI:
-    """Build the app. `api_keys` (if any) guard `/v1/*`; subnet views, metrics and the
-    dashboard page stay readable without a key (the dashboard asks for one to chat)."""
-    metrics = ApiMetrics(subnet_view)
+    """Build the app. `api_keys` (if any) guard `/v1/*`; subnet views, metrics, probes and the
+    dashboard page stay readable without a key (the dashboard asks for one to chat).
+
+    `/health` is liveness (200 while the process serves); `/ready` is 200 only while some model
+    has a full route through the swarm, else 503 with Retry-After. `metrics_registry`: the node's
+    registry, so `/metrics` also shows its other roles (default: the API's own)."""
+    metrics = ApiMetrics(subnet_view, registry=metrics_registry)
+    metrics.max_active.set(max_concurrent_streams)
     limiter = StreamLimiter(max_concurrent_streams, on_change=lambda n: metrics.active.set(n))
     ctx = ApiContext(
-        backend=generation_backend,
+        backend=TimedBackend(generation_backend, metrics),
         subnet_view=subnet_view,
         api_keys=frozenset(k for k in (api_keys or ()) if k),
         limiter=limiter,
@@ -157,13 +164,23 @@ def create_app(
     async def health() -> dict:
         cards = await run_in_threadpool(generation_backend.models)
         return {
-            "status": "ok" if cards else "degraded",
+            "status": "ok",  # live: this process answers (whether it can generate is /ready's question)
+            "ready": bool(cards),
             "models": [c.id for c in cards],
             "active_generations": limiter.active,
             "max_concurrent_generations": limiter.limit,
             "subnet_view": subnet_view is not None,
             "auth": bool(ctx.api_keys),
         }
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        cards = await run_in_threadpool(generation_backend.models)
+        if cards:
+            return JSONResponse({"status": "ready", "models": [c.id for c in cards]})
+        return JSONResponse({"status": "unavailable", "models": [],
+                             "reason": "no model has a full route through the swarm right now"},
+                            503, headers={"Retry-After": str(retry_after)})
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:

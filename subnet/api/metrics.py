@@ -1,19 +1,26 @@
 """Prometheus metrics of one API app (own registry, so several apps can live in one process).
 
 API-side counters come from the routes; subnet gauges (coverage, cache, epoch outcomes)
-are read from the `SubnetView` at scrape time.
+are read from the `SubnetView` at scrape time. A node passes its one registry, so the API's
+`/metrics` also shows the node's hoster and validator metrics (hoster/metrics.py,
+validator/metrics.py). `TimedBackend` measures at the backend's stream: the gap between
+consecutive tokens (`mesh_api_time_per_output_token_seconds`) and how streams end
+(`mesh_api_backend_streams_total{outcome}`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter as _Counter
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from subnet.api.backends import SubnetView
+from subnet.api.backends import BackendError, GenerationBackend, GenerationParams, SubnetView, TokenEvent
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +76,8 @@ class _SubnetCollector(Collector):
 
 
 class ApiMetrics:
-    def __init__(self, subnet_view: SubnetView | None = None):
-        self.registry = CollectorRegistry(auto_describe=True)
+    def __init__(self, subnet_view: SubnetView | None = None, registry: CollectorRegistry | None = None):
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("mesh_api_requests", "HTTP API requests", ["endpoint", "status"], registry=r)
         self.prompt_tokens = Counter("mesh_api_prompt_tokens", "prompt tokens processed", ["model"], registry=r)
@@ -80,6 +87,13 @@ class ApiMetrics:
                                  registry=r)
         self.rejected = Counter("mesh_api_rejected", "requests rejected by limits", ["reason"], registry=r)
         self.active = Gauge("mesh_api_active_generations", "generation requests in progress", registry=r)
+        self.max_active = Gauge("mesh_api_max_concurrent_generations", "concurrency limit (more get 429)",
+                                registry=r)
+        self.per_token = Histogram(
+            "mesh_api_time_per_output_token_seconds", "gap between consecutive generated tokens", registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.streams = Counter("mesh_api_backend_streams", "backend generation streams by how they ended",
+                               ["outcome"], registry=r)  # finished | error | closed (disconnect, stop string)
         self.ttft = Histogram("mesh_api_time_to_first_token_seconds", "time to first token", registry=r,
                               buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.tokens_per_second = Histogram(
@@ -90,3 +104,45 @@ class ApiMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class TimedBackend:
+    """`backend` with its token streams timed; everything else is the backend's own (attributes too)."""
+
+    def __init__(self, backend: GenerationBackend, metrics: ApiMetrics):
+        self._backend = backend
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def models(self):
+        return self._backend.models()
+
+    def tokenizer(self, model: str) -> Any:
+        return self._backend.tokenizer(model)
+
+    async def stream(self, model: str, prompt_ids: Sequence[int],
+                     params: GenerationParams) -> AsyncIterator[TokenEvent]:
+        events = self._backend.stream(model, prompt_ids, params)
+        last: float | None = None
+        outcome = "closed"
+        try:
+            async for ev in events:
+                if ev.token_id is not None:
+                    now = time.monotonic()
+                    if last is not None:
+                        self._metrics.per_token.observe(now - last)
+                    last = now
+                if ev.finish_reason:
+                    outcome = "finished"
+                yield ev
+            outcome = "finished"
+        except BackendError:
+            outcome = "error"
+            raise
+        finally:
+            self._metrics.streams.labels(outcome).inc()
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()

@@ -59,8 +59,12 @@ async def _find_model(ctx: ApiContext, model: str) -> ModelCard:
     for card in cards:
         if card.id == model:
             return card
-    raise APIError(404, f"The model `{model}` does not exist or is not served by the swarm right now.",
-                   param="model", code="model_not_found")
+    known = getattr(ctx.backend, "known_models", None)  # a swarm knows models it cannot route right now
+    if known is not None and model in known():  # 503: retryable (the SDK retries it), unlike a 404
+        raise APIError(503, f"The model `{model}` has no full route through the swarm right now (hosters are "
+                            f"missing or unreachable). Retry after {ctx.retry_after} s.", param="model",
+                       code="model_unavailable", headers={"Retry-After": str(ctx.retry_after)})
+    raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
 
 
 # ---- shared request planning ---------------------------------------------------------------
@@ -202,8 +206,9 @@ def _acquire(ctx: ApiContext) -> Lease:
     return lease
 
 
-def _backend_error(e: BackendError) -> APIError:
-    return APIError(e.status, str(e), code=e.code)
+def _backend_error(e: BackendError, retry_after: int = 1) -> APIError:
+    headers = {"Retry-After": str(retry_after)} if e.status == 503 else None  # retryable: tell when
+    return APIError(e.status, str(e), code=e.code, headers=headers)
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
@@ -329,7 +334,7 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
         try:
             results = await _run_unless_disconnected(request, _collect(ctx, plan))
         except BackendError as e:
-            raise _backend_error(e) from None
+            raise _backend_error(e, ctx.retry_after) from None
         finally:
             lease.release()
         if results is _DISCONNECTED:
@@ -356,7 +361,7 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
     except BackendError as e:
         await it.aclose()
         lease.release()
-        raise _backend_error(e) from None
+        raise _backend_error(e, ctx.retry_after) from None
     except BaseException:
         await it.aclose()
         lease.release()
@@ -423,7 +428,7 @@ async def _admit_and_run(request: Request, kind: str, make_plan) -> JSONResponse
         plan = await make_plan()
     except BackendError as e:
         lease.release()
-        raise _backend_error(e) from None
+        raise _backend_error(e, ctx.retry_after) from None
     except BaseException:
         lease.release()
         raise

@@ -2,8 +2,9 @@
 
 The client owns routing, sessions, sampling and failover; this adapter maps OpenAI-style
 parameters onto its `SamplingParams`, reports a model as servable only while online hosters
-cover every block, and turns routing failures into 503s. Closing the stream (client
-disconnect, stop string) closes the client's `astream`, which ends the remote session.
+cover every block (`known_models` lists the others too), and turns routing failures into 503s.
+Closing the stream (client disconnect, stop string) closes the client's `astream`, which
+ends the remote session.
 """
 
 from __future__ import annotations
@@ -119,6 +120,11 @@ class SwarmBackend:
                 cards.append(ModelCard(id=uid, owned_by="mesh-node swarm", created=self._created,
                                        max_context=ctx, num_blocks=m.config.num_hidden_layers))
         return cards
+
+    def known_models(self) -> list[str]:
+        """Every model this backend was built for, servable now or not (the API answers 503, not 404,
+        for one of these while its hosters do not cover it)."""
+        return sorted(self._models)
 
     def _model(self, uid: str):
         m = self._models.get(uid)
