@@ -58,6 +58,7 @@ class NodeKey:
         self._sk = signing_key
         self.public_key: bytes = bytes(signing_key.verify_key)
         self.peer_id: str = peer_id_from_public_key(self.public_key)
+        self.path: Path | None = None  # the key file, once loaded or saved (the p2p daemon reads it directly)
 
     @classmethod
     def generate(cls) -> NodeKey:
@@ -101,6 +102,7 @@ class NodeKey:
         with os.fdopen(fd, "wb") as f:
             f.write(self.to_libp2p_bytes())
         os.chmod(path, 0o600)
+        self.path = path.absolute()
         return path
 
     @classmethod
@@ -113,9 +115,11 @@ class NodeKey:
         except OSError as e:
             raise KeyFileError(f"cannot read node key file {path}: {e.strerror}") from None
         try:
-            return cls.from_libp2p_bytes(data)
+            key = cls.from_libp2p_bytes(data)
         except KeyFileError as e:
             raise KeyFileError(f"{path}: {e}") from None
+        key.path = path.absolute()
+        return key
 
     def __repr__(self) -> str:
         return f"NodeKey(peer_id={self.peer_id})"

@@ -1,7 +1,15 @@
-"""Start hivemind DHT peers bound to a node key (loopback by default)."""
+"""Start hivemind DHT peers bound to a node key (loopback by default).
+
+The DHT runs in a forked child process that spawns the libp2p daemon (p2pd). `NodeDHT` ties
+both to the node: they exit within about a second when the node's main process dies, however it
+dies (see `subnet.swarm.lifetime`). The node key reaches the daemon from the node's own key file
+when it has one; a generated key is written to a private temp dir that exists only while the
+daemon starts (p2pd reads its identity once, at start-up).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Sequence
@@ -10,16 +18,63 @@ from pathlib import Path
 import hivemind
 
 from keys.node_key import NodeKey
+from subnet.swarm import lifetime
 
 LOOPBACK_MADDRS = ("/ip4/127.0.0.1/tcp/0",)
+IDENTITY_DIR_PREFIX = "mesh-node-id-"
 
 
 def write_identity(key: NodeKey, directory: str | os.PathLike | None = None) -> Path:
-    """Write the key where the libp2p daemon can read it (a private temp file by default)."""
-    directory = Path(directory or tempfile.mkdtemp(prefix="mesh-node-id-"))
+    """Write the key where the libp2p daemon can read it (a private 0700 temp dir by default).
+    The caller removes it (`start_dht` does as soon as the daemon has read it)."""
+    directory = Path(directory or tempfile.mkdtemp(prefix=IDENTITY_DIR_PREFIX))
     path = directory / "identity.key"
+    own_file = key.path
     key.save(path, force=True)
+    key.path = own_file  # a temp copy is not the key's file
     return path
+
+
+def key_file_of(key: NodeKey) -> Path | None:
+    """The file `key` was loaded from or saved to, if it still holds exactly this key."""
+    path = getattr(key, "path", None)
+    if path is None:
+        return None
+    try:
+        return Path(path) if Path(path).read_bytes() == key.to_libp2p_bytes() else None
+    except OSError:
+        return None
+
+
+class NodeDHT(hivemind.DHT):
+    """A hivemind DHT whose process and p2pd die with the process that started it."""
+
+    def __init__(self, *args, identity_dir: str | os.PathLike | None = None, **kwargs):
+        self._owner_pid = os.getpid()
+        self._identity_dir = str(identity_dir) if identity_dir else None
+        self._spawned_daemons: list[int] = []
+        super().__init__(*args, **kwargs)
+
+    def run(self) -> None:  # in the DHT process
+        lifetime.p2pd_dies_with_its_parent(self._spawned_daemons)
+        lifetime.watch_parent(self._owner_pid, self._on_owner_exit)
+        super().run()
+
+    def _on_owner_exit(self) -> None:
+        """The node's main process is gone: take the daemon and any identity leftovers with us."""
+        lifetime.stop_processes(list(self._spawned_daemons))
+        lifetime.remove_dir(self._identity_dir)
+        p2p = getattr(getattr(self, "_node", None), "p2p", None)
+        for attr in ("_daemon_listen_maddr", "_client_listen_maddr"):
+            with contextlib.suppress(Exception):
+                os.remove(getattr(p2p, attr)["unix"])
+
+    def shutdown(self) -> None:
+        try:
+            super().shutdown()
+        finally:
+            if os.getpid() == self._owner_pid:
+                lifetime.remove_dir(self._identity_dir)
 
 
 def start_dht(
@@ -33,28 +88,39 @@ def start_dht(
     client_mode: bool = False,
     check_if_identity_free: bool = False,
     **kwargs,
-) -> hivemind.DHT:
+) -> NodeDHT:
     """Start a DHT whose libp2p peer id is `key.peer_id`.
 
-    `identity_path` may point at the saved node key file; otherwise the key is written to
-    a private temp file for the daemon. hivemind's identity-collision check parses the key
-    file as RSA and fails on Ed25519 keys whenever initial peers are given, so it is off by
-    default (a collision needs a stolen key; the chain's peer-id map is the real guard).
+    The daemon reads the key from `identity_path`, else from the key's own file (`NodeKey.load`),
+    else from a private temp copy removed as soon as the daemon is up (and by the DHT process if
+    the node dies first). hivemind's identity-collision check parses the key file as RSA and fails
+    on Ed25519 keys whenever initial peers are given, so it is off by default (a collision needs
+    a stolen key; the chain's peer-id map is the real guard).
     """
     key = key or NodeKey.generate()
+    identity_dir = None
+    if identity_path is None:
+        identity_path = key_file_of(key)
     if identity_path is None:
         identity_path = write_identity(key)
-    return hivemind.DHT(
-        initial_peers=list(initial_peers),
-        host_maddrs=list(host_maddrs),
-        announce_maddrs=list(announce_maddrs) if announce_maddrs else None,
-        identity_path=str(identity_path),
-        record_validators=list(record_validators),
-        client_mode=client_mode,
-        check_if_identity_free=check_if_identity_free,
-        start=True,
-        **kwargs,
-    )
+        identity_dir = identity_path.parent
+    try:
+        return NodeDHT(
+            initial_peers=list(initial_peers),
+            host_maddrs=list(host_maddrs),
+            announce_maddrs=list(announce_maddrs) if announce_maddrs else None,
+            identity_path=str(Path(identity_path).absolute()),
+            record_validators=list(record_validators),
+            client_mode=client_mode,
+            check_if_identity_free=check_if_identity_free,
+            identity_dir=identity_dir,
+            start=True,
+            **kwargs,
+        )
+    finally:
+        # the DHT is ready (or failed): p2pd has read its identity and never reads it again
+        if kwargs.get("await_ready", True):
+            lifetime.remove_dir(identity_dir)
 
 
 def visible_maddrs(dht: hivemind.DHT) -> list[str]:
