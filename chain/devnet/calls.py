@@ -11,18 +11,26 @@ import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from chain.devnet.checks import address as _address, fail as _fail, integer as _int, peer_id as _peer_id, text as _text
+from chain.devnet.checks import (
+    U128_MAX,
+    address as _address,
+    fail as _fail,
+    peer_id as _peer_id,
+    text as _text,
+    u32 as _u32,
+    u128 as _u128,
+)
 from chain.types import NodeClass, SubnetState
 
 if TYPE_CHECKING:
     from chain.devnet.state import ChainState
 
-MAX_SCORE = 2**128 - 1  # u128 like the pallet
+MAX_SCORE = U128_MAX  # u128 like the pallet
 
 
 def _transfer(st: ChainState, db, signer: str, a: dict) -> dict:
     to = _address(a.get("to"), "to")
-    amount = _int(a.get("amount"), "amount", 1)
+    amount = _u128(a.get("amount"), "amount", 1)
     st.debit(db, signer, amount)
     st.credit(db, to, amount)
     return {}
@@ -31,8 +39,8 @@ def _transfer(st: ChainState, db, signer: str, a: dict) -> dict:
 def _register_subnet(st: ChainState, db, signer: str, a: dict) -> dict:
     cfg = st.config
     name = _text(a.get("name"), "name", 64, required=True)
-    min_stake = _int(a.get("min_stake"), "min_stake")
-    max_stake = _int(a.get("max_stake"), "max_stake")
+    min_stake = _u128(a.get("min_stake"), "min_stake")
+    max_stake = _u128(a.get("max_stake"), "max_stake")
     if min_stake < cfg.min_stake_floor or max_stake < min_stake:
         raise _fail("StakeOutOfRange", f"need {cfg.min_stake_floor} <= min_stake <= max_stake")
     initial = a.get("initial_coldkeys") or []
@@ -54,7 +62,7 @@ def _register_subnet(st: ChainState, db, signer: str, a: dict) -> dict:
 
 
 def _activate_subnet(st: ChainState, db, signer: str, a: dict) -> dict:
-    sid = _int(a.get("subnet_id"), "subnet_id")
+    sid = _u32(a.get("subnet_id"), "subnet_id")
     sub = st.subnet(sid)
     if sub.owner != signer:
         raise _fail("WrongSigner", f"only the owner {sub.owner} can activate subnet {sid}")
@@ -71,14 +79,14 @@ def _activate_subnet(st: ChainState, db, signer: str, a: dict) -> dict:
 
 
 def _register_subnet_node(st: ChainState, db, signer: str, a: dict) -> dict:
-    sid = _int(a.get("subnet_id"), "subnet_id")
-    sub = st.subnet(sid)
-    if sub.state == SubnetState.PAUSED:
-        raise _fail("SubnetPaused", f"subnet {sid} is paused")
+    sid = _u32(a.get("subnet_id"), "subnet_id")
     hotkey = _address(a.get("hotkey"), "hotkey")
     peer_id = _peer_id(a.get("peer_id"))
     multiaddr = _text(a.get("multiaddr"), "multiaddr", 512)
-    stake = _int(a.get("stake"), "stake")
+    stake = _u128(a.get("stake"), "stake")
+    sub = st.subnet(sid)
+    if sub.state == SubnetState.PAUSED:
+        raise _fail("SubnetPaused", f"subnet {sid} is paused")
     initial = json.loads(db.execute("SELECT initial_coldkeys FROM subnets WHERE subnet_id=?", (sid,)).fetchone()[0])
     if sub.state == SubnetState.REGISTERED and initial and signer not in initial:
         raise _fail("NotInitialColdkey", f"{signer} is not an initial coldkey of subnet {sid}")
@@ -107,32 +115,34 @@ def _register_subnet_node(st: ChainState, db, signer: str, a: dict) -> dict:
 
 
 def _remove_subnet_node(st: ChainState, db, signer: str, a: dict) -> dict:
-    sid, nid = _int(a.get("subnet_id"), "subnet_id"), _int(a.get("node_id"), "node_id")
+    sid, nid = _u32(a.get("subnet_id"), "subnet_id"), _u32(a.get("node_id"), "node_id")
     st.owned_node(signer, sid, nid)
     st.remove_node(db, sid, nid)
     return {}
 
 
 def _update_peer_info(st: ChainState, db, signer: str, a: dict) -> dict:
-    sid, nid = _int(a.get("subnet_id"), "subnet_id"), _int(a.get("node_id"), "node_id")
-    st.owned_node(signer, sid, nid)
+    sid, nid = _u32(a.get("subnet_id"), "subnet_id"), _u32(a.get("node_id"), "node_id")
     peer_id = _peer_id(a.get("peer_id"))
+    multiaddr = _text(a.get("multiaddr"), "multiaddr", 512)
+    st.owned_node(signer, sid, nid)
     other = st.node_by_peer_id(sid, peer_id)
     if other is not None and other.node_id != nid:
         raise _fail("PeerIdTaken", f"peer id {peer_id} is already registered in subnet {sid}")
     db.execute(
         "UPDATE nodes SET peer_id=?, multiaddr=? WHERE subnet_id=? AND node_id=?",
-        (peer_id, _text(a.get("multiaddr"), "multiaddr", 512), sid, nid),
+        (peer_id, multiaddr, sid, nid),
     )
     return {}
 
 
 def _add_stake(st: ChainState, db, signer: str, a: dict) -> dict:
-    sid, nid = _int(a.get("subnet_id"), "subnet_id"), _int(a.get("node_id"), "node_id")
+    sid, nid = _u32(a.get("subnet_id"), "subnet_id"), _u32(a.get("node_id"), "node_id")
+    hotkey = _address(a.get("hotkey"), "hotkey")
+    amount = _u128(a.get("amount"), "amount", 1)
     node = st.owned_node(signer, sid, nid)
-    if _address(a.get("hotkey"), "hotkey") != node.hotkey:
+    if hotkey != node.hotkey:
         raise _fail("WrongHotkey", f"node {nid} has hotkey {node.hotkey}")
-    amount = _int(a.get("amount"), "amount", 1)
     max_stake = st.subnet(sid).max_stake
     if node.stake + amount > max_stake:
         raise _fail("StakeOutOfRange", f"stake would exceed the subnet maximum {max_stake}")
@@ -142,14 +152,14 @@ def _add_stake(st: ChainState, db, signer: str, a: dict) -> dict:
 
 
 def _remove_stake(st: ChainState, db, signer: str, a: dict) -> dict:
-    sid = _int(a.get("subnet_id"), "subnet_id")
+    sid = _u32(a.get("subnet_id"), "subnet_id")
     hotkey = _address(a.get("hotkey"), "hotkey")
+    amount = _u128(a.get("amount"), "amount", 1)
     st.subnet(sid)
     node = st.node_by_hotkey(sid, hotkey)
     if node is None:
         raise _fail("UnknownNode", f"no node with hotkey {hotkey} in subnet {sid}")
     node = st.owned_node(signer, sid, node.node_id)
-    amount = _int(a.get("amount"), "amount", 1)
     if amount > node.stake:
         raise _fail("InsufficientStake", f"stake {node.stake} < {amount}")
     min_stake = st.subnet(sid).min_stake
@@ -176,7 +186,13 @@ def _claim_unbondings(st: ChainState, db, signer: str, a: dict) -> dict:
 
 
 def _propose_attestation(st: ChainState, db, signer: str, a: dict) -> dict:
-    sid = _int(a.get("subnet_id"), "subnet_id")
+    sid = _u32(a.get("subnet_id"), "subnet_id")
+    raw = a.get("data")
+    if not isinstance(raw, list) or len(raw) > st.config.max_data_entries:
+        raise _fail("InvalidRequest", f"data must be a list of at most {st.config.max_data_entries} entries")
+    if not all(isinstance(entry, dict) for entry in raw):
+        raise _fail("InvalidRequest", "data entries are {node_id, score}")
+    entries = [(_u32(e.get("node_id"), "node_id"), _u128(e.get("score"), "score")) for e in raw]
     if st.subnet(sid).state != SubnetState.ACTIVE:
         raise _fail("SubnetNotActive", f"subnet {sid} is not active")
     epoch = st.current_epoch()
@@ -188,19 +204,12 @@ def _propose_attestation(st: ChainState, db, signer: str, a: dict) -> dict:
         raise _fail("NotElected", f"node {node.node_id} is not the elected validator of epoch {epoch}")
     if st.submission(sid, epoch) is not None:
         raise _fail("AlreadyProposed", f"epoch {epoch} already has a proposal")
-    raw = a.get("data")
-    if not isinstance(raw, list) or len(raw) > st.config.max_data_entries:
-        raise _fail("InvalidRequest", f"data must be a list of at most {st.config.max_data_entries} entries")
     # Canonicalise: drop nodes below Included, keep the lowest score per node, sort by id.
     classes = {
         r[0]: r[1] for r in db.execute("SELECT node_id, class FROM nodes WHERE subnet_id=?", (sid,)).fetchall()
     }
     best: dict[int, int] = {}
-    for entry in raw:
-        if not isinstance(entry, dict):
-            raise _fail("InvalidRequest", "data entries are {node_id, score}")
-        nid = _int(entry.get("node_id"), "node_id", 0, 2**32 - 1)
-        score = _int(entry.get("score"), "score", 0, MAX_SCORE)
+    for nid, score in entries:
         if classes.get(nid, 0) < NodeClass.INCLUDED:
             continue
         best[nid] = min(score, best.get(nid, score))
@@ -212,7 +221,7 @@ def _propose_attestation(st: ChainState, db, signer: str, a: dict) -> dict:
 
 
 def _attest(st: ChainState, db, signer: str, a: dict) -> dict:
-    sid = _int(a.get("subnet_id"), "subnet_id")
+    sid = _u32(a.get("subnet_id"), "subnet_id")
     st.subnet(sid)
     epoch = st.current_epoch()
     node = st.node_by_hotkey(sid, signer)

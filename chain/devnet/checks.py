@@ -10,6 +10,9 @@ from eth_utils import is_hex_address, to_checksum_address
 from chain.devnet.codec import as_int
 from chain.types import ChainError, error_for
 
+U32_MAX = 2**32 - 1  # subnet ids, node ids, epochs, nonces (the pallet's u32)
+U128_MAX = 2**128 - 1  # balances, stakes, scores (the pallet's u128)
+
 
 def fail(reason: str, message: str = "") -> ChainError:
     return error_for(reason, message)
@@ -41,11 +44,20 @@ def peer_id(value: Any) -> str:
     return pid
 
 
-def integer(value: Any, name: str, lo: int = 0, hi: int = 2**128) -> int:
+def integer(value: Any, name: str, lo: int = 0, hi: int = U128_MAX) -> int:
+    """An int (JSON number or decimal string) in [lo, hi]; InvalidRequest (HTTP 400) otherwise."""
     try:
         v = as_int(value, name)
     except ValueError as e:
         raise fail("InvalidRequest", str(e)) from None
     if not lo <= v <= hi:
-        raise fail("InvalidRequest", f"{name} out of range")
+        raise fail("InvalidRequest", f"{name} out of range [{lo}, {hi}]")
     return v
+
+
+def u32(value: Any, name: str) -> int:
+    return integer(value, name, 0, U32_MAX)
+
+
+def u128(value: Any, name: str, lo: int = 0) -> int:
+    return integer(value, name, lo, U128_MAX)

@@ -16,12 +16,13 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path as PathParam, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from chain.devnet import codec
+from chain.devnet import checks, codec
 from chain.devnet.config import (
     DEFAULT_BLOCK_TIME,
     DEFAULT_EPOCH_LENGTH,
@@ -35,6 +36,10 @@ from chain.devnet.tx import MAX_TX_BYTES
 from chain.types import AuthError, ChainError
 
 log = logging.getLogger("mesh_node.devnet")
+
+# Path parameters, range-checked like the pallet's types: out of range, negative or not a number is a 400.
+U32 = Annotated[int, PathParam(ge=0, le=checks.U32_MAX)]  # subnet ids, node ids, epochs
+PeerId = Annotated[str, PathParam(min_length=1, max_length=128)]
 
 _STATUS_BY_REASON = {"BadSignature": 401, "WrongChain": 401, "NonceReused": 409, "WrongSigner": 403}
 
@@ -85,6 +90,15 @@ def create_app(state: ChainState, *, produce: bool = True) -> FastAPI:
     async def _chain_error(request: Request, exc: ChainError) -> JSONResponse:
         return _error(exc)
 
+    @app.exception_handler(RequestValidationError)
+    async def _bad_parameter(request: Request, exc: RequestValidationError) -> JSONResponse:
+        where = ", ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}" for e in exc.errors())
+        return _error(ChainError("InvalidRequest", f"bad parameter ({where[:500]})"))
+
+    @app.exception_handler(OverflowError)
+    async def _overflow(request: Request, exc: OverflowError) -> JSONResponse:  # a number no check caught
+        return _error(ChainError("InvalidRequest", "number out of range"))
+
     @app.get("/health")
     def health() -> dict:
         return {"ok": True, "block": state.block(), "chain_id": state.chain_id}
@@ -102,7 +116,7 @@ def create_app(state: ChainState, *, produce: bool = True) -> FastAPI:
         return codec.epoch_info_to_json(state.epoch_info())
 
     @app.get("/randomness/{subnet_id}/{epoch}")
-    def randomness(subnet_id: int, epoch: int) -> dict:
+    def randomness(subnet_id: U32, epoch: U32) -> dict:
         return {"randomness": state.epoch_randomness(subnet_id, epoch).hex()}
 
     @app.get("/subnets")
@@ -110,54 +124,57 @@ def create_app(state: ChainState, *, produce: bool = True) -> FastAPI:
         return [codec.subnet_to_json(s) for s in state.subnets()]
 
     @app.get("/subnets/{subnet_id}")
-    def subnet(subnet_id: int) -> dict:
+    def subnet(subnet_id: U32) -> dict:
         return codec.subnet_to_json(state.subnet(subnet_id))
 
     @app.get("/subnets/{subnet_id}/nodes")
-    def nodes(subnet_id: int) -> list:
+    def nodes(subnet_id: U32) -> list:
         return [codec.node_to_json(n) for n in state.nodes(subnet_id)]
 
     def _opt_node(node) -> Any:
         return None if node is None else codec.node_to_json(node)
 
     @app.get("/subnets/{subnet_id}/nodes/{node_id}")
-    def node(subnet_id: int, node_id: int) -> Any:
+    def node(subnet_id: U32, node_id: U32) -> Any:
         state.subnet(subnet_id)
         return _opt_node(state.node(subnet_id, node_id))
 
     @app.get("/subnets/{subnet_id}/peer/{peer_id}")
-    def node_by_peer(subnet_id: int, peer_id: str) -> Any:
+    def node_by_peer(subnet_id: U32, peer_id: PeerId) -> Any:
         state.subnet(subnet_id)
         return _opt_node(state.node_by_peer_id(subnet_id, peer_id))
 
     @app.get("/subnets/{subnet_id}/hotkey/{hotkey}")
-    def node_by_hotkey(subnet_id: int, hotkey: str) -> Any:
+    def node_by_hotkey(subnet_id: U32, hotkey: str) -> Any:
+        hotkey = checks.address(hotkey, "hotkey")
         state.subnet(subnet_id)
         return _opt_node(state.node_by_hotkey(subnet_id, hotkey))
 
     @app.get("/subnets/{subnet_id}/elected/{epoch}")
-    def elected(subnet_id: int, epoch: int) -> dict:
+    def elected(subnet_id: U32, epoch: U32) -> dict:
         state.subnet(subnet_id)
         return {"node_id": state.elected(subnet_id, epoch), "snapshot": state.snapshot(subnet_id, epoch)}
 
     @app.get("/subnets/{subnet_id}/submission/{epoch}")
-    def submission(subnet_id: int, epoch: int) -> Any:
+    def submission(subnet_id: U32, epoch: U32) -> Any:
         state.subnet(subnet_id)
         sub = state.submission(subnet_id, epoch)
         return None if sub is None else codec.submission_to_json(sub)
 
     @app.get("/subnets/{subnet_id}/result/{epoch}")
-    def result(subnet_id: int, epoch: int) -> Any:
+    def result(subnet_id: U32, epoch: U32) -> Any:
         state.subnet(subnet_id)
         return state.epoch_result(subnet_id, epoch)
 
     @app.get("/subnets/{subnet_id}/stake/{hotkey}")
-    def stake(subnet_id: int, hotkey: str) -> dict:
+    def stake(subnet_id: U32, hotkey: str) -> dict:
+        hotkey = checks.address(hotkey, "hotkey")
         state.subnet(subnet_id)
         return {"stake": str(state.stake(subnet_id, hotkey))}
 
     @app.get("/accounts/{address}")
     def account(address: str) -> dict:
+        address = checks.address(address, "address")
         return {
             "address": address,
             "balance": str(state.balance(address)),
@@ -177,13 +194,29 @@ def create_app(state: ChainState, *, produce: bool = True) -> FastAPI:
             envelope = json.loads(raw)
             body = envelope["body"].encode()
             signature = bytes.fromhex(envelope["signature"].removeprefix("0x"))
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             return _error(ChainError("InvalidRequest", 'expected {"body": str, "signature": hex}'))
+        try:
+            _check_tx_body(body)
+        except ChainError as e:
+            return _error(e)
         # The commit (fsync) happens inside submit, before this response is produced.
         result = await asyncio.to_thread(state.submit, body, signature)
         return JSONResponse(result)
 
     return app
+
+
+def _check_tx_body(body: bytes) -> None:
+    """What `ChainState.submit` takes on trust: parseable (not too deeply nested) and a u32 nonce.
+    The call handlers range-check their own arguments (`checks.u32`/`u128`)."""
+    try:
+        tx = json.loads(body)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        raise ChainError("InvalidRequest", "malformed transaction body") from None
+    nonce = tx.get("nonce") if isinstance(tx, dict) else None
+    if isinstance(nonce, int) and not isinstance(nonce, bool):
+        checks.u32(nonce, "nonce")
 
 
 def build_config(block_time: float, epoch_length: int, params: dict[str, Any]) -> DevnetConfig:
