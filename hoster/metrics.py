@@ -13,6 +13,7 @@ Names follow Prometheus conventions (`mesh_hoster_*`, `_total`, `_seconds`, `_by
 
     mesh_hoster_sessions, mesh_hoster_open_streams, mesh_hoster_kv_tokens_used,
     mesh_hoster_kv_tokens_budget, mesh_hoster_kv_bytes, mesh_hoster_queue_depth,
+    mesh_hoster_forward_queue_depth (when the compute queue has a separate forward lane),
     mesh_hoster_blocks_served, mesh_hoster_throughput_tokens_per_second, mesh_hoster_state{state},
     mesh_hoster_info{model,peer_id,start,end}, mesh_hoster_batched_steps_total,
     mesh_hoster_push_rejected_total,
@@ -105,6 +106,9 @@ class _HosterState(Collector):
         depth = _queue_depth(backend)
         if depth is not None:
             yield _gauge("mesh_hoster_queue_depth", "tasks waiting for the compute thread", depth)
+        forwards = getattr(getattr(backend, "_queue", None), "forwards_waiting", None)  # a scheduler's forward lane
+        if callable(forwards):
+            yield _gauge("mesh_hoster_forward_queue_depth", "forward requests waiting", forwards())
         c = CounterMetricFamily("mesh_hoster_batched_steps", "multi-session batched steps run by the current span")
         c.add_metric([], getattr(backend, "batches_run", 0))
         yield c

@@ -2,8 +2,10 @@
 
 A node owns one Ed25519 key (its peer id), one DHT peer (with the consensus record
 validator installed when a chain is configured), and runs whichever roles were asked
-for on top of them. Shutdown runs in reverse order: the API stops taking requests, the
-duties stop, the hoster withdraws its announcement and ends sessions, the DHT goes last.
+for on top of them. All roles put their Prometheus metrics in one registry per node, served
+by the API's `/metrics` (with --api) and on --metrics-port (if given). Shutdown runs in
+reverse order: the API stops taking requests, the duties stop, the hoster withdraws its
+announcement and ends sessions, the DHT goes last.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from chain import connect
 from hoster.duty import HosterDuty
+from hoster.metrics import HosterMetrics, MetricsServer
 from hoster.options import HosterOptions
 from keys import AccountKey, NodeKey
 from subnet.logs import event
@@ -27,6 +32,7 @@ from subnet.swarm.announcements import AnnouncementValidator
 from subnet.swarm.dht import LOOPBACK_MADDRS, start_dht, visible_maddrs
 from subnet.swarm.record_admission import make_record_validator
 from validator.duty import ValidatorDuty
+from validator.metrics import ValidatorMetrics
 
 log = logging.getLogger("mesh_node.node")
 
@@ -48,6 +54,8 @@ class NodeOptions(HosterOptions):
     api_host: str = "127.0.0.1"
     api_port: int = 0
     api_keys: list[str] = field(default_factory=list)
+    metrics_port: int | None = None  # None: no separate metrics endpoint
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> NodeOptions:
@@ -71,6 +79,8 @@ class Node:
         self.api_server: Any = None
         self.api_url: str | None = None
         self._swarm_backend: Any = None
+        self.metrics_registry = CollectorRegistry(auto_describe=True)  # every role's metrics, one registry
+        self.metrics_server: MetricsServer | None = None
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
 
@@ -114,6 +124,8 @@ class Node:
                 self._start_duties()
             if o.api:
                 self.start_api()
+            if o.metrics_port is not None:
+                self.metrics_server = MetricsServer(self.metrics_registry, o.metrics_host, o.metrics_port)
         except BaseException:
             self.stop()
             raise
@@ -157,7 +169,9 @@ class Node:
     def _start_hoster(self) -> None:
         from hoster.server import Hoster  # deferred: only hosters load model code (~0.8 s)
 
-        self.hoster = Hoster.from_options(self.opts, dht=self.dht, node_key=self.node_key).start()
+        hoster = Hoster.from_options(self.opts, dht=self.dht, node_key=self.node_key)
+        HosterMetrics(self.metrics_registry).attach(hoster)
+        self.hoster = hoster.start()
 
     def _model_shape(self) -> tuple[int, int]:
         from transformers import AutoConfig
@@ -174,6 +188,7 @@ class Node:
         if o.validator:
             self.validator_duty = ValidatorDuty(self.dht, self.chain, self.node_key, o.subnet_id,
                                                 hidden_size=hidden, num_blocks=layers).start()
+            ValidatorMetrics(self.validator_duty, self.metrics_registry)
 
     def reports(self) -> dict[int, dict]:
         """Per-epoch consensus reports of this node (validator view if any, else hoster view)."""
@@ -196,7 +211,7 @@ class Node:
 
             view = ChainSubnetView(self.chain, o.subnet_id, dht=self.dht, models=[self._swarm_backend_uid()],
                                    reports=self.reports)
-        app = create_app(self._swarm_backend, view, api_keys=o.api_keys)
+        app = create_app(self._swarm_backend, view, api_keys=o.api_keys, metrics_registry=self.metrics_registry)
         self.api_server = BackgroundServer(app, o.api_host, o.api_port)
         self.api_url = self.api_server.start()
         self.opts.api = True
@@ -212,6 +227,7 @@ class Node:
                 return
             self._stopped.set()
         for name, fn in (
+            ("metrics", lambda: self.metrics_server and self.metrics_server.stop()),
             ("api", lambda: self.api_server and self.api_server.stop()),
             ("swarm_client", lambda: self._swarm_backend and self._swarm_backend.close()),
             ("validator_duty", lambda: self.validator_duty and self.validator_duty.stop()),

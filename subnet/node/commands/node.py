@@ -22,6 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--api-host", default=None, help="API bind address (default 127.0.0.1)")
     g.add_argument("--api-port", type=int, default=None, help="API port (default: a free port)")
     g.add_argument("--api-keys", nargs="*", default=None, help="bearer keys required by /v1 (default: open)")
+    g.add_argument("--metrics-port", type=int, default=None,
+                   help="serve the node's Prometheus /metrics (every role) on this port (0: a free port, logged as "
+                        "metrics_serving; default: none; with --api the API's /metrics shows them too)")
+    g.add_argument("--metrics-host", default=None, help="bind address of --metrics-port (default 127.0.0.1)")
     HosterOptions.add_arguments(parser.add_argument_group("hoster", "what --hoster serves and how (hoster/options.py)"))
 
 
