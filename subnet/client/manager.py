@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from subnet.client import discovery, transport
+from subnet.client.deadlines import StepTimes
 from subnet.client.routing import BanList, RouteError, RouteStats, Span, find_route
 from subnet.client.runtime import ClientRuntime
 from subnet.logs import event
@@ -39,6 +40,13 @@ class ClientConfig:
     hop_penalty: float = 0.002
     push: bool = True  # hosters forward a step's output to the next hoster directly (fewer hops per token)
     wait_for_coverage: float = 0.0  # keep re-reading the DHT this long before a "cannot cover" error
+    # Fast failure detection (subnet/client/deadlines.py): a step later than max(floor, factor x the
+    # hoster's usual step time), scaled by positions, gets a liveness probe and then fails over;
+    # request_timeout stays the outer bound. A closed connection fails the step at once regardless.
+    step_deadline_floor: float = 2.0  # <= 0 disables per-step deadlines
+    step_deadline_factor: float = 15.0
+    first_step_deadline: float = 10.0  # a hoster whose step time was never measured
+    probe_timeout: float = 1.0  # the liveness probe (rpc_info) of a hoster that missed a deadline
 
 
 class SequenceManager:
@@ -53,6 +61,8 @@ class SequenceManager:
         self.config = config or ClientConfig()
         self.bans = BanList(self.config.ban_base, self.config.ban_max)
         self.stats = RouteStats()
+        self.step_times = StepTimes(self.config.step_deadline_floor, self.config.step_deadline_factor,
+                                    self.config.first_step_deadline)
         self._servers: list[Announcement] = []
         self._fetched_at = -1e9
         self._refresh_lock: asyncio.Lock | None = None
@@ -110,6 +120,16 @@ class SequenceManager:
         rtt = time.perf_counter() - t0
         self.stats.record_ping(peer_id, rtt)
         return rtt
+
+    async def alive(self, peer_id: str) -> bool:
+        """Whether the hoster answers `rpc_info` within `probe_timeout` (no ban: the caller decides)."""
+        try:
+            await transport.rpc_info(self.p2p, peer_id, self.config.probe_timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return False
+        return True
 
     async def _ping_unmeasured(self, servers: Iterable[Announcement]) -> None:
         todo = {s.peer_id for s in servers if s.peer_id not in self.stats.pings and not self.bans.is_banned(s.peer_id)}

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 import torch
 
 from subnet.client.manager import SequenceManager
 from subnet.client.routing import RouteError, Span
-from subnet.client.transport import InferenceStream, RemoteError
+from subnet.client.transport import InferenceStream, RemoteError, StepDeadline
 from subnet.logs import event
 
 log = logging.getLogger(__name__)
@@ -180,20 +181,34 @@ class InferenceSession:
             if i == 0:
                 await asyncio.sleep(0)  # let the first hoster's request go out before the others
         x = hidden
+        times = self.manager.step_times
         for i, st in enumerate(self.spans):
             _record_history(st, x, position, self.max_length)
+            # Span i's deadline runs from when span i-1 answered: i-1 pushes before it answers, so
+            # from then on only span i's own work (and the push in flight) is outstanding.
+            peer = st.span.peer_id
+            t0 = time.perf_counter()
             try:
-                out, meta = await st.stream.receive_step(position, x.shape, timeout)
+                out, meta = await st.stream.receive_step(position, x.shape, timeout,
+                                                         times.deadline(peer, n, timeout), self._probe(peer))
             except asyncio.CancelledError:
                 for later in self.spans[i:]:
                     later.stream.stale = later.stream.pending  # whatever they answer is nobody's
                 raise
             except Exception as e:
+                if isinstance(e, StepDeadline) and e.alive:
+                    # Late but alive: maybe slow, maybe its pushed input was lost on the way (not
+                    # its fault). No ban: send it this step directly; if that is late too, it is banned.
+                    event(log, "push_step_late", hoster=peer[-8:], error=str(e)[:200], level=logging.INFO)
+                    for later in self.spans[i:]:
+                        later.stream.abandon()
+                    return i, x, None
                 for later in self.spans[i + 1:]:
                     later.stream.abandon()  # they get this step again, hop by hop
                 if isinstance(e, RemoteError) and e.type == "push_missing":
                     return i, x, None  # its input never came (upstream trouble): send it directly
                 return i, x, e
+            times.record(peer, n, time.perf_counter() - t0)
             st.server_pos = position + n
             x = out
             if meta.get("push_error") and i + 1 < k:
@@ -222,9 +237,16 @@ class InferenceSession:
             inp = x[:, need - x_start:]
         _record_history(st, inp, need, self.max_length)
         timeout = cfg.request_timeout * (1 + inp.shape[1] / 2048)
-        out = await st.stream.step(inp, need, timeout)
+        peer, times = st.span.peer_id, self.manager.step_times
+        t0 = time.perf_counter()
+        out = await st.stream.step(inp, need, timeout, times.deadline(peer, inp.shape[1], timeout), self._probe(peer))
+        times.record(peer, inp.shape[1], time.perf_counter() - t0)
         st.server_pos = position + n
         return out, need
+
+    def _probe(self, peer_id: str):
+        """The liveness check `InferenceStream` runs when this hoster misses a step deadline."""
+        return lambda: self.manager.alive(peer_id)
 
     async def _replace(self, idx: int) -> None:
         """Swap the failed span at `idx` for a new route over its blocks, inheriting its history."""
