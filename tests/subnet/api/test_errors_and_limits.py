@@ -119,6 +119,21 @@ def _wait(pred, timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
+def _settled_steps(backend, timeout: float = 10.0) -> int:
+    """The step count once it stops moving. A cancelled request's step that was already running
+    in the backend's thread finishes (a thread can't be interrupted), so the count may move by one
+    after the slot is free; reading it at that moment made the assertions below flaky."""
+    deadline = time.monotonic() + timeout
+    last = backend.steps_total
+    while True:
+        time.sleep(0.2)
+        now = backend.steps_total
+        if now == last:
+            return now
+        assert time.monotonic() < deadline, "generation did not stop"
+        last = now
+
+
 def test_concurrency_limit_429_and_disconnect_cancels(local_backend, serve):
     """A long stream holds the only slot (429 + Retry-After for others); closing it stops generation."""
     from subnet.api import create_app
@@ -147,7 +162,7 @@ def test_concurrency_limit_429_and_disconnect_cancels(local_backend, serve):
     # the client went away: generation stops and the slot frees
     _wait(lambda: _metric(url, "mesh_api_active_generations") == 0)
     _wait(lambda: _metric(url, "mesh_api_generations_cancelled_total") == 1)
-    settled = local_backend.steps_total
+    settled = _settled_steps(local_backend)
     time.sleep(0.5)
     assert local_backend.steps_total == settled  # nothing runs on
     assert settled - steps_before_close < 200
@@ -166,7 +181,7 @@ def test_non_streaming_disconnect_cancels(local_backend, serve):
         httpx.post(url + "/v1/completions", json=body, timeout=1.0)
     _wait(lambda: _metric(url, "mesh_api_generations_cancelled_total") == 1)
     _wait(lambda: _metric(url, "mesh_api_active_generations") == 0)
-    settled = local_backend.steps_total
+    settled = _settled_steps(local_backend)
     time.sleep(0.5)
     assert local_backend.steps_total == settled
 
