@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from subnet.client.sampling import Sampler, SamplingParams
+from subnet.client.sampling import Sampler, SamplingParams, TokenLogprobs
 from subnet.client.streaming import IncrementalDetokenizer, StopStringMatcher
 
 StepFn = Callable[[torch.Tensor, int], torch.Tensor]
@@ -27,12 +27,15 @@ class StreamEvent:
     `text` may be "" while a multi-byte character or a possible stop string is held back.
     `finish_reason` is "stop" (EOS, stop token or stop string) or "length" on the last event, else None.
     `token_id` is None only for the single event of a zero-token generation.
+    `logprobs` is set when `SamplingParams.logprobs` asks for it (computed from the same
+    processed logits the token was chosen from).
     """
 
     token_id: int | None
     text: str
     finish_reason: str | None = None
     index: int = 0
+    logprobs: TokenLogprobs | None = None
 
 
 @dataclass
@@ -182,6 +185,7 @@ def generate_events(
         position += tokens.shape[1]
         next_tokens = sampler(head.logits(hidden), n, suppress)
         ids = next_tokens.tolist()
+        lps = sampler.last_logprobs
         events: list[StreamEvent] = []
         last = n + 1 == params.max_new_tokens
         for i, tok in enumerate(ids):
@@ -201,7 +205,7 @@ def generate_events(
                     text += tail
                     finish = "stop" if hit else "length"
             row.finish = finish
-            events.append(StreamEvent(tok, text, finish, i))
+            events.append(StreamEvent(tok, text, finish, i, lps[i] if lps is not None else None))
         yield events
         if all(r.finish is not None for r in rows) or (should_stop is not None and should_stop()):
             return  # done, or the consumer went away (`should_stop`): the caller closes the session

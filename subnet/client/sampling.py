@@ -1,9 +1,13 @@
 """Next-token selection: greedy or sampled, with penalties, seeded and batched.
 
-Matches `transformers` semantics where transformers has the knob (repetition penalty over
-prompt + generated tokens, then temperature -> top-k -> top-p warping), and OpenAI semantics
-for presence/frequency penalties (over generated tokens only). Everything is vectorised over
-the batch so the per-token cost stays a handful of small tensor ops.
+Order of logits processing (vLLM's processors first, then transformers' warpers):
+`logit_bias` (OpenAI/vLLM: added to the raw logits) -> repetition penalty (transformers:
+over prompt + generated tokens) -> presence/frequency penalties (OpenAI: over generated
+tokens only) -> min-tokens EOS suppression -> [sampling only] temperature -> top-k -> top-p
+-> min-p (transformers' warper order). Greedy decoding takes the argmax after the penalties.
+With `logprobs` set, each step also reports the log-softmax of exactly those processed logits
+(the distribution the token was drawn from) for the chosen token and the top alternatives.
+Everything is vectorised over the batch so the per-token cost stays a few small tensor ops.
 """
 
 from __future__ import annotations
@@ -13,6 +17,17 @@ from dataclasses import dataclass, field, replace
 import torch
 
 FinishReason = str  # "stop" | "length"
+MAX_LOGPROBS = 20
+MAX_LOGIT_BIAS = 100.0
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """Log-probability of the chosen token and the `k` most likely ones (descending), one row."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -23,7 +38,10 @@ class SamplingParams:
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = 0
+    top_k: int = 0  # 0 (or -1, as vLLM) disables
+    min_p: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias in [-100, 100])
+    logprobs: int | None = None  # None: off; k >= 0: chosen token + k alternatives per step
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -41,8 +59,15 @@ class SamplingParams:
             raise ValueError("temperature must be > 0 when sampling")
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
-        if self.top_k < 0:
-            raise ValueError("top_k must be >= 0")
+        if self.top_k < -1:
+            raise ValueError("top_k must be -1, 0 (disabled) or a positive integer")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError("min_p must be in [0, 1]")
+        for tok, bias in self.logit_bias:
+            if int(tok) < 0 or not -MAX_LOGIT_BIAS <= float(bias) <= MAX_LOGIT_BIAS:
+                raise ValueError("logit_bias maps token ids >= 0 to biases in [-100, 100]")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}]")
         if not self.repetition_penalty > 0:
             raise ValueError("repetition_penalty must be > 0")
         if any(not isinstance(s, str) or not s for s in self.stop):
@@ -53,6 +78,11 @@ class SamplingParams:
         """Build from loose arguments: `stop` may mix strings and token ids; a zero temperature means greedy."""
         strings: list[str] = []
         ids: list[int] = list(kwargs.pop("stop_token_ids", None) or ())
+        bias = kwargs.pop("logit_bias", None)
+        if isinstance(bias, dict):
+            kwargs["logit_bias"] = tuple((int(k), float(v)) for k, v in bias.items())
+        elif bias:
+            kwargs["logit_bias"] = tuple(bias)
         if stop is not None:
             for s in [stop] if isinstance(stop, (str, int)) else stop:
                 if isinstance(s, bool):
@@ -94,6 +124,15 @@ class Sampler:
         self._counts: torch.Tensor | None = None
         if params.presence_penalty or params.frequency_penalty:
             self._counts = torch.zeros(batch, vocab_size, dtype=torch.float32)
+        self._bias: torch.Tensor | None = None
+        if params.logit_bias:
+            if any(int(t) >= vocab_size for t, _ in params.logit_bias):
+                raise ValueError(f"logit_bias token ids must be < the vocabulary size {vocab_size}")
+            self._bias = torch.zeros(vocab_size, dtype=torch.float32)
+            for tok, b in params.logit_bias:
+                self._bias[int(tok)] = float(b)
+        # Per row, the last step's logprobs (when `params.logprobs` is set).
+        self.last_logprobs: list[TokenLogprobs] | None = None
 
     def __call__(self, logits: torch.Tensor, step: int = 0, suppress: list[int] | None = None) -> torch.Tensor:
         """Pick the next token per row from `logits` `[batch, vocab]`; returns int64 `[batch]`."""
@@ -101,6 +140,8 @@ class Sampler:
         logits = logits.float()
         if logits.shape[-1] != self.vocab_size:
             logits = logits[..., : self.vocab_size]
+        if self._bias is not None:
+            logits = logits + self._bias
         if self._seen is not None:
             penalised = torch.where(logits < 0, logits * p.repetition_penalty, logits / p.repetition_penalty)
             logits = torch.where(self._seen, penalised, logits)
@@ -112,15 +153,20 @@ class Sampler:
         if not p.do_sample:
             tokens = logits.argmax(dim=-1)
         else:
-            tokens = self._sample(logits)
+            logits = self.warp(logits)
+            probs = torch.softmax(logits, dim=-1)
+            tokens = torch.multinomial(probs, num_samples=1, generator=self._generator).squeeze(-1)
+        if p.logprobs is not None:
+            self.last_logprobs = token_logprobs(logits, tokens, p.logprobs)
         self._update(tokens)
         return tokens
 
-    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+    def warp(self, logits: torch.Tensor) -> torch.Tensor:
+        """Temperature -> top-k -> top-p -> min-p, as transformers' warpers (masked tokens get -inf)."""
         p = self.params
         if p.temperature != 1.0:
             logits = logits / p.temperature
-        if p.top_k and p.top_k < logits.shape[-1]:
+        if p.top_k > 0 and p.top_k < logits.shape[-1]:
             kth = torch.topk(logits, p.top_k, dim=-1).values[..., -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
         if p.top_p < 1.0:
@@ -132,8 +178,12 @@ class Sampler:
             remove_sorted[..., -1:] = False
             remove = remove_sorted.scatter(1, sorted_idx, remove_sorted)
             logits = logits.masked_fill(remove, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        return torch.multinomial(probs, num_samples=1, generator=self._generator).squeeze(-1)
+        if p.min_p > 0.0:
+            # transformers' MinPLogitsWarper: drop tokens below min_p x the top probability.
+            probs = torch.softmax(logits, dim=-1)
+            threshold = p.min_p * probs.amax(dim=-1, keepdim=True)
+            logits = logits.masked_fill(probs < threshold, float("-inf"))
+        return logits
 
     def _update(self, tokens: torch.Tensor) -> None:
         idx = tokens.view(-1, 1).clamp(0, self.vocab_size - 1)
@@ -141,3 +191,15 @@ class Sampler:
             self._seen.scatter_(1, idx, True)
         if self._counts is not None:
             self._counts.scatter_add_(1, idx, torch.ones(idx.shape, dtype=torch.float32))
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> list[TokenLogprobs]:
+    """Per row: log-softmax of `logits` at the chosen token, and the `k` largest (descending)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logp.gather(1, tokens.view(-1, 1).long()).squeeze(1).tolist()
+    if k > 0:
+        values, ids = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
+        tops = [tuple(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
+    else:
+        tops = [()] * len(chosen)
+    return [TokenLogprobs(int(t), float(c), top) for t, c, top in zip(tokens.tolist(), chosen, tops, strict=True)]
