@@ -4,13 +4,16 @@ The schema and the verifying reader live in `subnet.swarm.announcements`, so cli
 them without importing the hoster.
 hivemind keeps, per subkey, the value with the LATEST expiration: a withdrawal must
 therefore expire later than the last refresh, so it is written as state "offline"
-with expiration `last + 1 s`, and readers drop offline records.
+with expiration `last + 1 s`, and readers drop offline records. Every record carries `seq`
+(issue time in ns, strictly increasing) and `valid_until` (the expiration it is stored with),
+so DHT peers refuse it when replayed with a later expiration (`AnnouncementValidator`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import hivemind
@@ -35,6 +38,7 @@ class Announcer:
         self.dht, self.key, self.model_uid, self.payload = dht, key, model_uid, payload
         self.ttl, self.period = ttl, period
         self.last_expiration = 0.0
+        self.last_seq = 0
         self.stored = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -48,6 +52,9 @@ class Announcer:
             payload["state"] = state
         with self._lock:
             expiration = max(get_dht_time() + (self.ttl if ttl is None else ttl), self.last_expiration + 1.0)
+            # replay protection: a strictly increasing issue time and the expiration we sign for
+            self.last_seq = max(time.time_ns(), self.last_seq + 1)
+            payload["seq"], payload["valid_until"] = self.last_seq, expiration
             # Bounded wait: a dead DHT process would otherwise block shutdown forever.
             future = self.dht.store(servers_key(self.model_uid), seal(self.key, "announce", payload),
                                     expiration_time=expiration, subkey=self.key.peer_id, return_future=True)

@@ -12,21 +12,26 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import hivemind
 import msgpack
+from hivemind.dht.routing import DHTID
 from hivemind.dht.validation import DHTRecord, RecordValidatorBase
 from hivemind.utils import get_dht_time
 
+from consensus.phases import RecordKind
+from subnet.swarm.epoch_records import REQUIRED_CLASS
 from subnet.swarm.records import RecordError, open_record
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = "mesh.v1"
 MAX_ANNOUNCE_BYTES = 16 * 1024
+EXPIRY_SLACK = 1e-3  # seconds: float noise between the signed valid_until and the DHT expiration
 STATES = ("online", "joining", "offline")
 
 
@@ -59,6 +64,11 @@ class Announcement:
     cache_tokens_total: int = 0
     version: str = ""
     state: str = "online"
+    # Replay protection (0 = an older writer that sets neither): `seq` is the hoster's issue time in
+    # ns, strictly increasing per hoster; `valid_until` is the DHT expiration it signed for this
+    # record. Storers reject a DHT expiration beyond `valid_until` (see AnnouncementValidator).
+    seq: int = 0
+    valid_until: float = 0.0
     expiration: float = math.inf
 
     def to_payload(self) -> dict[str, Any]:
@@ -93,7 +103,16 @@ class Announcement:
             0 <= throughput < 1e12 and math.isfinite(throughput)
         ):
             raise ValueError("announcement field 'throughput' is not a finite non-negative number")
+        valid_until = payload.get("valid_until", 0.0)
+        if isinstance(valid_until, bool) or not isinstance(valid_until, (int, float)) or not (
+            0 <= valid_until < 1e11 and math.isfinite(valid_until)
+        ):
+            raise ValueError("announcement field 'valid_until' is not a finite non-negative number")
+        seq = payload.get("seq", 0)
+        if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 1 << 63:
+            raise ValueError("announcement field 'seq' is not a non-negative 63-bit integer")
         ann = cls(
+            seq=seq, valid_until=float(valid_until),
             peer_id=text("peer_id", 100), model=text("model"), start=integer("start"), end=integer("end"),
             throughput=float(throughput), cache_tokens_free=integer("cache_tokens_free"),
             cache_tokens_total=integer("cache_tokens_total"), version=text("version", 50), state=text("state", 20),
@@ -125,6 +144,8 @@ def parse_entries(entries: dict, model_uid: str, now: float | None = None, *,
                 raise RecordError("payload peer_id is not the signer")
             if ann.model != model_uid:
                 raise RecordError(f"announcement for {ann.model!r} under {model_uid!r}")
+            if ann.seq and expiration > ann.valid_until + EXPIRY_SLACK:
+                raise RecordError("stored with an expiration beyond the one its hoster signed (replay)")
         except (RecordError, ValueError) as e:
             log.debug("dropping announcement under %s: %s", str(subkey)[:60], e)
             continue
@@ -144,42 +165,102 @@ def read_announcements(dht: hivemind.DHT, model_uid: str, *, include_offline: bo
 
 
 MAX_ANNOUNCE_TTL = 600.0
+MAX_CLOCK_SKEW = 30.0  # seconds an announcement's issue time may be ahead of the storer's clock
+SERVING_CLASS = REQUIRED_CLASS[RecordKind.HOSTER_COMMIT.value]  # the consensus records' admission rule
 
 
 class AnnouncementValidator(RecordValidatorBase):
-    """hivemind record validator: only a peer itself may write its announcement.
+    """hivemind record validator for announcements (install on every DHT peer).
 
-    Applies to values that are sealed `announce` records (other values pass through, so it
-    composes with other validators): the value must verify, fit MAX_ANNOUNCE_BYTES, the subkey
-    must equal the signer's peer id, and the expiration must be at most MAX_ANNOUNCE_TTL ahead.
-    Without it a forger could store a record with a later expiration under a hoster's subkey,
-    and hivemind (which keeps the latest expiration per subkey) would hide the real one.
-    Install on every DHT peer: `start_dht(..., record_validators=[AnnouncementValidator(), ...])`.
+    For every value that is a sealed `announce` record (under any key): it must verify and be in
+    canonical encoding (`open_record`), fit MAX_ANNOUNCE_BYTES, its subkey must be the signer's
+    peer id, its payload a valid `Announcement` of that peer, and its DHT expiration at most
+    `max_ttl` ahead. A sequenced record (`seq` > 0, written by every hoster of this version) must
+    also have been issued at most MAX_CLOCK_SKEW in the future, sign a `valid_until` within
+    `max_ttl` of its issue time, and be stored with an expiration no later than that
+    `valid_until`: so nobody can re-store a hoster's old record with a fresh expiration, and
+    since an honest hoster signs increasing `valid_until`s and hivemind keeps the latest
+    expiration per subkey, a newer record always replaces an older one, never the reverse.
+
+    `model_uids`: the models whose servers keys this peer guards; any value under one of those
+    keys must be a sequenced announcement of that model (junk, other records, oversize values
+    are rejected). `registry` (a `ChainRegistry`, built lazily in hivemind's DHT process): only
+    nodes registered on chain with class >= SERVING_CLASS may announce. A node seen registered
+    in the last `max_ttl` seconds stays acceptable (its stored records expire within that time),
+    and a chain that cannot be read fails open (logged): hivemind drops a peer's whole
+    dictionary when one entry is rejected on read, so a registry hiccup must not blank the
+    hoster list.
     """
 
-    def __init__(self, max_ttl: float = MAX_ANNOUNCE_TTL):
+    def __init__(self, max_ttl: float = MAX_ANNOUNCE_TTL, *, model_uids: Iterable[str] = (),
+                 registry: Any = None):
         self.max_ttl = max_ttl
         self.rejected = 0
+        self.registry = registry
+        self._guarded = {DHTID.generate(source=servers_key(m)).to_bytes(): m for m in model_uids}
+        self._seen_registered: dict[str, float] = {}
 
     def validate(self, record: DHTRecord) -> bool:
+        model = self._guarded.get(record.key)
+        if len(record.value) > MAX_ANNOUNCE_BYTES + 64:
+            return self._reject("value of %d bytes", len(record.value)) if model else True
         try:
             value = msgpack.unpackb(record.value, raw=False, max_ext_len=0, max_array_len=16, max_map_len=16)
         except Exception:
-            return True  # not a value we wrote: not ours to judge
-        if not isinstance(value, bytes) or b'"kind":"announce"' not in value[:64]:
-            return True
+            return self._reject("value is not msgpack") if model else True
+        is_announce = isinstance(value, bytes) and b'"kind":"announce"' in value[:64]
+        if not is_announce:
+            return self._reject("not an announcement under a servers key") if model else True
         try:
-            subkey = msgpack.unpackb(record.subkey, raw=False, max_str_len=256, max_bin_len=256, max_ext_len=0)
-            rec = open_record(value, "announce", max_bytes=MAX_ANNOUNCE_BYTES)
-            if subkey != rec.peer_id:
-                raise RecordError("subkey is not the signer's peer id")
-            if record.expiration_time > get_dht_time() + self.max_ttl:
-                raise RecordError("expiration too far in the future")
+            self.check(record, value, model)
         except Exception as e:
-            self.rejected += 1
-            log.debug("rejecting announcement record: %s", e)
-            return False
+            return self._reject("%s", e)
         return True
+
+    def check(self, record: DHTRecord, value: bytes, model: str | None) -> Announcement:
+        subkey = msgpack.unpackb(record.subkey, raw=False, max_str_len=256, max_bin_len=256, max_ext_len=0)
+        rec = open_record(value, "announce", max_bytes=MAX_ANNOUNCE_BYTES)
+        if subkey != rec.peer_id:
+            raise RecordError("subkey is not the signer's peer id")
+        ann = Announcement.from_payload(rec.payload, record.expiration_time)
+        if ann.peer_id != rec.peer_id:
+            raise RecordError("payload peer_id is not the signer")
+        now = get_dht_time()
+        if record.expiration_time > now + self.max_ttl:
+            raise RecordError("expiration too far in the future")
+        if ann.seq:
+            issued = ann.seq / 1e9
+            if issued > now + MAX_CLOCK_SKEW:
+                raise RecordError("issued in the future")
+            if ann.valid_until > issued + self.max_ttl + MAX_CLOCK_SKEW:
+                raise RecordError("signed validity beyond the maximum TTL")
+            if record.expiration_time > ann.valid_until + EXPIRY_SLACK:
+                raise RecordError("expiration beyond the signed validity (replay)")
+        elif model is not None:
+            raise RecordError("announcement without a sequence number")
+        if model is not None and ann.model != model:
+            raise RecordError(f"announcement for {ann.model!r} under the servers key of {model!r}")
+        if self.registry is not None and not self._registered(rec.peer_id):
+            raise RecordError(f"{rec.peer_id} is not a registered node of class >= {SERVING_CLASS.name}")
+        return ann
+
+    def _registered(self, peer_id: str) -> bool:
+        try:
+            node = self.registry.node(peer_id)
+        except Exception as e:  # chain outage: fail open (see the class docstring)
+            log.warning("announcement registry unreadable, accepting %s: %s", peer_id, e)
+            return True
+        now = time.monotonic()
+        if node is not None and node.node_class >= SERVING_CLASS:
+            self._seen_registered[peer_id] = now
+            return True
+        seen = self._seen_registered.get(peer_id)
+        return seen is not None and now - seen < self.max_ttl
+
+    def _reject(self, reason: str, *args) -> bool:
+        self.rejected += 1
+        log.debug("rejecting announcement record: " + reason, *args)
+        return False
 
     @property
     def priority(self) -> int:

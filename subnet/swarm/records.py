@@ -2,7 +2,9 @@
 
 hivemind signs DHT records with RSA only; our nodes sign with their Ed25519 node key,
 so the signer of every record is a peer id the chain can look up. Records are JSON
-(never pickle); the signature covers a canonical encoding of (version, kind, payload).
+(never pickle); the signature covers a canonical encoding of (version, kind, payload), and
+the record itself must be exactly the canonical encoding of its fields (`open_record` re-encodes
+and compares), so one signed record has exactly one byte string.
 """
 
 from __future__ import annotations
@@ -84,4 +86,8 @@ def open_record(data: bytes, kind: str | None = None, *, max_bytes: int = MAX_RE
         raise RecordError("record payload is not canonical JSON") from None
     if not verify(pk, body, sig):
         raise RecordError("bad record signature")
+    if canonical_json(obj) != bytes(data):
+        # the same signed content in another byte order (reordered keys, spaces, escapes) is a
+        # different DHT value: accepting it would let anyone re-store a record as a "new" one
+        raise RecordError("record is not in canonical encoding")
     return OpenedRecord(peer_id_from_public_key(pk), obj["kind"], obj["payload"], pk, len(data))
