@@ -3,7 +3,8 @@
 Runs on the client loop only (no locks needed). Announcements are re-read from the DHT at
 most every `refresh_interval` seconds (and at once when no route exists); hosters are pinged
 with `rpc_info` before first use, and a hoster that fails a ping or a call is banned with
-exponential backoff.
+exponential backoff. With a chain registry, only hosters registered on chain are routed to;
+a route's cost uses the step times this client measured where it has them (`find_route`).
 """
 
 from __future__ import annotations
@@ -53,8 +54,10 @@ class SequenceManager:
     """Routes for one model (`model_uid`, `num_blocks` blocks) over the current swarm."""
 
     def __init__(self, runtime: ClientRuntime, model_uid: str, num_blocks: int, *, hidden_size: int = 0,
-                 config: ClientConfig | None = None):
+                 config: ClientConfig | None = None, registry=None):
         self.runtime = runtime
+        # a `ChainRegistry`: route only to hosters registered on chain (None: any signed announcement)
+        self.registry = registry
         self.model_uid = model_uid
         self.num_blocks = num_blocks
         self.hidden_size = hidden_size
@@ -93,7 +96,7 @@ class SequenceManager:
         async with self._refresh_lock:
             loop = asyncio.get_running_loop()
             fetched = await asyncio.wait_for(
-                loop.run_in_executor(None, discovery.read_servers, self.runtime.dht, self.model_uid),
+                loop.run_in_executor(None, discovery.read_servers, self.runtime.dht, self.model_uid, self.registry),
                 self.config.request_timeout,
             )
             self._servers = [s for s in fetched if self._compatible(s)]
@@ -147,9 +150,11 @@ class SequenceManager:
             servers = await self.servers(force=force)
             relevant = [s for s in servers if s.start < end and s.end > start]
             await self._ping_unmeasured(relevant)
+            measured = {s.peer_id: t for s in relevant if (t := self.step_times.estimate(s.peer_id)) is not None}
             try:
                 route = find_route(
                     relevant, start, end, pings=self.stats.pings, load=self.stats.load,
+                    step_times=measured,
                     exclude=exclude | self.bans.banned(), cache_tokens_needed=cache_tokens_needed,
                     jitter=self.config.route_jitter, hop_cost=self.config.hop_penalty,
                 )

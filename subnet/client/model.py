@@ -60,6 +60,7 @@ class DistributedModelForCausalLM:
         dtype: str | torch.dtype = "float32",
         config: ClientConfig | None = None,
         linear_kernel: str | None = None,
+        registry=None,
         **config_overrides,
     ) -> DistributedModelForCausalLM:
         """Load the client parts of `model_path_or_id` and join the swarm via `initial_peers` (or `dht`).
@@ -67,6 +68,7 @@ class DistributedModelForCausalLM:
         `model_name` must match the hosters' `--model-name` when they used one. `config_overrides`
         set `ClientConfig` fields (timeouts, retries, `wait_for_coverage`, ...). `linear_kernel`
         picks what multiplies the LM head (`subnet.model.kernels`; None = MESH_LINEAR_KERNEL or the default).
+        `registry` (a `subnet.swarm.chain_view.ChainRegistry`): route only to hosters registered on chain.
         """
         from dataclasses import replace
 
@@ -78,7 +80,7 @@ class DistributedModelForCausalLM:
         runtime = ClientRuntime(dht, initial_peers)
         try:
             manager = SequenceManager(runtime, uid, parts.config.num_hidden_layers,
-                                      hidden_size=parts.config.hidden_size, config=cfg)
+                                      hidden_size=parts.config.hidden_size, config=cfg, registry=registry)
         except BaseException:
             runtime.close()
             raise

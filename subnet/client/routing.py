@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from subnet.swarm.announcements import Announcement
+from subnet.swarm.announcements import MIN_THROUGHPUT, Announcement
 
 DEFAULT_PING = 0.05  # seconds assumed for a hoster not measured yet
+MAX_CLAIM_RATIO = 4.0  # a claimed throughput counts for at most this many times the median claim
 
 
 class RouteError(RuntimeError):
@@ -47,9 +48,15 @@ def find_route(
     hop_cost: float = 1e-4,
     jitter: float = 0.0,
     rng: random.Random | None = None,
+    step_times: Mapping[str, float] | None = None,
+    max_claim_ratio: float = MAX_CLAIM_RATIO,
 ) -> list[Span]:
     """Cheapest chain of spans covering blocks `[start, end)`.
 
+    Per-block compute is what this client measured (`step_times`: seconds per decode step on that
+    hoster, spread over its announced span, less its ping) where known; otherwise the hoster's
+    claimed throughput, capped at `max_claim_ratio` x the median claim of the candidates, so a
+    hoster cannot buy traffic by announcing a huge number (it gets measured on first use).
     Cost of a hop = ping + blocks * per-block compute, scaled by `1 + load_penalty * sessions`
     this client already runs there, plus `no_cache_penalty` seconds when the hoster announced
     less free cache than the session needs. A hoster may serve any contiguous sub-range of
@@ -70,11 +77,19 @@ def find_route(
     prev: dict[int, Span] = {}
     heap: list[tuple[float, int]] = [(0.0, start)]
     edges: list[tuple[Announcement, float, float]] = []  # (server, fixed cost per hop, cost per block)
+    step_times = step_times or {}
+    claims = sorted(s.throughput for s in candidates)
+    claim_cap = max(claims[len(claims) // 2], MIN_THROUGHPUT) * max_claim_ratio if claims else math.inf
     for s in candidates:
         ping = pings.get(s.peer_id, DEFAULT_PING)
+        measured = step_times.get(s.peer_id)
+        if measured is not None:
+            block_time = max(measured - ping, 0.0) / (s.end - s.start)
+        else:
+            block_time = 1.0 / (max(min(s.throughput, claim_cap), MIN_THROUGHPUT) * (s.end - s.start))
         penalty = no_cache_penalty if cache_tokens_needed and s.cache_tokens_free < cache_tokens_needed else 0.0
         scale = (1.0 + load_penalty * load.get(s.peer_id, 0)) * (1.0 + jitter * rng.random())
-        edges.append((s, ping * scale + penalty + hop_cost, s.block_time() * scale))
+        edges.append((s, ping * scale + penalty + hop_cost, block_time * scale))
     while heap:
         cost, pos = heapq.heappop(heap)
         if pos == end:

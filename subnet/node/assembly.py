@@ -29,6 +29,7 @@ from subnet.model.blocks import model_uid
 from subnet.node.checks import check_blocks, check_device, check_initial_peers, check_model
 from subnet.node.errors import NodeConfigError
 from subnet.swarm.announcements import AnnouncementValidator
+from subnet.swarm.chain_view import ChainRegistry
 from subnet.swarm.dht import LOOPBACK_MADDRS, start_dht, visible_maddrs
 from subnet.swarm.record_admission import make_record_validator
 from validator.duty import ValidatorDuty
@@ -157,9 +158,14 @@ class Node:
             event(log, "chain_node", node_id=me.node_id, node_class=me.node_class.name, stake=me.stake)
 
     def _start_dht(self) -> None:
-        validators: list = [AnnouncementValidator()]  # nobody may overwrite a hoster's announcement subkey
+        # nobody may overwrite a hoster's announcement subkey; with a chain, only registered nodes announce
+        models = [model_uid(self.opts.model, self.opts.model_name)] if self.opts.model else []
+        registry = None
         if self.chain is not None:
             url = self.opts.chain
+            registry = ChainRegistry(lambda: connect(url), self.opts.subnet_id)
+        validators: list = [AnnouncementValidator(model_uids=models, registry=registry)]
+        if self.chain is not None:
             # hivemind forks the DHT process: the record validator must build its own read-only
             # chain client there rather than share this process's connection.
             validators.append(make_record_validator(lambda: connect(url), self.opts.subnet_id))
@@ -204,7 +210,10 @@ class Node:
         o = self.opts
         if not o.model:
             raise NodeConfigError("--api needs --model (the client parts are loaded locally)")
-        self._swarm_backend = SwarmBackend.from_pretrained(o.model, self.maddrs, model_name=o.model_name)
+        # with a chain, the API routes only to registered hosters
+        registry = ChainRegistry(lambda: connect(o.chain), o.subnet_id) if self.chain is not None else None
+        self._swarm_backend = SwarmBackend.from_pretrained(o.model, self.maddrs, model_name=o.model_name,
+                                                           registry=registry)
         view = None
         if self.chain is not None:
             from subnet.api.subnet_view import ChainSubnetView  # deferred: as above

@@ -52,6 +52,11 @@ class ConsensusRegistry(Protocol):
 
     def node(self, peer_id: str) -> SubnetNode | None: ...
 
+    def cached_nodes(self) -> dict[str, SubnetNode]:
+        """The node list as last read (no chain access; empty before the first read)."""
+        with self._lock:
+            return dict(self._nodes)
+
     def elected_peer(self, epoch: int) -> str | None: ...
 
     def randomness(self, epoch: int) -> bytes | None: ...
