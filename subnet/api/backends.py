@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from subnet.client.sampling import TokenLogprobs
+
 
 @dataclass(frozen=True)
 class ModelCard:
@@ -35,6 +37,11 @@ class GenerationParams:
     stop: tuple[str, ...] = ()  # enforced on text by the API layer; backends may ignore it
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    top_k: int = 0  # 0 or -1: disabled
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: int | None = None  # None: off; k: report the chosen token's logprob and k alternatives
 
 
 @dataclass(frozen=True)
@@ -44,11 +51,14 @@ class TokenEvent:
     `text` is the decoded text this token adds (may be "" while a multi-byte character
     is incomplete). The last event of a stream has `finish_reason` "stop" (end of
     sequence) or "length" (max_tokens reached); its `token_id` may be None.
+    `logprobs` (when `GenerationParams.logprobs` is set) comes from the client's sampler: the
+    log-softmax of the processed logits the token was chosen from.
     """
 
     token_id: int | None
     text: str
     finish_reason: str | None = None
+    logprobs: TokenLogprobs | None = None
 
 
 class BackendError(Exception):

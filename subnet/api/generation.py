@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from subnet.api.backends import GenerationBackend, GenerationParams
@@ -75,6 +75,7 @@ class Delta:
 
     text: str
     finish_reason: str | None = None
+    logprobs: list = field(default_factory=list)  # TokenLogprobs of the tokens since the last delta
 
 
 @dataclass
@@ -91,6 +92,13 @@ async def stream_choice(backend: GenerationBackend, model: str, prompt_ids: list
     first_at: float | None = None
     events = backend.stream(model, prompt_ids, params)
     finish: str | None = None
+    lps: list = []  # logprobs travel with the next delta that carries text (or the last one)
+
+    def take() -> list:
+        nonlocal lps
+        out, lps = lps, []
+        return out
+
     try:
         async for ev in events:
             if ev.token_id is not None:
@@ -99,32 +107,34 @@ async def stream_choice(backend: GenerationBackend, model: str, prompt_ids: list
                 if first_at is None:
                     first_at = time.monotonic()
                     metrics.ttft.observe(first_at - started)
+                if ev.logprobs is not None:
+                    lps.append(ev.logprobs)
             text = stop.push(ev.text) if ev.text else ""
             if stop.stopped:
                 finish = "stop"
                 if text:
-                    yield Delta(text, None)
+                    yield Delta(text, None, take())
                 break
             if ev.finish_reason:
                 finish = ev.finish_reason
                 text += stop.flush()
                 if text:
-                    yield Delta(text, None)
+                    yield Delta(text, None, take())
                 break
             if text:
-                yield Delta(text, None)
+                yield Delta(text, None, take())
         else:
             finish = "stop"  # backend ended without a reason: treat as end of sequence
             tail = stop.flush()
             if tail:
-                yield Delta(tail, None)
+                yield Delta(tail, None, take())
     finally:
         await _aclose(events)
         if first_at is not None and stats.completion_tokens > 1:
             elapsed = time.monotonic() - first_at
             if elapsed > 0:
                 metrics.tokens_per_second.observe((stats.completion_tokens - 1) / elapsed)
-    yield Delta("", finish)
+    yield Delta("", finish, take())
 
 
 async def _aclose(it: Any) -> None:

@@ -84,14 +84,15 @@ class LocalTransformersBackend:
         for i in range(params.max_tokens):
             logits = await loop.run_in_executor(self._executor, self._step, input_ids, cache)
             token = int(sampler(logits.unsqueeze(0), i)[0])
+            lp = sampler.last_logprobs[0] if sampler.last_logprobs else None
             if token in self._eos:
                 yield TokenEvent(None, decoder.flush(), "stop")
                 return
             text = decoder.add(token)
             if i == params.max_tokens - 1:
-                yield TokenEvent(token, text + decoder.flush(), "length")
+                yield TokenEvent(token, text + decoder.flush(), "length", lp)
                 return
-            yield TokenEvent(token, text)
+            yield TokenEvent(token, text, None, lp)
             input_ids = torch.tensor([[token]], dtype=torch.long)
 
     def close(self) -> None:

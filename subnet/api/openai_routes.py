@@ -7,13 +7,12 @@ takes its concurrency slot before it is prepared (templated, tokenized).
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -22,9 +21,12 @@ from starlette.concurrency import run_in_threadpool
 from subnet.api.backends import BackendError, GenerationParams, ModelCard
 from subnet.api.context import ApiContext
 from subnet.api.errors import APIError
+from subnet.api.fields import chat_logprobs, check_chat, check_completion
 from subnet.api.generation import ChoiceStats, Delta, render_chat, stream_choice
 from subnet.api.limits import Lease
+from subnet.api.logprobs import LogprobsFormatter
 from subnet.api.schemas import ChatCompletionRequest, CompletionRequest
+from subnet.api.sse import DISCONNECTED, SSEResponse, run_unless_disconnected, sse
 from subnet.logs import event
 
 log = logging.getLogger("mesh_node.api")
@@ -85,6 +87,12 @@ class _Plan:
     prompt_tokens: int
     stream: bool
     include_usage: bool
+    tokenizer: Any = None  # for logprobs' token texts
+
+    def formatter(self, kind: str, choice: _Choice) -> LogprobsFormatter | None:
+        if choice.params.logprobs is None:
+            return None
+        return LogprobsFormatter(kind, self.tokenizer, len(choice.prefix))
 
 
 def _check_prompt(ctx: ApiContext, n_tokens: int, param: str) -> None:
@@ -113,7 +121,7 @@ def _max_tokens(ctx: ApiContext, card: ModelCard, requested: int | None, longest
     return limit
 
 
-def _base_params(req, max_tokens: int) -> GenerationParams:
+def _base_params(req, max_tokens: int, logit_bias: tuple, logprobs: int | None) -> GenerationParams:
     return GenerationParams(
         max_tokens=max_tokens,
         temperature=1.0 if req.temperature is None else float(req.temperature),
@@ -122,6 +130,9 @@ def _base_params(req, max_tokens: int) -> GenerationParams:
         stop=req.stop_list(),
         presence_penalty=float(req.presence_penalty or 0.0),
         frequency_penalty=float(req.frequency_penalty or 0.0),
+        top_k=req.top_k or 0, min_p=float(req.min_p or 0.0),
+        repetition_penalty=1.0 if req.repetition_penalty is None else float(req.repetition_penalty),
+        logit_bias=logit_bias, logprobs=logprobs,
     )
 
 
@@ -138,22 +149,22 @@ async def _plan_chat(ctx: ApiContext, req: ChatCompletionRequest) -> _Plan:
         raise APIError(400, f"The messages are longer than this server's prompt limit of "
                             f"{ctx.max_prompt_tokens} tokens.", param="messages", code="context_length_exceeded")
     tokenizer = ctx.backend.tokenizer(req.model)
+    bias = check_chat(req, len(tokenizer))
     prompt_ids = await run_in_threadpool(render_chat, tokenizer, messages)
     _check_prompt(ctx, len(prompt_ids), "messages")
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-    base = _base_params(req, _max_tokens(ctx, card, requested, len(prompt_ids), param))
+    base = _base_params(req, _max_tokens(ctx, card, requested, len(prompt_ids), param), bias, chat_logprobs(req))
     n = req.n or 1
     choices = [_Choice(i, prompt_ids, _choice_params(base, i)) for i in range(n)]
     return _Plan(req.model, choices, len(prompt_ids), bool(req.stream),
-                 bool(req.stream_options and req.stream_options.include_usage))
+                 bool(req.stream_options and req.stream_options.include_usage), tokenizer)
 
 
 async def _plan_completion(ctx: ApiContext, req: CompletionRequest) -> _Plan:
     card = await _find_model(ctx, req.model)
-    if req.suffix:
-        raise APIError(400, "suffix is not supported by this server.", param="suffix", code="invalid_value")
     tokenizer = ctx.backend.tokenizer(req.model)
+    bias = check_completion(req, len(tokenizer))
     raw = req.prompt
     if isinstance(raw, str):
         prompts: list = [raw]
@@ -182,7 +193,7 @@ async def _plan_completion(ctx: ApiContext, req: CompletionRequest) -> _Plan:
         _check_prompt(ctx, len(ids), "prompt")
     longest = max(len(ids) for ids, _ in encoded)
     base = _base_params(req, _max_tokens(ctx, card, req.max_tokens if req.max_tokens is not None else 16,
-                                         longest, "max_tokens"))
+                                         longest, "max_tokens"), bias, req.logprobs)
     n = req.n or 1
     choices = [
         _Choice(pi * n + i, ids, _choice_params(base, i), text if req.echo else "")
@@ -190,7 +201,7 @@ async def _plan_completion(ctx: ApiContext, req: CompletionRequest) -> _Plan:
         for i in range(n)
     ]
     return _Plan(req.model, choices, sum(len(ids) for ids, _ in encoded), bool(req.stream),
-                 bool(req.stream_options and req.stream_options.include_usage))
+                 bool(req.stream_options and req.stream_options.include_usage), tokenizer)
 
 
 # ---- running a plan ----------------------------------------------------------------------
@@ -216,76 +227,25 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-async def _collect(ctx: ApiContext, plan: _Plan) -> list[tuple[_Choice, str, str, int]]:
+async def _collect(ctx: ApiContext, plan: _Plan, kind: str) -> list[tuple[_Choice, str, str, int, dict | None]]:
     results = []
     for choice in plan.choices:
         stats = ChoiceStats()
         parts = [choice.prefix]
         finish = "stop"
+        lps: list = []
         async for d in stream_choice(ctx.backend, plan.model, choice.prompt_ids, choice.params, ctx.metrics, stats):
             parts.append(d.text)
+            lps += d.logprobs
             if d.finish_reason:
                 finish = d.finish_reason
-        results.append((choice, "".join(parts), finish, stats.completion_tokens))
+        fmt = plan.formatter(kind, choice)
+        results.append((choice, "".join(parts), finish, stats.completion_tokens, fmt and fmt.format(lps)))
     return results
 
 
-_DISCONNECTED = object()
-
-
-async def _wait_disconnect(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def _run_unless_disconnected(request: Request, coro):
-    """Run `coro`, cancelling it if the HTTP client goes away first (non-streaming requests)."""
-    task = asyncio.ensure_future(coro)
-    watch = asyncio.ensure_future(_wait_disconnect(request))
-    try:
-        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
-        task.cancel()
-        return _DISCONNECTED
-    finally:
-        watch.cancel()
-        if not task.done():
-            task.cancel()
-            try:
-                await task
-            except BaseException:
-                pass
-
-
-class _SSEResponse(StreamingResponse):
-    """A streaming response that always runs `cleanup` (close the generation, free the slot),
-    even when the client disconnects before the body iterator ever started."""
-
-    def __init__(self, content: AsyncIterator[str], cleanup):
-        super().__init__(content, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self._cleanup = cleanup
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            try:
-                await self.body_iterator.aclose()  # type: ignore[attr-defined]
-            finally:
-                await self._cleanup()
-
-
-def _sse(obj: dict | str) -> str:
-    data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-    return f"data: {data}\n\n"
-
-
 async def _stream_events(ctx: ApiContext, plan: _Plan, first: tuple[AsyncIterator[Delta], Delta, ChoiceStats],
-                         make_chunk, lease: Lease, state: dict) -> AsyncIterator[str]:
+                         make_chunk, lease: Lease, state: dict, kind: str) -> AsyncIterator[str]:
     """SSE body: per choice, its deltas; then the usage chunk (if asked) and [DONE]."""
     total_completion = 0
     try:
@@ -296,7 +256,8 @@ async def _stream_events(ctx: ApiContext, plan: _Plan, first: tuple[AsyncIterato
                 stats = ChoiceStats()
                 it = stream_choice(ctx.backend, plan.model, choice.prompt_ids, choice.params, ctx.metrics, stats)
                 pending = None
-            yield _sse(make_chunk(choice.index, None, None, start=True, prefix=choice.prefix))
+            fmt = plan.formatter(kind, choice)
+            yield sse(make_chunk(choice.index, None, None, start=True, prefix=choice.prefix))
             try:
                 while True:
                     if pending is None:
@@ -305,20 +266,20 @@ async def _stream_events(ctx: ApiContext, plan: _Plan, first: tuple[AsyncIterato
                         except StopAsyncIteration:
                             break
                     d, pending = pending, None
-                    if d.text:
-                        yield _sse(make_chunk(choice.index, d.text, None))
+                    if d.text or (fmt and d.logprobs):
+                        yield sse(make_chunk(choice.index, d.text, None, logprobs=fmt and fmt.format(d.logprobs)))
                     if d.finish_reason:
-                        yield _sse(make_chunk(choice.index, None, d.finish_reason))
+                        yield sse(make_chunk(choice.index, None, d.finish_reason))
             finally:
                 await it.aclose()
             total_completion += stats.completion_tokens
         if plan.include_usage:
-            yield _sse(make_chunk(None, None, None, usage=_usage(plan.prompt_tokens, total_completion)))
-        yield _sse("[DONE]")
+            yield sse(make_chunk(None, None, None, usage=_usage(plan.prompt_tokens, total_completion)))
+        yield sse("[DONE]")
         state["done"] = True
     except BackendError as e:
         state["errored"] = True
-        yield _sse(_backend_error(e).body())
+        yield sse(_backend_error(e).body())
     finally:
         lease.release()
 
@@ -332,12 +293,12 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
           choices=len(plan.choices), stream=plan.stream, max_tokens=plan.choices[0].params.max_tokens)
     if not plan.stream:
         try:
-            results = await _run_unless_disconnected(request, _collect(ctx, plan))
+            results = await run_unless_disconnected(request, _collect(ctx, plan, kind))
         except BackendError as e:
             raise _backend_error(e, ctx.retry_after) from None
         finally:
             lease.release()
-        if results is _DISCONNECTED:
+        if results is DISCONNECTED:
             ctx.metrics.cancelled.inc()
             event(log, "generation_cancelled", id=rid)
             return Response(status_code=499)  # nobody is listening; nginx's "client closed request"
@@ -345,7 +306,7 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
         body = {
             "id": rid, "object": "chat.completion" if kind == "chat" else "text_completion", "created": created,
             "model": plan.model, "system_fingerprint": ctx.fingerprint,
-            "choices": [_final_choice(kind, c.index, text, finish) for c, text, finish, _ in results],
+            "choices": [_final_choice(kind, c.index, text, finish, lp) for c, text, finish, _, lp in results],
             "usage": _usage(plan.prompt_tokens, completion),
         }
         event(log, "generation_finished", id=rid, completion_tokens=completion)
@@ -367,7 +328,7 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
         lease.release()
         raise
 
-    def make_chunk(index, text, finish, *, start=False, prefix="", usage=None) -> dict:
+    def make_chunk(index, text, finish, *, start=False, prefix="", usage=None, logprobs=None) -> dict:
         base = {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
                 "created": created, "model": plan.model, "system_fingerprint": ctx.fingerprint}
         if usage is not None:
@@ -381,9 +342,9 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
                 delta = {}
             else:
                 delta = {"content": text}
-            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         else:
-            choice = {"index": index, "text": prefix if start else (text or ""), "logprobs": None,
+            choice = {"index": index, "text": prefix if start else (text or ""), "logprobs": logprobs,
                       "finish_reason": finish}
         base["choices"] = [choice]
         if plan.include_usage:
@@ -391,7 +352,7 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
         return base
 
     state: dict = {}
-    body = _stream_events(ctx, plan, (it, first, stats), make_chunk, lease, state)
+    body = _stream_events(ctx, plan, (it, first, stats), make_chunk, lease, state, kind)
 
     async def body_with_accounting() -> AsyncIterator[str]:
         try:
@@ -409,14 +370,14 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
             ctx.metrics.cancelled.inc()
             event(log, "generation_cancelled", id=rid)
 
-    return _SSEResponse(body_with_accounting(), cleanup)
+    return SSEResponse(body_with_accounting(), cleanup)
 
 
-def _final_choice(kind: str, index: int, text: str, finish: str) -> dict:
+def _final_choice(kind: str, index: int, text: str, finish: str, logprobs: dict | None) -> dict:
     if kind == "chat":
         return {"index": index, "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None, "finish_reason": finish}
-    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+                "logprobs": logprobs, "finish_reason": finish}
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
 
 async def _admit_and_run(request: Request, kind: str, make_plan) -> JSONResponse | StreamingResponse:

@@ -2,7 +2,9 @@
 
 Both backends sample with the client's `Sampler` (and detokenize with its
 `IncrementalDetokenizer`), so `seed`, `temperature`, `top_p` and the penalties give the
-same tokens whether the blocks run in this process or on the swarm.
+same tokens whether the blocks run in this process or on the swarm; `top_k`, `min_p`,
+`repetition_penalty` and `logit_bias` act in greedy decoding too where they can change the
+argmax (bias and penalties), and `logprobs` come from the same sampler.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ def to_sampling_params(params: GenerationParams) -> SamplingParams:
         seed=params.seed,
         presence_penalty=params.presence_penalty,
         frequency_penalty=params.frequency_penalty,
+        top_k=params.top_k,
+        min_p=params.min_p,
+        repetition_penalty=params.repetition_penalty,
+        logit_bias=params.logit_bias,
+        logprobs=params.logprobs,
     )
 
 

@@ -1,4 +1,8 @@
-"""Request bodies of the OpenAI-compatible routes (unknown extra fields are accepted and ignored).
+"""Request bodies of the OpenAI-compatible routes.
+
+Extra fields are kept (`extra="allow"`) so that `subnet.api.fields` can answer each one: a
+documented OpenAI field this server does not implement is a 400 `unsupported_parameter`
+naming it, anything else a 400 `unknown_parameter`; nothing is silently ignored.
 
 Every string a client sends must be valid Unicode: JSON can carry a lone UTF-16 surrogate
 (`"\\ud800"`) that no tokenizer can encode, so it is a 400 here rather than a 500 later.
@@ -29,13 +33,13 @@ Text = Annotated[StrictStr, AfterValidator(_valid_unicode)]
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     type: Literal["text"]
     text: Text
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | Annotated[list[TextPart], Field(max_length=MAX_MESSAGES)] | None = None
     name: Text | None = None
@@ -49,7 +53,7 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
     include_usage: bool = False
 
 
@@ -57,7 +61,7 @@ Stop = Text | Annotated[list[Text], Field(max_length=MAX_STOP)] | None
 
 
 class _SamplingFields(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
     model: Text
     max_tokens: StrictInt | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -70,6 +74,11 @@ class _SamplingFields(BaseModel):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     user: Text | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
+    # vLLM's extra sampling fields (the OpenAI SDK sends them through `extra_body`)
+    top_k: StrictInt | None = Field(default=None, ge=-1)  # -1 or 0: disabled
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
 
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -81,9 +90,13 @@ class _SamplingFields(BaseModel):
 class ChatCompletionRequest(_SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
 
 
 class CompletionRequest(_SamplingFields):
     prompt: Text | list[Text] | list[StrictInt] | list[list[StrictInt]]
     echo: bool | None = False
     suffix: Text | None = None
+    logprobs: StrictInt | None = Field(default=None, ge=0, le=5)
+    best_of: StrictInt | None = Field(default=None, ge=1, le=MAX_N)

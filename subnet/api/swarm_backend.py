@@ -148,7 +148,7 @@ class SwarmBackend:
                 if ev.finish_reason == "stop" and ev.token_id in eos:
                     yield TokenEvent(None, ev.text, "stop")  # EOS is not part of the completion
                 else:
-                    yield TokenEvent(ev.token_id, ev.text, ev.finish_reason)
+                    yield TokenEvent(ev.token_id, ev.text, ev.finish_reason, ev.logprobs)
         except (RouteError, SessionError) as e:
             with self._lock:
                 self._coverage.pop(model, None)
