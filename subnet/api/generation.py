@@ -75,7 +75,7 @@ class Delta:
 
     text: str
     finish_reason: str | None = None
-    logprobs: list = field(default_factory=list)  # TokenLogprobs of the tokens since the last delta
+    logprobs: list = field(default_factory=list)  # (TokenLogprobs, text it added) per token since the last delta
 
 
 @dataclass
@@ -108,7 +108,7 @@ async def stream_choice(backend: GenerationBackend, model: str, prompt_ids: list
                     first_at = time.monotonic()
                     metrics.ttft.observe(first_at - started)
                 if ev.logprobs is not None:
-                    lps.append(ev.logprobs)
+                    lps.append((ev.logprobs, ev.text))
             text = stop.push(ev.text) if ev.text else ""
             if stop.stopped:
                 finish = "stop"

@@ -3,7 +3,10 @@
 Chat: `{"content": [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob",
 "bytes"}]}], "refusal": None}`. Completions: `{"tokens", "token_logprobs", "top_logprobs":
 [{token: logprob}], "text_offset"}`. A token the sampler masked (top-k/top-p/min-p) has
-logprob -inf, which JSON cannot carry: it is reported as -9999.0, as vLLM does.
+logprob -inf, which JSON cannot carry: it is reported as -9999.0, as vLLM does. A token that
+is one raw byte of a multi-byte character is named `bytes:\\xNN` (OpenAI's convention) and its
+`bytes` carry the byte. `text_offset` counts the characters of the completion text before the
+token (a character built from several byte tokens starts at the offset of its first byte).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class TokenText:
             m = _BYTE_TOKEN.match(piece) if isinstance(piece, str) else None
             if m:  # a SentencePiece byte-fallback token: one raw byte of a multi-byte character
                 b = [int(m.group(1), 16)]
-                hit = (bytes(b).decode("utf-8", errors="replace"), b)
+                hit = (chr(b[0]) if b[0] < 0x80 else f"bytes:\\x{b[0]:02x}", b)
             else:
                 text = self.tokenizer.decode([token_id])
                 hit = (text, list(text.encode("utf-8")))
@@ -64,10 +67,10 @@ def chat_logprobs(entries: Sequence[TokenLogprobs], text_of: TokenText) -> dict:
     return {"content": chat_content(entries, text_of), "refusal": None}
 
 
-def completion_logprobs(entries: Sequence[TokenLogprobs], text_of: TokenText, offset: int) -> dict:
-    """`offset`: the position in the choice's text where the first of these tokens starts."""
+def completion_logprobs(entries: Sequence[tuple[TokenLogprobs, str]], text_of: TokenText, offset: int) -> dict:
+    """`entries`: (logprobs, the text the token added); `offset`: where the first token's text starts."""
     tokens, lps, tops, offsets = [], [], [], []
-    for e in entries:
+    for e, added in entries:
         token, _ = text_of(e.token_id)
         tokens.append(token)
         lps.append(_num(e.logprob))
@@ -76,7 +79,7 @@ def completion_logprobs(entries: Sequence[TokenLogprobs], text_of: TokenText, of
             top.setdefault(text_of(tid)[0], _num(lp))
         tops.append(top)
         offsets.append(offset)
-        offset += len(token)
+        offset += len(added)
     return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
 
 
@@ -88,9 +91,10 @@ class LogprobsFormatter:
         self.text_of = TokenText(tokenizer)
         self.offset = prefix_len
 
-    def format(self, entries: Sequence[TokenLogprobs]) -> dict:
+    def format(self, entries: Sequence[tuple[TokenLogprobs, str]]) -> dict:
+        """`entries`: per token, its logprobs and the text it added to the completion."""
         if self.kind == "chat":
-            return chat_logprobs(entries, self.text_of)
+            return chat_logprobs([e for e, _ in entries], self.text_of)
         out = completion_logprobs(entries, self.text_of, self.offset)
-        self.offset += sum(len(t) for t in out["tokens"])
+        self.offset += sum(len(added) for _, added in entries)
         return out
