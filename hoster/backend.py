@@ -15,7 +15,8 @@ session. Long prompts run in chunks of `PREFILL_CHUNK` positions (same results, 
 activation memory).
 
 `run_span(hidden, start, end)` is the thread-safe stateless forward used by probes:
-the very same code path as the `forward` RPC.
+the very same code path as the `forward` RPC. What runs when (steps before forwards,
+forwards in bounded units, round-robin over peers) is `hoster.scheduler`'s.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hoster.cache import CacheBudget, KVCache, RowsCache, SessionKV, enable_rows_attention
+from hoster.batched import crop, step_batched
+from hoster.cache import CacheBudget, KVCache, SessionKV, enable_rows_attention
 from hoster.compiled import CompiledDecode
+from hoster.scheduler import MIN_UNIT_SECONDS, UNIT_STEPS, TaskQueue, UnitPacer, forward_units
 from subnet.logs import event
-from subnet.model.blocks import BlockSpan, layer_type
+from subnet.model.blocks import BlockSpan
 from subnet.model.memory import trim
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,7 @@ class _Task:
     end: int
     session: Session | None = None
     position: int = 0
+    peer: str = ""  # who asked for a forward (round-robin key); "" for local probes
 
     def key(self) -> tuple:
         return (self.start, self.end, self.hidden.shape[1], self.hidden.dtype)
@@ -104,7 +108,8 @@ class Backend:
         self.sessions: dict[str, Session] = {}
         self.batches_run = 0  # number of multi-session batched steps (observability, tests)
         self._rows = enable_rows_attention(span.config)  # batched steps need per-session attention
-        self._queue: queue.Queue[_Task | None] = queue.Queue()
+        self._queue = TaskQueue()  # hoster.scheduler: step lane + per-peer forward lane
+        self._pacer = UnitPacer(self._unit_budget)  # size of forward units between step rounds
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="hoster-compute", daemon=True)
         self._thread.start()
@@ -127,9 +132,11 @@ class Backend:
         """
         return self._submit(_Task(concurrent.futures.Future(), hidden, *self._range(start, end))).result()
 
-    async def forward(self, hidden: torch.Tensor, start: int | None = None, end: int | None = None) -> torch.Tensor:
+    async def forward(self, hidden: torch.Tensor, start: int | None = None, end: int | None = None, *,
+                      peer: str = "") -> torch.Tensor:
+        """The `forward` RPC: queued in `peer`'s turn of the forward lane (hoster.scheduler)."""
         return await asyncio.wrap_future(self._submit(_Task(concurrent.futures.Future(), hidden,
-                                                            *self._range(start, end))))
+                                                            *self._range(start, end), peer=peer)))
 
     def open_session(self, start: int, end: int, batch_size: int, max_length: int) -> Session:
         """Admit a session (CacheFull -> busy); no KV memory is allocated until its first step."""
@@ -229,24 +236,55 @@ class Backend:
         return task.future
 
     def _loop(self) -> None:
+        """Rounds of every waiting step (batched), each followed by one unit of forward work."""
+        job = None  # (task, generator) of the forward in progress
         while True:
-            task = self._queue.get()
+            if job is None:
+                self._queue.wait()
+            try:
+                task = self._queue.get_nowait()
+            except queue.Empty:
+                task = False
             if task is None:
                 break
-            tasks = [task]
-            if task.session is not None and task.position >= 0:
-                self._gather(task, tasks)
-            while True:  # everything already waiting joins this round
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._queue.put(None)
-                    break
-                tasks.append(more)
-            self._run_round(tasks)
+            if task is not False:
+                tasks = [task]
+                if task.session is not None and task.position >= 0:
+                    self._gather(task, tasks)
+                while True:  # every step already waiting joins this round
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        self._queue.put_front([None])
+                        break
+                    tasks.append(more)
+                self._run_round(tasks)
+            if job is None and (nxt := self._queue.next_forward()) is not None:
+                if nxt.future.set_running_or_notify_cancel():
+                    job = (nxt, forward_units(self.span, nxt.hidden, nxt.start, nxt.end, self._new_kv, self._pacer))
+            if job is not None and self._forward_unit(*job):
+                job = None
+        if job is not None:
+            job[1].close()
+            job[0].future.set_exception(BackendClosed("hoster is shutting down"))
         self._fail_pending()
+
+    @staticmethod
+    def _forward_unit(task: _Task, units) -> bool:
+        """Run one unit of a forward; True once it is finished (result or error delivered)."""
+        try:
+            next(units)
+        except StopIteration as done:
+            task.future.set_result(done.value)
+        except BaseException as e:  # delivered to the awaiting handler, never kills the thread
+            task.future.set_exception(e)
+        else:
+            return False
+        if task.hidden.numel() >= TRIM_AFTER * task.hidden.shape[-1]:
+            trim()  # its activations are freed: hand the pages back
+        return True
 
     def _gather(self, first: _Task, tasks: list[_Task]) -> None:
         """Collect more steps for this round: for `gather_window` seconds (only while other sessions
@@ -274,7 +312,7 @@ class Backend:
             except queue.Empty:
                 return
             if more is None:
-                self._queue.put(None)
+                self._queue.put_front([None])
                 return
             tasks.append(more)
             if more.session is not None:
@@ -285,6 +323,13 @@ class Backend:
         `gather_window` batch anything. A lone decoder never pays the window."""
         return any(s is not session and now - s.last_used < 1.0 for s in list(self.sessions.values()))
 
+    def _unit_budget(self) -> float:
+        """Seconds one forward unit may take: ~UNIT_STEPS decode steps while a session is active."""
+        now = time.monotonic()
+        if not any(now - s.last_used < 1.0 for s in list(self.sessions.values())):
+            return float("inf")
+        return max(MIN_UNIT_SECONDS, UNIT_STEPS * self._step_seconds)
+
     def _align_wait(self) -> float:
         """How long to wait for last round's batch mates: about one single-session step."""
         if self.align_wait is not None:
@@ -292,22 +337,23 @@ class Backend:
         return min(0.05, max(0.002, self._step_seconds))
 
     def _fail_pending(self) -> None:
-        while True:
-            try:
-                task = self._queue.get_nowait()
-            except queue.Empty:
-                return
+        for task in self._queue.drain():
             if task is not None and not task.future.done():
                 task.future.set_exception(BackendClosed("hoster is shutting down"))
 
     def _run_round(self, tasks: list[_Task]) -> None:
+        """Every step taken (same-key steps batched), but at most one long one: the others go
+        back to the front of the queue, so decode steps arriving meanwhile run between them."""
         groups: dict[tuple, list[_Task]] = {}
+        long_steps = [t for t in tasks if t.position >= 0 and t.hidden.shape[1] > PREFILL_CHUNK]
+        if len(long_steps) > 1:
+            later = {id(t) for t in long_steps[1:]}
+            self._queue.put_front(long_steps[1:])
+            tasks = [t for t in tasks if id(t) not in later]
         for task in tasks:
             if not task.future.set_running_or_notify_cancel():
                 continue
-            if task.session is None:
-                self._guard(task, self._forward, task)
-            elif task.position < 0:
+            if task.position < 0:
                 self._guard(task, self._drop_cache, task.session)
             elif task.session.closed:
                 task.future.set_exception(BackendClosed("session closed"))
@@ -363,16 +409,6 @@ class Backend:
         session.length = 0
         trim()  # hand the freed KV memory back to the OS
 
-    def _forward(self, task: _Task) -> torch.Tensor:
-        x = task.hidden.to(self.span.device, self.span.dtype)
-        out = self.span(x, start=task.start, end=task.end)
-        return out.to("cpu", task.hidden.dtype)
-
-    def _crop(self, session: Session, position: int) -> None:
-        if session.cache.length > position:
-            session.cache.crop(position)
-        session.length = session.cache.length
-
     def _run(self, hidden: torch.Tensor, cache: KVCache, kv: SessionKV, start: int, end: int) -> torch.Tensor:
         """One session's forward through [start, end): compiled when it serves the step, else eager."""
         if self.compiled is not None and self.compiled.serves(hidden, kv, start, end):
@@ -383,7 +419,7 @@ class Backend:
 
     def _step_one(self, task: _Task) -> torch.Tensor:
         s, kv = task.session, task.session.cache
-        self._crop(s, task.position)
+        crop(s, task.position)
         x = task.hidden.to(self.span.device, self.span.dtype)
         n = x.shape[1]
         kv.reserve(kv.length + n)  # once for the whole step: chunks never reallocate
@@ -403,41 +439,7 @@ class Backend:
         return out
 
     def _step_batched(self, batch: list[_Task]) -> list[torch.Tensor]:
-        """Run several sessions' steps (same range, same step length) as one batch.
-
-        Linear layers see all rows at once; each session's new K/V go into its own buffers and
-        attention runs per session (`RowsCache` + `rows_attention`), so nothing is padded or copied.
-        """
-        for task in batch:
-            self._crop(task.session, task.position)
-        start, end = batch[0].start, batch[0].end
-        n = batch[0].hidden.shape[1]
-        kvs = [t.session.cache for t in batch]
-        for kv in kvs:
-            kv.reserve(kv.length + n)
-        pasts = [kv.length for kv in kvs]
-        rows = [t.hidden.shape[0] for t in batch]
-        P, B = max(pasts), sum(rows)
-        dev, dt = self.span.device, self.span.dtype
-        x = torch.cat([t.hidden.to(dev, dt) for t in batch], dim=0)
-        mask = torch.ones(B, P + n, dtype=torch.bool, device=dev)
-        position_ids = torch.empty(B, n, dtype=torch.long, device=dev)
-        r = 0
-        for L, b in zip(pasts, rows):
-            mask[r:r + b, : P - L] = False
-            position_ids[r:r + b] = torch.arange(L, L + n, device=dev)
-            r += b
-        # one-position steps through full-attention layers see all their keys: no mask needed
-        mask_free = n == 1 and all(layer_type(self.span.config, i) == "full_attention" for i in range(start, end))
-        if mask_free and P == min(pasts):
-            mask = None  # nothing padded either: transformers then skips building a mask
-        cache = RowsCache(kvs, start, end, mask_free)
-        out = self.span(x, position_ids=position_ids, cache=cache, attention_mask=mask, start=start, end=end)
-        results, r = [], 0
-        for task, kv, b in zip(batch, kvs, rows):
-            kv.length += n
-            task.session.length = kv.length
-            results.append(out[r:r + b].to("cpu", task.hidden.dtype))
-            r += b
+        """Several sessions' steps (same range, same step length) as one batch (hoster.batched)."""
+        out = step_batched(self.span, batch)
         self.batches_run += 1
-        return results
+        return out

@@ -4,6 +4,11 @@ Every request is validated before use (model uid, block range, JSON metadata, te
 dtype/shape/hidden size/byte length, lengths); anything wrong gets a typed error
 response and the hoster keeps serving everyone else. Torch work runs on the
 backend's compute thread, never on this event loop.
+
+Every RPC is admitted per calling peer first (`hoster.admission`: in-flight and rate
+limits, refused with `busy` before any work); the backend then runs inference steps ahead
+of `forward` work, forwards in small units and round-robin over peers (`hoster.scheduler`),
+so a flood from one peer cannot starve another peer's session.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import AsyncIterator  # noqa: UP035 - hivemind detects streams by ty
 from hivemind.p2p import P2PContext, ServicerBase
 from hivemind.proto import runtime_pb2
 
+from hoster.admission import Admission, Refused
 from hoster.backend import Backend, BackendClosed, StepError
 from hoster.cache import CacheFull
 from hoster.push import PushChannels, PushInbox, PushMissing, read_frame
@@ -60,6 +66,7 @@ class BlockServicer(ServicerBase):
         self.open_streams = 0
         self.push_timeout = 120.0  # longest a step may wait for its pushed input (the client asks for less)
         self.inbox = PushInbox()
+        self.admission = Admission()  # per-peer limits of every RPC (hoster.admission)
         self.channels: PushChannels | None = None  # set when the handlers are added to a P2P instance
         self._stopping: asyncio.Event | None = None
         self._stopped_future: asyncio.Future | None = None
@@ -129,7 +136,7 @@ class BlockServicer(ServicerBase):
 
     @staticmethod
     def _error(e: BaseException) -> runtime_pb2.ExpertResponse:
-        if isinstance(e, (_Reject, wire.WireError)):
+        if isinstance(e, (_Reject, wire.WireError, Refused)):
             return wire.error_response(e.type, e.message)
         if isinstance(e, CacheFull):
             return wire.error_response("busy", str(e))
@@ -145,24 +152,42 @@ class BlockServicer(ServicerBase):
     # ------------------------------------------------------------------ RPCs
 
     async def rpc_info(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
+        try:
+            self.admission.info(context.remote_id.to_base58())
+        except Refused as e:
+            return self._error(e)
         return runtime_pb2.ExpertResponse(metadata=wire.encode_metadata(self.info()))
 
     async def rpc_forward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
+        peer, admitted = context.remote_id.to_base58(), False
         try:
             if self._stop_event().is_set():
                 raise BackendClosed("shutting down")
             self._check_uid(request)
             start, end = self._check_range(wire.decode_metadata(request.metadata))
+            size = list(request.tensors[0].size) if len(request.tensors) == 1 else []
+            if len(size) == 3 and size[0] > 0 and size[1] > 0:  # else _one_hidden refuses it
+                self.admission.forward(peer, min(size[0] * size[1], self.max_request_tokens + 1))
+                admitted = True
             hidden = self._one_hidden(request)
-            return self._ok(await self.backend.forward(hidden, start, end))
+            return self._ok(await self.backend.forward(hidden, start, end, peer=peer))
         except Exception as e:
             return self._error(e)
+        finally:
+            if admitted:
+                self.admission.forward_done(peer)
 
     async def rpc_inference(self, requests: AsyncIterator[runtime_pb2.ExpertRequest],
                             context: P2PContext) -> AsyncIterator[runtime_pb2.ExpertResponse]:
         it = requests.__aiter__()
         session = None
         ahead: asyncio.Future | None = None  # the next request, read early while waiting for a push
+        peer = context.remote_id.to_base58()
+        try:
+            self.admission.open_stream(peer)
+        except Refused as e:
+            yield self._error(e)
+            return
         self.open_streams += 1
         try:
             first = await self._next(it, self.open_timeout)
@@ -171,6 +196,7 @@ class BlockServicer(ServicerBase):
             try:
                 if self._stop_event().is_set():
                     raise BackendClosed("shutting down")
+                self.admission.open_session(peer)
                 session = self._open(first)
             except Exception as e:
                 yield self._error(e)
@@ -231,6 +257,7 @@ class BlockServicer(ServicerBase):
             yield wire.error_response("busy", "hoster is shutting down; session closed")
         finally:
             self.open_streams -= 1
+            self.admission.close_stream(peer)
             if ahead is not None:
                 ahead.cancel()
             if session is not None:
@@ -273,8 +300,14 @@ class BlockServicer(ServicerBase):
         """
         sender = stream_info.peer_id.to_base58()
         max_frame = self.max_tensor_bytes + wire.MAX_METADATA_BYTES + 1024
+        if not self.admission.open_push(sender):
+            writer.close()
+            return
         try:
             while (request := await read_frame(reader, max_frame)) is not None:
+                if not self.admission.push_frame(sender):
+                    self.inbox.rejected += 1
+                    continue
                 try:
                     meta = wire.decode_metadata(request.metadata)
                     sid = meta.get("session_id")
@@ -290,6 +323,7 @@ class BlockServicer(ServicerBase):
         except Exception as e:  # broken framing or connection: drop this stream, the sender re-opens
             event(log, "push_stream_dropped", level=logging.DEBUG, peer=sender[-8:], error=repr(e)[:200])
         finally:
+            self.admission.close_push(sender)
             writer.close()
 
     def _open(self, request: runtime_pb2.ExpertRequest):
