@@ -11,7 +11,9 @@ import pytest
 from hoster.options import HosterOptions, parse_blocks
 
 # Defined by each entry point itself: the process's network identity and its logging.
-STANDALONE_ONLY = {"--initial-peers", "--host-maddrs", "--node-key", "--log-level", "--help"}
+# process options: `mesh-node` defines them at node level (the node owns its identity, logs and metrics endpoint)
+STANDALONE_ONLY = {"--initial-peers", "--host-maddrs", "--node-key", "--log-level", "--help", "--metrics-port",
+                   "--metrics-host"}
 
 
 def _listed(help_text: str) -> set[str]:
