@@ -167,13 +167,7 @@ class HosterMetrics:
             raise ValueError("these metrics already describe a hoster")
         self._hoster = hoster
         self.registry.register(_HosterState(hoster))
-        serve = hoster._serve  # registers the servicer's handlers once the servicer exists
-
-        async def instrumented_serve():
-            self.instrument(hoster.servicer)
-            return await serve()
-
-        hoster._serve = instrumented_serve
+        hoster.servicer_hooks.append(self.instrument)  # runs once the servicer exists, before it serves
         return self
 
     def instrument(self, servicer: Any) -> None:

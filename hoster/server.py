@@ -16,7 +16,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import hivemind
 import torch
@@ -98,6 +98,7 @@ class Hoster:
         if compile_decode:
             self.linear_kernel = kernel_for_compile(linear_kernel)  # ValueError on a conflicting choice
         self.state = "joining"
+        self.servicer_hooks: list[Callable[[BlockServicer], None]] = []  # run on the servicer before it serves
         self.fixed_throughput = throughput  # operator/test override of the start-up measurement
         self.throughput = 0.0
         self.backend: Backend | None = None
@@ -187,6 +188,8 @@ class Hoster:
         self._loop_thread.start()
         self.servicer = BlockServicer(self.backend, self.model_uid, self.info, session_timeout=self.session_timeout,
                                       max_length=self.max_length)
+        for hook in self.servicer_hooks:  # e.g. metrics wrapping the handlers, before they are registered
+            hook(self.servicer)
         self._call(self._serve(), timeout=60)
         self.state = "online"
         self.announcer = Announcer(self.dht, self.node_key, self.model_uid, self.info,
