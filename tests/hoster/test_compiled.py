@@ -42,7 +42,7 @@ def _h(*shape, seed):
 
 def test_compiled_steps_equal_eager_across_sessions_lengths_and_growth(backends):
     compiled, eager = backends
-    before = compiled.compiled.steps
+    before, fallbacks = compiled.compiled.steps, compiled.compiled.fallbacks
     for trial, (prompt, steps, max_length) in enumerate([(5, 40, 2048), (2, 150, 2048), (9, 30, 40)]):
         sc = compiled.open_session(0, 8, 1, max_length)
         se = eager.open_session(0, 8, 1, max_length)
@@ -56,11 +56,12 @@ def test_compiled_steps_equal_eager_across_sessions_lengths_and_growth(backends)
         eager.close_session(se)
     # every decode step from length 2 on was compiled (the KV buffers grew several times), none refused
     assert compiled.compiled.steps - before >= 40 + 150 + 20
-    assert compiled.compiled.fallbacks == 0
+    assert compiled.compiled.fallbacks == fallbacks  # counted per backend: another test may force one
 
 
 def test_rollback_then_decode_stays_compiled_and_correct(backends):
     compiled, eager = backends
+    fallbacks = compiled.compiled.fallbacks
     sc, se = compiled.open_session(0, 8, 1, 256), eager.open_session(0, 8, 1, 256)
     x = _h(1, 6, 64, seed=7)
     _step(compiled, sc, x, 0), _step(eager, se, x, 0)
@@ -69,7 +70,7 @@ def test_rollback_then_decode_stays_compiled_and_correct(backends):
         _step(compiled, sc, y, 6 + i), _step(eager, se, y, 6 + i)
     y = _h(1, 1, 64, seed=99)  # rewind to position 4 (a client retrying a step elsewhere)
     torch.testing.assert_close(_step(compiled, sc, y, 4), _step(eager, se, y, 4), rtol=1e-4, atol=1e-4)
-    assert compiled.compiled.fallbacks == 0
+    assert compiled.compiled.fallbacks == fallbacks
 
 
 def test_other_steps_stay_eager(backends):
