@@ -124,7 +124,10 @@ def _run(model, ids, kill_at=None, choose=None, hosters=None, freeze=False) -> t
                 os.killpg(hosters[victim].proc.proc.pid, signal.SIGSTOP)
             else:
                 hosters[victim].kill()
-        elif kill_at is not None and i == kill_at + 1:
+        elif kill_at is not None and i == NEW_TOKENS - 1:
+            # The route of the last token, not of the one right after the kill: the generation
+            # thread may run a step or two ahead of this consumer (more so on a loaded machine),
+            # so the next token can already have been computed before the victim died or froze.
             (after,) = model.active_routes()
     return tokens, before, after
 
