@@ -79,7 +79,7 @@ def find_route(
     edges: list[tuple[Announcement, float, float]] = []  # (server, fixed cost per hop, cost per block)
     step_times = step_times or {}
     claims = sorted(s.throughput for s in candidates)
-    claim_cap = max(claims[len(claims) // 2], MIN_THROUGHPUT) * max_claim_ratio if claims else math.inf
+    claim_cap = max(claims[(len(claims) - 1) // 2], MIN_THROUGHPUT) * max_claim_ratio if claims else math.inf
     for s in candidates:
         ping = pings.get(s.peer_id, DEFAULT_PING)
         measured = step_times.get(s.peer_id)
