@@ -12,21 +12,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from api_support import MODEL, live_server  # noqa: E402,F401
 
 
-@pytest.fixture(scope="session")
-def long_llama(tiny_model_factory) -> str:
-    """Tiny Llama with a long context, so a generation can run long enough to be interrupted."""
-    return tiny_model_factory("llama", max_position_embeddings=65536)
-
-
-@pytest.fixture(scope="session")
-def local_backend(long_llama):
-    from subnet.api.local_backend import LocalTransformersBackend
-
-    backend = LocalTransformersBackend(long_llama, name=MODEL)
-    yield backend
-    backend.close()
-
-
 @pytest.fixture(scope="module")
 def api_url(local_backend):
     from subnet.api import create_app
@@ -34,22 +19,6 @@ def api_url(local_backend):
     app = create_app(local_backend, max_concurrent_streams=4, max_prompt_tokens=256, max_tokens_limit=50000)
     with live_server(app) as url:
         yield url
-
-
-@pytest.fixture
-def serve():
-    """Factory: serve(app) -> base URL; stopped after the test."""
-    stack = []
-
-    def start(app) -> str:
-        cm = live_server(app)
-        url = cm.__enter__()
-        stack.append(cm)
-        return url
-
-    yield start
-    for cm in reversed(stack):
-        cm.__exit__(None, None, None)
 
 
 class LiveSubnet:

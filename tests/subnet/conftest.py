@@ -1,4 +1,5 @@
-"""Fixtures for the node's command tests: a tiny long-context model behind a live local API."""
+"""Fixtures shared by the API and node-command tests: one tiny long-context model in a
+LocalTransformersBackend (loaded once per session), and live uvicorn apps over it."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "api"))
+sys.path.insert(0, str(Path(__file__).parent / "api"))
 
 from api_support import MODEL, live_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def long_llama(tiny_model_factory) -> str:
-    """Tiny Llama with a long context (the same checkpoint the API tests use)."""
+    """Tiny Llama with a long context, so a generation can run long enough to be interrupted."""
     return tiny_model_factory("llama", max_position_embeddings=65536)
 
 
