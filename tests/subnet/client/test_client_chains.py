@@ -29,37 +29,64 @@ def long_prompt(tokenizer) -> str:
     return text
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen3"])
-def chain_swarm(request, swarm_factory, tiny_model_factory):
-    path = tiny_model_factory(request.param)
-    swarm = swarm_factory()
-    for n, spans in CHAINS.items():
-        swarm.start_hosters_async(path, spans, "--model-name", f"{request.param}-chain{n}")
-    swarm.start_hosters_async(path, [(0, 5)], "--model-name", f"{request.param}-gap")
-    swarm.wait_all()
-    models = {}
+@pytest.fixture(scope="module")
+def chain_swarms(swarm_factory, tiny_model_factory):
+    """`get(arch)` -> (arch, path, models, swarm), built on first use and kept until the module ends.
+
+    A shuffled order alternates the two architectures' tests; keeping both swarms alive means a
+    switch costs nothing instead of tearing down and restarting seven hoster processes.
+    """
+    built: dict[str, tuple] = {}
+    opened: list = []
+
+    def get(arch: str) -> tuple:
+        if arch not in built:
+            path = tiny_model_factory(arch)
+            swarm = swarm_factory()
+            for n, spans in CHAINS.items():
+                swarm.start_hosters_async(path, spans, "--model-name", f"{arch}-chain{n}")
+            swarm.start_hosters_async(path, [(0, 5)], "--model-name", f"{arch}-gap")
+            swarm.wait_all()
+            models = {}
+            for n in CHAINS:
+                model = DistributedModelForCausalLM.from_pretrained(
+                    path, initial_peers=swarm.initial_peers, model_name=f"{arch}-chain{n}",
+                    request_timeout=20.0,
+                )
+                opened.append(model)
+                models[n] = model
+                route = model.wait_until_servable(60)
+                assert len(route) == n, route
+            built[arch] = (arch, path, models, swarm)
+        return built[arch]
+
     try:
-        for n in CHAINS:
-            model = DistributedModelForCausalLM.from_pretrained(
-                path, initial_peers=swarm.initial_peers, model_name=f"{request.param}-chain{n}",
-                request_timeout=20.0,
-            )
-            models[n] = model
-            route = model.wait_until_servable(60)
-            assert len(route) == n, route
-        yield request.param, path, models, swarm
+        yield get
     finally:
-        for m in models.values():
+        for m in opened:
             m.close()
-        swarm.shutdown()
+        # swarm_factory shuts the swarms down after the module
+
+
+@pytest.fixture(params=["llama", "qwen3"])
+def chain_swarm(request, chain_swarms):
+    return chain_swarms(request.param)
 
 
 @pytest.fixture(scope="module")
-def reference(chain_swarm):
+def references():
+    """Local transformers models by checkpoint path, loaded once per module."""
+    return {}
+
+
+@pytest.fixture
+def reference(chain_swarm, references):
     from transformers import AutoModelForCausalLM
 
     _, path, _, _ = chain_swarm
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    if path not in references:
+        references[path] = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return references[path]
 
 
 @pytest.mark.parametrize("n_hosters", [1, 2, 3])
