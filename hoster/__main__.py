@@ -18,6 +18,7 @@ from subnet.model.process_env import set_thread_pool_defaults
 set_thread_pool_defaults()  # before torch and numpy start their thread pools
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import sys  # noqa: E402
 
 from hoster.metrics import HosterMetrics, MetricsServer  # noqa: E402
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         hoster.shutdown()
         print(f"error: {e}", file=sys.stderr)
         return 1
+    gc.freeze()  # the start-up heap (torch, transformers, hivemind) is never garbage: keep it out of collections
     print(f"READY {hoster.peer_id} {hoster.maddrs[0]}", flush=True)
     while not hoster.wait(0.5):
         pass

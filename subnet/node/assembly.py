@@ -11,6 +11,7 @@ announcement and ends sessions, the DHT goes last.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import threading
@@ -267,6 +268,7 @@ def run_node(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     node.start()
+    gc.freeze()  # the start-up heap is never garbage: out of every collection, including the one at exit
     print(f"READY {node.node_key.peer_id} {node.maddrs[0]}" + (f" {node.api_url}" if node.api_url else ""),
           flush=True)
     try:

@@ -77,10 +77,13 @@ class Swarm:
         return self.wait_all()
 
     def shutdown(self) -> None:
+        # SIGTERM to each hoster only, as an operator's Ctrl-C: the hoster withdraws through its own DHT
+        # process and stops it. Signalling the whole group killed that DHT process under the hoster's
+        # feet, and every withdrawal then waited for its timeout.
         for h in self.hosters:
             if h.proc.alive:
                 try:
-                    os.killpg(h.proc.proc.pid, signal.SIGTERM)
+                    h.proc.proc.send_signal(signal.SIGTERM)
                 except ProcessLookupError:
                     pass
         deadline = time.monotonic() + 8
