@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -41,11 +42,14 @@ def test_register_activate_stake_unstake_status(devnet, tmp_path, capsys):
     node_key = str(tmp_path / "node.key")
     assert main(["status", "--chain", url, "--subnet-id", str(sid), "--node-key", node_key, "--json"]) == 0
     st = json.loads(capsys.readouterr().out)
-    assert st["registered"] and st["node_class"] == "VALIDATOR" and st["reputation"] == 1.0
+    # The session devnet keeps running 1 s epochs in which this node is elected and never proposes,
+    # so its reputation may already have dropped by the time `status` runs on a busy machine.
+    assert st["registered"] and st["node_class"] == "VALIDATOR" and 0.0 < st["reputation"] <= 1.0
     assert st["stake"] == 140_500_000_000_000_000_000 and st["coldkey_balance"] > 0 and "last_score" in st
     assert main(["status", "--chain", url, "--subnet-id", str(sid), "--hotkey-key", hot]) == 0
     out = capsys.readouterr().out
-    assert "class:       VALIDATOR" in out and "reputation:  1.000" in out and "last score:" in out
+    assert "class:       VALIDATOR" in out and "last score:" in out
+    assert 0.0 < float(re.search(r"^reputation:  ([0-9.]+)$", out, re.M).group(1)) <= 1.0
 
 
 @pytest.mark.parametrize(

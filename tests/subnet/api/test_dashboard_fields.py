@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from api_support import Proposer
 
 CHROMIUM = os.environ.get("MESH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -24,63 +24,19 @@ ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts"
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed")
 
 
-class Proposer:
-    """Elected node proposes, the rest attest, every epoch; the first proposal omits `victim`."""
-
-    def __init__(self, subnet):
-        from chain.types import UNIT
-
-        self.subnet, self.sid = subnet, subnet.subnet_id
-        owner = subnet.chains[1]
-        self.owner = owner
-        self.ops = {owner.get_node_by_hotkey(self.sid, c.hotkey.address).node_id: c for c in subnet.chains[2:5]}
-        self.scores = {nid: (i + 2) * UNIT // 5 for i, nid in enumerate(sorted(self.ops))}
-        self.victim: int | None = None
-        self.omitted_epoch: int | None = None
-        self.cut: tuple[float, float] = (1.0, 0.75)  # reputation before/after the omission (set by a test)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        from chain.types import ChainError, ScoreEntry
-
-        done: set[int] = set()
-        while not self.stop.wait(0.05):
-            try:
-                e = self.owner.get_epoch_info().epoch
-                if e in done:
-                    continue
-                done.add(e)
-                elected = self.owner.get_elected_validator(self.sid, e)
-                if elected not in self.ops:
-                    continue
-                scores = dict(self.scores)
-                if self.victim is None:
-                    self.victim = next(n for n in sorted(self.ops) if n != elected)
-                    self.omitted_epoch = e
-                    del scores[self.victim]
-                self.ops[elected].propose_attestation(self.sid, [ScoreEntry(n, s) for n, s in sorted(scores.items())])
-                for nid, c in self.ops.items():
-                    if nid != elected:
-                        c.attest(self.sid)
-            except ChainError:
-                continue
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(10)
-
-
 @pytest.fixture(scope="module")
 def proposing(live_subnet):
-    p = Proposer(live_subnet)
+    p = Proposer(live_subnet, omit_first=True)
     view = live_subnet.view()
     deadline = time.monotonic() + 60
     while True:  # until the chain recorded the omission and paid a few epochs
         changes = view.reputation_changes(limit=50)
         paid = {r.epoch for r in view.rewards(limit=50)}
-        if any(c.reason == "missing_from_scores" for c in changes) and len(paid) >= 3:
+        missing = [c for c in changes if c.reason == "missing_from_scores" and c.node_id == p.victim]
+        if missing and len(paid) >= 3:
+            # the cut as the chain recorded it: the victim may have lost reputation before the proposer
+            # started (epochs nobody proposed in), so it need not be 1.0 -> 0.75
+            p.cut = (missing[0].before, missing[0].after)
             break
         assert time.monotonic() < deadline, "the chain recorded no reputation change in time"
         time.sleep(0.2)

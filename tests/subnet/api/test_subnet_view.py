@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from api_support import MODEL
+from api_support import MODEL, Proposer
 
 from chain.types import SCORE_SCALE, UNIT
 
 
 @pytest.fixture(scope="module")
 def view(live_subnet):
-    return live_subnet.view()
+    proposer = Proposer(live_subnet)  # a live subnet: epochs accepted, nodes keep their reputation
+    try:
+        proposer.wait_accepted()
+        yield live_subnet.view()
+    finally:
+        proposer.close()
 
 
 def test_nodes_carry_chain_state_and_served_blocks(view, live_subnet):
