@@ -33,7 +33,6 @@ def test_node_metrics_cover_every_role(tmp_path, tiny_llama):
     proc = None
     try:
         op = net.add_operator()
-        net.activate()
         op.node_key.save(tmp_path / "node.key")
         op.hotkey.save(tmp_path / "hot.json")
         with socket.socket() as s:
@@ -45,6 +44,10 @@ def test_node_metrics_cover_every_role(tmp_path, tiny_llama):
             "--subnet-id", str(net.subnet_id), "--account-key", str(tmp_path / "hot.json"),
             "--node-key", str(tmp_path / "node.key"), "--metrics-port", str(port)], log_path=tmp_path / "node.log")
         api_url = proc.wait_ready(180).split()[3]
+        # Activate only now: as the subnet's only node it is elected every epoch, and each epoch it
+        # spent starting up (15-40 s on a busy machine) would cut its reputation until the chain
+        # removed it ("signer ... is not a node of subnet 1").
+        net.activate()
         url = f"http://127.0.0.1:{port}/metrics"
         first = scrape(url)
         assert value(first, "mesh_hoster_state", state="online") == 1
