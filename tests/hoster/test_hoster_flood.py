@@ -95,7 +95,10 @@ async def test_forward_flood_does_not_starve_another_peers_session(tiny_model_fa
           f"forwards served {served}, rejected {rejected}, other {FLOOD - served - rejected}; "
           f"RSS {rss0 / 2**20:.0f} MiB -> peak {peak[0] / 2**20:.0f} MiB")
     assert len(flooded) == STEPS and max(flooded) < 2.0  # no step starved (before: 3.2 s median, timeouts)
-    assert hit < 10 * base
+    # Fair scheduling, not speed: before it the median was 3.2 s; with it 55-70 ms on a quiet machine and
+    # ~290 ms with a CPU hog on both cores. A ratio to the calm median (measured at another moment of a
+    # busy machine) failed under the hog, so the bound sits between the two regimes.
+    assert hit < 1.0
     assert rejected >= FLOOD // 2 and served >= 1  # the flooder is refused with `busy`, yet served a little
     assert peak[0] - rss0 < 150 * 2**20  # before: +710 MiB
 

@@ -227,7 +227,11 @@
         sel.appendChild(o);
       }
       if (prev) sel.value = prev;
-      $("chat-status").textContent = data.data.length ? "" : "no model is servable right now";
+      // Only the model list's own messages are replaced: a periodic refresh must not wipe the
+      // status of a chat turn ("N tokens in ...") that finished just before it.
+      const status = $("chat-status"), none = "no model is servable right now";
+      if (!data.data.length) status.textContent = none;
+      else if (status.textContent === none || status.textContent.startsWith("models: ")) status.textContent = "";
     } catch (e) {
       $("chat-status").textContent = `models: ${e.message}`;
     }
