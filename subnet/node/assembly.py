@@ -34,6 +34,7 @@ from subnet.swarm.dht import LOOPBACK_MADDRS, start_dht, visible_maddrs
 from subnet.swarm.record_admission import make_record_validator
 from validator.duty import ValidatorDuty
 from validator.metrics import ValidatorMetrics
+from validator.reference import ReferenceModel, ReferencePublisher, holds_weights
 
 log = logging.getLogger("mesh_node.node")
 
@@ -57,6 +58,7 @@ class NodeOptions(HosterOptions):
     api_keys: list[str] = field(default_factory=list)
     metrics_port: int | None = None  # None: no separate metrics endpoint
     metrics_host: str = "127.0.0.1"
+    reference: bool = True  # a validator whose --model has the weights publishes reference outputs
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> NodeOptions:
@@ -192,8 +194,12 @@ class Node:
             self.hoster_duty = HosterDuty(self.dht, self.chain, self.node_key, self.hoster, o.subnet_id,
                                           hidden_size=hidden, num_blocks=layers).start()
         if o.validator:
+            reference = None
+            if o.reference and holds_weights(o.model):
+                reference = ReferencePublisher(self.dht, self.node_key, o.subnet_id,
+                                               ReferenceModel(o.model, layers, o.dtype))
             self.validator_duty = ValidatorDuty(self.dht, self.chain, self.node_key, o.subnet_id,
-                                                hidden_size=hidden, num_blocks=layers).start()
+                                                hidden_size=hidden, num_blocks=layers, reference=reference).start()
             ValidatorMetrics(self.validator_duty, self.metrics_registry)
 
     def reports(self) -> dict[int, dict]:
