@@ -31,6 +31,7 @@ from subnet.node.errors import NodeConfigError
 from subnet.swarm.announcements import AnnouncementValidator
 from subnet.swarm.chain_view import ChainRegistry
 from subnet.swarm.dht import LOOPBACK_MADDRS, start_dht, visible_maddrs
+from subnet.swarm.key_caps import KeyCapValidator
 from subnet.swarm.record_admission import make_record_validator
 from validator.duty import ValidatorDuty
 from validator.metrics import ValidatorMetrics
@@ -170,7 +171,9 @@ class Node:
         if self.chain is not None:
             # hivemind forks the DHT process: the record validator must build its own read-only
             # chain client there rather than share this process's connection.
-            validators.append(make_record_validator(lambda: connect(url), self.opts.subnet_id))
+            consensus = make_record_validator(lambda: connect(url), self.opts.subnet_id)
+            # only the project's keys, within their caps (subnet/swarm/key_caps.py)
+            validators += [consensus, KeyCapValidator(consensus.policy)]
         self.dht = start_dht(self.node_key, self.opts.initial_peers,
                              host_maddrs=self.opts.host_maddrs or LOOPBACK_MADDRS, record_validators=validators)
 
