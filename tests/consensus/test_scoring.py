@@ -204,6 +204,9 @@ res = {{}}
 for seed in range(6):
     outs = make_outputs(seed, 9, 5, noise=[0.0, 1e-6, 1e-3, 0.04, 0.1, 0.5][seed])
     fixed = score_hosters(outs, expected_shape=SHAPE).fixed()
+    refs = {{"v": make_outputs(seed + 100, 1, 5, noise=1e-6).popitem()[1]}}
+    with_ref = score_hosters(outs, expected_shape=SHAPE, references=refs)
+    fixed.update({{"ref:" + k: v for k, v in with_ref.fixed().items()}})
     vals = score_validators({{"a": fixed, "b": {{k: v // 2 for k, v in fixed.items()}}}})
     vfixed = {{k: int(v * 1e6) for k, v in vals.items()}}
     ids = {{p: i for i, p in enumerate(sorted(fixed))}}
