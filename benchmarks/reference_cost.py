@@ -54,9 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="model quick only")
     ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (OpenMP spin-waits count as CPU under load)")
     args = ap.parse_args(argv)
     exit_on_sigterm()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     print(f"load average before: {load_avg()}")
     rows = []
     for name in (("quick",) if args.quick else ("quick", "a")):
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
                      f"{median(on) / median(off):.1f}x", f"{load_cpu:.2f}"])
     print(fmt_table(["model", "blocks", "CPU ms/epoch, reference off", "reference on", "on / off",
                      "weight load CPU s (once)"], rows))
-    print(f"load average after: {load_avg()}  (2 cores shared with other jobs; epochs of {HOSTERS} hosters)")
+    print(f"load average after: {load_avg()}  (2 cores shared with other jobs; epochs of {HOSTERS} hosters; "
+          f"{args.threads} torch threads)")
 
 
 if __name__ == "__main__":
