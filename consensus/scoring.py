@@ -18,8 +18,9 @@ Hoster rules (per probe block `i`; docs/PROTOCOL.md "Scoring" is the normative t
 - **reference**: if validators holding the weights revealed reference outputs for `i`
   (`references`), the center is their coordinate-wise median, provided a strict majority
   of them lies within `agreement` of it (otherwise they are ignored for the block and it is
-  listed in `reference_conflicts`). With a reference every hoster of the block is
-  compared, even a lone one;
+  listed in `reference_conflicts`). A reference from a signer that also revealed outputs
+  for the block as a hoster is not used for that block (nobody referees itself). With a
+  reference every hoster of the block is compared, even a lone one;
 - without a reference the center is the coordinate-wise median of the hosters' outputs
   (a robust center: a minority cannot move it), provided a strict majority of them lies
   within `agreement` of it. Otherwise the block is **disputed**: nobody can tell who is
@@ -244,6 +245,8 @@ def _score_block_entries(entries: list[tuple[str, np.ndarray]], refs: list[tuple
     or non-finite are ignored; the rest go to `score_block`.
     """
     res = _BlockResult({})
+    own = {p for p, _ in entries}
+    refs = [(v, a) for v, a in refs if v not in own]  # nobody referees a block it serves itself
     if len({a.shape for _, a in entries}) != 1:  # only without expected_shape
         best = _majority_shape(entries)
         res.scored.update({p: 0.0 for p, a in entries if a.shape != best})

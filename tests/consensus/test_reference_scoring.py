@@ -81,6 +81,22 @@ def test_reference_makes_a_lone_hoster_comparable():
     assert bad.scores == {"solo": 0.0}
 
 
+def test_a_hoster_cannot_referee_its_own_block():
+    rng = np.random.default_rng(6)
+    truth = rng.standard_normal(SHAPE).astype(np.float32)
+    shaded = (truth * 1.01).astype(np.float32)
+    outputs = {"honest": {0: truth, 1: truth}, "cheat": {0: shaded}}
+    # the cheat also runs a validator with the weights and publishes its shaded output as the reference
+    res = score_hosters(outputs, expected_shape=SHAPE, references={"cheat": {0: shaded, 1: shaded}})
+    assert 0 not in res.referenced and res.disputed == {0: ["cheat", "honest"]}
+    assert res.referenced == {1: ["cheat"]}  # block 1 it does not serve: its reference counts there
+    assert res.scores["honest"] < 0.05  # ... and a lone lying reference is trusted (docs: Validator class)
+    res = score_hosters(outputs, expected_shape=SHAPE,
+                        references={"cheat": {0: shaded, 1: shaded}, "v": {0: truth, 1: truth}})
+    assert res.referenced == {0: ["v"]} and res.reference_conflicts == [1]
+    assert res.scores["cheat"] < 0.05
+
+
 def test_conflicting_references_are_ignored():
     rng = np.random.default_rng(2)
     truth = rng.standard_normal(SHAPE).astype(np.float32)
