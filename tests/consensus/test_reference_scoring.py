@@ -165,3 +165,21 @@ def test_identical_outputs_with_identical_reference_score_one(copies):
     res = score_hosters({f"h{i}": {0: base} for i in range(copies)}, expected_shape=SHAPE,
                         references={"v": {0: base}})
     assert set(res.scores.values()) == {1.0}
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10**6), rel_a=st.sampled_from([0.0, 1e-6, 1e-4, 3e-3, 1e-2, 0.3]),
+       rel_b=st.sampled_from([0.0, 1e-6, 1e-4, 3e-3, 1e-2, 0.3]))
+def test_two_hosters_reference_ranks_and_dispute_is_symmetric(seed, rel_a, rel_b):
+    rng = np.random.default_rng(seed)
+    truth = rng.standard_normal(SHAPE)
+    outputs = {"a": {0: (truth + _direction(rng, truth, rel_a)).astype(np.float32)},
+               "b": {0: (truth + _direction(rng, truth, rel_b)).astype(np.float32)}}
+    ref = score_hosters(outputs, expected_shape=SHAPE, references={"v": {0: truth.astype(np.float32)}}).scores
+    if rel_a < rel_b:
+        assert ref["a"] >= ref["b"]
+    alone = score_hosters(outputs, expected_shape=SHAPE)
+    if alone.disputed:  # nobody can tell who is right: both get the same, non-zero score
+        assert alone.scores["a"] == alone.scores["b"] == DEFAULT_PARAMS.disputed_score
+    else:  # they agree: the center is their midpoint, both score alike and high
+        assert min(alone.scores.values()) >= 0.5
