@@ -44,6 +44,8 @@ class RecordKind(str, enum.Enum):
     HOSTER_REVEAL = "hoster_reveal"
     VALIDATOR_COMMIT = "validator_commit"
     VALIDATOR_REVEAL = "validator_reveal"
+    REFERENCE_COMMIT = "reference_commit"  # a validator holding the weights: its own outputs of the probe
+    REFERENCE_REVEAL = "reference_reveal"
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ WINDOWS: dict[str, Window] = {
     RecordKind.HOSTER_REVEAL.value: Window(REVEAL_START, REVEAL_END),
     RecordKind.VALIDATOR_REVEAL.value: Window(REVEAL_START, REVEAL_END),
     RecordKind.VALIDATOR_COMMIT.value: Window(SCORE_START, 1.0),
+    RecordKind.REFERENCE_COMMIT.value: Window(COMMIT_START, COMMIT_END),  # committed before any output is revealed
+    RecordKind.REFERENCE_REVEAL.value: Window(REVEAL_START, REVEAL_END),
     # chain actions (not DHT records), same table
     "propose": Window(0.0, PROPOSE_END),
     "score": Window(SCORE_START, 1.0),

@@ -11,20 +11,28 @@ Every node must derive the same integers from the same records, so:
 - floats become integers in exactly one place, `to_fixed`, and everything after that is
   exact rational/integer arithmetic.
 
-Hoster rules (per probe block `i`):
+Hoster rules (per probe block `i`; docs/PROTOCOL.md "Scoring" is the normative text):
 
 - the block's hosters are those with a valid reveal containing `i`; an output that is
   non-finite or of the wrong shape scores 0 for that block;
-- reference: with `tolerance=None` it is the plain mean of all valid outputs (the rule in
-  ARCHITECTURE.md). With a tolerance (the default) the mean is taken over the outputs that
-  agree with the coordinate-wise median within `tolerance` (relative L2), and an output
-  farther than `tolerance` from that mean scores 0. Honest hosters run the same code path
-  in the same dtype and agree to ~1e-6, so this costs them nothing, while a lazy (random)
-  output can no longer drag the mean and still collect ~40% of an honest score;
-- `d = ||out - mean|| / (||mean|| + eps)`, `s = 1 / (1 + d)`;
-- **single-hoster rule**: a block with only one valid output cannot be compared; it is
-  left out of that hoster's mean (it neither helps nor hurts). A hoster none of whose
-  blocks could be compared scores `uncompared_score` (default 0: unverifiable work is not
+- **reference**: if validators holding the weights revealed reference outputs for `i`
+  (`references`), the center is their coordinate-wise median, provided a strict majority
+  of them lies within `agreement` of it (otherwise they are ignored for the block and it is
+  listed in `reference_conflicts`). A reference from a signer that also revealed outputs
+  for the block as a hoster is not used for that block (nobody referees itself). With a
+  reference every hoster of the block is compared, even a lone one;
+- without a reference the center is the coordinate-wise median of the hosters' outputs
+  (a robust center: a minority cannot move it), provided a strict majority of them lies
+  within `agreement` of it. Otherwise the block is **disputed**: nobody can tell who is
+  right, so it is left out of every one of its hosters' means (like an uncompared block)
+  and listed in `disputed`;
+- `d = ||out - center|| / (||center|| + eps)`, `s = 1 / (1 + (d / scale)^2)`, and `s = 0`
+  when `d > tolerance` (`hoster_curve`). With scale 2e-3 honest numeric noise (measured
+  <= 1e-5, benchmarks/honest_noise.py) scores >= 0.99 and a 1% shading 0.038;
+- **single-hoster rule**: a block with only one valid output and no reference cannot be
+  compared: it is left out of that hoster's mean. A hoster none of whose blocks could be
+  compared scores `disputed_score` if one of them was disputed (a dispute proves nothing
+  against either side), else `uncompared_score` (default 0: unverifiable work is not
   paid, otherwise a cheater would simply pick an unpopular block range);
 - a hoster's score is the mean (fsum) of its compared blocks' scores; a hoster without a
   valid reveal (missing, late, not matching its commit) scores 0.
@@ -48,8 +56,11 @@ SCORING_THREADS = min(os.cpu_count() or 1, 4)  # blocks scored in parallel (bit-
 @dataclass(frozen=True)
 class ScoringParams:
     eps: float = 1e-8
-    tolerance: float | None = 0.05
+    tolerance: float | None = 0.05  # d beyond this scores 0 (None: no cut)
+    scale: float = 2e-3  # s = 1 / (1 + (d / scale)^2): 0.99 at d = 2e-4, 0.5 at 2e-3, 0.038 at 1e-2
+    agreement: float = 2e-3  # outputs within this of the center agree (majority rule, disputes)
     uncompared_score: float = 0.0
+    disputed_score: float = 0.5
     hoster_weight: Fraction = Fraction(2, 5)
     validator_weight: Fraction = Fraction(3, 5)
 
@@ -117,14 +128,30 @@ def _rel_dist(rows: np.ndarray, ref: np.ndarray, eps: float) -> np.ndarray:
 
 @dataclass
 class HosterScoring:
-    """Hoster scores plus the per-block detail a report shows."""
+    """Hoster scores plus the per-block detail a report shows.
+
+    `disputed`: block -> its hosters, for blocks without a reference whose hosters had no
+    majority; `referenced`: block -> the validators whose reference was the center;
+    `reference_conflicts`: blocks whose references disagreed (ignored, hosters' median used).
+    """
 
     scores: dict[str, float]
     block_scores: dict[int, dict[str, float]] = field(default_factory=dict)
     uncompared: dict[int, str] = field(default_factory=dict)
+    disputed: dict[int, list[str]] = field(default_factory=dict)
+    referenced: dict[int, list[str]] = field(default_factory=dict)
+    reference_conflicts: list[int] = field(default_factory=list)
 
     def fixed(self) -> dict[str, int]:
         return {p: to_fixed(s) for p, s in sorted(self.scores.items())}
+
+
+def hoster_curve(d: float, params: ScoringParams = DEFAULT_PARAMS) -> float:
+    """Score of an output at relative distance `d` from its block's center (0 if non-finite or beyond tolerance)."""
+    if not math.isfinite(d) or d < 0 or (params.tolerance is not None and d > params.tolerance):
+        return 0.0
+    r = d / params.scale
+    return 1.0 / (1.0 + r * r)
 
 
 def _as_array(x) -> np.ndarray:
@@ -155,71 +182,121 @@ def _median_rows(rows: np.ndarray) -> np.ndarray:
     return (part[:, k - 1].astype(np.float64) + part[:, k].astype(np.float64)) / 2
 
 
-def score_block(
-    peers: list[str], rows: np.ndarray, params: ScoringParams = DEFAULT_PARAMS, raw: np.ndarray | None = None
-) -> dict[str, float]:
-    """Scores of the (finite, same-shape) outputs of one block, `peers` sorted, len >= 2.
+def reference_center(refs: np.ndarray, params: ScoringParams = DEFAULT_PARAMS) -> np.ndarray | None:
+    """The center given by finite reference rows: their coordinate-wise median, if a strict
+    majority of them lies within `agreement` of it (one lying validator among three cannot
+    move it); None if they disagree."""
+    center = refs[0].astype(np.float64) if refs.shape[0] == 1 else _median_rows(refs)
+    d = _rel_dist(refs.astype(np.float64), center, params.eps)
+    if 2 * int((d <= params.agreement).sum()) <= refs.shape[0]:
+        return None
+    return center
 
-    `rows` is float64; `raw` optionally the same values in their original dtype (for a cheaper median).
+
+def score_block(peers: list[str], rows: np.ndarray, params: ScoringParams = DEFAULT_PARAMS,
+                raw: np.ndarray | None = None, center: np.ndarray | None = None) -> dict[str, float] | None:
+    """Scores of the (finite, same-shape) outputs of one block, `peers` sorted; None if disputed.
+
+    `rows` is float64; `raw` optionally the same values in their original dtype (for a cheaper
+    median); `center` the reference (float64, flat) if the block has one, else the hosters'
+    median is the center and needs a strict majority within `agreement` (len(peers) >= 2).
     """
     n = len(peers)
-    mean = _tree_sum(rows, axis=0) / float(n)
-    d = _rel_dist(rows, mean, params.eps)
-    if params.tolerance is not None and not bool((d <= params.tolerance).all()):
-        # someone disagrees: re-centre on the outputs that agree with the coordinate-wise median
-        med = _median_rows(rows if raw is None else raw)
-        members = _rel_dist(rows, med, params.eps) <= params.tolerance
-        if not members.any():
-            return {p: 0.0 for p in peers}
-        mean = _tree_sum_inplace(rows[members], axis=0) / float(int(members.sum()))
-        d = _rel_dist(rows, mean, params.eps)
-    out: dict[str, float] = {}
-    for p, dk in zip(peers, d.tolist()):
-        if not math.isfinite(dk) or (params.tolerance is not None and dk > params.tolerance):
-            out[p] = 0.0
-        else:
-            out[p] = 1.0 / (1.0 + dk)
-    return out
+    if center is None:
+        center = _median_rows(rows if raw is None else raw)
+        d = _rel_dist(rows, center, params.eps)
+        if 2 * int((d <= params.agreement).sum()) <= n:
+            return None
+    else:
+        d = _rel_dist(rows, center, params.eps)
+    return {p: hoster_curve(dk, params) for p, dk in zip(peers, d.tolist())}
 
 
-def _score_block_entries(entries: list[tuple[str, np.ndarray]],
-                         params: ScoringParams) -> tuple[dict[str, float], str | None]:
-    """One block's scores from its (peer, output) entries, and its lone peer if it had only one.
+def _majority_shape(entries: list[tuple[str, np.ndarray]]) -> tuple:
+    counts: dict[tuple, int] = {}
+    for _, a in entries:
+        counts[a.shape] = counts.get(a.shape, 0) + 1
+    return min(counts, key=lambda s: (-counts[s], s))
 
-    Entries of a minority shape or with non-finite values score 0; the rest go to `score_block`.
-    """
-    scored: dict[str, float] = {}
-    if len({a.shape for _, a in entries}) != 1:  # only without expected_shape
-        shape_counts: dict[tuple, int] = {}
-        for _, a in entries:
-            shape_counts[a.shape] = shape_counts.get(a.shape, 0) + 1
-        best = min(shape_counts, key=lambda s: (-shape_counts[s], s))
-        for p, a in entries:
-            if a.shape != best:
-                scored[p] = 0.0
-        entries = [(p, a) for p, a in entries if a.shape == best]
-    # one widening to float64 per block (exact for float16/32), then drop non-finite rows
+
+def _finite_stack(entries: list[tuple[str, np.ndarray]]):
+    """(raw rows, float64 rows, finite mask) of same-shape entries: one widening per block."""
     raw = np.stack([a.reshape(-1) for _, a in entries])
     if raw.dtype.kind != "f":
         raw = raw.astype(np.float64)
     rows = raw.astype(np.float64)
-    finite = np.isfinite(rows).all(axis=1)
+    return raw, rows, np.isfinite(rows).all(axis=1)
+
+
+@dataclass
+class _BlockResult:
+    scored: dict[str, float]
+    lone: str | None = None
+    disputed: list[str] | None = None
+    referenced: list[str] | None = None
+    conflict: bool = False
+
+
+def _score_block_entries(entries: list[tuple[str, np.ndarray]], refs: list[tuple[str, np.ndarray]],
+                         params: ScoringParams) -> _BlockResult:
+    """One block's result from its (peer, output) entries and (validator, reference) entries.
+
+    Entries of a minority shape or with non-finite values score 0; references of another shape
+    or non-finite are ignored; the rest go to `score_block`.
+    """
+    res = _BlockResult({})
+    own = {p for p, _ in entries}
+    refs = [(v, a) for v, a in refs if v not in own]  # nobody referees a block it serves itself
+    if len({a.shape for _, a in entries}) != 1:  # only without expected_shape
+        best = _majority_shape(entries)
+        res.scored.update({p: 0.0 for p, a in entries if a.shape != best})
+        entries = [(p, a) for p, a in entries if a.shape == best]
+    raw, rows, finite = _finite_stack(entries)
     if not finite.all():
-        for (p, _), ok in zip(entries, finite.tolist()):
-            if not ok:
-                scored[p] = 0.0
+        res.scored.update({p: 0.0 for (p, _), ok in zip(entries, finite.tolist()) if not ok})
         rows, raw = rows[finite], raw[finite]
         entries = [e for e, ok in zip(entries, finite.tolist()) if ok]
-    if len(entries) < 2:
-        return scored, (entries[0][0] if entries else None)
-    scored.update(score_block([p for p, _ in entries], rows, params, raw))
-    return scored, None
+    center = None
+    refs = [(v, a) for v, a in refs if a.shape == entries[0][1].shape] if entries else []
+    if refs:
+        _, ref_rows, ref_ok = _finite_stack(refs)
+        refs = [r for r, ok in zip(refs, ref_ok.tolist()) if ok]
+        if refs:
+            center = reference_center(ref_rows[ref_ok], params)
+            res.conflict = center is None
+            res.referenced = None if center is None else [v for v, _ in refs]
+    if not entries:
+        return res
+    if center is None and len(entries) < 2:
+        res.lone = entries[0][0]
+        return res
+    scored = score_block([p for p, _ in entries], rows, params, raw, center)
+    if scored is None:
+        res.disputed = [p for p, _ in entries]
+    else:
+        res.scored.update(scored)
+    return res
+
+
+def _by_block(values: Mapping[str, Mapping[int, object]], expected_shape, zeroed: dict | None):
+    """block -> [(signer, array)] in signer order; wrong-shape entries go to `zeroed` (or are dropped)."""
+    out: dict[int, list[tuple[str, np.ndarray]]] = {}
+    for peer in sorted(values):
+        for block, x in sorted(values[peer].items()):
+            arr = _as_array(x)
+            if expected_shape is not None and arr.shape != tuple(expected_shape):
+                if zeroed is not None:
+                    zeroed.setdefault(block, {})[peer] = 0.0
+                continue
+            out.setdefault(block, []).append((peer, arr))
+    return out
 
 
 def score_hosters(
     outputs: Mapping[str, Mapping[int, object]],
     participants: Iterable[str] = (),
     *,
+    references: Mapping[str, Mapping[int, object]] | None = None,
     expected_shape: tuple[int, ...] | None = None,
     params: ScoringParams = DEFAULT_PARAMS,
     threads: int | None = None,
@@ -227,49 +304,54 @@ def score_hosters(
     """Score hosters from their verified block outputs.
 
     `outputs`: peer id -> {block index -> tensor/array} for hosters whose reveal matched
-    their commit. `participants`: every hoster that should appear in the result (e.g. all
-    committers); those without outputs score 0.
+    their commit. `references`: validator peer id -> {block -> reference output} from valid
+    reference reveals (may be empty). `participants`: every hoster that should appear in
+    the result (e.g. all committers); those without outputs score 0.
     """
-    by_block: dict[int, list[tuple[str, np.ndarray]]] = {}
     block_scores: dict[int, dict[str, float]] = {}
-    for peer in sorted(outputs):
-        for block, x in sorted(outputs[peer].items()):
-            arr = _as_array(x)
-            if expected_shape is not None and arr.shape != tuple(expected_shape):
-                block_scores.setdefault(block, {})[peer] = 0.0
-                continue
-            by_block.setdefault(block, []).append((peer, arr))
+    by_block = _by_block(outputs, expected_shape, block_scores)
+    refs = _by_block(references or {}, expected_shape, None)
 
-    uncompared: dict[int, str] = {}
     blocks = sorted(by_block)
     # Blocks are independent and each is computed by the same sequence of correctly rounded
     # numpy ops, so scoring them on several threads (numpy releases the GIL) changes no bit.
     workers = min(len(blocks), SCORING_THREADS if threads is None else max(1, threads))
+    one = lambda b: _score_block_entries(by_block[b], refs.get(b, []), params)  # noqa: E731
     if workers > 1:
         with ThreadPoolExecutor(workers, thread_name_prefix="scoring") as pool:
-            results = list(pool.map(lambda b: _score_block_entries(by_block[b], params), blocks))
+            results = list(pool.map(one, blocks))
     else:
-        results = [_score_block_entries(by_block[b], params) for b in blocks]
-    for block, (scored, lone) in zip(blocks, results):
-        if scored:
-            block_scores.setdefault(block, {}).update(scored)
-        if lone is not None:
-            uncompared[block] = lone
+        results = [one(b) for b in blocks]
+    result = HosterScoring({})
+    for block, r in zip(blocks, results):
+        if r.scored:
+            block_scores.setdefault(block, {}).update(r.scored)
+        if r.lone is not None:
+            result.uncompared[block] = r.lone
+        if r.disputed is not None:
+            result.disputed[block] = r.disputed
+        if r.referenced is not None:
+            result.referenced[block] = r.referenced
+        if r.conflict:
+            result.reference_conflicts.append(block)
 
     per_peer: dict[str, list[float]] = {}
     for block in sorted(block_scores):
         for peer, s in block_scores[block].items():
             per_peer.setdefault(peer, []).append(s)
-    scores: dict[str, float] = {}
+    in_dispute = {p for peers in result.disputed.values() for p in peers}
     for peer in sorted(set(participants) | set(outputs)):
         vals = per_peer.get(peer)
         if vals:
-            scores[peer] = math.fsum(vals) / len(vals)
+            result.scores[peer] = math.fsum(vals) / len(vals)
+        elif peer in in_dispute:  # nothing compared, something disputed: neither side is proven wrong
+            result.scores[peer] = params.disputed_score
         elif outputs.get(peer):  # every block it revealed was the only valid output of that block
-            scores[peer] = params.uncompared_score
+            result.scores[peer] = params.uncompared_score
         else:
-            scores[peer] = 0.0
-    return HosterScoring(scores, {b: dict(sorted(v.items())) for b, v in sorted(block_scores.items())}, uncompared)
+            result.scores[peer] = 0.0
+    result.block_scores = {b: dict(sorted(v.items())) for b, v in sorted(block_scores.items())}
+    return result
 
 
 # ---- validators -----------------------------------------------------------------

@@ -25,7 +25,15 @@ from chain.types import AlreadyAttestedError, AlreadyProposedError, ChainError, 
 from consensus.attestation import AttestationDecision, boundary_changes, compare
 from consensus.commit import commitment, new_salt
 from consensus.encoding import encode_score_set, make_score_set
-from consensus.phases import PROBE_ELECTED_ONLY_END, PROPOSE_END, REVEAL_END, REVEAL_START, SCORE_START, RecordKind
+from consensus.phases import (
+    COMMIT_START,
+    PROBE_ELECTED_ONLY_END,
+    PROPOSE_END,
+    REVEAL_END,
+    REVEAL_START,
+    SCORE_START,
+    RecordKind,
+)
 from consensus.probe import ProbeSpec, make_probe_spec
 from consensus.scoring import DEFAULT_PARAMS, ScoringParams, onchain_scores, score_hosters, score_validators, to_fixed
 from keys.node_key import NodeKey
@@ -42,6 +50,7 @@ from subnet.swarm.record_store import (
     store_record,
     store_reveal,
 )
+from validator.reference import ReferencePublisher
 from validator.verify import VALID, verify_hoster_reveals, verify_validator_reveals
 
 log = logging.getLogger(__name__)
@@ -63,6 +72,11 @@ class ValidatorEpoch:
     hoster_status: dict[str, str] = field(default_factory=dict)
     hoster_scores: dict[str, float] = field(default_factory=dict)
     hoster_fixed: dict[str, int] | None = None
+    reference_commits: dict | None = None  # frozen with the hoster commits
+    reference_status: dict[str, str] = field(default_factory=dict)
+    disputed: dict[int, list[str]] = field(default_factory=dict)  # block -> hosters, no reference, no majority
+    referenced: dict[int, list[str]] = field(default_factory=dict)  # block -> validators whose reference was used
+    reference_conflicts: list[int] = field(default_factory=list)
     validator_status: dict[str, str] = field(default_factory=dict)
     validator_scores: dict[str, float] = field(default_factory=dict)
     validator_fixed: dict[str, int] = field(default_factory=dict)
@@ -89,6 +103,10 @@ class ValidatorEpoch:
             "hoster_commits": sorted(self.hoster_commits or {}),
             "hoster_reveals": dict(self.hoster_status),
             "hoster_scores": dict(self.hoster_scores),
+            "reference_reveals": dict(self.reference_status),
+            "disputed_blocks": {str(b): list(p) for b, p in self.disputed.items()},
+            "referenced_blocks": {str(b): list(v) for b, v in self.referenced.items()},
+            "reference_conflicts": list(self.reference_conflicts),
             "validator_reveals": dict(self.validator_status),
             "validator_scores": dict(self.validator_scores),
             "scores": [{"node_id": n, "score": str(s)} for n, s in (self.proposal or [])],
@@ -115,8 +133,10 @@ class ValidatorDuty(EpochDutyLoop):
 
     def __init__(self, dht, chain: Chain, node_key: NodeKey, subnet_id: int, *, hidden_size: int, num_blocks: int,
                  params: ScoringParams = DEFAULT_PARAMS, policy: ConsensusRecordPolicy | None = None,
-                 poll_interval: float | None = None, keep_reports: int = 32):
+                 poll_interval: float | None = None, keep_reports: int = 32,
+                 reference: ReferencePublisher | None = None):
         self.dht, self.chain, self.node_key, self.subnet_id = dht, chain, node_key, subnet_id
+        self.reference = reference  # set when this validator holds the weights (validator/reference.py)
         self.peer_id = node_key.peer_id
         self.hidden_size, self.num_blocks = hidden_size, num_blocks
         self.params = params
@@ -155,6 +175,8 @@ class ValidatorDuty(EpochDutyLoop):
             self._maybe_attest(st, prev)
         if st.probe is None and p < PROPOSE_END and (elected or p >= PROBE_ELECTED_ONLY_END):
             self._ensure_probe(st, view, elected)
+        if self.reference is not None and COMMIT_START <= p < REVEAL_END:
+            self.reference.tick(e, st.probe or self.expected_probe(e), view, keep=self.keep_reports)
         if REVEAL_START <= p < REVEAL_END and prev is not None and prev.score_committed_block is not None \
                 and prev.score_revealed_block is None:
             self._reveal_scores(prev, view)
@@ -163,6 +185,7 @@ class ValidatorDuty(EpochDutyLoop):
         if p >= commits_frozen_at and st.hoster_commits is None and st.skipped is None:
             if p < commits_frozen_at + FREEZE_SLACK:
                 st.hoster_commits = fetch_records(self.dht, self.policy, e, RecordKind.HOSTER_COMMIT)
+                st.reference_commits = fetch_records(self.dht, self.policy, e, RecordKind.REFERENCE_COMMIT)
                 event(log, "hoster_commits_frozen", epoch=e, count=len(st.hoster_commits))
             else:
                 st.skipped = "started after the commit window closed"
@@ -200,8 +223,13 @@ class ValidatorDuty(EpochDutyLoop):
         reveals, problems = fetch_reveals(self.dht, self.policy, e, RecordKind.HOSTER_REVEAL,
                                           {p: r.payload["parts"] for p, r in commits.items()})
         hv = verify_hoster_reveals(self.subnet_id, e, spec, commits, reveals, problems)
-        hs = score_hosters(hv.values, hv.status.keys(), expected_shape=spec.shape, params=self.params)
+        refs = self._verified_references(st, spec)
+        hs = score_hosters(hv.values, hv.status.keys(), references=refs, expected_shape=spec.shape,
+                           params=self.params)
         st.hoster_status, st.hoster_scores = hv.status, hs.scores
+        st.disputed, st.referenced, st.reference_conflicts = hs.disputed, hs.referenced, hs.reference_conflicts
+        for block, peers in hs.disputed.items():
+            event(log, "block_disputed", logging.WARNING, epoch=e, block=block, hosters=",".join(peers))
         st.hoster_fixed = hs.fixed()
 
         v_commits = fetch_records(self.dht, self.policy, e - 1, RecordKind.VALIDATOR_COMMIT) if e > 0 else {}
@@ -220,6 +248,15 @@ class ValidatorDuty(EpochDutyLoop):
         valid = sum(1 for s in hv.status.values() if s == VALID)
         event(log, "epoch_scored", epoch=e, hosters=len(hv.status), valid_reveals=valid,
               validators=len(vv.values), entries=len(st.proposal))
+
+    def _verified_references(self, st: ValidatorEpoch, spec: ProbeSpec) -> dict:
+        """Reference outputs {validator: {block: tensor}} of the frozen reference commits that open."""
+        commits = st.reference_commits or {}
+        reveals, problems = fetch_reveals(self.dht, self.policy, st.epoch, RecordKind.REFERENCE_REVEAL,
+                                          {p: r.payload["parts"] for p, r in commits.items()})
+        rv = verify_hoster_reveals(self.subnet_id, st.epoch, spec, commits, reveals, problems)
+        st.reference_status = rv.status
+        return rv.values
 
     def _commit_scores(self, st: ValidatorEpoch, view: EpochPosition) -> None:
         if not st.score_salt:

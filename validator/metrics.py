@@ -127,6 +127,10 @@ class _ValidatorCollector(Collector):
                 for peer, score in sorted(scores.items()):
                     g.add_metric([peer], float(score))
                 yield g
+            yield _gauge("mesh_validator_disputed_blocks", "probe blocks of the latest scored epoch whose hosters "
+                         "disagreed with no reference to decide (left out of their scores)", len(st.disputed))
+            yield _gauge("mesh_validator_referenced_blocks", "probe blocks of the latest scored epoch scored "
+                         "against a validator's reference output", len(st.referenced))
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

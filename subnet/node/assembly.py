@@ -32,9 +32,11 @@ from subnet.node.errors import NodeConfigError
 from subnet.swarm.announcements import AnnouncementValidator
 from subnet.swarm.chain_view import ChainRegistry
 from subnet.swarm.dht import LOOPBACK_MADDRS, start_dht, visible_maddrs
+from subnet.swarm.key_caps import KeyCapValidator
 from subnet.swarm.record_admission import make_record_validator
 from validator.duty import ValidatorDuty
 from validator.metrics import ValidatorMetrics
+from validator.reference import ReferenceModel, ReferencePublisher, holds_weights
 
 log = logging.getLogger("mesh_node.node")
 
@@ -58,6 +60,7 @@ class NodeOptions(HosterOptions):
     api_keys: list[str] = field(default_factory=list)
     metrics_port: int | None = None  # None: no separate metrics endpoint
     metrics_host: str = "127.0.0.1"
+    reference: bool = True  # a validator whose --model has the weights publishes reference outputs
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> NodeOptions:
@@ -169,7 +172,9 @@ class Node:
         if self.chain is not None:
             # hivemind forks the DHT process: the record validator must build its own read-only
             # chain client there rather than share this process's connection.
-            validators.append(make_record_validator(lambda: connect(url), self.opts.subnet_id))
+            consensus = make_record_validator(lambda: connect(url), self.opts.subnet_id)
+            # only the project's keys, within their caps (subnet/swarm/key_caps.py)
+            validators += [consensus, KeyCapValidator(consensus.policy)]
         self.dht = start_dht(self.node_key, self.opts.initial_peers,
                              host_maddrs=self.opts.host_maddrs or LOOPBACK_MADDRS, record_validators=validators)
 
@@ -193,8 +198,12 @@ class Node:
             self.hoster_duty = HosterDuty(self.dht, self.chain, self.node_key, self.hoster, o.subnet_id,
                                           hidden_size=hidden, num_blocks=layers).start()
         if o.validator:
+            reference = None
+            if o.reference and holds_weights(o.model):
+                reference = ReferencePublisher(self.dht, self.node_key, o.subnet_id,
+                                               ReferenceModel(o.model, layers, o.dtype))
             self.validator_duty = ValidatorDuty(self.dht, self.chain, self.node_key, o.subnet_id,
-                                                hidden_size=hidden, num_blocks=layers).start()
+                                                hidden_size=hidden, num_blocks=layers, reference=reference).start()
             ValidatorMetrics(self.validator_duty, self.metrics_registry)
 
     def reports(self) -> dict[int, dict]:

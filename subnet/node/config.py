@@ -293,6 +293,7 @@ TEMPLATE = """\
 # account_key = "account.json"
 # hoster = false
 # validator = false
+# reference = true           # validator: publish reference outputs when --model has the weights (--no-reference)
 # blocks = "0:16"            # block range to serve (default: chosen from swarm coverage)
 # dtype = "float32"          # float32 | bfloat16 | float16
 # cache_tokens = 8192        # KV cache budget in tokens

@@ -10,6 +10,8 @@ is *written in* (a validator's reveal of its e-1 score set is written in e and s
 - probe: `ProbeSpec.to_payload()` (seed, shape, dtype, blocks; inputs are regenerated locally)
 - hoster_commit: `{commit: hex sha256(salt || encode_block_outputs(...)), blocks: [..], parts: n}`
 - validator_commit: `{commit: hex sha256(salt || encode_score_set(...)), parts: n}`
+- reference_commit / reference_reveal: like hoster_commit / hoster_reveal, written by a
+  Validator-class node that holds the weights (its own outputs of the probe blocks)
 - hoster_reveal / validator_reveal part: `{part: i, parts: n, data: <= CHUNK_CHARS chars}`; the
   parts concatenate to the canonical JSON of `{salt, outputs: {block: base64 tensor bytes}}`
   or `{salt, scores_epoch, scores: {peer id: int}}`.
@@ -40,6 +42,8 @@ REQUIRED_CLASS: dict[str, NodeClass] = {
     RecordKind.HOSTER_REVEAL.value: NodeClass.IDLE,
     RecordKind.VALIDATOR_COMMIT.value: NodeClass.VALIDATOR,
     RecordKind.VALIDATOR_REVEAL.value: NodeClass.VALIDATOR,
+    RecordKind.REFERENCE_COMMIT.value: NodeClass.VALIDATOR,
+    RecordKind.REFERENCE_REVEAL.value: NodeClass.VALIDATOR,
 }
 
 DEFAULT_SIZE_LIMITS: dict[str, int] = {
@@ -48,6 +52,8 @@ DEFAULT_SIZE_LIMITS: dict[str, int] = {
     RecordKind.HOSTER_REVEAL.value: 10 << 10,  # one part (CHUNK_CHARS) + envelope
     RecordKind.VALIDATOR_COMMIT.value: 2 << 10,
     RecordKind.VALIDATOR_REVEAL.value: 10 << 10,
+    RecordKind.REFERENCE_COMMIT.value: 4 << 10,
+    RecordKind.REFERENCE_REVEAL.value: 10 << 10,
 }
 
 
@@ -61,7 +67,10 @@ class ConsensusRecordError(RecordError):
 # and desynchronise the pipe (the DHT process then dies with EOFError). So reveals are cut
 # into signed parts of at most CHUNK_CHARS characters, one DHT key per part index; commits
 # announce the part count so readers know how many keys to fetch.
-CHUNKED_KINDS = (RecordKind.HOSTER_REVEAL.value, RecordKind.VALIDATOR_REVEAL.value)
+CHUNKED_KINDS = (RecordKind.HOSTER_REVEAL.value, RecordKind.VALIDATOR_REVEAL.value,
+                 RecordKind.REFERENCE_REVEAL.value)
+OUTPUT_COMMITS = (RecordKind.HOSTER_COMMIT.value, RecordKind.REFERENCE_COMMIT.value)  # commits to block outputs
+OUTPUT_REVEALS = (RecordKind.HOSTER_REVEAL.value, RecordKind.REFERENCE_REVEAL.value)
 CHUNK_CHARS = 8192
 MAX_PARTS = 256
 
@@ -122,8 +131,8 @@ def check_payload_schema(kind: str, payload: dict) -> None:
             ProbeSpec.from_payload(payload)
         except ValueError as e:
             raise ConsensusRecordError(f"bad probe: {e}") from None
-    elif kind in (RecordKind.HOSTER_COMMIT.value, RecordKind.VALIDATOR_COMMIT.value):
-        extra = {"commit", "parts"} | ({"blocks"} if kind == RecordKind.HOSTER_COMMIT.value else set())
+    elif kind in (*OUTPUT_COMMITS, RecordKind.VALIDATOR_COMMIT.value):
+        extra = {"commit", "parts"} | ({"blocks"} if kind in OUTPUT_COMMITS else set())
         _fields(payload, _COMMON | extra)
         _hex(payload, "commit", 32, 32)
         _int(payload, "parts", 1, MAX_PARTS + 1)
@@ -147,7 +156,7 @@ def check_reveal_body(kind: str, body: object, epoch: int) -> dict:
     """Schema of a reassembled reveal: hoster {salt, outputs}; validator {salt, scores_epoch, scores}."""
     if not isinstance(body, dict):
         raise ConsensusRecordError("reveal body is not an object")
-    if kind == RecordKind.HOSTER_REVEAL.value:
+    if kind in OUTPUT_REVEALS:
         _fields(body, {"salt", "outputs"})
         _hex(body, "salt", 16, 64)
         outs = body["outputs"]

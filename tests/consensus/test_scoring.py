@@ -97,15 +97,17 @@ def test_lazy_random_output_gets_zero_and_honest_keep_one():
     outputs = {"h1": {0: truth}, "h2": {0: truth}, "lazy": {0: rng.standard_normal(SHAPE).astype(np.float32)}}
     s = score_hosters(outputs, expected_shape=SHAPE).scores
     assert s["lazy"] == 0.0 and s["h1"] == s["h2"] == 1.0
-    # the plain-mean rule (tolerance=None) still ranks the cheat below the honest ones
+    # without the hard cut (tolerance=None) the curve alone still gives the cheat ~nothing
     plain = score_hosters(outputs, expected_shape=SHAPE, params=ScoringParams(tolerance=None)).scores
-    assert plain["lazy"] < plain["h1"] == plain["h2"] < 1.0
+    assert plain["lazy"] < 1e-4 and plain["h1"] == plain["h2"] == 1.0
 
 
-def test_two_disagreeing_hosters_both_zero():
+def test_two_disagreeing_hosters_are_disputed_not_zeroed():
     rng = np.random.default_rng(3)
     outputs = {"a": {0: rng.standard_normal(SHAPE)}, "b": {0: rng.standard_normal(SHAPE)}}
-    assert set(score_hosters(outputs, expected_shape=SHAPE).scores.values()) == {0.0}
+    res = score_hosters(outputs, expected_shape=SHAPE)
+    assert res.disputed == {0: ["a", "b"]} and 0 not in res.block_scores
+    assert res.scores == {"a": 0.5, "b": 0.5}
 
 
 def test_single_hoster_block_rule():
@@ -202,6 +204,9 @@ res = {{}}
 for seed in range(6):
     outs = make_outputs(seed, 9, 5, noise=[0.0, 1e-6, 1e-3, 0.04, 0.1, 0.5][seed])
     fixed = score_hosters(outs, expected_shape=SHAPE).fixed()
+    refs = {{"v": make_outputs(seed + 100, 1, 5, noise=1e-6).popitem()[1]}}
+    with_ref = score_hosters(outs, expected_shape=SHAPE, references=refs)
+    fixed.update({{"ref:" + k: v for k, v in with_ref.fixed().items()}})
     vals = score_validators({{"a": fixed, "b": {{k: v // 2 for k, v in fixed.items()}}}})
     vfixed = {{k: int(v * 1e6) for k, v in vals.items()}}
     ids = {{p: i for i, p in enumerate(sorted(fixed))}}

@@ -11,6 +11,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("node")
     g.add_argument("--hoster", action="store_true", help="serve transformer blocks")
     g.add_argument("--validator", action="store_true", help="run the validator duty")
+    g.add_argument("--no-reference", dest="reference", action="store_false", default=None,
+                   help="validator: do not compute and publish reference outputs even if --model has the weights")
     g.add_argument("--api", action="store_true", help="also serve the HTTP API on this node")
     g.add_argument("--config", help="TOML config file")
     g.add_argument("--initial-peers", nargs="*", default=[], help="multiaddrs of peers to join")
