@@ -42,6 +42,8 @@ class GenerationParams:
     repetition_penalty: float = 1.0
     logit_bias: tuple[tuple[int, float], ...] = ()
     logprobs: int | None = None  # None: off; k: report the chosen token's logprob and k alternatives
+    # a `subnet.client.constraints.Grammar` (response_format, forced tool calls): masks logits before sampling
+    constraint: Any = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

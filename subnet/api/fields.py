@@ -38,10 +38,6 @@ def _any(v: Any) -> bool:
 
 # Documented chat fields the routes do not implement: name -> (values that mean "off", why not).
 CHAT_UNSUPPORTED: dict[str, tuple[Accept, str]] = {
-    "response_format": (lambda v: v is None or v == {"type": "text"}, "only {\"type\": \"text\"} is supported"),
-    "tools": (_none_or_empty, "tool calling is not supported yet"),
-    "tool_choice": (_one_of("none"), "tool calling is not supported yet"),
-    "parallel_tool_calls": (_none, "tool calling is not supported yet"),
     "functions": (_none_or_empty, "function calling is not supported"),
     "function_call": (_one_of("none"), "function calling is not supported"),
     "modalities": (lambda v: v is None or v == ["text"], "only the text modality is supported"),
@@ -65,12 +61,10 @@ COMPLETION_UNSUPPORTED: dict[str, tuple[Accept, str]] = {}
 
 # Fields of a chat message besides role, content and name.
 MESSAGE_FIELDS: dict[str, tuple[Accept, str]] = {
-    "tool_calls": (_none_or_empty, "tool calling is not supported yet"),
     "function_call": (_none, "function calling is not supported"),
     "audio": (_none, "audio is not supported"),
     "refusal": (_none, "assistant refusals cannot be replayed"),
     "annotations": (_none_or_empty, "annotations are not supported"),
-    "tool_call_id": (_any, ""),  # tool-result messages are rendered by the chat template
 }
 
 STREAM_OPTION_FIELDS: dict[str, tuple[Accept, str]] = {

@@ -81,11 +81,12 @@ class LocalTransformersBackend:
         input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
         sampler = Sampler(to_sampling_params(params), input_ids, self.model.config.vocab_size)
         decoder = IncrementalDetokenizer(self._tokenizer)
+        eos = self._eos | set(params.constraint.eos_ids if params.constraint is not None else ())
         for i in range(params.max_tokens):
             logits = await loop.run_in_executor(self._executor, self._step, input_ids, cache)
             token = int(sampler(logits.unsqueeze(0), i)[0])
             lp = sampler.last_logprobs[0] if sampler.last_logprobs else None
-            if token in self._eos:
+            if token in eos:
                 yield TokenEvent(None, decoder.flush(), "stop")
                 return
             text = decoder.add(token)

@@ -1,7 +1,9 @@
 """OpenAI-compatible routes: /v1/models, /v1/chat/completions, /v1/completions.
 
 Responses and SSE chunks follow OpenAI's wire format field for field, so the official
-SDK works unmodified. Choices of `n > 1` run one after another in a single stream. A request
+SDK works unmodified. Choices of `n > 1` run one after another in a single stream. Chat output
+may be constrained (`response_format`, forced tool calls: `chat_request`) and read for tool calls
+(`tools`), which then arrive as `tool_calls` in the message or as one stream delta. A request
 takes its concurrency slot before it is prepared (templated, tokenized).
 """
 
@@ -19,14 +21,16 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from subnet.api.backends import BackendError, GenerationParams, ModelCard
+from subnet.api.chat_request import prepare_chat
 from subnet.api.context import ApiContext
 from subnet.api.errors import APIError
 from subnet.api.fields import chat_logprobs, check_chat, check_completion
-from subnet.api.generation import ChoiceStats, Delta, render_chat, stream_choice
+from subnet.api.generation import ChoiceStats, Delta, stream_choice
 from subnet.api.limits import Lease
 from subnet.api.logprobs import LogprobsFormatter
 from subnet.api.schemas import ChatCompletionRequest, CompletionRequest
 from subnet.api.sse import DISCONNECTED, SSEResponse, run_unless_disconnected, sse
+from subnet.api.tools import ToolPlan, tool_deltas
 from subnet.logs import event
 
 log = logging.getLogger("mesh_node.api")
@@ -78,6 +82,7 @@ class _Choice:
     prompt_ids: list[int]
     params: GenerationParams
     prefix: str = ""  # text emitted before generated text (completions `echo`)
+    tools: ToolPlan | None = None  # chat with tools offered: tool calls are read from the output
 
 
 @dataclass
@@ -143,20 +148,21 @@ def _choice_params(base: GenerationParams, i: int) -> GenerationParams:
 
 async def _plan_chat(ctx: ApiContext, req: ChatCompletionRequest) -> _Plan:
     card = await _find_model(ctx, req.model)
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
     budget_chars = ctx.max_prompt_tokens * 32  # cheap pre-check so a huge body is never tokenized
-    if sum(len(m["content"]) for m in messages) > budget_chars:
+    if sum(len(m.text()) for m in req.messages) > budget_chars:
         raise APIError(400, f"The messages are longer than this server's prompt limit of "
                             f"{ctx.max_prompt_tokens} tokens.", param="messages", code="context_length_exceeded")
     tokenizer = ctx.backend.tokenizer(req.model)
     bias = check_chat(req, len(tokenizer))
-    prompt_ids = await run_in_threadpool(render_chat, tokenizer, messages)
+    prep = await run_in_threadpool(prepare_chat, tokenizer, req)
+    prompt_ids = prep.prompt_ids
     _check_prompt(ctx, len(prompt_ids), "messages")
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-    base = _base_params(req, _max_tokens(ctx, card, requested, len(prompt_ids), param), bias, chat_logprobs(req))
+    base = replace(_base_params(req, _max_tokens(ctx, card, requested, len(prompt_ids), param), bias,
+                                chat_logprobs(req)), constraint=prep.constraint)
     n = req.n or 1
-    choices = [_Choice(i, prompt_ids, _choice_params(base, i)) for i in range(n)]
+    choices = [_Choice(i, prompt_ids, _choice_params(base, i), tools=prep.tools) for i in range(n)]
     return _Plan(req.model, choices, len(prompt_ids), bool(req.stream),
                  bool(req.stream_options and req.stream_options.include_usage), tokenizer)
 
@@ -227,20 +233,27 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-async def _collect(ctx: ApiContext, plan: _Plan, kind: str) -> list[tuple[_Choice, str, str, int, dict | None]]:
+def _open(ctx: ApiContext, plan: _Plan, choice: _Choice, stats: ChoiceStats) -> AsyncIterator[Delta]:
+    it = stream_choice(ctx.backend, plan.model, choice.prompt_ids, choice.params, ctx.metrics, stats)
+    return tool_deltas(choice.tools, it) if choice.tools is not None else it
+
+
+async def _collect(ctx: ApiContext, plan: _Plan, kind: str) -> list[tuple]:
     results = []
     for choice in plan.choices:
         stats = ChoiceStats()
         parts = [choice.prefix]
         finish = "stop"
         lps: list = []
-        async for d in stream_choice(ctx.backend, plan.model, choice.prompt_ids, choice.params, ctx.metrics, stats):
+        calls = None
+        async for d in _open(ctx, plan, choice, stats):
             parts.append(d.text)
             lps += d.logprobs
+            calls = d.tool_calls or calls
             if d.finish_reason:
                 finish = d.finish_reason
         fmt = plan.formatter(kind, choice)
-        results.append((choice, "".join(parts), finish, stats.completion_tokens, fmt and fmt.format(lps)))
+        results.append((choice, "".join(parts), finish, stats.completion_tokens, fmt and fmt.format(lps), calls))
     return results
 
 
@@ -254,7 +267,7 @@ async def _stream_events(ctx: ApiContext, plan: _Plan, first: tuple[AsyncIterato
                 it, pending, stats = first
             else:
                 stats = ChoiceStats()
-                it = stream_choice(ctx.backend, plan.model, choice.prompt_ids, choice.params, ctx.metrics, stats)
+                it = _open(ctx, plan, choice, stats)
                 pending = None
             fmt = plan.formatter(kind, choice)
             yield sse(make_chunk(choice.index, None, None, start=True, prefix=choice.prefix))
@@ -268,6 +281,8 @@ async def _stream_events(ctx: ApiContext, plan: _Plan, first: tuple[AsyncIterato
                     d, pending = pending, None
                     if d.text or (fmt and d.logprobs):
                         yield sse(make_chunk(choice.index, d.text, None, logprobs=fmt and fmt.format(d.logprobs)))
+                    if d.tool_calls:
+                        yield sse(make_chunk(choice.index, None, None, tool_calls=d.tool_calls))
                     if d.finish_reason:
                         yield sse(make_chunk(choice.index, None, d.finish_reason))
             finally:
@@ -306,7 +321,8 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
         body = {
             "id": rid, "object": "chat.completion" if kind == "chat" else "text_completion", "created": created,
             "model": plan.model, "system_fingerprint": ctx.fingerprint,
-            "choices": [_final_choice(kind, c.index, text, finish, lp) for c, text, finish, _, lp in results],
+            "choices": [_final_choice(kind, c.index, text, finish, lp, calls)
+                        for c, text, finish, _, lp, calls in results],
             "usage": _usage(plan.prompt_tokens, completion),
         }
         event(log, "generation_finished", id=rid, completion_tokens=completion)
@@ -316,7 +332,7 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
     # answers with a proper HTTP status instead of a 200 that carries an error.
     stats = ChoiceStats()
     first_choice = plan.choices[0]
-    it = stream_choice(ctx.backend, plan.model, first_choice.prompt_ids, first_choice.params, ctx.metrics, stats)
+    it = _open(ctx, plan, first_choice, stats)
     try:
         first = await it.__anext__()
     except BackendError as e:
@@ -328,7 +344,7 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
         lease.release()
         raise
 
-    def make_chunk(index, text, finish, *, start=False, prefix="", usage=None, logprobs=None) -> dict:
+    def make_chunk(index, text, finish, *, start=False, prefix="", usage=None, logprobs=None, tool_calls=None) -> dict:
         base = {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
                 "created": created, "model": plan.model, "system_fingerprint": ctx.fingerprint}
         if usage is not None:
@@ -338,6 +354,8 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
         if kind == "chat":
             if start:
                 delta = {"role": "assistant", "content": "", "refusal": None}
+            elif tool_calls:
+                delta = {"tool_calls": [{"index": j, **c} for j, c in enumerate(tool_calls)]}
             elif finish:
                 delta = {}
             else:
@@ -373,10 +391,13 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
     return SSEResponse(body_with_accounting(), cleanup)
 
 
-def _final_choice(kind: str, index: int, text: str, finish: str, logprobs: dict | None) -> dict:
+def _final_choice(kind: str, index: int, text: str, finish: str, logprobs: dict | None,
+                  tool_calls: list | None = None) -> dict:
     if kind == "chat":
-        return {"index": index, "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": logprobs, "finish_reason": finish}
+        message = {"role": "assistant", "content": text if text or not tool_calls else None, "refusal": None}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish}
     return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
 

@@ -30,6 +30,7 @@ def to_sampling_params(params: GenerationParams) -> SamplingParams:
         repetition_penalty=params.repetition_penalty,
         logit_bias=params.logit_bias,
         logprobs=params.logprobs,
+        constraint=params.constraint,
     )
 
 

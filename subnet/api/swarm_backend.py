@@ -141,7 +141,7 @@ class SwarmBackend:
     async def stream(self, model: str, prompt_ids: Sequence[int],
                      params: GenerationParams) -> AsyncIterator[TokenEvent]:
         m = self._model(model)
-        eos = set(m.eos_token_ids())
+        eos = set(m.eos_token_ids()) | set(params.constraint.eos_ids if params.constraint is not None else ())
         events = m.astream(list(prompt_ids), to_sampling_params(params))
         try:
             async for ev in events:

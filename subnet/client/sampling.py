@@ -3,7 +3,8 @@
 Order of logits processing (vLLM's processors first, then transformers' warpers):
 `logit_bias` (OpenAI/vLLM: added to the raw logits) -> repetition penalty (transformers:
 over prompt + generated tokens) -> presence/frequency penalties (OpenAI: over generated
-tokens only) -> min-tokens EOS suppression -> [sampling only] temperature -> top-k -> top-p
+tokens only) -> min-tokens EOS suppression -> grammar mask (`constraint`: tokens the grammar
+forbids get -inf, `subnet.client.constraints`) -> [sampling only] temperature -> top-k -> top-p
 -> min-p (transformers' warper order). Greedy decoding takes the argmax after the penalties.
 With `logprobs` set, each step also reports the log-softmax of exactly those processed logits
 (the distribution the token was drawn from) for the chosen token and the top alternatives.
@@ -13,6 +14,7 @@ Everything is vectorised over the batch so the per-token cost stays a few small 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -51,6 +53,7 @@ class SamplingParams:
     ignore_eos: bool = False
     min_new_tokens: int = 0
     extra: dict = field(default_factory=dict, compare=False)
+    constraint: Any = field(default=None, compare=False)  # a `constraints.Grammar`: masks logits per row
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -131,6 +134,7 @@ class Sampler:
             self._bias = torch.zeros(vocab_size, dtype=torch.float32)
             for tok, b in params.logit_bias:
                 self._bias[int(tok)] = float(b)
+        self.grammar = params.constraint.start(batch) if params.constraint is not None else None
         # Per row, the last step's logprobs (when `params.logprobs` is set).
         self.last_logprobs: list[TokenLogprobs] | None = None
 
@@ -150,6 +154,11 @@ class Sampler:
         if suppress and step < p.min_new_tokens:
             logits = logits.clone()
             logits[:, suppress] = float("-inf")
+        if self.grammar is not None:
+            logits = self.grammar.mask(logits)
+            dead = torch.isinf(logits).all(dim=-1)  # grammar wants to end but min tokens forbids it
+            if dead.any() and self.grammar.grammar.eos_ids:
+                logits[dead, self.grammar.grammar.eos_ids[0]] = 0.0
         if not p.do_sample:
             tokens = logits.argmax(dim=-1)
         else:
@@ -159,6 +168,8 @@ class Sampler:
         if p.logprobs is not None:
             self.last_logprobs = token_logprobs(logits, tokens, p.logprobs)
         self._update(tokens)
+        if self.grammar is not None:
+            self.grammar.advance(tokens)
         return tokens
 
     def warp(self, logits: torch.Tensor) -> torch.Tensor:
