@@ -81,7 +81,8 @@ def _fallback(messages: list[dict], tools: list[dict] | None) -> list[dict]:
     return out
 
 
-def render_chat(tokenizer: Any, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+def render_chat(tokenizer: Any, messages: list[dict], tools: list[dict] | None = None, *,
+                add_generation_prompt: bool = True) -> list[int]:
     """Token ids of the conversation, ending with the assistant's generation prompt.
 
     `messages`: dicts with role/content (str) and, as sent, `tool_calls` / `tool_call_id` / `name`;
@@ -91,20 +92,22 @@ def render_chat(tokenizer: Any, messages: list[dict], tools: list[dict] | None =
     template = getattr(tokenizer, "chat_template", None)
     if template and template_supports_tools(tokenizer):
         kwargs = {"tools": tools} if tools else {}
-        text = _apply(tokenizer, _native(messages), kwargs)
+        text = _apply(tokenizer, _native(messages), kwargs, add_generation_prompt)
     else:
         plain = _fallback(messages, tools) if (tools or has_tool_turns) else \
             [{"role": m["role"], "content": m["content"]} for m in messages]
         if template:
-            text = _apply(tokenizer, plain, {})
+            text = _apply(tokenizer, plain, {}, add_generation_prompt)
         else:
-            text = "".join(f"{_FALLBACK_TEMPLATE_ROLES[m['role']]}: {m['content']}\n" for m in plain) + "Assistant:"
+            text = "".join(f"{_FALLBACK_TEMPLATE_ROLES[m['role']]}: {m['content']}\n" for m in plain)
+            text += "Assistant:" if add_generation_prompt else ""
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
-def _apply(tokenizer: Any, messages: list[dict], kwargs: dict) -> str:
+def _apply(tokenizer: Any, messages: list[dict], kwargs: dict, add_generation_prompt: bool) -> str:
     try:
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **kwargs)
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False,
+                                             **kwargs)
     except Exception as e:  # jinja2 TemplateError and friends: the template refused these messages
         raise APIError(400, f"The model's chat template cannot render these messages: {e}", param="messages",
                        code="invalid_value") from None

@@ -76,7 +76,7 @@ def unsupported(param: str, why: str) -> APIError:
     return APIError(400, f"Unsupported parameter: '{param}': {why}.", param=param, code="unsupported_parameter")
 
 
-def _check_extras(extra: dict[str, Any] | None, table: dict[str, tuple[Accept, str]], prefix: str = "") -> None:
+def check_extras(extra: dict[str, Any] | None, table: dict[str, tuple[Accept, str]], prefix: str = "") -> None:
     for name, value in (extra or {}).items():
         param = prefix + name
         known = table.get(name)
@@ -110,14 +110,14 @@ def _stream_options(req: Any) -> None:
         if not req.stream:
             raise APIError(400, "stream_options is only allowed when stream is true.", param="stream_options",
                            code="invalid_value")
-        _check_extras(req.stream_options.model_extra, STREAM_OPTION_FIELDS, "stream_options.")
+        check_extras(req.stream_options.model_extra, STREAM_OPTION_FIELDS, "stream_options.")
 
 
 def check_chat(req: Any, vocab: int) -> tuple[tuple[int, float], ...]:
     """Refuse what chat cannot honour; returns the parsed `logit_bias`."""
-    _check_extras(req.model_extra, CHAT_UNSUPPORTED)
+    check_extras(req.model_extra, CHAT_UNSUPPORTED)
     for i, m in enumerate(req.messages):
-        _check_extras(m.model_extra, MESSAGE_FIELDS, f"messages[{i}].")
+        check_extras(m.model_extra, MESSAGE_FIELDS, f"messages[{i}].")
     _stream_options(req)
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs to be true.", param="top_logprobs", code="invalid_value")
@@ -126,7 +126,7 @@ def check_chat(req: Any, vocab: int) -> tuple[tuple[int, float], ...]:
 
 def check_completion(req: Any, vocab: int) -> tuple[tuple[int, float], ...]:
     """Refuse what completions cannot honour; returns the parsed `logit_bias`."""
-    _check_extras(req.model_extra, COMPLETION_UNSUPPORTED)
+    check_extras(req.model_extra, COMPLETION_UNSUPPORTED)
     _stream_options(req)
     if req.suffix:
         raise unsupported("suffix", "insertion (suffix) is not supported")

@@ -18,6 +18,7 @@ import torch
 
 from subnet.api.backends import BackendError, GenerationParams, ModelCard, TokenEvent
 from subnet.api.sampling import eos_token_ids, to_sampling_params
+from subnet.client.embeddings import embed_batches
 from subnet.client.sampling import Sampler
 from subnet.client.streaming import IncrementalDetokenizer
 from subnet.model.blocks import model_uid
@@ -95,6 +96,15 @@ class LocalTransformersBackend:
                 return
             yield TokenEvent(token, text, None, lp)
             input_ids = torch.tensor([[token]], dtype=torch.long)
+
+    def embed(self, model: str, inputs: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Embeddings `[len(inputs), hidden]` (blocking): transformers' `last_hidden_state` is already
+        final-normed; pooled as in `subnet.client.embeddings`."""
+        self._check(model)
+        base = self.model.base_model
+        with self._lock, torch.inference_mode():
+            return embed_batches(inputs, base.get_input_embeddings(), lambda h: h,
+                                 lambda h: base(inputs_embeds=h, use_cache=False).last_hidden_state)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -49,7 +49,7 @@ async def list_models(request: Request) -> dict:
 
 @router.get("/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> dict:
-    card = await _find_model(_ctx(request), model_id)
+    card = await find_model(_ctx(request), model_id)
     return _model_obj(card)
 
 
@@ -60,7 +60,7 @@ def _model_obj(card: ModelCard) -> dict:
     return obj
 
 
-async def _find_model(ctx: ApiContext, model: str) -> ModelCard:
+async def find_model(ctx: ApiContext, model: str) -> ModelCard:
     cards = await run_in_threadpool(ctx.backend.models)
     for card in cards:
         if card.id == model:
@@ -147,7 +147,7 @@ def _choice_params(base: GenerationParams, i: int) -> GenerationParams:
 
 
 async def _plan_chat(ctx: ApiContext, req: ChatCompletionRequest) -> _Plan:
-    card = await _find_model(ctx, req.model)
+    card = await find_model(ctx, req.model)
     budget_chars = ctx.max_prompt_tokens * 32  # cheap pre-check so a huge body is never tokenized
     if sum(len(m.text()) for m in req.messages) > budget_chars:
         raise APIError(400, f"The messages are longer than this server's prompt limit of "
@@ -168,7 +168,7 @@ async def _plan_chat(ctx: ApiContext, req: ChatCompletionRequest) -> _Plan:
 
 
 async def _plan_completion(ctx: ApiContext, req: CompletionRequest) -> _Plan:
-    card = await _find_model(ctx, req.model)
+    card = await find_model(ctx, req.model)
     tokenizer = ctx.backend.tokenizer(req.model)
     bias = check_completion(req, len(tokenizer))
     raw = req.prompt
@@ -213,7 +213,7 @@ async def _plan_completion(ctx: ApiContext, req: CompletionRequest) -> _Plan:
 # ---- running a plan ----------------------------------------------------------------------
 
 
-def _acquire(ctx: ApiContext) -> Lease:
+def acquire(ctx: ApiContext) -> Lease:
     lease = ctx.limiter.try_acquire()
     if lease is None:
         ctx.metrics.rejected.labels("concurrency").inc()
@@ -223,7 +223,7 @@ def _acquire(ctx: ApiContext) -> Lease:
     return lease
 
 
-def _backend_error(e: BackendError, retry_after: int = 1) -> APIError:
+def backend_error(e: BackendError, retry_after: int = 1) -> APIError:
     headers = {"Retry-After": str(retry_after)} if e.status == 503 else None  # retryable: tell when
     return APIError(e.status, str(e), code=e.code, headers=headers)
 
@@ -294,7 +294,7 @@ async def _stream_events(ctx: ApiContext, plan: _Plan, first: tuple[AsyncIterato
         state["done"] = True
     except BackendError as e:
         state["errored"] = True
-        yield sse(_backend_error(e).body())
+        yield sse(backend_error(e).body())
     finally:
         lease.release()
 
@@ -310,7 +310,7 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
         try:
             results = await run_unless_disconnected(request, _collect(ctx, plan, kind))
         except BackendError as e:
-            raise _backend_error(e, ctx.retry_after) from None
+            raise backend_error(e, ctx.retry_after) from None
         finally:
             lease.release()
         if results is DISCONNECTED:
@@ -338,7 +338,7 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
     except BackendError as e:
         await it.aclose()
         lease.release()
-        raise _backend_error(e, ctx.retry_after) from None
+        raise backend_error(e, ctx.retry_after) from None
     except BaseException:
         await it.aclose()
         lease.release()
@@ -405,12 +405,12 @@ async def _admit_and_run(request: Request, kind: str, make_plan) -> JSONResponse
     """Take a slot before preparing the request: templating and tokenizing cost CPU too, so
     requests over the concurrency limit get their 429 before any of that work is done."""
     ctx = _ctx(request)
-    lease = _acquire(ctx)
+    lease = acquire(ctx)
     try:
         plan = await make_plan()
     except BackendError as e:
         lease.release()
-        raise _backend_error(e, ctx.retry_after) from None
+        raise backend_error(e, ctx.retry_after) from None
     except BaseException:
         lease.release()
         raise

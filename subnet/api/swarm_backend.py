@@ -158,5 +158,17 @@ class SwarmBackend:
             await events.aclose()
 
 
+    def embed(self, model: str, inputs: Sequence[Sequence[int]]) -> Any:
+        """Embeddings through the swarm (blocking): `DistributedModelForCausalLM.embed`."""
+        m = self._model(model)
+        try:
+            return m.embed(inputs)
+        except (RouteError, SessionError) as e:
+            with self._lock:
+                self._coverage.pop(model, None)
+            raise BackendError(f"the swarm cannot serve `{model}` right now: {e}", status=503,
+                               code="swarm_unavailable") from None
+
+
 def default_swarm_name(model_path: str, name: str | None = None) -> str:
     return model_uid(os.fspath(model_path), name)

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import hivemind
 import torch
 
+from subnet.client.embeddings import embed_batches
 from subnet.client.generation import ClientHead, Completion, StreamEvent, generate_events
 from subnet.client.manager import ClientConfig, SequenceManager
 from subnet.client.routing import Span
@@ -187,6 +188,16 @@ class DistributedModelForCausalLM:
                 tokenizer=self.tokenizer, want_text=want_text,
                 should_stop=cancel.is_set if cancel is not None else None,
             )
+
+    def embed(self, inputs: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Sentence embeddings `[len(inputs), hidden]` through the swarm: mean-pooled final-normed last
+        hidden state, L2-normalised (`client/embeddings.py`); one session per equal-length group."""
+
+        def run_blocks(hidden: torch.Tensor) -> torch.Tensor:
+            with self.inference_session(hidden.shape[1], hidden.shape[0]) as session:
+                return session.step(hidden, 0)
+
+        return embed_batches(inputs, self.head.embed_ids, self.head.norm, run_blocks)
 
     def generate(self, input_ids: torch.Tensor | Sequence[Sequence[int]] | None = None, *,
                  attention_mask: torch.Tensor | None = None, inputs: torch.Tensor | None = None,

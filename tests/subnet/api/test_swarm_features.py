@@ -60,3 +60,21 @@ def test_swarm_tool_round_trip_and_langchain(swarm_api):  # noqa: F811
     assert isinstance(llm.with_structured_output(Thing).invoke("Name a thing."), Thing)
     ai = llm.bind_tools([TOOL], tool_choice="lookup").invoke("Look something up.")
     assert ai.tool_calls and ai.tool_calls[0]["name"] == "lookup"
+
+
+def test_swarm_embeddings_match_local_transformers(swarm_api, tiny_llama):  # noqa: F811
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    client = openai.OpenAI(base_url=swarm_api.url + "/v1", api_key="x", max_retries=0, timeout=300)
+    texts = ["The quick brown fox", "Hi", "Hello world"]  # two lengths: two batched sessions
+    r = client.embeddings.create(model="swarm-llama", input=texts)
+    tok = swarm_api.backend.tokenizer("swarm-llama")
+    hf = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    for text, d in zip(texts, r.data, strict=True):
+        with torch.inference_mode():
+            h = hf(torch.tensor([tok.encode(text)]), output_hidden_states=True).hidden_states[-1][0]
+        ref = torch.nn.functional.normalize(h.mean(0), dim=-1)
+        assert torch.allclose(torch.tensor(d.embedding), ref, atol=1e-3)
+    direct = swarm_api.backend._models["swarm-llama"].embed([tok.encode(texts[1])])  # the client model's method
+    assert torch.allclose(direct[0], torch.tensor(r.data[1].embedding), atol=1e-5)
