@@ -61,6 +61,7 @@ class TokenEvent:
     text: str
     finish_reason: str | None = None
     logprobs: TokenLogprobs | None = None
+    index: int = 0  # the row (choice) of a batched stream (`stream_batch`)
 
 
 class BackendError(Exception):
@@ -89,6 +90,10 @@ class GenerationBackend(Protocol):
         that when an HTTP client disconnects or a stop string matches).
         """
         ...
+
+    # Optional: `stream_batch(model, prompt_ids, params, n)` runs n choices of one prompt as one
+    # batched generation (rows seeded seed, seed+1, ...), events tagged with `index`; the API
+    # uses it for `n > 1` when the backend has it (`subnet.api.batching`).
 
 
 # ---- subnet views ---------------------------------------------------------------------

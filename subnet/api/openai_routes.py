@@ -1,7 +1,8 @@
 """OpenAI-compatible routes: /v1/models, /v1/chat/completions, /v1/completions.
 
 Responses and SSE chunks follow OpenAI's wire format field for field, so the official
-SDK works unmodified. Choices of `n > 1` run one after another in a single stream. Chat output
+SDK works unmodified. Choices of `n > 1` of one prompt decode as one batch (`batching.py`) and
+are streamed one after another. Chat output
 may be constrained (`response_format`, forced tool calls: `chat_request`) and read for tool calls
 (`tools`), which then arrive as `tool_calls` in the message or as one stream delta. A request
 takes its concurrency slot before it is prepared (templated, tokenized).
@@ -21,6 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from subnet.api.backends import BackendError, GenerationParams, ModelCard
+from subnet.api.batching import SharedBatch
 from subnet.api.chat_request import prepare_chat
 from subnet.api.context import ApiContext
 from subnet.api.errors import APIError
@@ -83,6 +85,8 @@ class _Choice:
     params: GenerationParams
     prefix: str = ""  # text emitted before generated text (completions `echo`)
     tools: ToolPlan | None = None  # chat with tools offered: tool calls are read from the output
+    batch: SharedBatch | None = None  # n > 1: this choice is row `row` of one batched generation
+    row: int = 0
 
 
 @dataclass
@@ -146,6 +150,18 @@ def _choice_params(base: GenerationParams, i: int) -> GenerationParams:
     return base if base.seed is None or i == 0 else replace(base, seed=base.seed + i)
 
 
+def _choices(ctx: ApiContext, model: str, first_index: int, ids: list[int], base: GenerationParams, n: int,
+             **extra) -> list[_Choice]:
+    """n choices of one prompt: one batched generation when n > 1 and the backend can batch."""
+    batch = SharedBatch(ctx.backend, model, ids, base, n) if n > 1 and SharedBatch.supported(ctx.backend) else None
+    return [_Choice(first_index + i, ids, _choice_params(base, i), batch=batch, row=i, **extra) for i in range(n)]
+
+
+async def _close_batches(plan: _Plan) -> None:
+    for batch in {id(c.batch): c.batch for c in plan.choices if c.batch is not None}.values():
+        await batch.close()
+
+
 async def _plan_chat(ctx: ApiContext, req: ChatCompletionRequest) -> _Plan:
     card = await find_model(ctx, req.model)
     budget_chars = ctx.max_prompt_tokens * 32  # cheap pre-check so a huge body is never tokenized
@@ -162,7 +178,7 @@ async def _plan_chat(ctx: ApiContext, req: ChatCompletionRequest) -> _Plan:
     base = replace(_base_params(req, _max_tokens(ctx, card, requested, len(prompt_ids), param), bias,
                                 chat_logprobs(req)), constraint=prep.constraint)
     n = req.n or 1
-    choices = [_Choice(i, prompt_ids, _choice_params(base, i), tools=prep.tools) for i in range(n)]
+    choices = _choices(ctx, req.model, 0, prompt_ids, base, n, tools=prep.tools)
     return _Plan(req.model, choices, len(prompt_ids), bool(req.stream),
                  bool(req.stream_options and req.stream_options.include_usage), tokenizer)
 
@@ -201,11 +217,8 @@ async def _plan_completion(ctx: ApiContext, req: CompletionRequest) -> _Plan:
     base = _base_params(req, _max_tokens(ctx, card, req.max_tokens if req.max_tokens is not None else 16,
                                          longest, "max_tokens"), bias, req.logprobs)
     n = req.n or 1
-    choices = [
-        _Choice(pi * n + i, ids, _choice_params(base, i), text if req.echo else "")
-        for pi, (ids, text) in enumerate(encoded)
-        for i in range(n)
-    ]
+    choices = [c for pi, (ids, text) in enumerate(encoded)
+               for c in _choices(ctx, req.model, pi * n, ids, base, n, prefix=text if req.echo else "")]
     return _Plan(req.model, choices, sum(len(ids) for ids, _ in encoded), bool(req.stream),
                  bool(req.stream_options and req.stream_options.include_usage), tokenizer)
 
@@ -234,26 +247,30 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def _open(ctx: ApiContext, plan: _Plan, choice: _Choice, stats: ChoiceStats) -> AsyncIterator[Delta]:
-    it = stream_choice(ctx.backend, plan.model, choice.prompt_ids, choice.params, ctx.metrics, stats)
+    backend = choice.batch.row(choice.row) if choice.batch is not None else ctx.backend
+    it = stream_choice(backend, plan.model, choice.prompt_ids, choice.params, ctx.metrics, stats)
     return tool_deltas(choice.tools, it) if choice.tools is not None else it
 
 
 async def _collect(ctx: ApiContext, plan: _Plan, kind: str) -> list[tuple]:
     results = []
-    for choice in plan.choices:
-        stats = ChoiceStats()
-        parts = [choice.prefix]
-        finish = "stop"
-        lps: list = []
-        calls = None
-        async for d in _open(ctx, plan, choice, stats):
-            parts.append(d.text)
-            lps += d.logprobs
-            calls = d.tool_calls or calls
-            if d.finish_reason:
-                finish = d.finish_reason
-        fmt = plan.formatter(kind, choice)
-        results.append((choice, "".join(parts), finish, stats.completion_tokens, fmt and fmt.format(lps), calls))
+    try:
+        for choice in plan.choices:
+            stats = ChoiceStats()
+            parts = [choice.prefix]
+            finish = "stop"
+            lps: list = []
+            calls = None
+            async for d in _open(ctx, plan, choice, stats):
+                parts.append(d.text)
+                lps += d.logprobs
+                calls = d.tool_calls or calls
+                if d.finish_reason:
+                    finish = d.finish_reason
+            fmt = plan.formatter(kind, choice)
+            results.append((choice, "".join(parts), finish, stats.completion_tokens, fmt and fmt.format(lps), calls))
+    finally:
+        await _close_batches(plan)
     return results
 
 
@@ -297,6 +314,7 @@ async def _stream_events(ctx: ApiContext, plan: _Plan, first: tuple[AsyncIterato
         yield sse(backend_error(e).body())
     finally:
         lease.release()
+        await _close_batches(plan)
 
 
 async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONResponse | StreamingResponse:
@@ -338,10 +356,12 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
     except BackendError as e:
         await it.aclose()
         lease.release()
+        await _close_batches(plan)
         raise backend_error(e, ctx.retry_after) from None
     except BaseException:
         await it.aclose()
         lease.release()
+        await _close_batches(plan)
         raise
 
     def make_chunk(index, text, finish, *, start=False, prefix="", usage=None, logprobs=None, tool_calls=None) -> dict:
@@ -382,6 +402,7 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
     async def cleanup() -> None:
         await it.aclose()
         lease.release()
+        await _close_batches(plan)
         if state.get("done"):
             event(log, "generation_finished", id=rid)
         elif not state.get("errored"):

@@ -266,13 +266,16 @@ class DistributedModelForCausalLM:
 
     def stream_completion(self, prompt_ids: str | Sequence[int] | torch.Tensor,
                           params: SamplingParams | None = None, *, cancel: threading.Event | None = None,
-                          **kwargs) -> Iterator[StreamEvent]:
+                          rows: int = 1, **kwargs) -> Iterator[StreamEvent]:
         """Stream one sequence: one `StreamEvent` per generated token; the last carries `finish_reason`.
 
         `params` is used as given (no generation-config defaults); keyword arguments build one otherwise.
-        Closing the iterator (or setting `cancel`) ends the session.
+        Closing the iterator (or setting `cancel`) ends the session. `rows > 1` samples that many
+        sequences from the one prompt in one batched session (events carry `index`).
         """
         ids = self._prompt_ids(prompt_ids)
+        if rows > 1:
+            ids = ids.repeat(rows, 1)
         if params is None:
             params = self.sampling_params(ids.shape[1], **kwargs)
         for events in self._run_events(ids, params, want_text=True, cancel=cancel):

@@ -21,6 +21,7 @@ import torch
 FinishReason = str  # "stop" | "length"
 MAX_LOGPROBS = 20
 MAX_LOGIT_BIAS = 100.0
+_SEED_MASK = 0xFFFF_FFFF_FFFF_FFFF
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None
+    # row i draws from its own generator seeded `seed + i`: a batch of n choices samples exactly
+    # what n separate single-row generations seeded seed, seed+1, ... would (n > 1 as one batch)
+    seed_per_row: bool = False
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
@@ -112,10 +116,14 @@ class Sampler:
         self.vocab_size = vocab_size
         batch = prompt_ids.shape[0]
         self._generator: torch.Generator | None = None
-        if params.do_sample:
+        self._row_generators: list[torch.Generator] | None = None
+        if params.do_sample and params.seed_per_row and params.seed is not None and batch > 1:
+            self._row_generators = [torch.Generator(device="cpu").manual_seed((int(params.seed) + i) & _SEED_MASK)
+                                    for i in range(batch)]
+        elif params.do_sample:
             self._generator = torch.Generator(device="cpu")
             if params.seed is not None:
-                self._generator.manual_seed(int(params.seed) & 0xFFFF_FFFF_FFFF_FFFF)
+                self._generator.manual_seed(int(params.seed) & _SEED_MASK)
             else:
                 self._generator.seed()
         # Tokens already seen (prompt + generated) for the repetition penalty.
@@ -164,7 +172,11 @@ class Sampler:
         else:
             logits = self.warp(logits)
             probs = torch.softmax(logits, dim=-1)
-            tokens = torch.multinomial(probs, num_samples=1, generator=self._generator).squeeze(-1)
+            if self._row_generators is not None:
+                tokens = torch.cat([torch.multinomial(probs[i:i + 1], num_samples=1, generator=g).view(1)
+                                    for i, g in enumerate(self._row_generators)])
+            else:
+                tokens = torch.multinomial(probs, num_samples=1, generator=self._generator).squeeze(-1)
         if p.logprobs is not None:
             self.last_logprobs = token_logprobs(logits, tokens, p.logprobs)
         self._update(tokens)

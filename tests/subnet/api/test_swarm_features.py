@@ -78,3 +78,11 @@ def test_swarm_embeddings_match_local_transformers(swarm_api, tiny_llama):  # no
         assert torch.allclose(torch.tensor(d.embedding), ref, atol=1e-3)
     direct = swarm_api.backend._models["swarm-llama"].embed([tok.encode(texts[1])])  # the client model's method
     assert torch.allclose(direct[0], torch.tensor(r.data[1].embedding), atol=1e-5)
+
+
+def test_swarm_n_choices_decode_as_one_batched_session(swarm_api):  # noqa: F811
+    client = openai.OpenAI(base_url=swarm_api.url + "/v1", api_key="x", max_retries=0, timeout=300)
+    kw = dict(model="swarm-llama", messages=CHAT, max_tokens=10, temperature=1.0)
+    batched = client.chat.completions.create(n=3, seed=21, **kw)
+    separate = [client.chat.completions.create(seed=21 + i, **kw).choices[0].message.content for i in range(3)]
+    assert [c.message.content for c in batched.choices] == separate
