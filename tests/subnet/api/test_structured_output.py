@@ -42,17 +42,21 @@ def client(local_backend):
         yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
 
 
-def _person(client, seed: int, **kw) -> tuple[str, str]:
+def _person(client, seed: int, n: int = 1, **kw) -> list[tuple[str, str]]:
     r = client.chat.completions.create(model=MODEL, messages=CHAT, response_format=FORMAT, max_tokens=400,
-                                       temperature=1.0, seed=seed, **kw)
-    return r.choices[0].message.content, r.choices[0].finish_reason
+                                       temperature=1.0, seed=seed, n=n, **kw)
+    return [(c.message.content, c.finish_reason) for c in r.choices]
 
 
 def test_100_sampled_json_schema_generations_all_validate(client):
+    """100 sampled generations: 13 requests (varied sampling knobs) of up to 8 choices, each choice
+    a row of one batched generation with its own seed."""
     knobs = [{}, {"top_p": 0.9}, {"extra_body": {"top_k": 20}}, {"presence_penalty": 1.5},
              {"extra_body": {"min_p": 0.05, "repetition_penalty": 1.3}}]
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda s: _person(client, s, **knobs[s % len(knobs)]), range(100)))
+    jobs = [(8 * i, min(8, 100 - 8 * i), knobs[i % len(knobs)]) for i in range(13)]
+    with ThreadPoolExecutor(2) as pool:
+        results = [r for rs in pool.map(lambda j: _person(client, j[0], j[1], **j[2]), jobs) for r in rs]
+    assert len(results) == 100
     outputs = set()
     for text, finish in results:
         assert finish == "stop", text  # the grammar completed and forced the end of sequence
@@ -63,7 +67,7 @@ def test_100_sampled_json_schema_generations_all_validate(client):
 
 
 def test_json_schema_streaming_validates_and_matches_non_streaming(client):
-    full, _ = _person(client, 11)
+    [(full, _)] = _person(client, 11)
     chunks = list(client.chat.completions.create(model=MODEL, messages=CHAT, response_format=FORMAT,
                                                  max_tokens=400, temperature=1.0, seed=11, stream=True))
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
