@@ -100,3 +100,19 @@ def test_tokenize_detokenize_round_trip(url, client, local_backend):
 def test_bad_tokenize_requests_are_400s(url, path, body, param):
     r = httpx.post(url + path, json=body)
     assert r.status_code in (400, 404) and r.json()["error"]["param"] == param, r.text
+
+
+def test_every_documented_embedding_field_is_honoured_or_refused(url):
+    """The SDK's embedding fields are all handled: each honoured, `dimensions` refused naming it."""
+    import typing
+
+    from openai.types import embedding_create_params
+
+    documented = set(typing.get_type_hints(embedding_create_params.EmbeddingCreateParams))
+    honoured = {"model": MODEL, "input": ["a", "b"], "encoding_format": "float", "user": "someone"}
+    assert documented == set(honoured) | {"dimensions"}
+    r = httpx.post(url + "/v1/embeddings", json=honoured)
+    assert r.status_code == 200 and len(r.json()["data"]) == 2
+    r = httpx.post(url + "/v1/embeddings", json={**honoured, "dimensions": 16})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions"
+    assert r.json()["error"]["code"] == "unsupported_parameter"
