@@ -26,6 +26,7 @@ from subnet.api.schemas import Text
 
 router = APIRouter(prefix="/v1")
 MAX_INPUTS = 256
+MAX_TOTAL_FACTOR = 8  # all inputs of one request together: at most 8 prompts' worth of tokens
 
 TokenIds = Annotated[list[StrictInt], Field(max_length=1 << 16)]
 
@@ -68,6 +69,11 @@ def _inputs(req: EmbeddingRequest, tokenizer, max_tokens: int) -> list[list[int]
             raise APIError(400, f"'input[{i}]' has {len(ids)} tokens, more than this server's limit of {max_tokens}.",
                            param="input", code="context_length_exceeded")
         out.append(ids)
+    total = sum(len(ids) for ids in out)
+    if total > MAX_TOTAL_FACTOR * max_tokens:
+        raise APIError(400, f"The inputs have {total} tokens together, more than this server's limit of "
+                            f"{MAX_TOTAL_FACTOR * max_tokens} per request.", param="input",
+                       code="context_length_exceeded")
     return out
 
 

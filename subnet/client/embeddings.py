@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 StepFn = Callable[[torch.Tensor, int], torch.Tensor]
+MAX_ROWS = 16  # rows per session: bounds the hosters' activation memory for one embedding batch
 
 
 def pool(normed: torch.Tensor) -> torch.Tensor:
@@ -42,9 +43,11 @@ def embed_batches(inputs: Sequence[Sequence[int]], embed: Callable[[torch.Tensor
     `run_blocks(hidden [b, T, h]) -> [b, T, h]` runs every transformer block (a fresh remote
     session on the swarm)."""
     out: list[torch.Tensor | None] = [None] * len(inputs)
-    for _, idx in sorted(by_length(inputs).items()):
-        ids = torch.tensor([list(inputs[i]) for i in idx], dtype=torch.long)
-        vectors = pool(norm(run_blocks(embed(ids))))
-        for row, i in enumerate(idx):
-            out[i] = vectors[row]
+    for _, group in sorted(by_length(inputs).items()):
+        for start in range(0, len(group), MAX_ROWS):
+            idx = group[start:start + MAX_ROWS]
+            ids = torch.tensor([list(inputs[i]) for i in idx], dtype=torch.long)
+            vectors = pool(norm(run_blocks(embed(ids))))
+            for row, i in enumerate(idx):
+                out[i] = vectors[row]
     return torch.stack(out)  # type: ignore[arg-type]

@@ -116,3 +116,13 @@ def test_every_documented_embedding_field_is_honoured_or_refused(url):
     r = httpx.post(url + "/v1/embeddings", json={**honoured, "dimensions": 16})
     assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions"
     assert r.json()["error"]["code"] == "unsupported_parameter"
+
+
+def test_embedding_request_total_tokens_are_bounded(url, client, local_backend):
+    tok = local_backend.tokenizer(MODEL)
+    ids = (tok.encode("hello world ") * 500)[:500]  # under the 512-token prompt limit
+    r = httpx.post(url + "/v1/embeddings", json={"model": MODEL, "input": [ids] * 9})  # 4500 > 8 x 512
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    many = client.embeddings.create(model=MODEL, input=["Hello"] * 20)  # more rows than one session takes
+    first = torch.tensor(many.data[0].embedding)
+    assert len(many.data) == 20 and all(torch.allclose(torch.tensor(d.embedding), first, atol=1e-5) for d in many.data)
