@@ -3,9 +3,12 @@
 - `tool_choice: "none"` (or no tools): tools are not offered; plain text.
 - `"auto"` (the default with tools): free generation; the output is scanned for Hermes-style
   `<tool_call>{"name", "arguments"}</tool_call>` blocks (what tool-aware templates such as
-  Qwen's ask for, and the fallback prompt in `chat_render` asks for). Text before the first block
-  streams as content; a block naming an offered function with an object for arguments becomes a
-  tool call, anything else stays content. Not constrained: the model may answer in text.
+  Qwen's ask for, and the fallback prompt in `chat_render` asks for), or is as a whole one bare
+  `{"name", "parameters"}` object (Llama 3.1's format). Text before the first block streams as
+  content (an output starting with `{` is held back until it ends); a call naming an offered
+  function with an object for arguments becomes a tool call, anything else stays content. Not
+  constrained (as in vLLM): the model may answer in text. Other formats (Mistral's
+  `[TOOL_CALLS]`, ...) are not recognised and arrive as content.
 - `"required"`: the output is constrained to `{"name": <one offered function>, "arguments":
   <valid for that function's parameters schema>}`; a named function constrains it to that
   function's arguments. One call per choice (so `parallel_tool_calls` is honoured trivially).
@@ -144,7 +147,7 @@ def parse_output(plan: ToolPlan, text: str) -> tuple[str, list[dict]]:
         return text, []
     start = text.find(TOOL_CALL_OPEN)
     if start < 0:
-        return text, []
+        return _bare_call(plan, text)
     calls = []
     for m in _BLOCK.finditer(text, start):
         try:
@@ -158,6 +161,19 @@ def parse_output(plan: ToolPlan, text: str) -> tuple[str, list[dict]]:
     return text[:start].rstrip(), calls
 
 
+def _bare_call(plan: ToolPlan, text: str) -> tuple[str, list[dict]]:
+    """A whole output that is one `{"name", "arguments" | "parameters"}` object (Llama 3.1's JSON
+    tool calls) is a call; anything else is content."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return text, []
+    args = obj.get("arguments", obj.get("parameters")) if isinstance(obj, dict) else None
+    if isinstance(obj, dict) and obj.get("name") in plan.parameters and isinstance(args, dict):
+        return "", [_call(obj["name"], args)]
+    return text, []
+
+
 def _held(pending: str) -> int:
     for k in range(min(len(TOOL_CALL_OPEN) - 1, len(pending)), 0, -1):
         if pending.endswith(TOOL_CALL_OPEN[:k]):
@@ -169,7 +185,7 @@ async def tool_deltas(plan: ToolPlan, deltas: AsyncIterator[Delta]) -> AsyncIter
     """A choice's deltas with tool calls taken out: content streams until a call may begin; the
     last delta carries `tool_calls` and finish_reason "tool_calls" when the choice made calls."""
     streaming = plan.mode == "auto"  # forced modes: the whole output is the call
-    pending, call_text, lps = "", "", []
+    pending, call_text, lps, sent = "", "", [], False
     try:
         async for d in deltas:
             lps += d.logprobs
@@ -177,11 +193,15 @@ async def tool_deltas(plan: ToolPlan, deltas: AsyncIterator[Delta]) -> AsyncIter
                 if streaming:
                     pending += d.text
                     at = pending.find(TOOL_CALL_OPEN)
-                    if at >= 0:
+                    if not sent and pending.lstrip().startswith("{"):  # maybe a bare JSON call: hold it all
+                        out, call_text, pending, streaming = "", pending, "", False
+                    elif at >= 0:
                         out, call_text, pending, streaming = pending[:at], pending[at:], "", False
                     else:
                         cut = len(pending) - _held(pending)
                         out, pending = pending[:cut], pending[cut:]
+                    if out.strip():
+                        sent = True
                     if out:
                         yield Delta(out, None, lps)
                         lps = []

@@ -99,3 +99,15 @@ def test_fallback_without_tool_template_uses_hermes_text(tiny_llama):
     assert text.startswith("<|system|>\nBe brief.\n\nYou may call") and "<tools>" in text
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>' in text
     assert "<|user|>\n<tool_response>\ncold\n</tool_response>" in text
+
+
+async def test_auto_reads_a_bare_json_call_llama_style():
+    bare = '{"name": "get_weather", "parameters": {"city": "Rome"}}'
+    content, calls = parse_output(AUTO, bare)
+    assert content == "" and json.loads(calls[0]["function"]["arguments"]) == {"city": "Rome"}
+    out = await _run([" {\"name\": \"get_weather\", ", "\"parameters\": {\"city\": \"Rome\"}}"])
+    assert "".join(d.text for d in out) == "" and out[-1].finish_reason == "tool_calls"
+    plain = await _run(["{not a call} and more"])  # held back, then given back as content
+    assert "".join(d.text for d in plain) == "{not a call} and more" and plain[-1].finish_reason == "stop"
+    later = await _run(["Sure: ", "{\"a\": 1}"])  # JSON after text is content, streamed as it comes
+    assert [d.text for d in later][:2] == ["Sure: ", "{\"a\": 1}"]
