@@ -12,14 +12,16 @@ from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 from starlette.staticfiles import StaticFiles
 
-from subnet.api import openai_routes, subnet_routes
+from subnet.api import embedding_routes, openai_routes, subnet_routes, tokenize_routes
 from subnet.api.backends import GenerationBackend, SubnetView
 from subnet.api.context import ApiContext
 from subnet.api.errors import APIError, error_body, install_error_handlers
 from subnet.api.limits import StreamLimiter
 from subnet.api.metrics import ApiMetrics, TimedBackend
 
-_KNOWN_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics", "/"}
+_KNOWN_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics", "/",
+                "/v1/embeddings", "/tokenize", "/detokenize"}
+_KEYED_PATHS = ("/tokenize", "/detokenize")  # vLLM's paths (outside /v1/), keyed like /v1/
 
 
 def _endpoint_label(path: str) -> str:
@@ -56,7 +58,7 @@ class _EdgeMiddleware:
             await JSONResponse(body, status, headers=headers)(scope, receive, send)
 
         headers = dict(scope.get("headers", ()))
-        if self.api_keys and scope.get("path", "").startswith("/v1/"):
+        if self.api_keys and (scope.get("path", "").startswith("/v1/") or scope.get("path") in _KEYED_PATHS):
             denied = _check_key(self.api_keys, headers.get(b"authorization", b"").decode("latin-1"))
             if denied is not None:
                 return await reply(denied.status, denied.body(), denied.headers)
@@ -159,6 +161,8 @@ def create_app(
     install_error_handlers(app)
     app.include_router(openai_routes.router)  # the API key is checked by _EdgeMiddleware
     app.include_router(subnet_routes.router)
+    app.include_router(embedding_routes.router)
+    app.include_router(tokenize_routes.router)
 
     @app.get("/health")
     async def health() -> dict:

@@ -42,6 +42,8 @@ class GenerationParams:
     repetition_penalty: float = 1.0
     logit_bias: tuple[tuple[int, float], ...] = ()
     logprobs: int | None = None  # None: off; k: report the chosen token's logprob and k alternatives
+    # a `subnet.client.constraints.Grammar` (response_format, forced tool calls): masks logits before sampling
+    constraint: Any = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class TokenEvent:
     text: str
     finish_reason: str | None = None
     logprobs: TokenLogprobs | None = None
+    index: int = 0  # the row (choice) of a batched stream (`stream_batch`)
 
 
 class BackendError(Exception):
@@ -87,6 +90,10 @@ class GenerationBackend(Protocol):
         that when an HTTP client disconnects or a stop string matches).
         """
         ...
+
+    # Optional: `stream_batch(model, prompt_ids, params, n)` runs n choices of one prompt as one
+    # batched generation (rows seeded seed, seed+1, ...), events tagged with `index`; the API
+    # uses it for `n > 1` when the backend has it (`subnet.api.batching`).
 
 
 # ---- subnet views ---------------------------------------------------------------------

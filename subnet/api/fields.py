@@ -38,10 +38,6 @@ def _any(v: Any) -> bool:
 
 # Documented chat fields the routes do not implement: name -> (values that mean "off", why not).
 CHAT_UNSUPPORTED: dict[str, tuple[Accept, str]] = {
-    "response_format": (lambda v: v is None or v == {"type": "text"}, "only {\"type\": \"text\"} is supported"),
-    "tools": (_none_or_empty, "tool calling is not supported yet"),
-    "tool_choice": (_one_of("none"), "tool calling is not supported yet"),
-    "parallel_tool_calls": (_none, "tool calling is not supported yet"),
     "functions": (_none_or_empty, "function calling is not supported"),
     "function_call": (_one_of("none"), "function calling is not supported"),
     "modalities": (lambda v: v is None or v == ["text"], "only the text modality is supported"),
@@ -65,12 +61,10 @@ COMPLETION_UNSUPPORTED: dict[str, tuple[Accept, str]] = {}
 
 # Fields of a chat message besides role, content and name.
 MESSAGE_FIELDS: dict[str, tuple[Accept, str]] = {
-    "tool_calls": (_none_or_empty, "tool calling is not supported yet"),
     "function_call": (_none, "function calling is not supported"),
     "audio": (_none, "audio is not supported"),
     "refusal": (_none, "assistant refusals cannot be replayed"),
     "annotations": (_none_or_empty, "annotations are not supported"),
-    "tool_call_id": (_any, ""),  # tool-result messages are rendered by the chat template
 }
 
 STREAM_OPTION_FIELDS: dict[str, tuple[Accept, str]] = {
@@ -82,7 +76,7 @@ def unsupported(param: str, why: str) -> APIError:
     return APIError(400, f"Unsupported parameter: '{param}': {why}.", param=param, code="unsupported_parameter")
 
 
-def _check_extras(extra: dict[str, Any] | None, table: dict[str, tuple[Accept, str]], prefix: str = "") -> None:
+def check_extras(extra: dict[str, Any] | None, table: dict[str, tuple[Accept, str]], prefix: str = "") -> None:
     for name, value in (extra or {}).items():
         param = prefix + name
         known = table.get(name)
@@ -116,14 +110,14 @@ def _stream_options(req: Any) -> None:
         if not req.stream:
             raise APIError(400, "stream_options is only allowed when stream is true.", param="stream_options",
                            code="invalid_value")
-        _check_extras(req.stream_options.model_extra, STREAM_OPTION_FIELDS, "stream_options.")
+        check_extras(req.stream_options.model_extra, STREAM_OPTION_FIELDS, "stream_options.")
 
 
 def check_chat(req: Any, vocab: int) -> tuple[tuple[int, float], ...]:
     """Refuse what chat cannot honour; returns the parsed `logit_bias`."""
-    _check_extras(req.model_extra, CHAT_UNSUPPORTED)
+    check_extras(req.model_extra, CHAT_UNSUPPORTED)
     for i, m in enumerate(req.messages):
-        _check_extras(m.model_extra, MESSAGE_FIELDS, f"messages[{i}].")
+        check_extras(m.model_extra, MESSAGE_FIELDS, f"messages[{i}].")
     _stream_options(req)
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs to be true.", param="top_logprobs", code="invalid_value")
@@ -132,7 +126,7 @@ def check_chat(req: Any, vocab: int) -> tuple[tuple[int, float], ...]:
 
 def check_completion(req: Any, vocab: int) -> tuple[tuple[int, float], ...]:
     """Refuse what completions cannot honour; returns the parsed `logit_bias`."""
-    _check_extras(req.model_extra, COMPLETION_UNSUPPORTED)
+    check_extras(req.model_extra, COMPLETION_UNSUPPORTED)
     _stream_options(req)
     if req.suffix:
         raise unsupported("suffix", "insertion (suffix) is not supported")

@@ -13,20 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from subnet.api.backends import GenerationBackend, GenerationParams
+from subnet.api.chat_render import render_chat
 from subnet.api.metrics import ApiMetrics
 
-_FALLBACK_TEMPLATE_ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant",
-                            "tool": "Tool"}
-
-
-def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids of the conversation with the model's chat template (or a plain fallback)."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    else:
-        text = "".join(f"{_FALLBACK_TEMPLATE_ROLES[m['role']]}: {m['content']}\n" for m in messages) + "Assistant:"
-    return list(tokenizer.encode(text, add_special_tokens=False))
-
+__all__ = ["ChoiceStats", "Delta", "StopFilter", "render_chat", "stream_choice"]
 
 class StopFilter:
     """Cuts text at the first stop string; never emits a prefix that might still become one."""
@@ -76,6 +66,7 @@ class Delta:
     text: str
     finish_reason: str | None = None
     logprobs: list = field(default_factory=list)  # (TokenLogprobs, text it added) per token since the last delta
+    tool_calls: list | None = None  # chat: OpenAI tool call objects, on the last delta of a choice that made them
 
 
 @dataclass

@@ -18,6 +18,7 @@ import torch
 
 from subnet.api.backends import BackendError, GenerationParams, ModelCard, TokenEvent
 from subnet.api.sampling import eos_token_ids, to_sampling_params
+from subnet.client.embeddings import embed_batches
 from subnet.client.sampling import Sampler
 from subnet.client.streaming import IncrementalDetokenizer
 from subnet.model.blocks import model_uid
@@ -67,10 +68,20 @@ class LocalTransformersBackend:
         with self._lock, torch.inference_mode():
             out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True)
             self.steps_total += 1
-            return out.logits[0, -1]
+            return out.logits[:, -1]
 
     async def stream(self, model: str, prompt_ids: Sequence[int],
                      params: GenerationParams) -> AsyncIterator[TokenEvent]:
+        events = self.stream_batch(model, prompt_ids, params, 1)
+        try:
+            async for ev in events:
+                yield ev
+        finally:
+            await events.aclose()
+
+    async def stream_batch(self, model: str, prompt_ids: Sequence[int], params: GenerationParams,
+                           n: int) -> AsyncIterator[TokenEvent]:
+        """`n` choices of one prompt as one batch (one KV cache of n rows); events carry `index`."""
         from transformers import DynamicCache
 
         self._check(model)
@@ -78,22 +89,41 @@ class LocalTransformersBackend:
             raise BackendError("empty prompt", status=400, code="invalid_prompt")
         loop = asyncio.get_running_loop()
         cache = DynamicCache(config=self.model.config)
-        input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
+        input_ids = torch.tensor([list(prompt_ids)] * n, dtype=torch.long)
         sampler = Sampler(to_sampling_params(params), input_ids, self.model.config.vocab_size)
-        decoder = IncrementalDetokenizer(self._tokenizer)
+        decoders = [IncrementalDetokenizer(self._tokenizer) for _ in range(n)]
+        eos = self._eos | set(params.constraint.eos_ids if params.constraint is not None else ())
+        done = [False] * n
         for i in range(params.max_tokens):
             logits = await loop.run_in_executor(self._executor, self._step, input_ids, cache)
-            token = int(sampler(logits.unsqueeze(0), i)[0])
-            lp = sampler.last_logprobs[0] if sampler.last_logprobs else None
-            if token in self._eos:
-                yield TokenEvent(None, decoder.flush(), "stop")
+            tokens = sampler(logits, i).tolist()
+            for row, token in enumerate(tokens):
+                if done[row]:
+                    continue
+                lp = sampler.last_logprobs[row] if sampler.last_logprobs else None
+                decoder = decoders[row]
+                if token in eos:
+                    done[row] = True
+                    yield TokenEvent(None, decoder.flush(), "stop", index=row)
+                    continue
+                text = decoder.add(token)
+                if i == params.max_tokens - 1:
+                    done[row] = True
+                    yield TokenEvent(token, text + decoder.flush(), "length", lp, index=row)
+                    continue
+                yield TokenEvent(token, text, None, lp, index=row)
+            if all(done):
                 return
-            text = decoder.add(token)
-            if i == params.max_tokens - 1:
-                yield TokenEvent(token, text + decoder.flush(), "length", lp)
-                return
-            yield TokenEvent(token, text, None, lp)
-            input_ids = torch.tensor([[token]], dtype=torch.long)
+            input_ids = torch.tensor([[t] for t in tokens], dtype=torch.long)
+
+    def embed(self, model: str, inputs: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Embeddings `[len(inputs), hidden]` (blocking): transformers' `last_hidden_state` is already
+        final-normed; pooled as in `subnet.client.embeddings`."""
+        self._check(model)
+        base = self.model.base_model
+        with self._lock, torch.inference_mode():
+            return embed_batches(inputs, base.get_input_embeddings(), lambda h: h,
+                                 lambda h: base(inputs_embeds=h, use_cache=False).last_hidden_state)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

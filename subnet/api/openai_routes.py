@@ -1,7 +1,10 @@
 """OpenAI-compatible routes: /v1/models, /v1/chat/completions, /v1/completions.
 
 Responses and SSE chunks follow OpenAI's wire format field for field, so the official
-SDK works unmodified. Choices of `n > 1` run one after another in a single stream. A request
+SDK works unmodified. Choices of `n > 1` of one prompt decode as one batch (`batching.py`) and
+are streamed one after another. Chat output
+may be constrained (`response_format`, forced tool calls: `chat_request`) and read for tool calls
+(`tools`), which then arrive as `tool_calls` in the message or as one stream delta. A request
 takes its concurrency slot before it is prepared (templated, tokenized).
 """
 
@@ -19,14 +22,17 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from subnet.api.backends import BackendError, GenerationParams, ModelCard
+from subnet.api.batching import SharedBatch
+from subnet.api.chat_request import prepare_chat
 from subnet.api.context import ApiContext
 from subnet.api.errors import APIError
 from subnet.api.fields import chat_logprobs, check_chat, check_completion
-from subnet.api.generation import ChoiceStats, Delta, render_chat, stream_choice
+from subnet.api.generation import ChoiceStats, Delta, stream_choice
 from subnet.api.limits import Lease
 from subnet.api.logprobs import LogprobsFormatter
 from subnet.api.schemas import ChatCompletionRequest, CompletionRequest
 from subnet.api.sse import DISCONNECTED, SSEResponse, run_unless_disconnected, sse
+from subnet.api.tools import ToolPlan, tool_deltas
 from subnet.logs import event
 
 log = logging.getLogger("mesh_node.api")
@@ -45,7 +51,7 @@ async def list_models(request: Request) -> dict:
 
 @router.get("/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> dict:
-    card = await _find_model(_ctx(request), model_id)
+    card = await find_model(_ctx(request), model_id)
     return _model_obj(card)
 
 
@@ -56,7 +62,7 @@ def _model_obj(card: ModelCard) -> dict:
     return obj
 
 
-async def _find_model(ctx: ApiContext, model: str) -> ModelCard:
+async def find_model(ctx: ApiContext, model: str) -> ModelCard:
     cards = await run_in_threadpool(ctx.backend.models)
     for card in cards:
         if card.id == model:
@@ -78,6 +84,9 @@ class _Choice:
     prompt_ids: list[int]
     params: GenerationParams
     prefix: str = ""  # text emitted before generated text (completions `echo`)
+    tools: ToolPlan | None = None  # chat with tools offered: tool calls are read from the output
+    batch: SharedBatch | None = None  # n > 1: this choice is row `row` of one batched generation
+    row: int = 0
 
 
 @dataclass
@@ -141,28 +150,41 @@ def _choice_params(base: GenerationParams, i: int) -> GenerationParams:
     return base if base.seed is None or i == 0 else replace(base, seed=base.seed + i)
 
 
+def _choices(ctx: ApiContext, model: str, first_index: int, ids: list[int], base: GenerationParams, n: int,
+             **extra) -> list[_Choice]:
+    """n choices of one prompt: one batched generation when n > 1 and the backend can batch."""
+    batch = SharedBatch(ctx.backend, model, ids, base, n) if n > 1 and SharedBatch.supported(ctx.backend) else None
+    return [_Choice(first_index + i, ids, _choice_params(base, i), batch=batch, row=i, **extra) for i in range(n)]
+
+
+async def _close_batches(plan: _Plan) -> None:
+    for batch in {id(c.batch): c.batch for c in plan.choices if c.batch is not None}.values():
+        await batch.close()
+
+
 async def _plan_chat(ctx: ApiContext, req: ChatCompletionRequest) -> _Plan:
-    card = await _find_model(ctx, req.model)
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+    card = await find_model(ctx, req.model)
     budget_chars = ctx.max_prompt_tokens * 32  # cheap pre-check so a huge body is never tokenized
-    if sum(len(m["content"]) for m in messages) > budget_chars:
+    if sum(len(m.text()) for m in req.messages) > budget_chars:
         raise APIError(400, f"The messages are longer than this server's prompt limit of "
                             f"{ctx.max_prompt_tokens} tokens.", param="messages", code="context_length_exceeded")
     tokenizer = ctx.backend.tokenizer(req.model)
     bias = check_chat(req, len(tokenizer))
-    prompt_ids = await run_in_threadpool(render_chat, tokenizer, messages)
+    prep = await run_in_threadpool(prepare_chat, tokenizer, req)
+    prompt_ids = prep.prompt_ids
     _check_prompt(ctx, len(prompt_ids), "messages")
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-    base = _base_params(req, _max_tokens(ctx, card, requested, len(prompt_ids), param), bias, chat_logprobs(req))
+    base = replace(_base_params(req, _max_tokens(ctx, card, requested, len(prompt_ids), param), bias,
+                                chat_logprobs(req)), constraint=prep.constraint)
     n = req.n or 1
-    choices = [_Choice(i, prompt_ids, _choice_params(base, i)) for i in range(n)]
+    choices = _choices(ctx, req.model, 0, prompt_ids, base, n, tools=prep.tools)
     return _Plan(req.model, choices, len(prompt_ids), bool(req.stream),
                  bool(req.stream_options and req.stream_options.include_usage), tokenizer)
 
 
 async def _plan_completion(ctx: ApiContext, req: CompletionRequest) -> _Plan:
-    card = await _find_model(ctx, req.model)
+    card = await find_model(ctx, req.model)
     tokenizer = ctx.backend.tokenizer(req.model)
     bias = check_completion(req, len(tokenizer))
     raw = req.prompt
@@ -195,11 +217,8 @@ async def _plan_completion(ctx: ApiContext, req: CompletionRequest) -> _Plan:
     base = _base_params(req, _max_tokens(ctx, card, req.max_tokens if req.max_tokens is not None else 16,
                                          longest, "max_tokens"), bias, req.logprobs)
     n = req.n or 1
-    choices = [
-        _Choice(pi * n + i, ids, _choice_params(base, i), text if req.echo else "")
-        for pi, (ids, text) in enumerate(encoded)
-        for i in range(n)
-    ]
+    choices = [c for pi, (ids, text) in enumerate(encoded)
+               for c in _choices(ctx, req.model, pi * n, ids, base, n, prefix=text if req.echo else "")]
     return _Plan(req.model, choices, sum(len(ids) for ids, _ in encoded), bool(req.stream),
                  bool(req.stream_options and req.stream_options.include_usage), tokenizer)
 
@@ -207,7 +226,7 @@ async def _plan_completion(ctx: ApiContext, req: CompletionRequest) -> _Plan:
 # ---- running a plan ----------------------------------------------------------------------
 
 
-def _acquire(ctx: ApiContext) -> Lease:
+def acquire(ctx: ApiContext) -> Lease:
     lease = ctx.limiter.try_acquire()
     if lease is None:
         ctx.metrics.rejected.labels("concurrency").inc()
@@ -217,7 +236,7 @@ def _acquire(ctx: ApiContext) -> Lease:
     return lease
 
 
-def _backend_error(e: BackendError, retry_after: int = 1) -> APIError:
+def backend_error(e: BackendError, retry_after: int = 1) -> APIError:
     headers = {"Retry-After": str(retry_after)} if e.status == 503 else None  # retryable: tell when
     return APIError(e.status, str(e), code=e.code, headers=headers)
 
@@ -227,20 +246,31 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-async def _collect(ctx: ApiContext, plan: _Plan, kind: str) -> list[tuple[_Choice, str, str, int, dict | None]]:
+def _open(ctx: ApiContext, plan: _Plan, choice: _Choice, stats: ChoiceStats) -> AsyncIterator[Delta]:
+    backend = choice.batch.row(choice.row) if choice.batch is not None else ctx.backend
+    it = stream_choice(backend, plan.model, choice.prompt_ids, choice.params, ctx.metrics, stats)
+    return tool_deltas(choice.tools, it) if choice.tools is not None else it
+
+
+async def _collect(ctx: ApiContext, plan: _Plan, kind: str) -> list[tuple]:
     results = []
-    for choice in plan.choices:
-        stats = ChoiceStats()
-        parts = [choice.prefix]
-        finish = "stop"
-        lps: list = []
-        async for d in stream_choice(ctx.backend, plan.model, choice.prompt_ids, choice.params, ctx.metrics, stats):
-            parts.append(d.text)
-            lps += d.logprobs
-            if d.finish_reason:
-                finish = d.finish_reason
-        fmt = plan.formatter(kind, choice)
-        results.append((choice, "".join(parts), finish, stats.completion_tokens, fmt and fmt.format(lps)))
+    try:
+        for choice in plan.choices:
+            stats = ChoiceStats()
+            parts = [choice.prefix]
+            finish = "stop"
+            lps: list = []
+            calls = None
+            async for d in _open(ctx, plan, choice, stats):
+                parts.append(d.text)
+                lps += d.logprobs
+                calls = d.tool_calls or calls
+                if d.finish_reason:
+                    finish = d.finish_reason
+            fmt = plan.formatter(kind, choice)
+            results.append((choice, "".join(parts), finish, stats.completion_tokens, fmt and fmt.format(lps), calls))
+    finally:
+        await _close_batches(plan)
     return results
 
 
@@ -254,7 +284,7 @@ async def _stream_events(ctx: ApiContext, plan: _Plan, first: tuple[AsyncIterato
                 it, pending, stats = first
             else:
                 stats = ChoiceStats()
-                it = stream_choice(ctx.backend, plan.model, choice.prompt_ids, choice.params, ctx.metrics, stats)
+                it = _open(ctx, plan, choice, stats)
                 pending = None
             fmt = plan.formatter(kind, choice)
             yield sse(make_chunk(choice.index, None, None, start=True, prefix=choice.prefix))
@@ -268,6 +298,8 @@ async def _stream_events(ctx: ApiContext, plan: _Plan, first: tuple[AsyncIterato
                     d, pending = pending, None
                     if d.text or (fmt and d.logprobs):
                         yield sse(make_chunk(choice.index, d.text, None, logprobs=fmt and fmt.format(d.logprobs)))
+                    if d.tool_calls:
+                        yield sse(make_chunk(choice.index, None, None, tool_calls=d.tool_calls))
                     if d.finish_reason:
                         yield sse(make_chunk(choice.index, None, d.finish_reason))
             finally:
@@ -279,9 +311,10 @@ async def _stream_events(ctx: ApiContext, plan: _Plan, first: tuple[AsyncIterato
         state["done"] = True
     except BackendError as e:
         state["errored"] = True
-        yield sse(_backend_error(e).body())
+        yield sse(backend_error(e).body())
     finally:
         lease.release()
+        await _close_batches(plan)
 
 
 async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONResponse | StreamingResponse:
@@ -295,7 +328,7 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
         try:
             results = await run_unless_disconnected(request, _collect(ctx, plan, kind))
         except BackendError as e:
-            raise _backend_error(e, ctx.retry_after) from None
+            raise backend_error(e, ctx.retry_after) from None
         finally:
             lease.release()
         if results is DISCONNECTED:
@@ -306,7 +339,8 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
         body = {
             "id": rid, "object": "chat.completion" if kind == "chat" else "text_completion", "created": created,
             "model": plan.model, "system_fingerprint": ctx.fingerprint,
-            "choices": [_final_choice(kind, c.index, text, finish, lp) for c, text, finish, _, lp in results],
+            "choices": [_final_choice(kind, c.index, text, finish, lp, calls)
+                        for c, text, finish, _, lp, calls in results],
             "usage": _usage(plan.prompt_tokens, completion),
         }
         event(log, "generation_finished", id=rid, completion_tokens=completion)
@@ -316,19 +350,21 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
     # answers with a proper HTTP status instead of a 200 that carries an error.
     stats = ChoiceStats()
     first_choice = plan.choices[0]
-    it = stream_choice(ctx.backend, plan.model, first_choice.prompt_ids, first_choice.params, ctx.metrics, stats)
+    it = _open(ctx, plan, first_choice, stats)
     try:
         first = await it.__anext__()
     except BackendError as e:
         await it.aclose()
         lease.release()
-        raise _backend_error(e, ctx.retry_after) from None
+        await _close_batches(plan)
+        raise backend_error(e, ctx.retry_after) from None
     except BaseException:
         await it.aclose()
         lease.release()
+        await _close_batches(plan)
         raise
 
-    def make_chunk(index, text, finish, *, start=False, prefix="", usage=None, logprobs=None) -> dict:
+    def make_chunk(index, text, finish, *, start=False, prefix="", usage=None, logprobs=None, tool_calls=None) -> dict:
         base = {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
                 "created": created, "model": plan.model, "system_fingerprint": ctx.fingerprint}
         if usage is not None:
@@ -338,6 +374,8 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
         if kind == "chat":
             if start:
                 delta = {"role": "assistant", "content": "", "refusal": None}
+            elif tool_calls:
+                delta = {"tool_calls": [{"index": j, **c} for j, c in enumerate(tool_calls)]}
             elif finish:
                 delta = {}
             else:
@@ -364,6 +402,7 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
     async def cleanup() -> None:
         await it.aclose()
         lease.release()
+        await _close_batches(plan)
         if state.get("done"):
             event(log, "generation_finished", id=rid)
         elif not state.get("errored"):
@@ -373,10 +412,13 @@ async def _run(request: Request, plan: _Plan, kind: str, lease: Lease) -> JSONRe
     return SSEResponse(body_with_accounting(), cleanup)
 
 
-def _final_choice(kind: str, index: int, text: str, finish: str, logprobs: dict | None) -> dict:
+def _final_choice(kind: str, index: int, text: str, finish: str, logprobs: dict | None,
+                  tool_calls: list | None = None) -> dict:
     if kind == "chat":
-        return {"index": index, "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": logprobs, "finish_reason": finish}
+        message = {"role": "assistant", "content": text if text or not tool_calls else None, "refusal": None}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish}
     return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
 
@@ -384,12 +426,12 @@ async def _admit_and_run(request: Request, kind: str, make_plan) -> JSONResponse
     """Take a slot before preparing the request: templating and tokenizing cost CPU too, so
     requests over the concurrency limit get their 429 before any of that work is done."""
     ctx = _ctx(request)
-    lease = _acquire(ctx)
+    lease = acquire(ctx)
     try:
         plan = await make_plan()
     except BackendError as e:
         lease.release()
-        raise _backend_error(e, ctx.retry_after) from None
+        raise backend_error(e, ctx.retry_after) from None
     except BaseException:
         lease.release()
         raise

@@ -30,6 +30,8 @@ def to_sampling_params(params: GenerationParams) -> SamplingParams:
         repetition_penalty=params.repetition_penalty,
         logit_bias=params.logit_bias,
         logprobs=params.logprobs,
+        constraint=params.constraint,
+        seed_per_row=True,  # a batch of n choices samples what n requests seeded seed, seed+1, ... would
     )
 
 

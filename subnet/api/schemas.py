@@ -12,7 +12,7 @@ cheap; the total text length is capped by the prompt limit in the routes.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
@@ -38,11 +38,28 @@ class TextPart(BaseModel):
     text: Text
 
 
+class ToolCallFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Text
+    arguments: Text
+
+
+class ToolCall(BaseModel):
+    """An earlier assistant turn's tool call, sent back in the conversation."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: Text
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | Annotated[list[TextPart], Field(max_length=MAX_MESSAGES)] | None = None
     name: Text | None = None
+    tool_calls: Annotated[list[ToolCall], Field(max_length=128)] | None = None  # assistant turns
+    tool_call_id: Text | None = None  # tool turns: which call this is the result of
 
     def text(self) -> str:
         if self.content is None:
@@ -92,6 +109,11 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
     logprobs: StrictBool | None = None
     top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
+    # checked field by field in subnet.api.structured / subnet.api.tools (errors name the exact field)
+    response_format: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
 
 
 class CompletionRequest(_SamplingFields):

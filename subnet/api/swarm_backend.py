@@ -140,15 +140,25 @@ class SwarmBackend:
 
     async def stream(self, model: str, prompt_ids: Sequence[int],
                      params: GenerationParams) -> AsyncIterator[TokenEvent]:
+        events = self.stream_batch(model, prompt_ids, params, 1)
+        try:
+            async for ev in events:
+                yield ev
+        finally:
+            await events.aclose()
+
+    async def stream_batch(self, model: str, prompt_ids: Sequence[int], params: GenerationParams,
+                           n: int) -> AsyncIterator[TokenEvent]:
+        """`n` choices of one prompt in one batched remote session; events carry `index`."""
         m = self._model(model)
-        eos = set(m.eos_token_ids())
-        events = m.astream(list(prompt_ids), to_sampling_params(params))
+        eos = set(m.eos_token_ids()) | set(params.constraint.eos_ids if params.constraint is not None else ())
+        events = m.astream(list(prompt_ids), to_sampling_params(params), rows=n)
         try:
             async for ev in events:
                 if ev.finish_reason == "stop" and ev.token_id in eos:
-                    yield TokenEvent(None, ev.text, "stop")  # EOS is not part of the completion
+                    yield TokenEvent(None, ev.text, "stop", index=ev.index)  # EOS is not part of the completion
                 else:
-                    yield TokenEvent(ev.token_id, ev.text, ev.finish_reason, ev.logprobs)
+                    yield TokenEvent(ev.token_id, ev.text, ev.finish_reason, ev.logprobs, index=ev.index)
         except (RouteError, SessionError) as e:
             with self._lock:
                 self._coverage.pop(model, None)
@@ -156,6 +166,18 @@ class SwarmBackend:
                                code="swarm_unavailable") from None
         finally:
             await events.aclose()
+
+
+    def embed(self, model: str, inputs: Sequence[Sequence[int]]) -> Any:
+        """Embeddings through the swarm (blocking): `DistributedModelForCausalLM.embed`."""
+        m = self._model(model)
+        try:
+            return m.embed(inputs)
+        except (RouteError, SessionError) as e:
+            with self._lock:
+                self._coverage.pop(model, None)
+            raise BackendError(f"the swarm cannot serve `{model}` right now: {e}", status=503,
+                               code="swarm_unavailable") from None
 
 
 def default_swarm_name(model_path: str, name: str | None = None) -> str:

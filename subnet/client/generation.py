@@ -175,6 +175,8 @@ def generate_events(
         yield [StreamEvent(None, "", "length", i) for i in range(batch)]
         return
     stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_token_ids))
+    if params.constraint is not None:  # a completed grammar ends the row with one of these
+        stop_ids |= set(params.constraint.eos_ids)
     suppress = sorted(stop_ids) if params.min_new_tokens else None
     sampler = Sampler(params, input_ids, head.vocab_size)
 

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import hivemind
 import torch
 
+from subnet.client.embeddings import embed_batches
 from subnet.client.generation import ClientHead, Completion, StreamEvent, generate_events
 from subnet.client.manager import ClientConfig, SequenceManager
 from subnet.client.routing import Span
@@ -188,6 +189,16 @@ class DistributedModelForCausalLM:
                 should_stop=cancel.is_set if cancel is not None else None,
             )
 
+    def embed(self, inputs: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Sentence embeddings `[len(inputs), hidden]` through the swarm: mean-pooled final-normed last
+        hidden state, L2-normalised (`client/embeddings.py`); one session per equal-length group."""
+
+        def run_blocks(hidden: torch.Tensor) -> torch.Tensor:
+            with self.inference_session(hidden.shape[1], hidden.shape[0]) as session:
+                return session.step(hidden, 0)
+
+        return embed_batches(inputs, self.head.embed_ids, self.head.norm, run_blocks)
+
     def generate(self, input_ids: torch.Tensor | Sequence[Sequence[int]] | None = None, *,
                  attention_mask: torch.Tensor | None = None, inputs: torch.Tensor | None = None,
                  **kwargs) -> torch.Tensor:
@@ -255,13 +266,16 @@ class DistributedModelForCausalLM:
 
     def stream_completion(self, prompt_ids: str | Sequence[int] | torch.Tensor,
                           params: SamplingParams | None = None, *, cancel: threading.Event | None = None,
-                          **kwargs) -> Iterator[StreamEvent]:
+                          rows: int = 1, **kwargs) -> Iterator[StreamEvent]:
         """Stream one sequence: one `StreamEvent` per generated token; the last carries `finish_reason`.
 
         `params` is used as given (no generation-config defaults); keyword arguments build one otherwise.
-        Closing the iterator (or setting `cancel`) ends the session.
+        Closing the iterator (or setting `cancel`) ends the session. `rows > 1` samples that many
+        sequences from the one prompt in one batched session (events carry `index`).
         """
         ids = self._prompt_ids(prompt_ids)
+        if rows > 1:
+            ids = ids.repeat(rows, 1)
         if params is None:
             params = self.sampling_params(ids.shape[1], **kwargs)
         for events in self._run_events(ids, params, want_text=True, cancel=cancel):

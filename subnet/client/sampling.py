@@ -3,7 +3,8 @@
 Order of logits processing (vLLM's processors first, then transformers' warpers):
 `logit_bias` (OpenAI/vLLM: added to the raw logits) -> repetition penalty (transformers:
 over prompt + generated tokens) -> presence/frequency penalties (OpenAI: over generated
-tokens only) -> min-tokens EOS suppression -> [sampling only] temperature -> top-k -> top-p
+tokens only) -> min-tokens EOS suppression -> grammar mask (`constraint`: tokens the grammar
+forbids get -inf, `subnet.client.constraints`) -> [sampling only] temperature -> top-k -> top-p
 -> min-p (transformers' warper order). Greedy decoding takes the argmax after the penalties.
 With `logprobs` set, each step also reports the log-softmax of exactly those processed logits
 (the distribution the token was drawn from) for the chosen token and the top alternatives.
@@ -13,12 +14,14 @@ Everything is vectorised over the batch so the per-token cost stays a few small 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
 FinishReason = str  # "stop" | "length"
 MAX_LOGPROBS = 20
 MAX_LOGIT_BIAS = 100.0
+_SEED_MASK = 0xFFFF_FFFF_FFFF_FFFF
 
 
 @dataclass(frozen=True)
@@ -46,11 +49,15 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None
+    # row i draws from its own generator seeded `seed + i`: a batch of n choices samples exactly
+    # what n separate single-row generations seeded seed, seed+1, ... would (n > 1 as one batch)
+    seed_per_row: bool = False
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     min_new_tokens: int = 0
     extra: dict = field(default_factory=dict, compare=False)
+    constraint: Any = field(default=None, compare=False)  # a `constraints.Grammar`: masks logits per row
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -109,10 +116,14 @@ class Sampler:
         self.vocab_size = vocab_size
         batch = prompt_ids.shape[0]
         self._generator: torch.Generator | None = None
-        if params.do_sample:
+        self._row_generators: list[torch.Generator] | None = None
+        if params.do_sample and params.seed_per_row and params.seed is not None and batch > 1:
+            self._row_generators = [torch.Generator(device="cpu").manual_seed((int(params.seed) + i) & _SEED_MASK)
+                                    for i in range(batch)]
+        elif params.do_sample:
             self._generator = torch.Generator(device="cpu")
             if params.seed is not None:
-                self._generator.manual_seed(int(params.seed) & 0xFFFF_FFFF_FFFF_FFFF)
+                self._generator.manual_seed(int(params.seed) & _SEED_MASK)
             else:
                 self._generator.seed()
         # Tokens already seen (prompt + generated) for the repetition penalty.
@@ -131,6 +142,7 @@ class Sampler:
             self._bias = torch.zeros(vocab_size, dtype=torch.float32)
             for tok, b in params.logit_bias:
                 self._bias[int(tok)] = float(b)
+        self.grammar = params.constraint.start(batch) if params.constraint is not None else None
         # Per row, the last step's logprobs (when `params.logprobs` is set).
         self.last_logprobs: list[TokenLogprobs] | None = None
 
@@ -150,15 +162,26 @@ class Sampler:
         if suppress and step < p.min_new_tokens:
             logits = logits.clone()
             logits[:, suppress] = float("-inf")
+        if self.grammar is not None:
+            logits = self.grammar.mask(logits)
+            dead = torch.isinf(logits).all(dim=-1)  # grammar wants to end but min tokens forbids it
+            if dead.any() and self.grammar.grammar.eos_ids:
+                logits[dead, self.grammar.grammar.eos_ids[0]] = 0.0
         if not p.do_sample:
             tokens = logits.argmax(dim=-1)
         else:
             logits = self.warp(logits)
             probs = torch.softmax(logits, dim=-1)
-            tokens = torch.multinomial(probs, num_samples=1, generator=self._generator).squeeze(-1)
+            if self._row_generators is not None:
+                tokens = torch.cat([torch.multinomial(probs[i:i + 1], num_samples=1, generator=g).view(1)
+                                    for i, g in enumerate(self._row_generators)])
+            else:
+                tokens = torch.multinomial(probs, num_samples=1, generator=self._generator).squeeze(-1)
         if p.logprobs is not None:
             self.last_logprobs = token_logprobs(logits, tokens, p.logprobs)
         self._update(tokens)
+        if self.grammar is not None:
+            self.grammar.advance(tokens)
         return tokens
 
     def warp(self, logits: torch.Tensor) -> torch.Tensor:

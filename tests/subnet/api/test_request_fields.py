@@ -18,6 +18,18 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "ob
 
 
 @pytest.fixture(scope="module")
+def api_url(local_backend):
+    """Room for the tool preamble (the tiny tokenizer spends ~4 tokens a word)."""
+    from api_support import live_server
+
+    from subnet.api import create_app
+
+    app = create_app(local_backend, max_concurrent_streams=4, max_prompt_tokens=2048, max_tokens_limit=50000)
+    with live_server(app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def client(api_url) -> openai.OpenAI:
     return openai.OpenAI(base_url=api_url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
@@ -56,10 +68,16 @@ CHAT_FIELDS: dict[str, tuple[dict, typing.Callable, dict | None]] = {
                      lambda r: all(len(t.top_logprobs) == 2 for t in r.choices[0].logprobs.content),
                      {"top_logprobs": 2}),
     "user": ({"user": "someone"}, _ok, {"user": 5}),
-    "response_format": ({"response_format": {"type": "text"}}, _ok, {"response_format": {"type": "json_object"}}),
-    "tools": ({"tools": []}, _ok, {"tools": [TOOL]}),
-    "tool_choice": ({"tool_choice": "none"}, _ok, {"tool_choice": "auto"}),
-    "parallel_tool_calls": ({}, _ok, {"parallel_tool_calls": True}),
+    "response_format": ({"response_format": {"type": "json_object"}, "max_tokens": 1},
+                        lambda r: r.choices[0].message.content == "{", {"response_format": {"type": "xml"}}),
+    "tools": ({"tools": [TOOL], "tool_choice": "required", "max_tokens": 60},
+              lambda r: r.choices[0].message.tool_calls[0].function.name == "f",
+              {"tools": [{"type": "function", "function": {"name": "no spaces allowed"}}]}),
+    "tool_choice": ({"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "f"}}, "max_tokens": 60},
+                    lambda r: r.choices[0].finish_reason == "tool_calls", {"tool_choice": "auto"}),  # no tools
+    "parallel_tool_calls": ({"tools": [TOOL], "tool_choice": "required", "parallel_tool_calls": False,
+                             "max_tokens": 60}, lambda r: len(r.choices[0].message.tool_calls) == 1,
+                            {"parallel_tool_calls": "yes"}),
     "functions": ({"functions": []}, _ok, {"functions": [TOOL["function"]]}),
     "function_call": ({"function_call": "none"}, _ok, {"function_call": "auto"}),
     "modalities": ({"modalities": ["text"]}, _ok, {"modalities": ["text", "audio"]}),
@@ -152,9 +170,9 @@ def test_completion_field_is_honoured_or_refused(client, field):
 
 def test_refusals_have_openai_shape_and_codes(client):
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, messages=CHAT, response_format={"type": "json_object"})
-    assert e.value.body["param"] == "response_format" and e.value.body["code"] == "unsupported_parameter"
-    assert e.value.body["type"] == "invalid_request_error" and "response_format" in e.value.body["message"]
+        client.chat.completions.create(model=MODEL, messages=CHAT, audio={"voice": "alloy", "format": "wav"})
+    assert e.value.body["param"] == "audio" and e.value.body["code"] == "unsupported_parameter"
+    assert e.value.body["type"] == "invalid_request_error" and "audio" in e.value.body["message"]
     for create, base in ((client.chat.completions.create, {"messages": CHAT}),
                          (client.completions.create, {"prompt": "Hi"})):
         with pytest.raises(openai.BadRequestError) as e:
@@ -166,11 +184,17 @@ def test_message_fields_refused_or_accepted(client):
     ok = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello", "refusal": None,
                                                "tool_calls": None}]
     assert client.chat.completions.create(model=MODEL, messages=ok, max_tokens=2).choices
-    bad = [{"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function",
-                                                                  "function": {"name": "f", "arguments": "{}"}}]}]
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+             {"role": "tool", "tool_call_id": "c", "content": "42"}]
+    assert client.chat.completions.create(model=MODEL, messages=turns, max_tokens=2).choices
+    bad = [{"role": "user", "content": "x", "tool_calls": [call]}]
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=bad, max_tokens=2)
     assert e.value.body["param"] == "messages[0].tool_calls"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "tool", "content": "42"}], max_tokens=2)
+    assert e.value.body["param"] == "messages[0].tool_call_id"
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x", "colour": 1}])
     assert e.value.body["param"] == "messages[0].colour" and e.value.body["code"] == "unknown_parameter"
