@@ -181,6 +181,8 @@ class Node:
             # chain client there rather than share this process's connection.
             validators.append(make_record_validator(lambda: connect(url), self.opts.subnet_id))
         peers = self._initial_peers()
+        if self.network.use_auto_relay and not self.network.relay_peers:
+            self.network.relay_peers = list(peers)  # behind NAT: any public peer we know may relay for us
         try:
             self.dht = start_dht(self.node_key, peers, record_validators=validators, **self.network.dht_kwargs())
         except Exception as e:  # p2pd exits when it reaches none of its bootstrap peers

@@ -46,6 +46,30 @@ def key_file_of(key: NodeKey) -> Path | None:
         return None
 
 
+def _static_relays_only() -> None:
+    """Make p2pd use exactly the relays it is given (`-relayDiscovery=0`) when it has some.
+
+    With discovery on (p2pd's default), libp2p's autorelay waits for 4 relay candidates or a
+    3-minute boot delay before it reserves a slot, so a NAT'd node stays unreachable for minutes;
+    with static relays (libp2p's EnableAutoRelayWithStaticRelays) it reserves at once. hivemind's
+    `P2P.create` has no parameter for that p2pd flag, so this wraps its argv builder, in the DHT
+    process only.
+    """
+    from hivemind.p2p import P2P
+
+    build = P2P._make_process_args
+    if getattr(build, "_mesh_static_relays", False):
+        return
+
+    def make_process_args(*args, **kwargs):
+        if kwargs.get("trustedRelays") and kwargs.get("autoRelay"):
+            kwargs["relayDiscovery"] = False
+        return build(*args, **kwargs)
+
+    make_process_args._mesh_static_relays = True
+    P2P._make_process_args = staticmethod(make_process_args)
+
+
 class NodeDHT(hivemind.DHT):
     """A hivemind DHT whose process and p2pd die with the process that started it."""
 
@@ -58,6 +82,7 @@ class NodeDHT(hivemind.DHT):
     def run(self) -> None:  # in the DHT process
         lifetime.p2pd_dies_with_its_parent(self._spawned_daemons)
         lifetime.watch_parent(self._owner_pid, self._on_owner_exit)
+        _static_relays_only()
         super().run()
 
     def _on_owner_exit(self) -> None:

@@ -33,7 +33,11 @@ def main() -> int:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1.0)
-        print(json.dumps({"peers": peers, "tokens": out[0, len(prompt):].tolist()}), flush=True)
+        from subnet.swarm.announcements import read_announcements
+
+        servers = [{"peer_id": a.peer_id, "start": a.start, "end": a.end, "relayed": a.relayed}
+                   for a in read_announcements(model.runtime.dht, model.model_uid)]
+        print(json.dumps({"peers": peers, "tokens": out[0, len(prompt):].tolist(), "servers": servers}), flush=True)
     finally:
         model.close() if hasattr(model, "close") else None
     return 0

@@ -98,6 +98,7 @@ class NetLab:
             if f" 10.{a}.{b}." not in used:
                 break
         self.net = f"10.{a}.{b}"
+        self.public_net = f"11.{a}.{b}"  # see add_public_address
         self.bridge = f"{self.tag}br"
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{self.net}.1/24", "dev", self.bridge)
@@ -121,6 +122,18 @@ class NetLab:
         _ip("-n", ns, "link", "set", "lo", "up")
         self.hosts[label] = Host(ns, ip)
         return self.hosts[label]
+
+    def add_public_address(self, label: str) -> str:
+        """A second, public-looking address for `label`, routed only inside the lab's namespaces.
+
+        libp2p discards private (10.x) addresses of relays when it builds relayed addresses, so
+        relay tests need addresses it considers public. The range lives only on the namespaces'
+        veths (the root namespace gets no route to it), so nothing outside the lab is shadowed.
+        """
+        i = list(self.hosts).index(label)
+        ip = f"{self.public_net}.{10 + i}"
+        _ip("-n", self.hosts[label].name, "addr", "add", f"{ip}/24", "dev", "eth0")
+        return ip
 
     def argv(self, label: str, argv: Sequence[str]) -> list[str]:
         """`argv` run inside the namespace of `label` (`ip netns exec` execs it: same pid)."""

@@ -26,6 +26,7 @@ class Member:
     hotkey: AccountKey
     key_dir: Path
     flags: list[str]
+    ip: str = ""  # the address others dial (registered on chain, announced)
     proc: ManagedProcess | None = None
 
 
@@ -54,29 +55,36 @@ class LabSubnet:
         wait_for(lambda: _answers(self.owner), 60, "the devnet chain to answer")
         self.subnet_id = self.owner.register_subnet("mesh-netns", min_stake=100 * UNIT, max_stake=1000 * UNIT)
 
-    def add_node(self, label: str, flags: list[str], *, register: bool = True, extra: list[str] = ()) -> Member:
-        """Registers (with the namespace's multiaddr) a node that will run `flags` in its own namespace."""
+    def maddr(self, m: Member) -> str:
+        return f"/ip4/{m.ip}/tcp/{P2P_PORT}/p2p/{m.node_key.peer_id}"
+
+    def add_node(self, label: str, flags: list[str], *, register: bool = True, public: bool = False,
+                 registered_maddr=None) -> Member:
+        """Registers (with the namespace's multiaddr, or `registered_maddr(member)`) a node that will run
+        `flags` in its own namespace; `public` gives it a public-looking address (NetLab.add_public_address)."""
         host = self.lab.add(label)
         key_dir = self.workdir / label
         key_dir.mkdir(parents=True, exist_ok=True)
-        m = Member(label, NodeKey.generate(), AccountKey.generate(), key_dir, list(flags) + list(extra))
+        ip = self.lab.add_public_address(label) if public else host.ip
+        m = Member(label, NodeKey.generate(), AccountKey.generate(), key_dir, list(flags), ip)
         m.node_key.save(key_dir / "node.key", force=True)
         m.hotkey.save(key_dir / "hotkey.json", force=True)
         if register:
             self.owner.fund(m.hotkey.address, 10 * UNIT)
-            maddr = f"/ip4/{host.ip}/tcp/{P2P_PORT}/p2p/{m.node_key.peer_id}"
+            maddr = registered_maddr(m) if registered_maddr else self.maddr(m)
             with DevnetChain(self.url, coldkey=self.accounts[1 + len(self.members)]) as cold:
                 cold.register_subnet_node(self.subnet_id, hotkey=m.hotkey.address, peer_id=m.node_key.peer_id,
                                           stake=100 * UNIT, multiaddr=maddr)
         self.members.append(m)
         return m
 
-    def spawn(self, m: Member) -> ManagedProcess:
-        ip = self.lab.hosts[m.label].ip
+    def spawn(self, m: Member, *, announce: bool = True) -> ManagedProcess:
+        ip = m.ip
         argv = [sys.executable, "-m", "subnet.node.cli", *m.flags, "--model", self.model, "--chain", self.url,
                 "--subnet-id", str(self.subnet_id), "--node-key", str(m.key_dir / "node.key"),
-                "--account-key", str(m.key_dir / "hotkey.json"), "--host-maddrs", f"/ip4/0.0.0.0/tcp/{P2P_PORT}",
-                "--announce-maddrs", f"/ip4/{ip}/tcp/{P2P_PORT}"]
+                "--account-key", str(m.key_dir / "hotkey.json"), "--host-maddrs", f"/ip4/0.0.0.0/tcp/{P2P_PORT}"]
+        if announce:
+            argv += ["--announce-maddrs", f"/ip4/{ip}/tcp/{P2P_PORT}"]
         m.proc = ManagedProcess(m.label, self.lab.argv(m.label, argv), log_path=self.workdir / f"{m.label}.log",
                                 env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
         self.procs.append(m.proc)
