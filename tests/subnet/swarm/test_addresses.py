@@ -108,3 +108,16 @@ def test_client_mode_dht_listens_nowhere_and_still_reads_the_dht():
         for d in (client, server):
             if d is not None:
                 d.shutdown()
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--multiaddr", "/ip4/1.2.3.4/tcp/x"], "--multiaddr"),
+    (["--create-subnet", "s", "--bootnode", f"/ip4/1.2.3.4/tcp/1/p2p/{PEER}x"], "--bootnode"),
+])
+def test_register_malformed_multiaddr_is_one_line(argv, fragment):
+    r = subprocess.run([sys.executable, "-m", "subnet.node.cli", "register", "--chain", "http://127.0.0.1:9",
+                        "--subnet-id", "1", "--peer-id", PEER, *argv],
+                       capture_output=True, text=True, timeout=120, env=ENV, stdin=subprocess.DEVNULL)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr
+    assert lines[0].startswith("mesh-node: error: ") and fragment in lines[0], lines[0]
