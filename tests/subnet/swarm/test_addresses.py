@@ -121,3 +121,20 @@ def test_register_malformed_multiaddr_is_one_line(argv, fragment):
     lines = r.stderr.strip().splitlines()
     assert r.returncode != 0 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr
     assert lines[0].startswith("mesh-node: error: ") and fragment in lines[0], lines[0]
+
+
+def test_address_settings_come_from_the_toml_config(tmp_path):
+    from hoster.options import network_options
+    from subnet.node.cli import _build_parser
+    from subnet.node.config import parse_args
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[node]\nhost_maddrs = ["/ip4/0.0.0.0/tcp/31337"]\npublic_ip = "203.0.113.7"\nrelay = false\n')
+    args = parse_args(_build_parser(), ["--hoster", "--config", str(cfg)], command="node", environ={})
+    net = network_options(args)
+    assert net.announce_maddrs == ["/ip4/203.0.113.7/tcp/31337"] and net.relay is False
+    assert net.dht_kwargs()["use_relay"] is False
+    cfg.write_text('[node]\nannounce_maddrs = ["/ip4/1.2.3.4/tcp/nope"]\n')
+    args = parse_args(_build_parser(), ["--hoster", "--config", str(cfg)], command="node", environ={})
+    with pytest.raises(ValueError, match="--announce-maddrs"):
+        network_options(args)
