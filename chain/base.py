@@ -46,6 +46,12 @@ class Chain(abc.ABC):
     @abc.abstractmethod
     def get_consensus_submission(self, subnet_id: int, epoch: int) -> ConsensusSubmission | None: ...
 
+    def get_bootnodes(self, subnet_id: int) -> list[str]:
+        """The subnet's bootnode multiaddrs as stored (text, or a binary multiaddr in hex where the
+        chain stores bytes); [] where the backend keeps none (the devnet: its nodes' multiaddrs are
+        the bootstrap list). Callers parse and skip bad entries (subnet.swarm.discovery)."""
+        return []
+
     @abc.abstractmethod
     def get_balance(self, account: str) -> int: ...
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from subnet.model.names import DTYPE_NAMES, KERNELS
+from subnet.swarm.addresses import NetworkOptions
 
 DEFAULT_CACHE_TOKENS = 16384  # KV cache budget when neither --cache-tokens nor --cache-bytes is given
 
@@ -135,3 +136,32 @@ class HosterOptions:
         start, end = self.block_range()
         kwargs = {f.name: getattr(self, f.name) for f in fields(HosterOptions) if f.name not in ("model", "blocks")}
         return {**kwargs, "start": start, "end": end}
+
+
+def add_network_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *,
+                          with_host_maddrs: bool = True) -> None:
+    """The serving node's address and relay flags (subnet/swarm/addresses.py says what each does);
+    `mesh-node --hoster/--validator` and `python -m hoster` both take them."""
+    a = parser.add_argument
+    if with_host_maddrs:
+        a("--host-maddrs", nargs="*", default=None,
+          help="libp2p listen multiaddrs (default: $MESH_NODE_HOST_MADDRS, else /ip4/0.0.0.0/tcp/0, "
+               "every interface on a random port)")
+    a("--announce-maddrs", nargs="*", default=None,
+      help="multiaddrs other machines dial to reach this node, e.g. /ip4/203.0.113.7/tcp/31337 "
+           "(default: the listen addresses)")
+    a("--public-ip", default=None,
+      help="announce /ip4/<this>/tcp/<port> for each fixed listen port (needs --host-maddrs .../tcp/PORT)")
+    a("--relay", dest="relay", action="store_true", default=None,
+      help="serve as a circuit relay for nodes behind NAT (default: on with --announce-maddrs/--public-ip)")
+    a("--no-relay", dest="relay", action="store_false", default=None,
+      help="no circuit relay at all (neither serve as one nor dial relayed nodes)")
+    a("--use-auto-relay", action="store_true", default=None,
+      help="behind NAT: reserve a slot on a relay (--relay-peers, else the initial peers) and be reached through it")
+    a("--relay-peers", nargs="*", default=None, help="relays to use with --use-auto-relay (multiaddrs with /p2p/)")
+
+
+def network_options(args: argparse.Namespace) -> NetworkOptions:
+    """The address/relay flags of a parsed namespace, checked (ValueError: one line)."""
+    names = {f.name for f in fields(NetworkOptions)}
+    return NetworkOptions(**{k: v for k, v in vars(args).items() if k in names and v is not None}).checked()

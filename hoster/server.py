@@ -35,8 +35,9 @@ from hoster.servicer import NAMESPACE, BlockServicer
 from keys.node_key import NodeKey
 from subnet.logs import event
 from subnet.model.blocks import dtype_name, load_blocks, load_config, model_uid, parse_dtype
+from subnet.swarm.addresses import NetworkOptions
 from subnet.swarm.announcements import Announcement, AnnouncementValidator, read_announcements
-from subnet.swarm.dht import start_dht, visible_maddrs
+from subnet.swarm.dht import dial_order, start_dht, visible_maddrs
 from subnet.version import version
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ class Hoster:
                  announce_ttl: float = _D.announce_ttl, gather_window: float = _D.gather_window,
                  rebalance_interval: float | None = _D.rebalance_interval, max_length: int = 8192,
                  throughput: float | None = _D.throughput, progress: bool = _D.progress,
-                 linear_kernel: str | None = _D.linear_kernel, compile_decode: bool = _D.compile_decode):
+                 linear_kernel: str | None = _D.linear_kernel, compile_decode: bool = _D.compile_decode,
+                 network: NetworkOptions | None = None):
         if dht is not None and node_key is None:
             raise ValueError("a hoster given a DHT also needs that DHT's node_key to sign announcements")
         self.model_path = str(model_path)
@@ -85,6 +87,9 @@ class Hoster:
         self.node_key = node_key or NodeKey.generate()
         self._dht, self._own_dht = dht, dht is None
         self.initial_peers, self.host_maddrs = list(initial_peers), host_maddrs
+        # addresses/relays of an own DHT (subnet.swarm.addresses); `relayed` goes in the announcement
+        self.network = network or NetworkOptions(host_maddrs=list(host_maddrs) if host_maddrs else None)
+        self._network_given = network is not None
         self.requested = (start, end)
         self.num_blocks_wanted = num_blocks
         self.dtype, self.device = parse_dtype(dtype), device
@@ -113,13 +118,14 @@ class Hoster:
 
     @classmethod
     def from_options(cls, opts: HosterOptions, *, dht: hivemind.DHT | None = None, node_key: NodeKey | None = None,
-                     initial_peers: Sequence[str] = (), host_maddrs: Sequence[str] | None = None) -> Hoster:
+                     initial_peers: Sequence[str] = (), host_maddrs: Sequence[str] | None = None,
+                     network: NetworkOptions | None = None) -> Hoster:
         """The hoster `opts` describe (validated first); the DHT and identity come from the caller."""
         opts.validate()
         if not opts.model:
             raise ValueError("a hoster needs --model (a model directory or hub id)")
         return cls(opts.model, dht=dht, node_key=node_key, initial_peers=initial_peers, host_maddrs=host_maddrs,
-                   **opts.hoster_kwargs())
+                   network=network, **opts.hoster_kwargs())
 
     # ------------------------------------------------------------------ properties
 
@@ -134,7 +140,7 @@ class Hoster:
 
     @property
     def maddrs(self) -> list[str]:
-        return visible_maddrs(self.dht)
+        return dial_order(visible_maddrs(self.dht))
 
     @property
     def start_block(self) -> int:
@@ -152,7 +158,7 @@ class Hoster:
             num_blocks=self.config.num_hidden_layers, hidden_size=self.config.hidden_size,
             dtype=dtype_name(self.dtype), throughput=round(float(self.throughput), 3),
             cache_tokens_free=budget.free_tokens, cache_tokens_total=budget.total_tokens,
-            version=f"mesh-node/{version()}", state=self.state,
+            version=f"mesh-node/{version()}", state=self.state, relayed=bool(self.network.use_auto_relay),
         ).to_payload()
 
     def run_span(self, hidden: torch.Tensor, start: int | None = None, end: int | None = None) -> torch.Tensor:
@@ -173,9 +179,10 @@ class Hoster:
         self._started = True
         self.config = load_config(self.model_path)
         if self._dht is None:
+            # a NetworkOptions from the CLI listens on every interface by default; the library on loopback
+            kwargs = self.network.dht_kwargs() if self._network_given or self.host_maddrs else {}
             self._dht = start_dht_compat(self.node_key, self.initial_peers,
-                                         record_validators=[AnnouncementValidator()],
-                                         **({"host_maddrs": self.host_maddrs} if self.host_maddrs else {}))
+                                         record_validators=[AnnouncementValidator()], **kwargs)
         elif self._dht.peer_id.to_base58() != self.node_key.peer_id:
             raise ValueError("node_key does not match the DHT's peer id")
         start, end = self._choose_range()

@@ -10,6 +10,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Serving nodes listen on every interface by default and announce those addresses; tests must only
+# ever talk over 127.0.0.1 (or namespaces they create, whose nodes pass --host-maddrs explicitly).
+# `mesh-node` and `python -m hoster` both read this default from the environment.
+os.environ.setdefault("MESH_NODE_HOST_MADDRS", "/ip4/127.0.0.1/tcp/0")
 
 
 @pytest.fixture(scope="session")

@@ -111,6 +111,16 @@ class HypertensorChain(Chain):
             epoch_length=self.epoch_length,
         )
 
+    def get_bootnodes(self, subnet_id: int) -> list[str]:
+        """`SubnetBootnodes[subnet_id]` (peer id -> binary multiaddr), as hex or text strings."""
+        try:
+            value = self.connection.query("SubnetBootnodes", [subnet_id])
+        except Exception as e:  # a runtime without this storage item: no bootnodes, not a failure
+            if "SubnetBootnodes" in str(e) or "not found" in str(e).lower():
+                return []
+            raise
+        return records.bootnodes(value)
+
     def _node_from(self, subnet_id: int, d: dict, queued: bool = False) -> SubnetNode:
         hotkey = records.address(d["hotkey"])
         return records.subnet_node(

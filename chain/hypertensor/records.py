@@ -103,3 +103,21 @@ def consensus_submission(subnet_id: int, epoch: int, d: dict) -> ConsensusSubmis
         att[int(k)] = int(v.get("block", 0)) if isinstance(v, dict) else int(v or 0)
     data = tuple(ScoreEntry(int(e["subnet_node_id"]), int(e["score"])) for e in d.get("data") or [])
     return ConsensusSubmission(subnet_id, epoch, int(d["validator_id"]), data, att, int(d.get("block") or 0))
+
+
+def bootnodes(value: Any) -> list[str]:
+    """A decoded `SubnetBootnodes` value (a map or a list of pairs / entries) -> multiaddr strings
+    (text as stored, or `0x` hex of a binary multiaddr); the caller parses and skips bad ones."""
+    if not value:
+        return []
+    items = value.items() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else []
+    out = []
+    for item in items:
+        maddr = item[-1] if isinstance(item, (list, tuple)) and item else item
+        if isinstance(maddr, dict):
+            maddr = maddr.get("multiaddr")
+        if isinstance(maddr, (bytes, bytearray)):
+            maddr = "0x" + bytes(maddr).hex()
+        if isinstance(maddr, str) and maddr:
+            out.append(maddr)
+    return out

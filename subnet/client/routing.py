@@ -19,6 +19,7 @@ from subnet.swarm.announcements import MIN_THROUGHPUT, Announcement
 
 DEFAULT_PING = 0.05  # seconds assumed for a hoster not measured yet
 MAX_CLAIM_RATIO = 4.0  # a claimed throughput counts for at most this many times the median claim
+RELAY_PENALTY = 0.1  # seconds added per hop through a relayed (NAT) hoster: a relay adds two links
 
 
 class RouteError(RuntimeError):
@@ -50,6 +51,7 @@ def find_route(
     rng: random.Random | None = None,
     step_times: Mapping[str, float] | None = None,
     max_claim_ratio: float = MAX_CLAIM_RATIO,
+    relay_penalty: float = RELAY_PENALTY,
 ) -> list[Span]:
     """Cheapest chain of spans covering blocks `[start, end)`.
 
@@ -60,7 +62,8 @@ def find_route(
     Cost of a hop = ping + blocks * per-block compute, scaled by `1 + load_penalty * sessions`
     this client already runs there, plus `no_cache_penalty` seconds when the hoster announced
     less free cache than the session needs. A hoster may serve any contiguous sub-range of
-    what it announced, so a failed span can be split across several others.
+    what it announced, so a failed span can be split across several others. A hoster announced as
+    `relayed` (behind NAT, reached through a relay) costs `relay_penalty` more per hop: direct first.
     Raises RouteError naming the first block nobody can serve.
     """
     if start >= end:
@@ -89,6 +92,7 @@ def find_route(
             block_time = 1.0 / (max(min(s.throughput, claim_cap), MIN_THROUGHPUT) * (s.end - s.start))
         penalty = no_cache_penalty if cache_tokens_needed and s.cache_tokens_free < cache_tokens_needed else 0.0
         scale = (1.0 + load_penalty * load.get(s.peer_id, 0)) * (1.0 + jitter * rng.random())
+        penalty += relay_penalty if s.relayed else 0.0
         edges.append((s, ping * scale + penalty + hop_cost, block_time * scale))
     while heap:
         cost, pos = heapq.heappop(heap)

@@ -23,15 +23,17 @@ from prometheus_client import CollectorRegistry
 from chain import connect
 from hoster.duty import HosterDuty
 from hoster.metrics import HosterMetrics, MetricsServer
-from hoster.options import HosterOptions
+from hoster.options import HosterOptions, network_options
 from keys import AccountKey, NodeKey
 from subnet.logs import event
 from subnet.model.blocks import model_uid
 from subnet.node.checks import check_blocks, check_device, check_initial_peers, check_model
 from subnet.node.errors import NodeConfigError
+from subnet.swarm.addresses import NetworkOptions
 from subnet.swarm.announcements import AnnouncementValidator
 from subnet.swarm.chain_view import ChainRegistry
-from subnet.swarm.dht import LOOPBACK_MADDRS, start_dht, visible_maddrs
+from subnet.swarm.dht import dial_order, start_dht, visible_maddrs
+from subnet.swarm.discovery import peers_from_chain
 from subnet.swarm.key_caps import KeyCapValidator
 from subnet.swarm.record_admission import make_record_validator
 from validator.duty import ValidatorDuty
@@ -50,7 +52,12 @@ class NodeOptions(HosterOptions):
     validator: bool = False
     api: bool = False
     initial_peers: list[str] = field(default_factory=list)
-    host_maddrs: list[str] | None = None
+    host_maddrs: list[str] | None = None  # None: every interface (subnet.swarm.addresses)
+    announce_maddrs: list[str] | None = None
+    public_ip: str | None = None
+    relay: bool | None = None
+    use_auto_relay: bool | None = None
+    relay_peers: list[str] | None = None
     node_key: str | None = None
     account_key: str | None = None
     chain: str | None = None
@@ -112,6 +119,10 @@ class Node:
         if o.hoster:
             check_device(o.device)
         check_initial_peers(o.initial_peers)
+        try:
+            self.network: NetworkOptions = network_options(argparse.Namespace(**vars(o)))
+        except ValueError as e:
+            raise NodeConfigError(str(e)) from None
 
     # ------------------------------------------------------------------ start
     def start(self) -> Node:
@@ -145,7 +156,7 @@ class Node:
 
     @property
     def maddrs(self) -> list[str]:
-        return visible_maddrs(self.dht)
+        return dial_order(visible_maddrs(self.dht))
 
     def _start_chain(self) -> None:
         o = self.opts
@@ -175,13 +186,35 @@ class Node:
             consensus = make_record_validator(lambda: connect(url), self.opts.subnet_id)
             # only the project's keys, within their caps (subnet/swarm/key_caps.py)
             validators += [consensus, KeyCapValidator(consensus.policy)]
-        self.dht = start_dht(self.node_key, self.opts.initial_peers,
-                             host_maddrs=self.opts.host_maddrs or LOOPBACK_MADDRS, record_validators=validators)
+        peers = self._initial_peers()
+        if self.network.use_auto_relay and not self.network.relay_peers:
+            self.network.relay_peers = list(peers)  # behind NAT: any public peer we know may relay for us
+        try:
+            self.dht = start_dht(self.node_key, peers, record_validators=validators, **self.network.dht_kwargs())
+        except Exception as e:  # p2pd exits when it reaches none of its bootstrap peers
+            if self.opts.initial_peers or not peers or "bootstrap" not in str(e):
+                raise
+            # peers only from the chain, none reachable (stale addresses, or we are the first one up)
+            event(log, "chain_peers_unreachable", logging.WARNING, count=len(peers),
+                  hint="starting as the first peer; others join through this node")
+            self.dht = start_dht(self.node_key, [], record_validators=validators, **self.network.dht_kwargs())
+
+    def _initial_peers(self) -> list[str]:
+        """--initial-peers, plus (with a chain) the subnet's bootnodes and registered nodes' multiaddrs."""
+        peers = list(self.opts.initial_peers)
+        if self.chain is not None:
+            for maddr in peers_from_chain(self.chain, self.opts.subnet_id, exclude_peer_ids=[self.node_key.peer_id]):
+                if maddr not in peers:
+                    peers.append(maddr)
+        if not peers:
+            event(log, "no_initial_peers", logging.WARNING,
+                  hint="first node of the swarm: others join through this node's address")
+        return peers
 
     def _start_hoster(self) -> None:
         from hoster.server import Hoster  # deferred: only hosters load model code (~0.8 s)
 
-        hoster = Hoster.from_options(self.opts, dht=self.dht, node_key=self.node_key)
+        hoster = Hoster.from_options(self.opts, dht=self.dht, node_key=self.node_key, network=self.network)
         HosterMetrics(self.metrics_registry).attach(hoster)
         self.hoster = hoster.start()
 

@@ -285,6 +285,14 @@ TEMPLATE = """\
 # Model directory or hub id; hosters and clients must use the same model (and --model-name).
 # model = "/models/my-model"
 # model_name = "my-model"
+# Addresses (subnet/swarm/addresses.py). A serving node listens on every interface by default;
+# on a machine others reach, fix the port, open it, and announce the public address.
+# host_maddrs = ["/ip4/0.0.0.0/tcp/31337"]
+# announce_maddrs = ["/ip4/203.0.113.7/tcp/31337"]   # or: public_ip = "203.0.113.7"
+# relay = true               # serve as a relay for NAT'd nodes (default: on with a public address)
+# use_auto_relay = false     # behind NAT: be reached through a relay (relay_peers, else initial_peers)
+# relay_peers = ["/ip4/203.0.113.7/tcp/31337/p2p/12D3KooW..."]
+# With chain + subnet_id, initial_peers may stay empty: they come from the chain.
 # Chain: a devnet URL (http://127.0.0.1:9944) or a Hypertensor websocket (ws://...).
 # chain = "http://127.0.0.1:9944"
 # subnet_id = 1

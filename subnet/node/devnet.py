@@ -34,6 +34,7 @@ from subnet.logs import event
 from subnet.model.tiny_model import make_tiny_model
 from subnet.node.assembly import Node, NodeOptions
 from subnet.node.procs import ManagedProcess, python_module_argv, stop_all
+from subnet.swarm.addresses import LOOPBACK
 
 log = logging.getLogger("mesh_node.devnet")
 
@@ -181,7 +182,7 @@ class Devnet:
             "subnet.node.cli", "--validator", "--model", self.model_path, "--chain", self.chain_proc.url,
             "--subnet-id", str(self.subnet_id), "--node-key", str(m.key_dir / "node.key"),
             "--account-key", str(m.key_dir / "hotkey.json"), "--dtype", self.opts.dtype,
-            "--initial-peers", *initial_peers,
+            "--host-maddrs", *LOOPBACK, "--initial-peers", *initial_peers,
         )
         if m.role == "hoster":
             argv[3:3] = hoster_flags(m.blocks)
@@ -193,6 +194,7 @@ class Devnet:
             validator=True, api=False, model=self.model_path, chain=self.chain_proc.url, subnet_id=self.subnet_id,
             node_key=str(m.key_dir / "node.key"), account_key=str(m.key_dir / "hotkey.json"),
             api_host=self.opts.api_host, api_port=self.opts.api_port, dtype=self.opts.dtype,
+            host_maddrs=list(LOOPBACK),  # one machine: the swarm stays on loopback
         ))
         self.node.start()  # its DHT peer is the bootstrap; the API starts once hosters serve
 

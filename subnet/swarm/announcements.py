@@ -69,6 +69,9 @@ class Announcement:
     # record. Storers reject a DHT expiration beyond `valid_until` (see AnnouncementValidator).
     seq: int = 0
     valid_until: float = 0.0
+    # Reachability: True when the hoster is behind NAT and reached through a circuit relay
+    # (--use-auto-relay); clients prefer direct routes (subnet.client.routing RELAY_PENALTY).
+    relayed: bool = False
     expiration: float = math.inf
 
     def to_payload(self) -> dict[str, Any]:
@@ -111,8 +114,11 @@ class Announcement:
         seq = payload.get("seq", 0)
         if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 1 << 63:
             raise ValueError("announcement field 'seq' is not a non-negative 63-bit integer")
+        relayed = payload.get("relayed", False)
+        if not isinstance(relayed, bool):
+            raise ValueError("announcement field 'relayed' is not a boolean")
         ann = cls(
-            seq=seq, valid_until=float(valid_until),
+            seq=seq, valid_until=float(valid_until), relayed=relayed,
             peer_id=text("peer_id", 100), model=text("model"), start=integer("start"), end=integer("end"),
             throughput=float(throughput), cache_tokens_free=integer("cache_tokens_free"),
             cache_tokens_total=integer("cache_tokens_total"), version=text("version", 50), state=text("state", 20),

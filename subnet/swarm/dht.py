@@ -1,4 +1,4 @@
-"""Start hivemind DHT peers bound to a node key (loopback by default).
+"""Start hivemind DHT peers bound to a node key (loopback by default; client mode listens on nothing).
 
 The DHT runs in a forked child process that spawns the libp2p daemon (p2pd). `NodeDHT` ties
 both to the node: they exit within about a second when the node's main process dies, however it
@@ -46,6 +46,30 @@ def key_file_of(key: NodeKey) -> Path | None:
         return None
 
 
+def _static_relays_only() -> None:
+    """Make p2pd use exactly the relays it is given (`-relayDiscovery=0`) when it has some.
+
+    With discovery on (p2pd's default), libp2p's autorelay waits for 4 relay candidates or a
+    3-minute boot delay before it reserves a slot, so a NAT'd node stays unreachable for minutes;
+    with static relays (libp2p's EnableAutoRelayWithStaticRelays) it reserves at once. hivemind's
+    `P2P.create` has no parameter for that p2pd flag, so this wraps its argv builder, in the DHT
+    process only.
+    """
+    from hivemind.p2p import P2P
+
+    build = P2P._make_process_args
+    if getattr(build, "_mesh_static_relays", False):
+        return
+
+    def make_process_args(*args, **kwargs):
+        if kwargs.get("trustedRelays") and kwargs.get("autoRelay"):
+            kwargs["relayDiscovery"] = False
+        return build(*args, **kwargs)
+
+    make_process_args._mesh_static_relays = True
+    P2P._make_process_args = staticmethod(make_process_args)
+
+
 class NodeDHT(hivemind.DHT):
     """A hivemind DHT whose process and p2pd die with the process that started it."""
 
@@ -58,6 +82,7 @@ class NodeDHT(hivemind.DHT):
     def run(self) -> None:  # in the DHT process
         lifetime.p2pd_dies_with_its_parent(self._spawned_daemons)
         lifetime.watch_parent(self._owner_pid, self._on_owner_exit)
+        _static_relays_only()
         super().run()
 
     def _on_owner_exit(self) -> None:
@@ -81,7 +106,7 @@ def start_dht(
     key: NodeKey | None = None,
     initial_peers: Sequence[str] = (),
     *,
-    host_maddrs: Sequence[str] = LOOPBACK_MADDRS,
+    host_maddrs: Sequence[str] | None = None,
     announce_maddrs: Sequence[str] | None = None,
     identity_path: str | os.PathLike | None = None,
     record_validators: Sequence = (),
@@ -96,6 +121,10 @@ def start_dht(
     the node dies first). hivemind's identity-collision check parses the key file as RSA and fails
     on Ed25519 keys whenever initial peers are given, so it is off by default (a collision needs
     a stolen key; the chain's peer-id map is the real guard).
+
+    `host_maddrs` defaults to loopback, except in client mode, where the daemon listens on no
+    address at all: a client only dials out (its streams ride its own outbound connections).
+    Node roles pick their addresses with `subnet.swarm.addresses.NetworkOptions`.
     """
     key = key or NodeKey.generate()
     identity_dir = None
@@ -104,10 +133,12 @@ def start_dht(
     if identity_path is None:
         identity_path = write_identity(key)
         identity_dir = identity_path.parent
+    if host_maddrs is None and client_mode:
+        kwargs.setdefault("no_listen", True)
     try:
         return NodeDHT(
             initial_peers=list(initial_peers),
-            host_maddrs=list(host_maddrs),
+            host_maddrs=list(host_maddrs if host_maddrs is not None else LOOPBACK_MADDRS),
             announce_maddrs=list(announce_maddrs) if announce_maddrs else None,
             identity_path=str(Path(identity_path).absolute()),
             record_validators=list(record_validators),
@@ -124,5 +155,16 @@ def start_dht(
 
 
 def visible_maddrs(dht: hivemind.DHT) -> list[str]:
-    """Multiaddrs other local peers can dial (loopback only in tests)."""
-    return [str(m) for m in dht.get_visible_maddrs()]
+    """Multiaddrs other peers can dial ([] for a client-mode peer that listens on nothing)."""
+    try:
+        return [str(m) for m in dht.get_visible_maddrs()]
+    except ValueError:  # hivemind: "No multiaddrs found for peer" (no listen address, none announced)
+        return []
+
+
+def dial_order(maddrs: Sequence[str]) -> list[str]:
+    """`maddrs` with direct non-loopback addresses first, then loopback, then relayed ones:
+    the one address a node prints (READY lines, logs) should work from another machine."""
+    def rank(m: str) -> int:
+        return 2 if "/p2p-circuit" in m else 1 if m.startswith(("/ip4/127.", "/ip6/::1/")) else 0
+    return sorted(maddrs, key=rank)

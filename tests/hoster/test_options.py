@@ -13,7 +13,9 @@ from hoster.options import HosterOptions, parse_blocks
 # Defined by each entry point itself: the process's network identity and its logging.
 # process options: `mesh-node` defines them at node level (the node owns its identity, logs and metrics endpoint)
 STANDALONE_ONLY = {"--initial-peers", "--host-maddrs", "--node-key", "--log-level", "--help", "--metrics-port",
-                   "--metrics-host"}
+                   "--metrics-host",
+                   # addresses and relays (hoster.options.add_network_arguments): node level in `mesh-node`
+                   "--announce-maddrs", "--public-ip", "--relay", "--no-relay", "--use-auto-relay", "--relay-peers"}
 
 
 def _listed(help_text: str) -> set[str]:

@@ -57,8 +57,9 @@ def check_args(args: argparse.Namespace) -> None:
     """The flags' mistakes, found before any model loads or DHT starts."""
     if not args.model:
         raise UserError("give --model (a model directory or hub id)")
-    if not args.local and not args.initial_peers:
-        raise UserError("give --initial-peers to reach the swarm (or --local to run the model in this process)")
+    if not args.local and not args.initial_peers and not args.chain:
+        raise UserError("give --initial-peers (or --chain and --subnet-id) to reach the swarm "
+                        "(or --local to run the model in this process)")
     check_model(args.model)
     if not args.local:
         check_initial_peers(args.initial_peers)
@@ -77,7 +78,14 @@ def build_backend(args: argparse.Namespace):
         return LocalTransformersBackend(args.model, name=args.model_name, dtype=getattr(torch, args.dtype)), None
     from subnet.api.swarm_backend import SwarmBackend  # deferred: torch + hivemind (~2 s), after the checks
 
-    backend = SwarmBackend.from_pretrained(args.model, args.initial_peers, model_name=args.model_name,
+    peers = list(args.initial_peers)
+    if not peers:  # --chain without --initial-peers: the subnet's bootnodes and registered nodes
+        from subnet.swarm.discovery import peers_from_chain  # deferred: hivemind (~2 s), after the checks
+
+        peers = peers_from_chain(connect(args.chain), args.subnet_id)
+        if not peers:
+            raise UserError(f"subnet {args.subnet_id} on {args.chain} lists no usable multiaddrs; give --initial-peers")
+    backend = SwarmBackend.from_pretrained(args.model, peers, model_name=args.model_name,
                                            dtype=args.dtype)
     return backend, backend.dht
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hoster.options import HosterOptions
+from hoster.options import HosterOptions, add_network_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--api", action="store_true", help="also serve the HTTP API on this node")
     g.add_argument("--config", help="TOML config file")
     g.add_argument("--initial-peers", nargs="*", default=[], help="multiaddrs of peers to join")
-    g.add_argument("--host-maddrs", nargs="*", default=None, help="libp2p listen multiaddrs")
+    add_network_arguments(g)
     g.add_argument("--node-key", help="node key file (Ed25519; created by `mesh-node keygen`)")
     g.add_argument("--account-key", help="chain account key file (hotkey)")
     g.add_argument("--chain", default=None, help="devnet URL (http://...) or Hypertensor ws URL")

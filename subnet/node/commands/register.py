@@ -121,7 +121,21 @@ def _bootnodes(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _check_multiaddrs(args: argparse.Namespace) -> None:
+    """Malformed multiaddrs end here in one line, before anything reaches the chain."""
+    from subnet.swarm.addresses import parse_maddr  # deferred: hivemind (~2 s), only when an address is given
+
+    try:
+        if args.multiaddr:
+            parse_maddr(args.multiaddr, "--multiaddr")
+        for maddr in args.bootnode or ():
+            parse_maddr(maddr, "--bootnode", need_peer_id=True)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_multiaddrs(args)
     chain = open_chain(args, coldkey_required=True)
     try:
         if args.create_subnet:
