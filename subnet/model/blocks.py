@@ -14,7 +14,6 @@ Attention, rotary embeddings, masks and KV caches are transformers' own:
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -25,28 +24,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from subnet.model.architectures import (  # noqa: F401
+    SUPPORTED_ARCHITECTURES,
+    CheckpointError,
+    UnsupportedModelError,
+    check_supported,
+    classes as _classes,
+    client_embedding,
+    client_head,
+    configure,
+    fuse_experts,
+    mismatch_message,
+    position_embeddings as _position_embeddings,
+)
 from subnet.model.kernels import convert_linear, convert_linears, effective_kernel, packed_bytes, replaces_weights
 from subnet.model.memory import trim
 from subnet.model.names import DTYPE_NAMES
 
-SUPPORTED_ARCHITECTURES = {
-    # model_type: (modeling module, class-name prefix)
-    "llama": ("transformers.models.llama.modeling_llama", "Llama"),
-    "mistral": ("transformers.models.mistral.modeling_mistral", "Mistral"),
-    "qwen2": ("transformers.models.qwen2.modeling_qwen2", "Qwen2"),
-    "qwen3": ("transformers.models.qwen3.modeling_qwen3", "Qwen3"),
-}
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-
-
-class UnsupportedModelError(ValueError):
-    """The checkpoint's architecture has no block implementation here."""
-
-
-class CheckpointError(ValueError):
-    """The checkpoint is missing files or tensors the requested blocks need."""
 
 
 # ----------------------------------------------------------------------------- identity
@@ -98,13 +95,13 @@ def load_config(path_or_id: str | os.PathLike):
     from transformers import AutoConfig
 
     local = resolve_files(path_or_id, [])
-    config = AutoConfig.from_pretrained(local)
-    if config.model_type not in SUPPORTED_ARCHITECTURES:
-        raise UnsupportedModelError(
-            f"architecture {config.model_type!r} ({', '.join(getattr(config, 'architectures', None) or [])}) "
-            f"is not supported; supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
-        )
-    config._attn_implementation = "sdpa"  # the masks are built for it; same default as from_pretrained on CPU
+    try:
+        config = AutoConfig.from_pretrained(local)
+    except (ValueError, KeyError) as e:  # a model_type this transformers does not know
+        raise UnsupportedModelError(f"{str(e).splitlines()[0]}; supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
+                                    ) from None
+    check_supported(config)
+    configure(config)  # attention/experts implementations: what from_pretrained picks on CPU
     return config
 
 
@@ -182,16 +179,6 @@ class _WeightIndex:
                 for n in file_names:
                     out[n] = f.get_tensor(n).to(device=device, dtype=dtype, copy=copy)
         return out
-
-
-def _classes(config):
-    module_name, prefix = SUPPORTED_ARCHITECTURES[config.model_type]
-    module = importlib.import_module(module_name)
-    return (
-        getattr(module, f"{prefix}DecoderLayer"),
-        getattr(module, f"{prefix}RotaryEmbedding"),
-        getattr(module, f"{prefix}RMSNorm"),
-    )
 
 
 def _layer_prefix(names: Iterable[str]) -> str:
@@ -299,12 +286,13 @@ class BlockSpan(nn.Module):
             past = cache.get_seq_length(start) if cache is not None else 0
             position_ids = torch.arange(past, past + hidden.shape[1], device=hidden.device).unsqueeze(0)
         masks = self._masks(hidden, attention_mask, cache, position_ids, start, end)
-        position_embeddings = self.rotary_emb(hidden, position_ids)
+        embeddings = _position_embeddings(self.rotary_emb, hidden, position_ids, set(masks))
         for i in range(start, end):
+            kind = layer_type(self.config, i)
             hidden = self.layers[str(i)](
                 hidden,
-                attention_mask=masks[layer_type(self.config, i)],
-                position_embeddings=position_embeddings,
+                attention_mask=masks[kind],
+                position_embeddings=embeddings[kind],
                 position_ids=position_ids,
                 past_key_values=cache,
                 use_cache=cache is not None,
@@ -362,9 +350,11 @@ def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str 
         with torch.device("meta"):
             layer = layer_cls(config, layer_idx=i)
         state = {n[len(layer_prefix):]: t for n, t in index.load(names, dtype, device, copy=pack).items()}
+        state = fuse_experts(config, state, getattr(config, "num_local_experts", None)
+                             or getattr(config, "num_experts", None))
         missing, unexpected = layer.load_state_dict(state, strict=False, assign=True)
         if missing or unexpected:
-            raise CheckpointError(f"layer {i}: missing tensors {missing}, unexpected {unexpected}")
+            raise CheckpointError(mismatch_message(f"layer {i}", missing, unexpected))
         _check_materialized(layer, f"layer {i}")
         del state
         convert_linears(layer, kernel)
@@ -429,15 +419,14 @@ def load_client_parts(path_or_id: str | os.PathLike, dtype: str | torch.dtype = 
     t = probe.load([embed_name, norm_name], dtype, device)
     if not tied:  # a head about to be packed loads as a copy: its file pages are never touched or kept
         t.update(probe.load(["lm_head.weight"], dtype, device, copy=pack))
-    embed = nn.Embedding(config.vocab_size, config.hidden_size, device="meta")
-    embed.weight = nn.Parameter(t[embed_name], requires_grad=False)
+    embed = client_embedding(config, t[embed_name])
     with torch.device("meta"):
         norm = norm_cls(config.hidden_size, eps=config.rms_norm_eps)
     norm.load_state_dict({"weight": t[norm_name]}, assign=True)
     norm.requires_grad_(False)
     head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, device="meta")
     head.weight = embed.weight if tied else nn.Parameter(t.pop("lm_head.weight"), requires_grad=False)
-    head = convert_linear(head, kernel)
+    head = client_head(config, convert_linear(head, kernel))
     if pack:
         trim()  # the unpacked copy was just freed
     return ClientParts(config, embed.eval(), norm.eval(), head.eval())

@@ -32,6 +32,28 @@ _CORPUS = [
 SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
 
 
+# tiny-model name -> transformers model_type
+TINY_ARCHITECTURES = {
+    "llama": "llama", "qwen3": "qwen3", "qwen2": "qwen2", "mistral": "mistral",
+    "llama3": "llama", "gemma2": "gemma2", "gemma3": "gemma3_text", "phi3": "phi3",
+    "mixtral": "mixtral", "qwen3_moe": "qwen3_moe",
+}
+# what makes each tiny model exercise its family's features at a few dozen positions:
+# short sliding windows, soft-capping, Llama 3 rope scaling, 4 experts with top-2 routing
+_ARCH_EXTRAS: dict[str, dict] = {
+    "llama3": dict(rope_theta=500000.0, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64}),
+    "gemma2": dict(sliding_window=8, query_pre_attn_scalar=16, attn_logit_softcapping=50.0,
+                   final_logit_softcapping=30.0, hidden_activation="gelu_pytorch_tanh"),
+    "gemma3": dict(sliding_window=8, query_pre_attn_scalar=16, final_logit_softcapping=30.0,
+                   sliding_window_pattern=3),
+    "mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
+    "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, decoder_sparse_step=1,
+                      mlp_only_layers=[]),
+}
+
+
 def build_tokenizer(vocab_size: int = 512):
     """A byte-level BPE tokenizer (any UTF-8 text encodes) wrapped for transformers."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -63,7 +85,7 @@ def tiny_config(arch: str = "llama", *, vocab_size: int, num_layers: int = 8, hi
     """A small config of a supported architecture, with GQA by default."""
     from transformers import AutoConfig
 
-    model_type = {"llama": "llama", "qwen3": "qwen3", "qwen2": "qwen2", "mistral": "mistral"}[arch]
+    model_type = TINY_ARCHITECTURES[arch]
     kwargs = dict(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -74,8 +96,9 @@ def tiny_config(arch: str = "llama", *, vocab_size: int, num_layers: int = 8, hi
         max_position_embeddings=2048,
         tie_word_embeddings=False,
     )
-    if arch == "qwen3":
+    if arch in ("qwen3", "qwen3_moe", "gemma2", "gemma3"):
         kwargs["head_dim"] = hidden_size // num_heads
+    kwargs.update(_ARCH_EXTRAS.get(arch, {}))
     kwargs.update(overrides)
     return AutoConfig.for_model(model_type, **kwargs)
 
@@ -91,12 +114,11 @@ def make_tiny_model(path: str | os.PathLike, arch: str = "llama", *, seed: int =
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(tokenizer_vocab)
     vocab = vocab_size or len(tokenizer)
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id)
     config = tiny_config(arch, vocab_size=vocab, num_layers=num_layers, hidden_size=hidden_size,
                          intermediate_size=intermediate_size, num_heads=num_heads,
-                         num_kv_heads=num_kv_heads, **overrides)
-    config.bos_token_id = tokenizer.bos_token_id
-    config.eos_token_id = tokenizer.eos_token_id
-    config.pad_token_id = tokenizer.pad_token_id
+                         num_kv_heads=num_kv_heads, **{**ids, **overrides})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():  # larger-than-default init so random models make varied tokens
