@@ -77,7 +77,8 @@ class Hoster:
                  announce_ttl: float = _D.announce_ttl, gather_window: float = _D.gather_window,
                  rebalance_interval: float | None = _D.rebalance_interval, max_length: int = 8192,
                  throughput: float | None = _D.throughput, progress: bool = _D.progress,
-                 linear_kernel: str | None = _D.linear_kernel, compile_decode: bool = _D.compile_decode):
+                 linear_kernel: str | None = _D.linear_kernel, compile_decode: bool = _D.compile_decode,
+                 quant: str = _D.quant):
         if dht is not None and node_key is None:
             raise ValueError("a hoster given a DHT also needs that DHT's node_key to sign announcements")
         self.model_path = str(model_path)
@@ -88,6 +89,7 @@ class Hoster:
         self.requested = (start, end)
         self.num_blocks_wanted = num_blocks
         self.dtype, self.device = parse_dtype(dtype), device
+        self.quant = quant  # subnet.model.quant: weight-only quantization of the blocks
         self.cache_tokens, self.cache_bytes = cache_tokens, cache_bytes
         self.session_timeout, self.gather_window, self.max_length = session_timeout, gather_window, max_length
         self.announce_period, self.announce_ttl = announce_period, announce_ttl
@@ -152,7 +154,7 @@ class Hoster:
             num_blocks=self.config.num_hidden_layers, hidden_size=self.config.hidden_size,
             dtype=dtype_name(self.dtype), throughput=round(float(self.throughput), 3),
             cache_tokens_free=budget.free_tokens, cache_tokens_total=budget.total_tokens,
-            version=f"mesh-node/{version()}", state=self.state,
+            version=f"mesh-node/{version()}", state=self.state, quant=self.quant,
         ).to_payload()
 
     def run_span(self, hidden: torch.Tensor, start: int | None = None, end: int | None = None) -> torch.Tensor:
@@ -198,7 +200,7 @@ class Hoster:
         if self.rebalance_interval:
             threading.Thread(target=self._rebalance_loop, name="hoster-rebalance", daemon=True).start()
         event(log, "hoster_ready", peer=self.peer_id, model=self.model_uid, blocks=f"{start}:{end}",
-              dtype=dtype_name(self.dtype), cache_tokens=self.backend.budget.total_tokens)
+              dtype=dtype_name(self.dtype), quant=self.quant, cache_tokens=self.backend.budget.total_tokens)
 
     def _choose_range(self) -> tuple[int, int]:
         n_layers = self.config.num_hidden_layers
@@ -218,7 +220,7 @@ class Hoster:
 
     def _make_backend(self, start: int, end: int) -> Backend:
         span = load_blocks(self.model_path, start, end, self.dtype, self.device, progress=self.progress,
-                           linear_kernel=self.linear_kernel)
+                           linear_kernel=self.linear_kernel, quant=self.quant)
         if self.cache_bytes is not None:
             budget = CacheBudget.from_bytes(self.cache_bytes, span.kv_bytes_per_token())
         else:

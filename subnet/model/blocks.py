@@ -37,13 +37,13 @@ from subnet.model.architectures import (  # noqa: F401
     mismatch_message,
     position_embeddings as _position_embeddings,
 )
+from subnet.model.checkpoint import INDEX_FILE, SINGLE_FILE, WeightIndex as _WeightIndex
 from subnet.model.kernels import convert_linear, convert_linears, effective_kernel, packed_bytes, replaces_weights
 from subnet.model.memory import trim
 from subnet.model.names import DTYPE_NAMES
+from subnet.model.quant import module_bytes, parse_quant, quantize_module
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
 
 
 # ----------------------------------------------------------------------------- identity
@@ -134,53 +134,6 @@ def resolve_files(path_or_id: str | os.PathLike, tensor_names: Iterable[str]) ->
     return root
 
 
-class _WeightIndex:
-    """Tensor name -> safetensors file of a local checkpoint (sharded or single-file)."""
-
-    def __init__(self, directory: str):
-        from safetensors import safe_open
-
-        self.directory = directory
-        index = os.path.join(directory, INDEX_FILE)
-        single = os.path.join(directory, SINGLE_FILE)
-        if os.path.exists(index):
-            with open(index) as f:
-                self.weight_map: dict[str, str] = dict(json.load(f)["weight_map"])
-        elif os.path.exists(single):
-            with safe_open(single, framework="pt") as f:
-                self.weight_map = {k: SINGLE_FILE for k in f.keys()}
-        else:
-            raise CheckpointError(f"no {SINGLE_FILE} or {INDEX_FILE} in {directory} (safetensors required)")
-
-    def names(self) -> list[str]:
-        return list(self.weight_map)
-
-    def load(self, names: Iterable[str], dtype: torch.dtype, device: torch.device,
-             copy: bool = False) -> dict[str, torch.Tensor]:
-        """Read exactly `names` (grouped by shard file), cast to `dtype`, move to `device`.
-
-        Without `copy` a tensor may point into the file's memory map (zero-copy: its pages stay
-        file-backed and shareable). `copy` makes every tensor its own memory, so the map is
-        closed on return: for weights that are about to be repacked and dropped.
-        """
-        from safetensors import safe_open
-
-        by_file: dict[str, list[str]] = {}
-        for n in names:
-            if n not in self.weight_map:
-                raise CheckpointError(f"tensor {n!r} not in checkpoint {self.directory}")
-            by_file.setdefault(self.weight_map[n], []).append(n)
-        out: dict[str, torch.Tensor] = {}
-        for file, file_names in by_file.items():
-            path = os.path.join(self.directory, file)
-            if not os.path.exists(path):
-                raise CheckpointError(f"missing shard {file} in {self.directory}")
-            with safe_open(path, framework="pt", device="cpu") as f:
-                for n in file_names:
-                    out[n] = f.get_tensor(n).to(device=device, dtype=dtype, copy=copy)
-        return out
-
-
 def _layer_prefix(names: Iterable[str]) -> str:
     """Prefix before `layers.{i}.` in the checkpoint (`model.` for *ForCausalLM checkpoints)."""
     for n in names:
@@ -210,9 +163,10 @@ class BlockSpan(nn.Module):
     """
 
     def __init__(self, config, layers: dict[int, nn.Module], rotary_emb: nn.Module, start: int, end: int,
-                 dtype: torch.dtype, device: torch.device):
+                 dtype: torch.dtype, device: torch.device, quant: str = "none"):
         super().__init__()
         self.config = config
+        self.quant = quant  # subnet.model.quant mode of the linear weights ("none": plain `dtype`)
         self.start, self.end = start, end
         self.dtype, self.device = dtype, device
         self.layers = nn.ModuleDict({str(i): layers[i] for i in range(start, end)})
@@ -231,7 +185,7 @@ class BlockSpan(nn.Module):
         return 2 * n * self.num_kv_heads * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
 
     def weight_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.parameters()) + packed_bytes(self)
+        return module_bytes(self) + packed_bytes(self)  # quantized weights at their real size
 
     def new_cache(self, start: int | None = None, end: int | None = None):
         """An empty growing KV cache for layers [start, end), indexed by global layer index.
@@ -302,7 +256,7 @@ class BlockSpan(nn.Module):
 
 def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str | torch.dtype = "float32",
                 device: str | torch.device = "cpu", *, progress: bool = True,
-                linear_kernel: str | None = None) -> BlockSpan:
+                linear_kernel: str | None = None, quant: str = "none") -> BlockSpan:
     """Build decoder layers [start, end) with transformers' classes and load only their tensors.
 
     `linear_kernel`: what runs their linear layers (`subnet.model.kernels`: `blas`, `onednn` or
@@ -338,8 +292,9 @@ def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str 
     # checkpoint's pages resident next to the packed weights (measured: 2x weight RSS). The other
     # kernels use the loaded tensors as they are (zero copy).
 
-    kernel = effective_kernel(linear_kernel, dtype, device)
-    pack = replaces_weights(kernel)
+    quant = parse_quant(quant)
+    kernel = effective_kernel(linear_kernel, dtype, device) if quant == "none" else "torch"
+    pack = replaces_weights(kernel) or quant != "none"  # copies: the float originals are freed per layer
     layers: dict[int, nn.Module] = {}
     bar = tqdm(range(start, end), desc=f"loading blocks {start}:{end}", unit="block", disable=not progress)
     for i in bar:
@@ -358,6 +313,7 @@ def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str 
         _check_materialized(layer, f"layer {i}")
         del state
         convert_linears(layer, kernel)
+        quantize_module(layer, quant)
         if pack:
             trim()  # the originals were just freed: hand their pages back instead of keeping heap fragments
         layers[i] = layer.eval()
@@ -365,7 +321,7 @@ def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str 
     with torch.device(device):
         rotary = rotary_cls(config=config)
     rotary.eval()
-    span = BlockSpan(config, layers, rotary, start, end, dtype, device)
+    span = BlockSpan(config, layers, rotary, start, end, dtype, device, quant)
     span.requires_grad_(False)
     return span
 
