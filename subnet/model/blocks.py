@@ -38,6 +38,7 @@ from subnet.model.architectures import (  # noqa: F401
     position_embeddings as _position_embeddings,
 )
 from subnet.model.checkpoint import INDEX_FILE, SINGLE_FILE, WeightIndex as _WeightIndex
+from subnet.model.gguf_weights import GGUFIndex, gguf_config, is_gguf
 from subnet.model.kernels import convert_linear, convert_linears, effective_kernel, packed_bytes, replaces_weights
 from subnet.model.memory import trim
 from subnet.model.names import DTYPE_NAMES
@@ -94,6 +95,11 @@ def load_config(path_or_id: str | os.PathLike):
     """The model's transformers config (local dir, or only `config.json` from the hub)."""
     from transformers import AutoConfig
 
+    if is_gguf(path_or_id):
+        config = gguf_config(path_or_id)
+        check_supported(config)
+        configure(config)
+        return config
     local = resolve_files(path_or_id, [])
     try:
         config = AutoConfig.from_pretrained(local)
@@ -272,7 +278,7 @@ def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str 
         raise ValueError(f"blocks [{start}, {end}) out of range for a model with {n_layers} layers")
     layer_cls, rotary_cls, _ = _classes(config)
 
-    directory = os.fspath(path_or_id) if _is_local(path_or_id) else None
+    directory = os.fspath(path_or_id) if _is_local(path_or_id) or is_gguf(path_or_id) else None
     if directory is None:  # hub: learn tensor names from the index, then fetch only needed shards
         directory = resolve_files(path_or_id, [])
         try:
@@ -284,7 +290,7 @@ def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str 
         except Exception:
             wanted = [SINGLE_FILE]
         directory = resolve_files(path_or_id, wanted)
-    index = _WeightIndex(directory)
+    index = _gguf_index(directory, config, layer_cls, start, end) if is_gguf(directory) else _WeightIndex(directory)
     prefix = _layer_prefix(index.names())
 
     # oneDNN's packed linears are copies in its own layout: load the layer's tensors as copies too and
@@ -324,6 +330,15 @@ def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str 
     span = BlockSpan(config, layers, rotary, start, end, dtype, device, quant)
     span.requires_grad_(False)
     return span
+
+
+def _gguf_index(path: str, config, layer_cls, start: int, end: int) -> GGUFIndex:
+    """A GGUF file seen as a checkpoint of the span's layers, under their Hugging Face names."""
+    names = []
+    for i in range(start, end):
+        with torch.device("meta"):
+            names += [f"model.layers.{i}.{n}" for n in layer_cls(config, layer_idx=i).state_dict()]
+    return GGUFIndex(path, config, names)
 
 
 def _check_materialized(module: nn.Module, what: str) -> None:

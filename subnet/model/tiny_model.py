@@ -132,3 +132,53 @@ def make_tiny_model(path: str | os.PathLike, arch: str = "llama", *, seed: int =
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
+
+
+_GGUF_ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+
+
+def write_gguf(src: str | os.PathLike, out: str | os.PathLike, ftype: str = "f32") -> Path:
+    """Write a safetensors checkpoint's weights as a GGUF file (gguf-py's writer, llama.cpp's naming).
+
+    `ftype`: f32 or f16 (matrices; norms stay f32 as llama.cpp writes them). Llama-family q/k rows are
+    permuted as llama.cpp's converter does, so readers must undo it. For tests and benchmarks.
+    """
+    import gguf
+    import numpy as np
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(src)
+    arch = _GGUF_ARCHS[cfg.model_type]
+    heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    w = gguf.GGUFWriter(os.fspath(out), arch)
+    w.add_name(Path(src).name)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if ftype == "f16" else gguf.LlamaFileType.ALL_F32)
+    names = gguf.get_tensor_name_map(next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch),
+                                     cfg.num_hidden_layers)
+    for name, t in sorted(load_file(os.path.join(src, "model.safetensors")).items()):
+        base, _, suffix = name.rpartition(".")
+        arr = t.float().numpy()
+        if arch == "llama" and (base.endswith("q_proj") or base.endswith("k_proj")):
+            n = heads if base.endswith("q_proj") else kv
+            arr = arr.reshape(n, 2, arr.shape[0] // n // 2, *arr.shape[1:]).swapaxes(1, 2).reshape(arr.shape)
+        if ftype == "f16" and arr.ndim == 2:
+            arr = arr.astype(np.float16)
+        w.add_tensor(f"{names.get_name(base)}.{suffix}", np.ascontiguousarray(arr))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(out)
