@@ -18,7 +18,8 @@ CPU backend, on import, tries to fetch and run a kernel from the Hugging Face hu
 (`kernels-community/quantization-bitsandbytes`), which a hoster must never do. Its nf4 is
 ~10x faster than torchao's on CPU (10.5 vs 113 ms); torchao's is the memory-saving path.
 
-MoE experts (stacked 3-D parameters, not `nn.Linear`) stay in `--dtype`.
+MoE experts (stacked 3-D parameters, not `nn.Linear`) stay in `--dtype`, and so do, with `nf4`,
+linear layers whose size is not a multiple of 64 x 256 values (torchao's NF4 block structure).
 """
 
 from __future__ import annotations
@@ -53,8 +54,16 @@ def _config(mode: str):
         raise QuantError(f"--quant {mode} needs torchao (pip install 'torchao==0.18.0'): {e}") from None
 
 
+NF4_GROUP = 64 * 256  # torchao's NF4: blocks of 64 values, scales double-quantized in blocks of 256
+
+
 def _is_linear(module: nn.Module, fqn: str) -> bool:
     return type(module) is nn.Linear
+
+
+def _nf4_fits(module: nn.Module, fqn: str) -> bool:
+    """NF4 needs a weight size that divides into whole scale blocks; other linears keep `--dtype`."""
+    return _is_linear(module, fqn) and module.weight.numel() % NF4_GROUP == 0
 
 
 def quantize_module(module: nn.Module, mode: str) -> nn.Module:
@@ -64,7 +73,7 @@ def quantize_module(module: nn.Module, mode: str) -> nn.Module:
         return module
     from torchao.quantization import quantize_
 
-    quantize_(module, _config(mode), filter_fn=_is_linear)
+    quantize_(module, _config(mode), filter_fn=_nf4_fits if mode == "nf4" else _is_linear)
     return module
 
 

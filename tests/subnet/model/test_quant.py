@@ -70,3 +70,14 @@ def test_tensor_bytes_sees_inside_quantized_tensors():
     assert tensor_bytes(layer.weight) == 128 * 64 * 4
     quantize_(layer, Int8WeightOnlyConfig())
     assert 128 * 64 <= tensor_bytes(layer.weight) <= 128 * 64 + 64 * 8  # int8 data + per-row scales
+
+
+def test_nf4_leaves_layers_without_whole_scale_blocks_in_dtype():
+    from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import NF4Tensor
+
+    from subnet.model.quant import quantize_module
+
+    odd, even = torch.nn.Linear(344, 128, bias=False), torch.nn.Linear(256, 256, bias=False)
+    quantize_module(odd, "nf4")
+    quantize_module(even, "nf4")
+    assert type(odd.weight.data) is torch.Tensor and isinstance(even.weight.data, NF4Tensor)
