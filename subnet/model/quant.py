@@ -24,6 +24,8 @@ linear layers whose size is not a multiple of 64 x 256 values (torchao's NF4 blo
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -41,8 +43,20 @@ def parse_quant(mode: str | None) -> str:
     return mode
 
 
+def _import_torchao() -> None:
+    """Import torchao without its start-up warnings about CUDA-only kernels a CPU torch cannot load."""
+    logger = logging.getLogger("torchao")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import torchao  # noqa: F401
+    finally:
+        logger.setLevel(level)
+
+
 def _config(mode: str):
     try:
+        _import_torchao()
         if mode == "int8":
             from torchao.quantization import Int8WeightOnlyConfig
 
@@ -71,9 +85,10 @@ def quantize_module(module: nn.Module, mode: str) -> nn.Module:
     mode = parse_quant(mode)
     if mode == "none":
         return module
+    config = _config(mode)
     from torchao.quantization import quantize_
 
-    quantize_(module, _config(mode), filter_fn=_nf4_fits if mode == "nf4" else _is_linear)
+    quantize_(module, config, filter_fn=_nf4_fits if mode == "nf4" else _is_linear)
     return module
 
 
