@@ -16,7 +16,7 @@ import argparse
 from dataclasses import dataclass, fields
 from typing import Any
 
-from subnet.model.names import DTYPE_NAMES, KERNELS
+from subnet.model.names import DTYPE_NAMES, KERNELS, QUANT_MODES
 from subnet.swarm.addresses import NetworkOptions
 
 DEFAULT_CACHE_TOKENS = 16384  # KV cache budget when neither --cache-tokens nor --cache-bytes is given
@@ -42,6 +42,7 @@ class HosterOptions:
     blocks: str | None = None  # "a:b"; see block_range()
     num_blocks: int | None = None
     dtype: str = "float32"
+    quant: str = "none"  # weight-only quantization of the blocks' linear layers (subnet/model/quant.py)
     device: str = "cpu"
     cache_tokens: int | None = None
     cache_bytes: int | None = None
@@ -69,6 +70,9 @@ class HosterOptions:
                "--rebalance-interval the hoster may later move to another range of the same size")
         a("--num-blocks", type=int, default=None, help="how many blocks to serve when --blocks is absent")
         a("--dtype", default=d.dtype, choices=DTYPE_NAMES, help="weight dtype (default %(default)s)")
+        a("--quant", default=None, choices=QUANT_MODES,
+          help="weight-only quantization of the served blocks (torchao): int8 (~1/4 of float32 weight bytes), "
+               "nf4 (~1/7), none (default). Announced: clients and scoring compare hosters of one precision class")
         a("--device", default=d.device, help="cpu or cuda[:N] (default %(default)s)")
         a("--cache-tokens", type=int, default=None,
           help=f"KV cache budget in tokens (default {DEFAULT_CACHE_TOKENS})")
@@ -130,6 +134,12 @@ class HosterOptions:
         linear_kernel(self.linear_kernel)  # also checks MESH_LINEAR_KERNEL
         if self.compile_decode:
             kernel_for_compile(self.linear_kernel)
+        if self.quant != "none":
+            import torch  # deferred: mesh-node builds this parser without importing torch
+
+            from subnet.model.quant import check_quant  # deferred: imports torch
+
+            check_quant(self.quant, getattr(torch, self.dtype), self.device)  # QuantError is a ValueError
 
     def hoster_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `Hoster(model_path, ...)`: the fields, with --blocks as start/end."""

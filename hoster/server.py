@@ -79,7 +79,7 @@ class Hoster:
                  rebalance_interval: float | None = _D.rebalance_interval, max_length: int = 8192,
                  throughput: float | None = _D.throughput, progress: bool = _D.progress,
                  linear_kernel: str | None = _D.linear_kernel, compile_decode: bool = _D.compile_decode,
-                 network: NetworkOptions | None = None):
+                 network: NetworkOptions | None = None, quant: str = _D.quant):
         if dht is not None and node_key is None:
             raise ValueError("a hoster given a DHT also needs that DHT's node_key to sign announcements")
         self.model_path = str(model_path)
@@ -93,6 +93,7 @@ class Hoster:
         self.requested = (start, end)
         self.num_blocks_wanted = num_blocks
         self.dtype, self.device = parse_dtype(dtype), device
+        self.quant = quant  # subnet.model.quant: weight-only quantization of the blocks
         self.cache_tokens, self.cache_bytes = cache_tokens, cache_bytes
         self.session_timeout, self.gather_window, self.max_length = session_timeout, gather_window, max_length
         self.announce_period, self.announce_ttl = announce_period, announce_ttl
@@ -159,6 +160,7 @@ class Hoster:
             dtype=dtype_name(self.dtype), throughput=round(float(self.throughput), 3),
             cache_tokens_free=budget.free_tokens, cache_tokens_total=budget.total_tokens,
             version=f"mesh-node/{version()}", state=self.state, relayed=bool(self.network.use_auto_relay),
+            quant=self.quant,
         ).to_payload()
 
     def run_span(self, hidden: torch.Tensor, start: int | None = None, end: int | None = None) -> torch.Tensor:
@@ -205,7 +207,7 @@ class Hoster:
         if self.rebalance_interval:
             threading.Thread(target=self._rebalance_loop, name="hoster-rebalance", daemon=True).start()
         event(log, "hoster_ready", peer=self.peer_id, model=self.model_uid, blocks=f"{start}:{end}",
-              dtype=dtype_name(self.dtype), cache_tokens=self.backend.budget.total_tokens)
+              dtype=dtype_name(self.dtype), quant=self.quant, cache_tokens=self.backend.budget.total_tokens)
 
     def _choose_range(self) -> tuple[int, int]:
         n_layers = self.config.num_hidden_layers
@@ -225,7 +227,7 @@ class Hoster:
 
     def _make_backend(self, start: int, end: int) -> Backend:
         span = load_blocks(self.model_path, start, end, self.dtype, self.device, progress=self.progress,
-                           linear_kernel=self.linear_kernel)
+                           linear_kernel=self.linear_kernel, quant=self.quant)
         if self.cache_bytes is not None:
             budget = CacheBudget.from_bytes(self.cache_bytes, span.kv_bytes_per_token())
         else:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from subnet.client import discovery, transport
 from subnet.client.deadlines import StepTimes
+from subnet.client.precision import route_in_one_class
 from subnet.client.routing import BanList, RouteError, RouteStats, Span, find_route
 from subnet.client.runtime import ClientRuntime
 from subnet.logs import event
@@ -48,6 +49,9 @@ class ClientConfig:
     step_deadline_factor: float = 15.0
     first_step_deadline: float = 10.0  # a hoster whose step time was never measured
     probe_timeout: float = 1.0  # the liveness probe (rpc_info) of a hoster that missed a deadline
+    # subnet/client/precision.py: least precise hoster class to use (None: any); mix classes in one session
+    min_precision: str | None = None
+    mix_precisions: bool = False
 
 
 class SequenceManager:
@@ -140,8 +144,12 @@ class SequenceManager:
             await asyncio.gather(*(self.ping(p) for p in todo))
 
     async def make_route(self, start: int = 0, end: int | None = None, *, cache_tokens_needed: int = 0,
-                         exclude: Iterable[str] = ()) -> list[Span]:
-        """Cheapest live chain covering [start, end); raises RouteError (after refreshing) if none."""
+                         exclude: Iterable[str] = (), precision: str | None = None) -> list[Span]:
+        """Cheapest live chain covering [start, end); raises RouteError (after refreshing) if none.
+
+        Hosters of one precision class only (`precision`, else the best class that covers), unless
+        `config.mix_precisions`; never below `config.min_precision`.
+        """
         end = self.num_blocks if end is None else end
         exclude = set(exclude)
         deadline = time.monotonic() + self.config.wait_for_coverage
@@ -152,12 +160,12 @@ class SequenceManager:
             await self._ping_unmeasured(relevant)
             measured = {s.peer_id: t for s in relevant if (t := self.step_times.estimate(s.peer_id)) is not None}
             try:
-                route = find_route(
-                    relevant, start, end, pings=self.stats.pings, load=self.stats.load,
+                route = route_in_one_class(relevant, lambda group, measured=measured: find_route(
+                    group, start, end, pings=self.stats.pings, load=self.stats.load,
                     step_times=measured,
                     exclude=exclude | self.bans.banned(), cache_tokens_needed=cache_tokens_needed,
                     jitter=self.config.route_jitter, hop_cost=self.config.hop_penalty,
-                )
+                ), minimum=self.config.min_precision, pinned=precision, mix=self.config.mix_precisions)
                 event(log, "route", model=self.model_uid, blocks=f"{start}:{end}",
                       route=" ".join(f"{s.peer_id[-6:]}[{s.start}:{s.end})" for s in route))
                 return route

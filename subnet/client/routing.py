@@ -33,6 +33,7 @@ class Span:
     peer_id: str
     start: int
     end: int
+    precision: str = ""  # the hoster's consensus.precision class (set by subnet.client.precision)
 
 
 def find_route(

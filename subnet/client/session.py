@@ -52,6 +52,7 @@ class InferenceSession:
         self.reroutes = 0
         self.closed = False
         self._excluded: set[str] = set()  # hosters that refused this session's request (not banned)
+        self._precision: str | None = None  # the precision class of the first route; re-routes keep it
         self._step_id = 0  # pairs pushed inputs with their steps on the hosters
         self.pushed_steps = 0  # steps forwarded hoster to hoster end to end (observability, tests)
         self.push_fallbacks = 0  # pushed steps finished hop by hop after a problem
@@ -79,8 +80,11 @@ class InferenceSession:
 
     async def _make_route(self, start: int, end: int) -> list[Span]:
         try:
-            return await self.manager.make_route(start, end, cache_tokens_needed=self._cache_tokens,
-                                                 exclude=self._excluded)
+            route = await self.manager.make_route(start, end, cache_tokens_needed=self._cache_tokens,
+                                                  exclude=self._excluded, precision=self._precision)
+            if not self.manager.config.mix_precisions and route and self._precision is None:
+                self._precision = route[0].precision or None
+            return route
         except RouteError as e:
             raise SessionError(str(e)) from None
 

@@ -14,7 +14,6 @@ Attention, rotary embeddings, masks and KV caches are transformers' own:
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -25,28 +24,27 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from subnet.model.architectures import (  # noqa: F401
+    SUPPORTED_ARCHITECTURES,
+    CheckpointError,
+    UnsupportedModelError,
+    check_supported,
+    classes as _classes,
+    client_embedding,
+    client_head,
+    configure,
+    fuse_experts,
+    mismatch_message,
+    position_embeddings as _position_embeddings,
+)
+from subnet.model.checkpoint import INDEX_FILE, SINGLE_FILE, WeightIndex as _WeightIndex
+from subnet.model.gguf_weights import GGUFIndex, gguf_config, is_gguf
 from subnet.model.kernels import convert_linear, convert_linears, effective_kernel, packed_bytes, replaces_weights
 from subnet.model.memory import trim
 from subnet.model.names import DTYPE_NAMES
+from subnet.model.quant import module_bytes, parse_quant, quantize_module
 
-SUPPORTED_ARCHITECTURES = {
-    # model_type: (modeling module, class-name prefix)
-    "llama": ("transformers.models.llama.modeling_llama", "Llama"),
-    "mistral": ("transformers.models.mistral.modeling_mistral", "Mistral"),
-    "qwen2": ("transformers.models.qwen2.modeling_qwen2", "Qwen2"),
-    "qwen3": ("transformers.models.qwen3.modeling_qwen3", "Qwen3"),
-}
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
-
-
-class UnsupportedModelError(ValueError):
-    """The checkpoint's architecture has no block implementation here."""
-
-
-class CheckpointError(ValueError):
-    """The checkpoint is missing files or tensors the requested blocks need."""
 
 
 # ----------------------------------------------------------------------------- identity
@@ -97,14 +95,19 @@ def load_config(path_or_id: str | os.PathLike):
     """The model's transformers config (local dir, or only `config.json` from the hub)."""
     from transformers import AutoConfig
 
+    if is_gguf(path_or_id):
+        config = gguf_config(path_or_id)
+        check_supported(config)
+        configure(config)
+        return config
     local = resolve_files(path_or_id, [])
-    config = AutoConfig.from_pretrained(local)
-    if config.model_type not in SUPPORTED_ARCHITECTURES:
-        raise UnsupportedModelError(
-            f"architecture {config.model_type!r} ({', '.join(getattr(config, 'architectures', None) or [])}) "
-            f"is not supported; supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
-        )
-    config._attn_implementation = "sdpa"  # the masks are built for it; same default as from_pretrained on CPU
+    try:
+        config = AutoConfig.from_pretrained(local)
+    except (ValueError, KeyError) as e:  # a model_type this transformers does not know
+        raise UnsupportedModelError(f"{str(e).splitlines()[0]}; supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
+                                    ) from None
+    check_supported(config)
+    configure(config)  # attention/experts implementations: what from_pretrained picks on CPU
     return config
 
 
@@ -137,63 +140,6 @@ def resolve_files(path_or_id: str | os.PathLike, tensor_names: Iterable[str]) ->
     return root
 
 
-class _WeightIndex:
-    """Tensor name -> safetensors file of a local checkpoint (sharded or single-file)."""
-
-    def __init__(self, directory: str):
-        from safetensors import safe_open
-
-        self.directory = directory
-        index = os.path.join(directory, INDEX_FILE)
-        single = os.path.join(directory, SINGLE_FILE)
-        if os.path.exists(index):
-            with open(index) as f:
-                self.weight_map: dict[str, str] = dict(json.load(f)["weight_map"])
-        elif os.path.exists(single):
-            with safe_open(single, framework="pt") as f:
-                self.weight_map = {k: SINGLE_FILE for k in f.keys()}
-        else:
-            raise CheckpointError(f"no {SINGLE_FILE} or {INDEX_FILE} in {directory} (safetensors required)")
-
-    def names(self) -> list[str]:
-        return list(self.weight_map)
-
-    def load(self, names: Iterable[str], dtype: torch.dtype, device: torch.device,
-             copy: bool = False) -> dict[str, torch.Tensor]:
-        """Read exactly `names` (grouped by shard file), cast to `dtype`, move to `device`.
-
-        Without `copy` a tensor may point into the file's memory map (zero-copy: its pages stay
-        file-backed and shareable). `copy` makes every tensor its own memory, so the map is
-        closed on return: for weights that are about to be repacked and dropped.
-        """
-        from safetensors import safe_open
-
-        by_file: dict[str, list[str]] = {}
-        for n in names:
-            if n not in self.weight_map:
-                raise CheckpointError(f"tensor {n!r} not in checkpoint {self.directory}")
-            by_file.setdefault(self.weight_map[n], []).append(n)
-        out: dict[str, torch.Tensor] = {}
-        for file, file_names in by_file.items():
-            path = os.path.join(self.directory, file)
-            if not os.path.exists(path):
-                raise CheckpointError(f"missing shard {file} in {self.directory}")
-            with safe_open(path, framework="pt", device="cpu") as f:
-                for n in file_names:
-                    out[n] = f.get_tensor(n).to(device=device, dtype=dtype, copy=copy)
-        return out
-
-
-def _classes(config):
-    module_name, prefix = SUPPORTED_ARCHITECTURES[config.model_type]
-    module = importlib.import_module(module_name)
-    return (
-        getattr(module, f"{prefix}DecoderLayer"),
-        getattr(module, f"{prefix}RotaryEmbedding"),
-        getattr(module, f"{prefix}RMSNorm"),
-    )
-
-
 def _layer_prefix(names: Iterable[str]) -> str:
     """Prefix before `layers.{i}.` in the checkpoint (`model.` for *ForCausalLM checkpoints)."""
     for n in names:
@@ -223,9 +169,10 @@ class BlockSpan(nn.Module):
     """
 
     def __init__(self, config, layers: dict[int, nn.Module], rotary_emb: nn.Module, start: int, end: int,
-                 dtype: torch.dtype, device: torch.device):
+                 dtype: torch.dtype, device: torch.device, quant: str = "none"):
         super().__init__()
         self.config = config
+        self.quant = quant  # subnet.model.quant mode of the linear weights ("none": plain `dtype`)
         self.start, self.end = start, end
         self.dtype, self.device = dtype, device
         self.layers = nn.ModuleDict({str(i): layers[i] for i in range(start, end)})
@@ -244,7 +191,7 @@ class BlockSpan(nn.Module):
         return 2 * n * self.num_kv_heads * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
 
     def weight_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.parameters()) + packed_bytes(self)
+        return module_bytes(self) + packed_bytes(self)  # quantized weights at their real size
 
     def new_cache(self, start: int | None = None, end: int | None = None):
         """An empty growing KV cache for layers [start, end), indexed by global layer index.
@@ -299,12 +246,13 @@ class BlockSpan(nn.Module):
             past = cache.get_seq_length(start) if cache is not None else 0
             position_ids = torch.arange(past, past + hidden.shape[1], device=hidden.device).unsqueeze(0)
         masks = self._masks(hidden, attention_mask, cache, position_ids, start, end)
-        position_embeddings = self.rotary_emb(hidden, position_ids)
+        embeddings = _position_embeddings(self.rotary_emb, hidden, position_ids, set(masks))
         for i in range(start, end):
+            kind = layer_type(self.config, i)
             hidden = self.layers[str(i)](
                 hidden,
-                attention_mask=masks[layer_type(self.config, i)],
-                position_embeddings=position_embeddings,
+                attention_mask=masks[kind],
+                position_embeddings=embeddings[kind],
                 position_ids=position_ids,
                 past_key_values=cache,
                 use_cache=cache is not None,
@@ -314,7 +262,7 @@ class BlockSpan(nn.Module):
 
 def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str | torch.dtype = "float32",
                 device: str | torch.device = "cpu", *, progress: bool = True,
-                linear_kernel: str | None = None) -> BlockSpan:
+                linear_kernel: str | None = None, quant: str = "none") -> BlockSpan:
     """Build decoder layers [start, end) with transformers' classes and load only their tensors.
 
     `linear_kernel`: what runs their linear layers (`subnet.model.kernels`: `blas`, `onednn` or
@@ -330,7 +278,7 @@ def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str 
         raise ValueError(f"blocks [{start}, {end}) out of range for a model with {n_layers} layers")
     layer_cls, rotary_cls, _ = _classes(config)
 
-    directory = os.fspath(path_or_id) if _is_local(path_or_id) else None
+    directory = os.fspath(path_or_id) if _is_local(path_or_id) or is_gguf(path_or_id) else None
     if directory is None:  # hub: learn tensor names from the index, then fetch only needed shards
         directory = resolve_files(path_or_id, [])
         try:
@@ -342,7 +290,7 @@ def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str 
         except Exception:
             wanted = [SINGLE_FILE]
         directory = resolve_files(path_or_id, wanted)
-    index = _WeightIndex(directory)
+    index = _gguf_index(directory, config, layer_cls, start, end) if is_gguf(directory) else _WeightIndex(directory)
     prefix = _layer_prefix(index.names())
 
     # oneDNN's packed linears are copies in its own layout: load the layer's tensors as copies too and
@@ -350,8 +298,9 @@ def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str 
     # checkpoint's pages resident next to the packed weights (measured: 2x weight RSS). The other
     # kernels use the loaded tensors as they are (zero copy).
 
-    kernel = effective_kernel(linear_kernel, dtype, device)
-    pack = replaces_weights(kernel)
+    quant = parse_quant(quant)
+    kernel = effective_kernel(linear_kernel, dtype, device) if quant == "none" else "torch"
+    pack = replaces_weights(kernel) or quant != "none"  # copies: the float originals are freed per layer
     layers: dict[int, nn.Module] = {}
     bar = tqdm(range(start, end), desc=f"loading blocks {start}:{end}", unit="block", disable=not progress)
     for i in bar:
@@ -362,12 +311,15 @@ def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str 
         with torch.device("meta"):
             layer = layer_cls(config, layer_idx=i)
         state = {n[len(layer_prefix):]: t for n, t in index.load(names, dtype, device, copy=pack).items()}
+        state = fuse_experts(config, state, getattr(config, "num_local_experts", None)
+                             or getattr(config, "num_experts", None))
         missing, unexpected = layer.load_state_dict(state, strict=False, assign=True)
         if missing or unexpected:
-            raise CheckpointError(f"layer {i}: missing tensors {missing}, unexpected {unexpected}")
+            raise CheckpointError(mismatch_message(f"layer {i}", missing, unexpected))
         _check_materialized(layer, f"layer {i}")
         del state
         convert_linears(layer, kernel)
+        quantize_module(layer, quant)
         if pack:
             trim()  # the originals were just freed: hand their pages back instead of keeping heap fragments
         layers[i] = layer.eval()
@@ -375,9 +327,18 @@ def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str 
     with torch.device(device):
         rotary = rotary_cls(config=config)
     rotary.eval()
-    span = BlockSpan(config, layers, rotary, start, end, dtype, device)
+    span = BlockSpan(config, layers, rotary, start, end, dtype, device, quant)
     span.requires_grad_(False)
     return span
+
+
+def _gguf_index(path: str, config, layer_cls, start: int, end: int) -> GGUFIndex:
+    """A GGUF file seen as a checkpoint of the span's layers, under their Hugging Face names."""
+    names = []
+    for i in range(start, end):
+        with torch.device("meta"):
+            names += [f"model.layers.{i}.{n}" for n in layer_cls(config, layer_idx=i).state_dict()]
+    return GGUFIndex(path, config, names)
 
 
 def _check_materialized(module: nn.Module, what: str) -> None:
@@ -429,15 +390,14 @@ def load_client_parts(path_or_id: str | os.PathLike, dtype: str | torch.dtype = 
     t = probe.load([embed_name, norm_name], dtype, device)
     if not tied:  # a head about to be packed loads as a copy: its file pages are never touched or kept
         t.update(probe.load(["lm_head.weight"], dtype, device, copy=pack))
-    embed = nn.Embedding(config.vocab_size, config.hidden_size, device="meta")
-    embed.weight = nn.Parameter(t[embed_name], requires_grad=False)
+    embed = client_embedding(config, t[embed_name])
     with torch.device("meta"):
         norm = norm_cls(config.hidden_size, eps=config.rms_norm_eps)
     norm.load_state_dict({"weight": t[norm_name]}, assign=True)
     norm.requires_grad_(False)
     head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, device="meta")
     head.weight = embed.weight if tied else nn.Parameter(t.pop("lm_head.weight"), requires_grad=False)
-    head = convert_linear(head, kernel)
+    head = client_head(config, convert_linear(head, kernel))
     if pack:
         trim()  # the unpacked copy was just freed
     return ClientParts(config, embed.eval(), norm.eval(), head.eval())

@@ -30,6 +30,8 @@ def check_model(model: str, flag: str = "--model") -> None:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"{flag} {model}: the directory has no config.json (not a Hugging Face checkpoint)")
+    elif path.is_file() and path.suffix.lower() == ".gguf":
+        return  # a llama.cpp checkpoint hosters serve directly (subnet/model/gguf_weights.py)
     elif path.exists():
         raise UserError(f"{flag} {model}: is a file; give the checkpoint directory")
     elif _looks_local(model):

@@ -24,6 +24,7 @@ from hivemind.dht.validation import DHTRecord, RecordValidatorBase
 from hivemind.utils import get_dht_time
 
 from consensus.phases import RecordKind
+from consensus.precision import QUANT_MODES
 from subnet.swarm.epoch_records import REQUIRED_CLASS
 from subnet.swarm.records import RecordError, open_record
 
@@ -72,6 +73,7 @@ class Announcement:
     # Reachability: True when the hoster is behind NAT and reached through a circuit relay
     # (--use-auto-relay); clients prefer direct routes (subnet.client.routing RELAY_PENALTY).
     relayed: bool = False
+    quant: str = "none"  # weight-only quantization of the blocks (consensus.precision; older writers: none)
     expiration: float = math.inf
 
     def to_payload(self) -> dict[str, Any]:
@@ -123,10 +125,12 @@ class Announcement:
             throughput=float(throughput), cache_tokens_free=integer("cache_tokens_free"),
             cache_tokens_total=integer("cache_tokens_total"), version=text("version", 50), state=text("state", 20),
             num_blocks=integer("num_blocks", 1), hidden_size=integer("hidden_size", 1), dtype=text("dtype", 20),
-            expiration=float(expiration),
+            quant=text("quant", 10) if "quant" in payload else "none", expiration=float(expiration),
         )
         if not ann.start < ann.end <= ann.num_blocks:
             raise ValueError(f"announced blocks [{ann.start}, {ann.end}) invalid for {ann.num_blocks} blocks")
+        if ann.quant not in QUANT_MODES:
+            raise ValueError(f"unknown announced quantization {ann.quant!r}")
         if ann.state not in STATES:
             raise ValueError(f"unknown announcement state {ann.state!r}")
         return ann
