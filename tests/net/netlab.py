@@ -11,6 +11,7 @@ Needs root / CAP_NET_ADMIN: `netns_unavailable()` says why not, for a skip reaso
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 import shutil
@@ -20,7 +21,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-PREFIX = "mnt"  # namespaces mnt<pid>n<i>, bridge mnt<pid>br, host veths mnt<pid>v<i>
+PREFIX = "mn"  # namespaces mn<pid>x<lab>n<i>, bridge mn<pid>x<lab>br, veths mn<pid>x<lab>v<i> (<= 15 chars)
+_LAB_IDS = itertools.count()
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -65,7 +67,7 @@ def sweep_stale() -> None:
     for name in set(names) | {w.split("@")[0].rstrip(":") for w in links.split() if w.startswith(PREFIX)}:
         if not name.startswith(PREFIX):
             continue
-        digits = name[len(PREFIX):].split("n")[0].split("b")[0].split("v")[0].split("p")[0]
+        digits = name[len(PREFIX):].split("x")[0]
         if digits.isdigit() and not _alive(int(digits)):
             _kill_netns_pids(name)
             _ip("netns", "del", name, check=False)
@@ -88,7 +90,9 @@ class Host:
 @dataclass
 class NetLab:
     hosts: dict[str, Host] = field(default_factory=dict)
-    tag: str = field(default_factory=lambda: f"{PREFIX}{os.getpid()}")
+    # unique per lab, not only per process: a lab whose namespace outlived its close() (a process still
+    # inside it) must not make the next lab of the same test process collide on its names
+    tag: str = field(default_factory=lambda: f"{PREFIX}{os.getpid()}x{next(_LAB_IDS)}")
 
     def __post_init__(self) -> None:
         sweep_stale()
