@@ -19,6 +19,7 @@ from subnet.client import discovery, transport
 from subnet.client.deadlines import StepTimes
 from subnet.client.routing import BanList, RouteError, RouteStats, Span, find_route
 from subnet.client.runtime import ClientRuntime
+from subnet.client.verification import Publisher, StepVerifier
 from subnet.logs import event
 from subnet.swarm.announcements import Announcement
 
@@ -48,6 +49,10 @@ class ClientConfig:
     step_deadline_factor: float = 15.0
     first_step_deadline: float = 10.0  # a hoster whose step time was never measured
     probe_timeout: float = 1.0  # the liveness probe (rpc_info) of a hoster that missed a deadline
+    # Client-side checks (subnet/client/verification.py): the first step each hoster serves in a
+    # session, then this fraction of steps, is recomputed on other hosters; 0 with no warm-up: off.
+    verify_fraction: float = 0.02
+    verify_warmup: bool = True
 
 
 class SequenceManager:
@@ -70,6 +75,15 @@ class SequenceManager:
         self._fetched_at = -1e9
         self._refresh_lock: asyncio.Lock | None = None
         self._refresh_task: asyncio.Future | None = None
+        # where evidence against a hoster caught by a check goes (subnet.client.evidence); None: logged only
+        self.evidence_publisher: Publisher | None = None
+
+    def make_verifier(self) -> StepVerifier | None:
+        """A session's checker per `verify_fraction`/`verify_warmup` (None when both are off)."""
+        cfg = self.config
+        if cfg.verify_fraction <= 0 and not cfg.verify_warmup:
+            return None
+        return StepVerifier(cfg.verify_fraction, warmup=cfg.verify_warmup, publish=self.evidence_publisher)
 
     @property
     def p2p(self):

@@ -1,0 +1,197 @@
+"""Client-side checks of what hosters return (docs/PROTOCOL.md, "Accountable serving").
+
+Receipts: every inference step answer carries the hoster's signed receipt; the client keeps
+its own copy of the span's input chain (`consensus.evidence`), rebuilds the receipt from what
+it sent and received, and checks the Ed25519 signature against the hoster's peer id. A
+missing or invalid receipt forces a check of that span.
+
+Checks: the first step every hoster serves in a session, and then a random `fraction` of
+steps per span, are recomputed elsewhere: the span's whole input prefix (the client keeps
+it for failover anyway) goes through `rpc_forward` on a route of *other* hosters covering
+the same blocks; outputs must agree within `tolerance`. On a mismatch a third opinion (a
+route avoiding both) decides:
+- it agrees with the checker: the served hoster lied. It is dropped from the session (and
+  banned), evidence (its receipt, the prefix and its signed output) is published, and the
+  step is redone over the new route, so the caller gets the right output;
+- it agrees with the served hoster: the checker lied; its hosters are dropped for the session;
+- no third route, or three different answers: the dispute cannot be settled by this client;
+  it is logged (`verification_disputed`), nobody is accused, and that span stays under check
+  at every step until the dispute can be decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from consensus.evidence import (
+    EVIDENCE_TOLERANCE,
+    MAX_EVIDENCE_ELEMENTS,
+    Evidence,
+    EvidenceError,
+    Receipt,
+    chain_seed,
+    chain_state,
+    extend_chain,
+    output_hash,
+    relative_distance,
+)
+from keys.node_key import public_key_from_peer_id, verify
+from subnet.client import transport
+from subnet.client.routing import RouteError
+from subnet.logs import event
+
+log = logging.getLogger(__name__)
+
+Publisher = Callable[[Evidence], None]
+
+
+@dataclass
+class SpanCheck:
+    """Per span of a session: the mirrored input chain, the last step's output and receipt."""
+
+    stream: object = None  # the InferenceStream the chain belongs to (a new stream restarts it)
+    dtype: torch.dtype | None = None
+    chain: bytearray | None = None
+    out: torch.Tensor | None = None  # the last answer: positions [out_start, out_start + n)
+    out_start: int = 0
+    receipt: Receipt | None = None
+    receipt_ok: bool = True
+    passed: int = 0  # checks this span's hoster passed in this session
+    disputed: bool = False
+
+
+def mirror_and_verify(check: SpanCheck, stream, peer_id: str, model_uid: str, start: int, end: int,
+                      x: torch.Tensor, position: int, out: torch.Tensor, meta: dict) -> None:
+    """Extend the mirrored chain with the input sent at `position` and verify the step's receipt."""
+    if check.stream is not stream or check.chain is None or position == 0:
+        check.stream, check.dtype = stream, x.dtype
+        check.chain = bytearray(chain_seed(x.dtype, x.shape[0], x.shape[2]))
+    extend_chain(check.chain, x.to(check.dtype), position)
+    check.out, check.out_start = out, position
+    check.receipt, check.receipt_ok = None, False
+    raw = meta.get("receipt")
+    try:
+        if not isinstance(raw, dict) or set(raw) != {"epoch", "sig"} or not isinstance(raw["sig"], str) \
+                or len(raw["sig"]) != 128 or not isinstance(raw["epoch"], int) or not 0 <= raw["epoch"] < 1 << 62:
+            raise EvidenceError("missing or malformed receipt")
+        n = x.shape[1]
+        r = Receipt(peer_id, model_uid, raw["epoch"], start, end, position, n, chain_state(check.chain, position + n),
+                    output_hash(out), bytes.fromhex(raw["sig"]))
+        if not verify(public_key_from_peer_id(peer_id), r.message(), r.signature):
+            raise EvidenceError("bad receipt signature")
+        check.receipt, check.receipt_ok = r, True
+    except (EvidenceError, ValueError) as e:
+        event(log, "receipt_invalid", logging.WARNING, hoster=peer_id[-8:], position=position, error=str(e)[:200])
+
+
+class StepVerifier:
+    """Decides which steps to check and checks them (one per session; runs on the client loop)."""
+
+    def __init__(self, fraction: float, *, tolerance: float = EVIDENCE_TOLERANCE, warmup: bool = True,
+                 publish: Publisher | None = None, rng: random.Random | None = None):
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError("the verification fraction must be in [0, 1]")
+        self.fraction, self.tolerance, self.warmup = fraction, tolerance, warmup
+        self.publish = publish
+        self.rng = rng or random.Random()
+        self.checked = self.mismatches = self.disputes = 0
+
+    def wants(self, check: SpanCheck) -> bool:
+        if check.disputed or not check.receipt_ok:
+            return True
+        if self.warmup and check.passed == 0:
+            return True
+        return self.fraction > 0 and self.rng.random() < self.fraction
+
+    async def after_step(self, session, position: int, n: int) -> bool:
+        """Check the chosen spans of the step just done; False when the step must be redone."""
+        for idx, st in enumerate(list(session.spans)):
+            check = st.check
+            if check.out is None or check.out_start > position or not self.wants(check):
+                continue
+            verdict = await self._check_span(session, st, position, n)
+            if verdict == "liar":
+                await session.drop_span(idx, st.span.peer_id)
+                return False
+            if verdict == "checker_lied":
+                return True  # the served output stands; the checker is excluded for this session
+        return True
+
+    async def _check_span(self, session, st, position: int, n: int) -> str:
+        check: SpanCheck = st.check
+        peer, start, end, total = st.span.peer_id, st.span.start, st.span.end, position + n
+        prefix = st.history[:, :total].clone()
+        claimed = check.out[:, position - check.out_start:position - check.out_start + n]
+        self.checked += 1
+        first = await self._recompute(session, prefix, start, end, {peer})
+        if first is None:
+            event(log, "verification_skipped", hoster=peer[-8:], blocks=f"{start}:{end}", reason="no other route")
+            return "unchecked"
+        ref_peers, ref = first
+        if relative_distance(claimed, ref[:, position:total]) <= self.tolerance:
+            check.passed += 1
+            check.disputed = False
+            return "ok"
+        self.mismatches += 1
+        third = await self._recompute(session, prefix, start, end, {peer} | ref_peers)
+        agrees_ref = third is not None and relative_distance(third[1], ref) <= self.tolerance
+        agrees_claim = third is not None and relative_distance(third[1][:, position:total], claimed) <= self.tolerance
+        if agrees_ref and not agrees_claim:
+            event(log, "verification_failed", logging.WARNING, hoster=peer, blocks=f"{start}:{end}",
+                  position=position, distance=round(relative_distance(claimed, ref[:, position:total]), 6))
+            self._report(check, st.history[:, :total].clone(), peer)
+            return "liar"
+        if agrees_claim and not agrees_ref:
+            event(log, "verification_checker_lied", logging.WARNING, checker=" ".join(p[-8:] for p in ref_peers))
+            for p in ref_peers:
+                session.exclude(p)
+            return "checker_lied"
+        self.disputes += 1
+        check.disputed = True
+        event(log, "verification_disputed", logging.WARNING, hoster=peer[-8:], blocks=f"{start}:{end}",
+              checker=" ".join(p[-8:] for p in ref_peers), third="none" if third is None else "disagrees")
+        return "disputed"
+
+    async def _recompute(self, session, prefix: torch.Tensor, start: int, end: int,
+                         exclude: set[str]) -> tuple[set[str], torch.Tensor] | None:
+        """Blocks [start, end) on `prefix` through `rpc_forward` on hosters outside `exclude`."""
+        manager = session.manager
+        try:
+            route = await manager.make_route(start, end, exclude=exclude | session.excluded)
+        except RouteError:
+            return None
+        x = prefix
+        timeout = manager.config.request_timeout * (1 + prefix.shape[1] / 2048)
+        try:
+            for span in route:
+                x = await transport.rpc_forward(manager.p2p, span.peer_id, manager.model_uid, span.start, span.end,
+                                                x, timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            event(log, "verification_skipped", reason=f"{type(e).__name__}: {e}"[:200])
+            return None
+        return {s.peer_id for s in route}, x
+
+    def _report(self, check: SpanCheck, prefix: torch.Tensor, peer: str) -> None:
+        """Publish evidence: the receipt of the last answer, its input prefix and the signed output."""
+        if check.receipt is None:
+            event(log, "evidence_unavailable", hoster=peer[-8:], reason="no valid receipt for the step")
+            return
+        if prefix.numel() > MAX_EVIDENCE_ELEMENTS:
+            event(log, "evidence_unavailable", hoster=peer[-8:], reason=f"prefix of {prefix.numel()} elements "
+                                                                        f"exceeds {MAX_EVIDENCE_ELEMENTS}")
+            return
+        if self.publish is None:
+            event(log, "evidence_unavailable", hoster=peer[-8:], reason="no evidence publisher (no chain registry)")
+            return
+        ev = Evidence(check.receipt, prefix.to(check.dtype).contiguous(), check.out.contiguous())
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, self.publish, ev)
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())

@@ -1,0 +1,56 @@
+"""TEST ONLY: `python -m tests.hoster.tamper_hoster --tamper-scale S <python -m hoster args>`.
+
+A hoster that computes probes (`run_span`) and `rpc_forward` honestly but adds noise of relative size `S`
+to every inference-step output it returns to clients (and signs the altered output, as a
+cheater's own code would). Production code has no switch for this: the alteration is a
+servicer hook this test module installs in its own process.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def install(scale: float) -> None:
+    """Make every Hoster created in this process alter its inference steps (relative noise `scale`)."""
+    import hoster.server as server
+
+    original_init = server.Hoster.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.servicer_hooks.append(lambda servicer: tamper_servicer(servicer, scale))
+
+    server.Hoster.__init__ = init
+
+
+def tamper_servicer(servicer, scale: float) -> None:
+    import torch
+
+    backend = servicer.backend
+    honest_step = backend.step
+
+    async def step(session, hidden, position):
+        out = await honest_step(session, hidden, position)
+        g = torch.Generator().manual_seed(position)  # a fixed direction per position (RMSNorm ignores pure scaling)
+        noise = torch.randn(out.shape, generator=g, dtype=torch.float32).to(out.dtype)
+        return out + scale * out.norm() / out.numel() ** 0.5 * noise
+
+    backend.step = step  # only the inference-session path; run_span/forward stay honest
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[0] != "--tamper-scale":
+        print("usage: python -m tests.hoster.tamper_hoster --tamper-scale S <hoster args>", file=sys.stderr)
+        return 2
+    from subnet.model.process_env import set_thread_pool_defaults
+
+    set_thread_pool_defaults()  # as `python -m hoster` does, before torch loads
+    install(float(argv[1]))
+    from hoster.__main__ import main as hoster_main
+
+    return hoster_main(argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
