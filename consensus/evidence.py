@@ -254,3 +254,8 @@ def _b64(obj: dict, name: str) -> bytes:
         return base64.b64decode(v, validate=True)
     except (binascii.Error, ValueError):
         raise EvidenceError(f"{name} is not base64") from None
+
+
+def apply_evidence(fixed: dict[str, int], guilty: set[str] | frozenset[str]) -> dict[str, int]:
+    """Hoster fixed-point scores with every hoster proven dishonest by evidence set to 0."""
+    return {peer: (0 if peer in guilty else score) for peer, score in fixed.items()}

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from subnet.client import discovery, transport
 from subnet.client.deadlines import StepTimes
+from subnet.client.evidence import make_publisher
 from subnet.client.routing import BanList, RouteError, RouteStats, Span, find_route
 from subnet.client.runtime import ClientRuntime
 from subnet.client.verification import Publisher, StepVerifier
@@ -77,6 +78,8 @@ class SequenceManager:
         self._refresh_task: asyncio.Future | None = None
         # where evidence against a hoster caught by a check goes (subnet.client.evidence); None: logged only
         self.evidence_publisher: Publisher | None = None
+        if registry is not None and getattr(registry, "subnet_id", None) is not None:
+            self.evidence_publisher = make_publisher(runtime.dht, registry.subnet_id)
 
     def make_verifier(self) -> StepVerifier | None:
         """A session's checker per `verify_fraction`/`verify_warmup` (None when both are off)."""
