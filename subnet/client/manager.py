@@ -55,6 +55,10 @@ class ClientConfig:
     verify_fraction: float = 0.02
     verify_warmup: bool = True
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.verify_fraction <= 1.0:
+            raise ValueError(f"verify_fraction must be in [0, 1], got {self.verify_fraction!r}")
+
 
 class SequenceManager:
     """Routes for one model (`model_uid`, `num_blocks` blocks) over the current swarm."""

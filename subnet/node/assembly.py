@@ -31,9 +31,12 @@ from subnet.node.errors import NodeConfigError
 from subnet.swarm.announcements import AnnouncementValidator
 from subnet.swarm.chain_view import ChainRegistry
 from subnet.swarm.dht import LOOPBACK_MADDRS, start_dht, visible_maddrs
+from subnet.swarm.evidence_records import EvidencePolicy, EvidenceRecordValidator
 from subnet.swarm.record_admission import make_record_validator
 from validator.duty import ValidatorDuty
+from validator.evidence import EvidenceChecker, local_reference
 from validator.metrics import ValidatorMetrics
+from validator.spot_checks import SpotCheckDuty, local_embedding
 
 log = logging.getLogger("mesh_node.node")
 
@@ -57,6 +60,7 @@ class NodeOptions(HosterOptions):
     api_keys: list[str] = field(default_factory=list)
     metrics_port: int | None = None  # None: no separate metrics endpoint
     metrics_host: str = "127.0.0.1"
+    spot_checks: bool = False  # validators: spot-check sessions indistinguishable from traffic
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> NodeOptions:
@@ -77,6 +81,8 @@ class Node:
         self.hoster: Any = None
         self.hoster_duty: Any = None
         self.validator_duty: Any = None
+        self.spot_duty: Any = None
+        self._spot_client: Any = None
         self.api_server: Any = None
         self.api_url: str | None = None
         self._swarm_backend: Any = None
@@ -169,6 +175,7 @@ class Node:
             # hivemind forks the DHT process: the record validator must build its own read-only
             # chain client there rather than share this process's connection.
             validators.append(make_record_validator(lambda: connect(url), self.opts.subnet_id))
+            validators.append(EvidenceRecordValidator(EvidencePolicy(self.opts.subnet_id, registry)))
         self.dht = start_dht(self.node_key, self.opts.initial_peers,
                              host_maddrs=self.opts.host_maddrs or LOOPBACK_MADDRS, record_validators=validators)
 
@@ -192,9 +199,27 @@ class Node:
             self.hoster_duty = HosterDuty(self.dht, self.chain, self.node_key, self.hoster, o.subnet_id,
                                           hidden_size=hidden, num_blocks=layers).start()
         if o.validator:
+            url = o.chain
+            evidence = EvidenceChecker(self.dht, EvidencePolicy(o.subnet_id, ChainRegistry(lambda: connect(url),
+                                                                                           o.subnet_id)),
+                                       model_uid(o.model, o.model_name), local_reference(o.model, layers))
             self.validator_duty = ValidatorDuty(self.dht, self.chain, self.node_key, o.subnet_id,
-                                                hidden_size=hidden, num_blocks=layers).start()
+                                                hidden_size=hidden, num_blocks=layers, evidence=evidence).start()
             ValidatorMetrics(self.validator_duty, self.metrics_registry)
+            if o.spot_checks:
+                self._start_spot_checks(layers)
+
+    def _start_spot_checks(self, layers: int) -> None:
+        from subnet.client.spot_session import SpotCheckClient  # deferred: only spot-checking validators
+        from subnet.model.blocks import load_config  # deferred: as above
+
+        o, url = self.opts, self.opts.chain
+        uid = model_uid(o.model, o.model_name)
+        self._spot_client = SpotCheckClient(self.maddrs, uid)
+        policy = EvidencePolicy(o.subnet_id, ChainRegistry(lambda: connect(url), o.subnet_id))
+        self.spot_duty = SpotCheckDuty(self.dht, self.node_key, policy, uid, load_config(o.model).vocab_size,
+                                       self._spot_client.run, local_reference(o.model, layers),
+                                       local_embedding(o.model)).start()
 
     def reports(self) -> dict[int, dict]:
         """Per-epoch consensus reports of this node (validator view if any, else hoster view)."""
@@ -240,6 +265,8 @@ class Node:
             ("api", lambda: self.api_server and self.api_server.stop()),
             ("swarm_client", lambda: self._swarm_backend and self._swarm_backend.close()),
             ("validator_duty", lambda: self.validator_duty and self.validator_duty.stop()),
+            ("spot_checks", lambda: (self.spot_duty and self.spot_duty.stop(),
+                                     self._spot_client and self._spot_client.close())),
             ("hoster_duty", lambda: self.hoster_duty and self.hoster_duty.stop()),
             ("hoster", lambda: self.hoster and self.hoster.shutdown()),
             ("dht", lambda: self.dht and self.dht.shutdown()),
