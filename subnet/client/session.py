@@ -56,6 +56,7 @@ class InferenceSession:
         self._excluded: set[str] = set()  # hosters that refused this session's request (not banned)
         self._step_id = 0  # pairs pushed inputs with their steps on the hosters
         self.pushed_steps = 0  # steps forwarded hoster to hoster end to end (observability, tests)
+        self.push_off = False  # a pushed input differed from what its sender returned to us: hop by hop now
         self.push_fallbacks = 0  # pushed steps finished hop by hop after a problem
         self.verifier = manager.make_verifier()  # None: no client-side checks
         self.redone_steps = 0  # steps recomputed after a check caught a hoster
@@ -174,7 +175,7 @@ class InferenceSession:
 
     def _can_push(self, position: int) -> bool:
         """Forward hoster to hoster only in the steady state: every span open and exactly at `position`."""
-        if not self.manager.config.push or len(self.spans) < 2 or position != self.position:
+        if not self.manager.config.push or self.push_off or len(self.spans) < 2 or position != self.position:
             return False
         return all(st.stream is not None and not st.stream.closed and st.open_error is None
                    and st.server_pos == position and st.stream.session_id for st in self.spans)
@@ -233,7 +234,7 @@ class InferenceSession:
                 return i, x, e
             times.record(peer, n, time.perf_counter() - t0)
             st.server_pos = position + n
-            self._receipt(st, x, position, out, meta)
+            self._receipt(st, x, position, out, meta, pushed=i > 0)
             x = out
             if meta.get("push_error") and i + 1 < k:
                 event(log, "push_failed", hoster=st.span.peer_id[-8:], error=str(meta["push_error"])[:200],
@@ -271,11 +272,22 @@ class InferenceSession:
         self._receipt(st, inp, need, out, meta)
         return out, need
 
-    def _receipt(self, st: _SpanState, x: torch.Tensor, position: int, out: torch.Tensor, meta: dict) -> None:
-        """Mirror the span's input chain and verify the hoster's signed receipt of this step."""
-        if self.verifier is not None:
-            mirror_and_verify(st.check, st.stream, st.span.peer_id, self.manager.model_uid, st.span.start,
-                              st.span.end, x, position, out, meta)
+    def _receipt(self, st: _SpanState, x: torch.Tensor, position: int, out: torch.Tensor, meta: dict, *,
+                 pushed: bool = False) -> None:
+        """Mirror the span's input chain and verify the hoster's signed receipt of this step.
+
+        A pushed step's receipt also fails when the upstream hoster pushed something other than
+        what it returned to us: this hoster is not to blame, so the session stops pushing and the
+        verifier redoes the step hop by hop instead of accusing it."""
+        if self.verifier is None:
+            return
+        mirror_and_verify(st.check, st.stream, st.span.peer_id, self.manager.model_uid, st.span.start,
+                          st.span.end, x, position, out, meta)
+        st.check.pushed_suspect = pushed and not st.check.receipt_ok
+        if st.check.pushed_suspect and not self.push_off:
+            self.push_off = True
+            event(log, "push_disabled", hoster=st.span.peer_id[-8:], position=position,
+                  reason="receipt of a pushed step does not match the input the client saw")
 
     def _probe(self, peer_id: str):
         """The liveness check `InferenceStream` runs when this hoster misses a step deadline."""

@@ -14,6 +14,9 @@ route avoiding both) decides:
   banned), evidence (its receipt, the prefix and its signed output) is published, and the
   step is redone over the new route, so the caller gets the right output;
 - it agrees with the served hoster: the checker lied; its hosters are dropped for the session;
+- a pushed step whose receipt does not match what the client saw: the upstream hoster may have
+  pushed something else than it returned; nobody is accused, the session stops pushing and the
+  step is redone hop by hop (where inputs come from the client);
 - no third route, or three different answers: the dispute cannot be settled by this client;
   it is logged (`verification_disputed`), nobody is accused, and that span stays under check
   at every step until the dispute can be decided.
@@ -64,6 +67,7 @@ class SpanCheck:
     receipt_ok: bool = True
     passed: int = 0  # checks this span's hoster passed in this session
     disputed: bool = False
+    pushed_suspect: bool = False  # the receipt of a pushed step failed: maybe the pusher's fault
 
 
 def mirror_and_verify(check: SpanCheck, stream, peer_id: str, model_uid: str, start: int, end: int,
@@ -113,6 +117,9 @@ class StepVerifier:
         """Check the chosen spans of the step just done; False when the step must be redone."""
         for idx, st in enumerate(list(session.spans)):
             check = st.check
+            if check.pushed_suspect:
+                check.pushed_suspect = False
+                return False  # redo hop by hop (push is off now); then its receipt is about our input
             if check.out is None or check.out_start > position or not self.wants(check):
                 continue
             verdict = await self._check_span(session, st, position, n)

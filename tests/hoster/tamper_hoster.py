@@ -11,45 +11,61 @@ from __future__ import annotations
 import sys
 
 
-def install(scale: float) -> None:
-    """Make every Hoster created in this process alter its inference steps (relative noise `scale`)."""
+def install(scale: float, *, push_only: bool = False) -> None:
+    """Make every Hoster created in this process alter its inference steps (relative noise `scale`),
+    or with `push_only` only what it pushes to the next hoster (its answers to clients stay honest)."""
     import hoster.server as server
 
     original_init = server.Hoster.__init__
+    hook = tamper_pushes if push_only else tamper_servicer
 
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
-        self.servicer_hooks.append(lambda servicer: tamper_servicer(servicer, scale))
+        self.servicer_hooks.append(lambda servicer: hook(servicer, scale))
 
     server.Hoster.__init__ = init
 
 
 def tamper_servicer(servicer, scale: float) -> None:
-    import torch
-
     backend = servicer.backend
     honest_step = backend.step
 
     async def step(session, hidden, position):
-        out = await honest_step(session, hidden, position)
-        g = torch.Generator().manual_seed(position)  # a fixed direction per position (RMSNorm ignores pure scaling)
-        noise = torch.randn(out.shape, generator=g, dtype=torch.float32).to(out.dtype)
-        return out + scale * out.norm() / out.numel() ** 0.5 * noise
+        return _noisy(await honest_step(session, hidden, position), scale, position)
 
     backend.step = step  # only the inference-session path; run_span/forward stay honest
 
 
+def tamper_pushes(servicer, scale: float) -> None:
+    honest_push = servicer._push_onward
+
+    async def push(meta, out):
+        return await honest_push(meta, _noisy(out, scale, 0))
+
+    servicer._push_onward = push  # what goes to the next hoster; the reply to the client stays honest
+
+
+def _noisy(out, scale: float, position: int):
+    import torch
+
+    g = torch.Generator().manual_seed(position)  # a fixed direction per position (RMSNorm ignores pure scaling)
+    noise = torch.randn(out.shape, generator=g, dtype=torch.float32).to(out.dtype)
+    return out + scale * out.norm() / out.numel() ** 0.5 * noise
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2 or argv[0] != "--tamper-scale":
-        print("usage: python -m tests.hoster.tamper_hoster --tamper-scale S <hoster args>", file=sys.stderr)
+        print("usage: python -m tests.hoster.tamper_hoster --tamper-scale S [--push-only] <hoster args>",
+              file=sys.stderr)
         return 2
+    push_only = len(argv) > 2 and argv[2] == "--push-only"
     from subnet.model.process_env import set_thread_pool_defaults
 
     set_thread_pool_defaults()  # as `python -m hoster` does, before torch loads
-    install(float(argv[1]))
+    install(float(argv[1]), push_only=push_only)
     from hoster.__main__ import main as hoster_main
 
-    return hoster_main(argv[2:])
+    return hoster_main(argv[3:] if push_only else argv[2:])
 
 
 if __name__ == "__main__":

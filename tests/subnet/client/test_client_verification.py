@@ -92,10 +92,10 @@ def _greedy(model_path: str, ids: torch.Tensor, n: int) -> list[int]:
     return out[0, ids.shape[1]:].tolist()
 
 
-def _start_tamperer(swarm, model: str, blocks: tuple[int, int], scale: float):
+def _start_tamperer(swarm, model: str, blocks: tuple[int, int], scale: float, *extra: str):
     from tests.subnet.client.conftest import HosterProc
 
-    argv = python_module_argv("tests.hoster.tamper_hoster", "--tamper-scale", str(scale), "--model", model,
+    argv = python_module_argv("tests.hoster.tamper_hoster", "--tamper-scale", str(scale), *extra, "--model", model,
                               "--blocks", f"{blocks[0]}:{blocks[1]}", "--initial-peers", *swarm.initial_peers,
                               "--no-progress", "--log-level", "WARNING", "--announce-period", "2")
     proc = ManagedProcess("tamperer", argv, log_path=f"{swarm.logdir}/tamperer.log",
@@ -133,5 +133,37 @@ def test_client_catches_a_hoster_altering_traffic_and_keeps_greedy_tokens(swarm_
         got = model.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1]:].tolist()
         assert got == want
         assert model.manager.bans.is_banned(liar.peer_id)
+    finally:
+        model.close()
+
+
+@pytest.mark.slow
+def test_a_hoster_pushing_altered_inputs_cannot_frame_the_next_hoster(swarm_factory, tiny_llama):
+    """The liar answers the client honestly but pushes altered outputs to the next hoster: the next
+    hoster's receipt (over what it really got) does not match what the client saw, so the client
+    stops pushing and redoes the step hop by hop; nobody honest is banned and the tokens are right."""
+    from subnet.client import DistributedModelForCausalLM
+
+    swarm = swarm_factory()
+    second = swarm.start_hosters(tiny_llama, [(4, 8)])[0]
+    liar = _start_tamperer(swarm, tiny_llama, (0, 4), 0.3, "--push-only")
+    ids = torch.tensor([[3, 8, 13, 21, 34]])
+    want = _greedy(tiny_llama, ids, 10)
+    model = DistributedModelForCausalLM.from_pretrained(tiny_llama, swarm.initial_peers, request_timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while {s.peer_id for s in model.runtime.run(model.manager.servers(force=True), timeout=60)} \
+                != {second.peer_id, liar.peer_id}:
+            assert time.monotonic() < deadline, "client never saw both hosters"
+            time.sleep(0.5)
+        with model.inference_session(max_length=32) as sess:
+            x = model.head.embed_ids(ids)
+            sess.step(x)
+            for t in range(10):  # decode steps are pushed hoster to hoster until the receipt gives it away
+                sess.step(model.head.embed_ids(torch.tensor([[5 + t]])))
+            assert sess.session.push_off
+        got = model.generate(ids, max_new_tokens=10, do_sample=False)[0, ids.shape[1]:].tolist()
+        assert got == want
+        assert not model.manager.bans.is_banned(second.peer_id)
     finally:
         model.close()
