@@ -68,6 +68,9 @@ class EvidenceChecker:
                 continue
             for reporter, accused, digest, body in found:
                 if digest not in self._verdicts:
+                    if len(self._verdicts) >= 4096:  # bounded: forget the oldest verdicts
+                        for old in list(self._verdicts)[:1024]:
+                            del self._verdicts[old]
                     self._verdicts[digest] = self.check(e, reporter, accused, body)
                 if self._verdicts[digest] is not None:
                     out.add(self._verdicts[digest])
