@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -52,6 +53,7 @@ from subnet.logs import event
 log = logging.getLogger(__name__)
 
 Publisher = Callable[[Evidence], None]
+UNVERIFIABLE_RETRY = 10.0  # seconds before a span no other hoster covers is looked at again
 
 
 @dataclass
@@ -68,6 +70,7 @@ class SpanCheck:
     passed: int = 0  # checks this span's hoster passed in this session
     disputed: bool = False
     pushed_suspect: bool = False  # the receipt of a pushed step failed: maybe the pusher's fault
+    unverifiable_until: float = 0.0  # no other route covers the span: do not look again before this
 
 
 def mirror_and_verify(check: SpanCheck, stream, peer_id: str, model_uid: str, start: int, end: int,
@@ -107,6 +110,8 @@ class StepVerifier:
         self.checked = self.mismatches = self.disputes = 0
 
     def wants(self, check: SpanCheck) -> bool:
+        if time.monotonic() < check.unverifiable_until:
+            return False
         if check.disputed or not check.receipt_ok:
             return True
         if self.warmup and check.passed == 0:
@@ -114,21 +119,21 @@ class StepVerifier:
         return self.fraction > 0 and self.rng.random() < self.fraction
 
     async def after_step(self, session, position: int, n: int) -> bool:
-        """Check the chosen spans of the step just done; False when the step must be redone."""
-        for idx, st in enumerate(list(session.spans)):
-            check = st.check
-            if check.pushed_suspect:
-                check.pushed_suspect = False
-                return False  # redo hop by hop (push is off now); then its receipt is about our input
-            if check.out is None or check.out_start > position or not self.wants(check):
-                continue
-            verdict = await self._check_span(session, st, position, n)
-            if verdict == "liar":
-                await session.drop_span(idx, st.span.peer_id)
-                return False
-            if verdict == "checker_lied":
-                return True  # the served output stands; the checker is excluded for this session
-        return True
+        """Check the chosen spans of the step just done (concurrently); False when the step must be redone."""
+        spans = list(session.spans)
+        if any(st.check.pushed_suspect for st in spans):
+            for st in spans:
+                st.check.pushed_suspect = False
+            return False  # redo hop by hop (push is off now); then receipts are about our inputs
+        chosen = [(idx, st) for idx, st in enumerate(spans)
+                  if st.check.out is not None and st.check.out_start <= position and self.wants(st.check)]
+        if not chosen:
+            return True
+        verdicts = await asyncio.gather(*(self._check_span(session, st, position, n) for _, st in chosen))
+        liars = [(idx, st) for (idx, st), verdict in zip(chosen, verdicts) if verdict == "liar"]
+        for idx, st in reversed(liars):  # from the right: re-routing a span keeps the indices before it
+            await session.drop_span(idx, st.span.peer_id)
+        return not liars  # a lying checker is excluded; the served output stands
 
     async def _check_span(self, session, st, position: int, n: int) -> str:
         check: SpanCheck = st.check
@@ -138,6 +143,7 @@ class StepVerifier:
         self.checked += 1
         first = await self._recompute(session, prefix, start, end, {peer})
         if first is None:
+            check.unverifiable_until = time.monotonic() + UNVERIFIABLE_RETRY
             event(log, "verification_skipped", hoster=peer[-8:], blocks=f"{start}:{end}", reason="no other route")
             return "unchecked"
         ref_peers, ref = first

@@ -11,13 +11,16 @@ from __future__ import annotations
 import sys
 
 
-def install(scale: float, *, push_only: bool = False) -> None:
+def install(scale: float, *, push_only: bool = False, forward_too: bool = False) -> None:
     """Make every Hoster created in this process alter its inference steps (relative noise `scale`),
     or with `push_only` only what it pushes to the next hoster (its answers to clients stay honest)."""
     import hoster.server as server
 
     original_init = server.Hoster.__init__
-    hook = tamper_pushes if push_only else tamper_servicer
+    def hook(servicer, scale):
+        if push_only:
+            return tamper_pushes(servicer, scale)
+        return tamper_servicer(servicer, scale, forward_too=forward_too)
 
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
@@ -26,14 +29,20 @@ def install(scale: float, *, push_only: bool = False) -> None:
     server.Hoster.__init__ = init
 
 
-def tamper_servicer(servicer, scale: float) -> None:
+def tamper_servicer(servicer, scale: float, *, forward_too: bool = False) -> None:
+    """Alter inference steps (and with `forward_too` the `rpc_forward` answers); probes stay honest."""
     backend = servicer.backend
-    honest_step = backend.step
+    honest_step, honest_forward = backend.step, backend.forward
 
     async def step(session, hidden, position):
         return _noisy(await honest_step(session, hidden, position), scale, position)
 
-    backend.step = step  # only the inference-session path; run_span/forward stay honest
+    async def forward(hidden, start=None, end=None, *, peer=""):
+        return _noisy(await honest_forward(hidden, start, end, peer=peer), scale, 0)
+
+    backend.step = step  # the inference-session path; run_span (probes) stays honest
+    if forward_too:
+        backend.forward = forward  # what checkers get from rpc_forward
 
 
 def tamper_pushes(servicer, scale: float) -> None:
@@ -55,17 +64,17 @@ def _noisy(out, scale: float, position: int):
 
 def main(argv: list[str]) -> int:
     if len(argv) < 2 or argv[0] != "--tamper-scale":
-        print("usage: python -m tests.hoster.tamper_hoster --tamper-scale S [--push-only] <hoster args>",
+        print("usage: python -m tests.hoster.tamper_hoster --tamper-scale S [--push-only|--forward-too] <hoster args>",
               file=sys.stderr)
         return 2
-    push_only = len(argv) > 2 and argv[2] == "--push-only"
+    mode = argv[2] if len(argv) > 2 and argv[2] in ("--push-only", "--forward-too") else None
     from subnet.model.process_env import set_thread_pool_defaults
 
     set_thread_pool_defaults()  # as `python -m hoster` does, before torch loads
-    install(float(argv[1]), push_only=push_only)
+    install(float(argv[1]), push_only=mode == "--push-only", forward_too=mode == "--forward-too")
     from hoster.__main__ import main as hoster_main
 
-    return hoster_main(argv[3:] if push_only else argv[2:])
+    return hoster_main(argv[3:] if mode else argv[2:])
 
 
 if __name__ == "__main__":

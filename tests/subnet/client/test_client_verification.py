@@ -167,3 +167,48 @@ def test_a_hoster_pushing_altered_inputs_cannot_frame_the_next_hoster(swarm_fact
         assert not model.manager.bans.is_banned(second.peer_id)
     finally:
         model.close()
+
+
+@pytest.mark.slow
+def test_a_lying_checker_is_outvoted_and_a_dispute_accuses_nobody(swarm_factory, tiny_llama, caplog):
+    """The liar also lies on rpc_forward (it is the checker): with a third hoster the served output
+    stands and the checker is excluded; without one the client logs a dispute and accuses nobody.
+    The served hoster is honest, so the tokens are right either way."""
+    import logging
+
+    from subnet.client import DistributedModelForCausalLM
+
+    swarm = swarm_factory()
+    served, third = swarm.start_hosters(tiny_llama, [(0, 8), (0, 8)], "--announce-ttl", "8")
+    liar = _start_tamperer(swarm, tiny_llama, (0, 8), 0.3, "--forward-too")
+    ids = torch.tensor([[2, 4, 6, 8, 10, 12]])
+    want = _greedy(tiny_llama, ids, 8)
+    model = DistributedModelForCausalLM.from_pretrained(tiny_llama, swarm.initial_peers, request_timeout=60)
+    caplog.set_level(logging.INFO, logger="subnet.client.verification")
+    try:
+        everyone = {served.peer_id, third.peer_id, liar.peer_id}
+        deadline = time.monotonic() + 120
+        while {s.peer_id for s in model.runtime.run(model.manager.servers(force=True), timeout=60)} != everyone:
+            assert time.monotonic() < deadline, "client never saw the three hosters"
+            time.sleep(0.5)
+        # route: `served`; first checker: the liar; third opinion: `third`
+        pings = model.manager.stats.pings
+        pings.update({served.peer_id: 0.0, liar.peer_id: 1.0, third.peer_id: 5.0})
+        assert model.generate(ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1]:].tolist() == want
+        assert any(r.getMessage() == "verification_checker_lied" for r in caplog.records)
+        assert not any(r.getMessage() == "verification_failed" for r in caplog.records)
+
+        third.kill()  # now nobody can break the tie
+        deadline = time.monotonic() + 120
+        while third.peer_id in {s.peer_id for s in model.runtime.run(model.manager.servers(force=True),
+                                                                         timeout=60)}:
+            assert time.monotonic() < deadline, "the killed hoster's announcement never expired"
+            time.sleep(0.5)
+        caplog.clear()
+        pings.update({served.peer_id: 0.0, liar.peer_id: 1.0})
+        assert model.generate(ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1]:].tolist() == want
+        assert any(r.getMessage() == "verification_disputed" for r in caplog.records)
+        assert not any(r.getMessage() == "verification_failed" for r in caplog.records)
+        assert not model.manager.bans.is_banned(served.peer_id)
+    finally:
+        model.close()
