@@ -54,6 +54,7 @@ class ClientConfig:
     # session, then this fraction of steps, is recomputed on other hosters; 0 with no warm-up: off.
     verify_fraction: float = 0.02
     verify_warmup: bool = True
+    verify_background: bool = True  # random checks beside the token loop (first-step checks always block)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.verify_fraction <= 1.0:
@@ -90,7 +91,8 @@ class SequenceManager:
         cfg = self.config
         if cfg.verify_fraction <= 0 and not cfg.verify_warmup:
             return None
-        return StepVerifier(cfg.verify_fraction, warmup=cfg.verify_warmup, publish=self.evidence_publisher)
+        return StepVerifier(cfg.verify_fraction, warmup=cfg.verify_warmup, publish=self.evidence_publisher,
+                            background=cfg.verify_background)
 
     @property
     def p2p(self):

@@ -103,6 +103,8 @@ class InferenceSession:
         """
         if self.closed:
             raise SessionError("session is closed")
+        if self.verifier is not None and self.verifier.caught:
+            await self._drop_caught()
         position = self.position if position is None else position
         n = hidden.shape[1]
         if hidden.shape[0] != self.batch_size or hidden.dim() != 3:
@@ -166,6 +168,13 @@ class InferenceSession:
     def exclude(self, peer_id: str) -> None:
         """Never route this session to `peer_id` again (e.g. it failed a check)."""
         self._excluded.add(peer_id)
+
+    async def _drop_caught(self) -> None:
+        """Re-route spans whose hoster a background check caught lying (before this step uses them)."""
+        caught, self.verifier.caught = self.verifier.caught, set()
+        for idx in reversed(range(len(self.spans))):
+            if self.spans[idx].span.peer_id in caught:
+                await self.drop_span(idx, self.spans[idx].span.peer_id)
 
     async def drop_span(self, idx: int, peer_id: str) -> None:
         """A check caught the hoster of span `idx`: exclude and ban it, re-route its blocks."""
@@ -311,7 +320,7 @@ class InferenceSession:
     async def close(self) -> None:
         if self.closed:
             return
-        self.closed = True
+        self.closed = True  # background checks still finish (bounded by timeouts): a liar is still reported
         self.manager.stats.release([s.span for s in self.spans])
         await asyncio.gather(*(s.stream.close() for s in self.spans if s.stream is not None), return_exceptions=True)
 

@@ -101,13 +101,16 @@ class StepVerifier:
     """Decides which steps to check and checks them (one per session; runs on the client loop)."""
 
     def __init__(self, fraction: float, *, tolerance: float = EVIDENCE_TOLERANCE, warmup: bool = True,
-                 publish: Publisher | None = None, rng: random.Random | None = None):
+                 publish: Publisher | None = None, rng: random.Random | None = None, background: bool = False):
         if not 0.0 <= fraction <= 1.0:
             raise ValueError("the verification fraction must be in [0, 1]")
         self.fraction, self.tolerance, self.warmup = fraction, tolerance, warmup
         self.publish = publish
         self.rng = rng or random.Random()
         self.checked = self.mismatches = self.disputes = 0
+        self.background = background
+        self.caught: set[str] = set()  # liars found by background checks, dropped before the next step
+        self._tasks: set[asyncio.Task] = set()
 
     def wants(self, check: SpanCheck) -> bool:
         if time.monotonic() < check.unverifiable_until:
@@ -119,7 +122,11 @@ class StepVerifier:
         return self.fraction > 0 and self.rng.random() < self.fraction
 
     async def after_step(self, session, position: int, n: int) -> bool:
-        """Check the chosen spans of the step just done (concurrently); False when the step must be redone."""
+        """Check the chosen spans of the step just done; False when the step must be redone.
+
+        First-step checks, spans with a failed receipt and disputed spans are checked before the
+        step's output is used (concurrently); with `background`, the random checks run beside the
+        token loop instead, and a liar they catch is dropped before the session's next step."""
         spans = list(session.spans)
         if any(st.check.pushed_suspect for st in spans):
             for st in spans:
@@ -127,19 +134,37 @@ class StepVerifier:
             return False  # redo hop by hop (push is off now); then receipts are about our inputs
         chosen = [(idx, st) for idx, st in enumerate(spans)
                   if st.check.out is not None and st.check.out_start <= position and self.wants(st.check)]
-        if not chosen:
+        blocking = []
+        for idx, st in chosen:
+            if not self.background or self._must_block(st.check):
+                blocking.append((idx, st))
+            else:
+                self._spawn(session, st.check, _Snapshot.of(st, position, n))
+        if not blocking:
             return True
-        verdicts = await asyncio.gather(*(self._check_span(session, st, position, n) for _, st in chosen))
-        liars = [(idx, st) for (idx, st), verdict in zip(chosen, verdicts) if verdict == "liar"]
+        verdicts = await asyncio.gather(*(self._check(session, st.check, _Snapshot.of(st, position, n))
+                                          for _, st in blocking))
+        liars = [(idx, st) for (idx, st), verdict in zip(blocking, verdicts) if verdict == "liar"]
         for idx, st in reversed(liars):  # from the right: re-routing a span keeps the indices before it
             await session.drop_span(idx, st.span.peer_id)
         return not liars  # a lying checker is excluded; the served output stands
 
-    async def _check_span(self, session, st, position: int, n: int) -> str:
-        check: SpanCheck = st.check
-        peer, start, end, total = st.span.peer_id, st.span.start, st.span.end, position + n
-        prefix = st.history[:, :total].clone()
-        claimed = check.out[:, position - check.out_start:position - check.out_start + n]
+    def _must_block(self, check: SpanCheck) -> bool:
+        return check.disputed or not check.receipt_ok or (self.warmup and check.passed == 0)
+
+    def _spawn(self, session, check: SpanCheck, snap: _Snapshot) -> None:
+        async def run() -> None:
+            if await self._check(session, check, snap) == "liar":
+                self.caught.add(snap.peer)  # the session drops it before its next step
+                session.manager.report_failure(snap.peer, RuntimeError("failed a client-side check"))
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: (self._tasks.discard(t), t.cancelled() or t.exception()))
+
+    async def _check(self, session, check: SpanCheck, snap: _Snapshot) -> str:
+        peer, start, end, position, total = snap.peer, snap.start, snap.end, snap.position, snap.total
+        prefix, claimed = snap.prefix, snap.claimed
         self.checked += 1
         first = await self._recompute(session, prefix, start, end, {peer})
         if first is None:
@@ -158,7 +183,7 @@ class StepVerifier:
         if agrees_ref and not agrees_claim:
             event(log, "verification_failed", logging.WARNING, hoster=peer, blocks=f"{start}:{end}",
                   position=position, distance=round(relative_distance(claimed, ref[:, position:total]), 6))
-            self._report(check, st.history[:, :total].clone(), peer)
+            self._report(snap)
             return "liar"
         if agrees_claim and not agrees_ref:
             event(log, "verification_checker_lied", logging.WARNING, checker=" ".join(p[-8:] for p in ref_peers))
@@ -192,19 +217,43 @@ class StepVerifier:
             return None
         return {s.peer_id for s in route}, x
 
-    def _report(self, check: SpanCheck, prefix: torch.Tensor, peer: str) -> None:
-        """Publish evidence: the receipt of the last answer, its input prefix and the signed output."""
-        if check.receipt is None:
+    def _report(self, snap: _Snapshot) -> None:
+        """Publish evidence: the receipt of the checked answer, its input prefix and the signed output."""
+        peer = snap.peer
+        if snap.receipt is None:
             event(log, "evidence_unavailable", hoster=peer[-8:], reason="no valid receipt for the step")
             return
-        if prefix.numel() > MAX_EVIDENCE_ELEMENTS:
-            event(log, "evidence_unavailable", hoster=peer[-8:], reason=f"prefix of {prefix.numel()} elements "
+        if snap.prefix.numel() > MAX_EVIDENCE_ELEMENTS:
+            event(log, "evidence_unavailable", hoster=peer[-8:], reason=f"prefix of {snap.prefix.numel()} elements "
                                                                         f"exceeds {MAX_EVIDENCE_ELEMENTS}")
             return
         if self.publish is None:
             event(log, "evidence_unavailable", hoster=peer[-8:], reason="no evidence publisher (no chain registry)")
             return
-        ev = Evidence(check.receipt, prefix.to(check.dtype).contiguous(), check.out.contiguous())
+        ev = Evidence(snap.receipt, snap.prefix.to(snap.dtype).contiguous(), snap.out.contiguous())
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(None, self.publish, ev)
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What a check needs, copied when the step is done (the session moves on meanwhile)."""
+
+    peer: str
+    start: int
+    end: int
+    position: int
+    total: int
+    prefix: torch.Tensor  # the span's inputs [0, total)
+    claimed: torch.Tensor  # the served outputs [position, total)
+    out: torch.Tensor  # the whole answer the receipt signs
+    receipt: Receipt | None
+    dtype: torch.dtype | None
+
+    @classmethod
+    def of(cls, st, position: int, n: int) -> _Snapshot:
+        c: SpanCheck = st.check
+        a = position - c.out_start
+        return cls(st.span.peer_id, st.span.start, st.span.end, position, position + n,
+                   st.history[:, :position + n].clone(), c.out[:, a:a + n], c.out, c.receipt, c.dtype)

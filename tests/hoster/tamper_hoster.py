@@ -1,4 +1,5 @@
-"""TEST ONLY: `python -m tests.hoster.tamper_hoster --tamper-scale S <python -m hoster args>`.
+"""TEST ONLY: `python -m tests.hoster.tamper_hoster --tamper-scale S [--push-only | --forward-too]
+[--tamper-after P] <python -m hoster args>`.
 
 A hoster that computes probes (`run_span`) and `rpc_forward` honestly but adds noise of relative size `S`
 to every inference-step output it returns to clients (and signs the altered output, as a
@@ -11,7 +12,7 @@ from __future__ import annotations
 import sys
 
 
-def install(scale: float, *, push_only: bool = False, forward_too: bool = False) -> None:
+def install(scale: float, *, push_only: bool = False, forward_too: bool = False, after: int = 0) -> None:
     """Make every Hoster created in this process alter its inference steps (relative noise `scale`),
     or with `push_only` only what it pushes to the next hoster (its answers to clients stay honest)."""
     import hoster.server as server
@@ -20,7 +21,7 @@ def install(scale: float, *, push_only: bool = False, forward_too: bool = False)
     def hook(servicer, scale):
         if push_only:
             return tamper_pushes(servicer, scale)
-        return tamper_servicer(servicer, scale, forward_too=forward_too)
+        return tamper_servicer(servicer, scale, forward_too=forward_too, after=after)
 
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
@@ -29,13 +30,15 @@ def install(scale: float, *, push_only: bool = False, forward_too: bool = False)
     server.Hoster.__init__ = init
 
 
-def tamper_servicer(servicer, scale: float, *, forward_too: bool = False) -> None:
-    """Alter inference steps (and with `forward_too` the `rpc_forward` answers); probes stay honest."""
+def tamper_servicer(servicer, scale: float, *, forward_too: bool = False, after: int = 0) -> None:
+    """Alter inference steps at positions >= `after` (and with `forward_too` the `rpc_forward`
+    answers); probes stay honest."""
     backend = servicer.backend
     honest_step, honest_forward = backend.step, backend.forward
 
     async def step(session, hidden, position):
-        return _noisy(await honest_step(session, hidden, position), scale, position)
+        out = await honest_step(session, hidden, position)
+        return _noisy(out, scale, position) if position >= after else out
 
     async def forward(hidden, start=None, end=None, *, peer=""):
         return _noisy(await honest_forward(hidden, start, end, peer=peer), scale, 0)
@@ -63,18 +66,21 @@ def _noisy(out, scale: float, position: int):
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 2 or argv[0] != "--tamper-scale":
-        print("usage: python -m tests.hoster.tamper_hoster --tamper-scale S [--push-only|--forward-too] <hoster args>",
-              file=sys.stderr)
-        return 2
-    mode = argv[2] if len(argv) > 2 and argv[2] in ("--push-only", "--forward-too") else None
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m tests.hoster.tamper_hoster", add_help=False)
+    p.add_argument("--tamper-scale", type=float, required=True)
+    p.add_argument("--push-only", action="store_true")
+    p.add_argument("--forward-too", action="store_true")
+    p.add_argument("--tamper-after", type=int, default=0)
+    args, rest = p.parse_known_args(argv)
     from subnet.model.process_env import set_thread_pool_defaults
 
     set_thread_pool_defaults()  # as `python -m hoster` does, before torch loads
-    install(float(argv[1]), push_only=mode == "--push-only", forward_too=mode == "--forward-too")
+    install(args.tamper_scale, push_only=args.push_only, forward_too=args.forward_too, after=args.tamper_after)
     from hoster.__main__ import main as hoster_main
 
-    return hoster_main(argv[3:] if mode else argv[2:])
+    return hoster_main(rest)
 
 
 if __name__ == "__main__":

@@ -212,3 +212,45 @@ def test_a_lying_checker_is_outvoted_and_a_dispute_accuses_nobody(swarm_factory,
         assert not model.manager.bans.is_banned(served.peer_id)
     finally:
         model.close()
+
+
+@pytest.mark.slow
+def test_a_hoster_that_lies_only_after_the_first_step(swarm_factory, tiny_llama, caplog):
+    """Honest on the first step of each session (the blocking check passes), lying from position 8 on.
+    Blocking checks on every step keep every token right; background checks (the default for the
+    random ones) catch it a step later and drop it before the following step."""
+    import logging
+
+    from subnet.client import DistributedModelForCausalLM
+
+    swarm = swarm_factory()
+    honest = swarm.start_hosters(tiny_llama, [(0, 8), (0, 8)])
+    liar = _start_tamperer(swarm, tiny_llama, (0, 8), 0.3, "--tamper-after", "8")
+    ids = torch.tensor([[9, 8, 7, 6, 5]])
+    want = _greedy(tiny_llama, ids, 10)
+    model = DistributedModelForCausalLM.from_pretrained(tiny_llama, swarm.initial_peers, request_timeout=60)
+    caplog.set_level(logging.INFO, logger="subnet.client.verification")
+    try:
+        everyone = {liar.peer_id, *(h.peer_id for h in honest)}
+        deadline = time.monotonic() + 120
+        while {s.peer_id for s in model.runtime.run(model.manager.servers(force=True), timeout=60)} != everyone:
+            assert time.monotonic() < deadline, "client never saw the three hosters"
+            time.sleep(0.5)
+        checked = model.manager.config
+        for background in (False, True):
+            model.manager.bans = type(model.manager.bans)(checked.ban_base, checked.ban_max)
+            for h in honest:  # steer routes to the liar (the checks still use the honest hosters)
+                model.manager.stats.pings[h.peer_id] = 5.0
+            model.manager.stats.pings[liar.peer_id] = 0.0
+            model.manager.config = replace(checked, verify_fraction=1.0, verify_background=background)
+            caplog.clear()
+            got = model.generate(ids, max_new_tokens=10, do_sample=False)[0, ids.shape[1]:].tolist()
+            deadline = time.monotonic() + 60  # a background check may finish after the generation
+            while not (any(r.getMessage() == "verification_failed" for r in caplog.records)
+                       and model.manager.bans.is_banned(liar.peer_id)):
+                assert time.monotonic() < deadline, "the liar was never caught and banned"
+                time.sleep(0.2)
+            if not background:
+                assert got == want  # every step checked before its token is sampled
+    finally:
+        model.close()
