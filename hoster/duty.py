@@ -106,6 +106,9 @@ class HosterDuty(EpochDutyLoop):
     def tick(self, view: EpochPosition) -> None:
         """Advance the duty for the chain position `view` (idempotent within a phase)."""
         e, p = view.epoch, view.progress
+        receipts = getattr(getattr(self.backend, "servicer", None), "receipts", None)
+        if receipts is not None:
+            receipts.epoch = e  # step receipts are bound to the chain epoch (hoster.receipts)
         st = self.epochs.get(e)
         if st is None:
             st = self.epochs[e] = HosterEpoch(e)

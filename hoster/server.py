@@ -30,6 +30,7 @@ from hoster.options import (
     HosterOptions,
     parse_blocks as parse_blocks,  # re-exported: older imports name hoster.server
 )
+from hoster.receipts import ReceiptBook
 from hoster.selection import Span, choose_blocks, should_move
 from hoster.servicer import NAMESPACE, BlockServicer
 from keys.node_key import NodeKey
@@ -197,6 +198,7 @@ class Hoster:
         self._loop_thread.start()
         self.servicer = BlockServicer(self.backend, self.model_uid, self.info, session_timeout=self.session_timeout,
                                       max_length=self.max_length)
+        self.servicer.receipts = ReceiptBook(self.node_key, self.model_uid)  # signed step receipts
         for hook in self.servicer_hooks:  # e.g. metrics wrapping the handlers, before they are registered
             hook(self.servicer)
         self._call(self._serve(), timeout=60)

@@ -26,6 +26,7 @@ from hoster.admission import Admission, Refused
 from hoster.backend import Backend, BackendClosed, StepError
 from hoster.cache import CacheFull
 from hoster.push import PushChannels, PushInbox, PushMissing, read_frame
+from hoster.receipts import ReceiptBook
 from subnet.logs import event
 from subnet.swarm import wire
 
@@ -68,6 +69,7 @@ class BlockServicer(ServicerBase):
         self.inbox = PushInbox()
         self.admission = Admission()  # per-peer limits of every RPC (hoster.admission)
         self.channels: PushChannels | None = None  # set when the handlers are added to a P2P instance
+        self.receipts: ReceiptBook | None = None  # signs every inference step (hoster.receipts), set by the Hoster
         self._stopping: asyncio.Event | None = None
         self._stopped_future: asyncio.Future | None = None
 
@@ -241,8 +243,10 @@ class BlockServicer(ServicerBase):
                                                          f"the step announced {length}")
                     out = await self.backend.step(session, hidden, position)
                     extra = {}
+                    if self.receipts is not None:
+                        extra["receipt"] = await self._receipt(session, hidden, position, out)
                     if "push_to" in meta:
-                        extra = await self._push_onward(meta, out)
+                        extra.update(await self._push_onward(meta, out))
                     reply = self._ok(out, position=position + hidden.shape[1], **extra)
                     # the generator frame outlives the step: keep no prompt-sized buffers alive until
                     # the next request (measured: ~16 MB per open stream after a 1024-position step)
@@ -263,7 +267,16 @@ class BlockServicer(ServicerBase):
             if session is not None:
                 self.inbox.close(session.id)
                 self.backend.close_session(session)
+                if self.receipts is not None:
+                    self.receipts.close(session.id)
                 event(log, "session_closed", session=session.id[:8], level=logging.DEBUG)
+
+    async def _receipt(self, session, hidden, position: int, out) -> dict:
+        """The signed receipt of this step; long inputs are hashed off the event loop."""
+        args = (session.id, session.start, session.end, hidden, position, out)
+        if hidden.shape[1] <= 64:
+            return self.receipts.sign(*args)
+        return await asyncio.get_running_loop().run_in_executor(None, self.receipts.sign, *args)
 
     def _push_source(self, meta: dict, request: runtime_pb2.ExpertRequest) -> str | None:
         """The peer that pushes this step's input (`await_push`), or None when the request carries it."""

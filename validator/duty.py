@@ -25,6 +25,7 @@ from chain.types import AlreadyAttestedError, AlreadyProposedError, ChainError, 
 from consensus.attestation import AttestationDecision, boundary_changes, compare
 from consensus.commit import commitment, new_salt
 from consensus.encoding import encode_score_set, make_score_set
+from consensus.evidence import apply_evidence
 from consensus.phases import (
     COMMIT_START,
     PROBE_ELECTED_ONLY_END,
@@ -93,6 +94,7 @@ class ValidatorEpoch:
     attested: bool = False
     attestation: str | None = None
     skipped: str | None = None
+    guilty: list[str] = field(default_factory=list)  # hosters zeroed by valid evidence (validator.evidence)
 
     def report(self) -> dict:
         return {
@@ -119,6 +121,7 @@ class ValidatorEpoch:
             "attested_previous": self.attested,
             "attestation": self.attestation,
             "skipped": self.skipped,
+            "evidence_guilty": list(self.guilty),
         }
 
 
@@ -134,7 +137,8 @@ class ValidatorDuty(EpochDutyLoop):
     def __init__(self, dht, chain: Chain, node_key: NodeKey, subnet_id: int, *, hidden_size: int, num_blocks: int,
                  params: ScoringParams = DEFAULT_PARAMS, policy: ConsensusRecordPolicy | None = None,
                  poll_interval: float | None = None, keep_reports: int = 32,
-                 reference: ReferencePublisher | None = None):
+                 reference: ReferencePublisher | None = None, evidence=None):
+        self.evidence = evidence  # a validator.evidence.EvidenceChecker: hosters caught lying score 0
         self.dht, self.chain, self.node_key, self.subnet_id = dht, chain, node_key, subnet_id
         self.reference = reference  # set when this validator holds the weights (validator/reference.py)
         self.peer_id = node_key.peer_id
@@ -231,6 +235,10 @@ class ValidatorDuty(EpochDutyLoop):
         for block, peers in hs.disputed.items():
             event(log, "block_disputed", logging.WARNING, epoch=e, block=block, hosters=",".join(peers))
         st.hoster_fixed = hs.fixed()
+        if self.evidence is not None:
+            st.guilty = sorted(self.evidence.guilty(e))
+            st.hoster_fixed = apply_evidence(st.hoster_fixed, set(st.guilty))
+            st.hoster_scores = {p: 0.0 if p in st.guilty else s for p, s in st.hoster_scores.items()}
 
         v_commits = fetch_records(self.dht, self.policy, e - 1, RecordKind.VALIDATOR_COMMIT) if e > 0 else {}
         v_reveals, v_problems = fetch_reveals(self.dht, self.policy, e, RecordKind.VALIDATOR_REVEAL,

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 from subnet.client import discovery, transport
 from subnet.client.deadlines import StepTimes
+from subnet.client.evidence import make_publisher
 from subnet.client.precision import route_in_one_class
 from subnet.client.routing import BanList, RouteError, RouteStats, Span, find_route
 from subnet.client.runtime import ClientRuntime
+from subnet.client.verification import Publisher, StepVerifier
 from subnet.logs import event
 from subnet.swarm.announcements import Announcement
 
@@ -52,6 +54,15 @@ class ClientConfig:
     # subnet/client/precision.py: least precise hoster class to use (None: any); mix classes in one session
     min_precision: str | None = None
     mix_precisions: bool = False
+    # Client-side checks (subnet/client/verification.py): the first step each hoster serves in a
+    # session, then this fraction of steps, is recomputed on other hosters; 0 with no warm-up: off.
+    verify_fraction: float = 0.02
+    verify_warmup: bool = True
+    verify_background: bool = True  # random checks beside the token loop (first-step checks always block)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.verify_fraction <= 1.0:
+            raise ValueError(f"verify_fraction must be in [0, 1], got {self.verify_fraction!r}")
 
 
 class SequenceManager:
@@ -74,6 +85,18 @@ class SequenceManager:
         self._fetched_at = -1e9
         self._refresh_lock: asyncio.Lock | None = None
         self._refresh_task: asyncio.Future | None = None
+        # where evidence against a hoster caught by a check goes (subnet.client.evidence); None: logged only
+        self.evidence_publisher: Publisher | None = None
+        if registry is not None and getattr(registry, "subnet_id", None) is not None:
+            self.evidence_publisher = make_publisher(runtime.dht, registry.subnet_id)
+
+    def make_verifier(self) -> StepVerifier | None:
+        """A session's checker per `verify_fraction`/`verify_warmup` (None when both are off)."""
+        cfg = self.config
+        if cfg.verify_fraction <= 0 and not cfg.verify_warmup:
+            return None
+        return StepVerifier(cfg.verify_fraction, warmup=cfg.verify_warmup, publish=self.evidence_publisher,
+                            background=cfg.verify_background)
 
     @property
     def p2p(self):

@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from subnet.client.manager import SequenceManager
 from subnet.client.routing import RouteError, Span
 from subnet.client.transport import InferenceStream, RemoteError, StepDeadline
+from subnet.client.verification import SpanCheck, mirror_and_verify
 from subnet.logs import event
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class _SpanState:
     server_pos: int = 0  # positions held in the hoster's KV cache
     stream: InferenceStream | None = None
     open_error: BaseException | None = None  # from the concurrent open in `InferenceSession.open`
+    check: SpanCheck = field(default_factory=SpanCheck)  # receipts and checks (subnet.client.verification)
 
 
 class InferenceSession:
@@ -55,7 +57,10 @@ class InferenceSession:
         self._precision: str | None = None  # the precision class of the first route; re-routes keep it
         self._step_id = 0  # pairs pushed inputs with their steps on the hosters
         self.pushed_steps = 0  # steps forwarded hoster to hoster end to end (observability, tests)
+        self.push_off = False  # a pushed input differed from what its sender returned to us: hop by hop now
         self.push_fallbacks = 0  # pushed steps finished hop by hop after a problem
+        self.verifier = manager.make_verifier()  # None: no client-side checks
+        self.redone_steps = 0  # steps recomputed after a check caught a hoster
 
     @property
     def route(self) -> list[Span]:
@@ -102,6 +107,8 @@ class InferenceSession:
         """
         if self.closed:
             raise SessionError("session is closed")
+        if self.verifier is not None and self.verifier.caught:
+            await self._drop_caught()
         position = self.position if position is None else position
         n = hidden.shape[1]
         if hidden.shape[0] != self.batch_size or hidden.dim() != 3:
@@ -151,11 +158,37 @@ class InferenceSession:
                 except SessionError as route_error:
                     raise SessionError(f"{route_error} (after: {'; '.join(errors)})") from e
         self.position = position + n
+        if self.verifier is not None and not await self.verifier.after_step(self, position, n):
+            self.redone_steps += 1
+            if self.redone_steps > 4 * (self.manager.config.max_retries + 1):
+                raise SessionError("too many steps redone after failed checks")
+            return await self.step(hidden, position)  # over the new route (the liar is excluded)
         return x[:, x.shape[1] - n:]
+
+    @property
+    def excluded(self) -> set[str]:
+        return set(self._excluded)
+
+    def exclude(self, peer_id: str) -> None:
+        """Never route this session to `peer_id` again (e.g. it failed a check)."""
+        self._excluded.add(peer_id)
+
+    async def _drop_caught(self) -> None:
+        """Re-route spans whose hoster a background check caught lying (before this step uses them)."""
+        caught, self.verifier.caught = self.verifier.caught, set()
+        for idx in reversed(range(len(self.spans))):
+            if self.spans[idx].span.peer_id in caught:
+                await self.drop_span(idx, self.spans[idx].span.peer_id)
+
+    async def drop_span(self, idx: int, peer_id: str) -> None:
+        """A check caught the hoster of span `idx`: exclude and ban it, re-route its blocks."""
+        self._excluded.add(peer_id)
+        self.manager.report_failure(peer_id, RuntimeError("failed a client-side check"))
+        await self._replace(idx)
 
     def _can_push(self, position: int) -> bool:
         """Forward hoster to hoster only in the steady state: every span open and exactly at `position`."""
-        if not self.manager.config.push or len(self.spans) < 2 or position != self.position:
+        if not self.manager.config.push or self.push_off or len(self.spans) < 2 or position != self.position:
             return False
         return all(st.stream is not None and not st.stream.closed and st.open_error is None
                    and st.server_pos == position and st.stream.session_id for st in self.spans)
@@ -214,6 +247,7 @@ class InferenceSession:
                 return i, x, e
             times.record(peer, n, time.perf_counter() - t0)
             st.server_pos = position + n
+            self._receipt(st, x, position, out, meta, pushed=i > 0)
             x = out
             if meta.get("push_error") and i + 1 < k:
                 event(log, "push_failed", hoster=st.span.peer_id[-8:], error=str(meta["push_error"])[:200],
@@ -243,10 +277,30 @@ class InferenceSession:
         timeout = cfg.request_timeout * (1 + inp.shape[1] / 2048)
         peer, times = st.span.peer_id, self.manager.step_times
         t0 = time.perf_counter()
-        out = await st.stream.step(inp, need, timeout, times.deadline(peer, inp.shape[1], timeout), self._probe(peer))
+        st.stream.send_step(need, inp)
+        out, meta = await st.stream.receive_step(need, inp.shape, timeout,
+                                                 times.deadline(peer, inp.shape[1], timeout), self._probe(peer))
         times.record(peer, inp.shape[1], time.perf_counter() - t0)
         st.server_pos = position + n
+        self._receipt(st, inp, need, out, meta)
         return out, need
+
+    def _receipt(self, st: _SpanState, x: torch.Tensor, position: int, out: torch.Tensor, meta: dict, *,
+                 pushed: bool = False) -> None:
+        """Mirror the span's input chain and verify the hoster's signed receipt of this step.
+
+        A pushed step's receipt also fails when the upstream hoster pushed something other than
+        what it returned to us: this hoster is not to blame, so the session stops pushing and the
+        verifier redoes the step hop by hop instead of accusing it."""
+        if self.verifier is None:
+            return
+        mirror_and_verify(st.check, st.stream, st.span.peer_id, self.manager.model_uid, st.span.start,
+                          st.span.end, x, position, out, meta)
+        st.check.pushed_suspect = pushed and not st.check.receipt_ok
+        if st.check.pushed_suspect and not self.push_off:
+            self.push_off = True
+            event(log, "push_disabled", hoster=st.span.peer_id[-8:], position=position,
+                  reason="receipt of a pushed step does not match the input the client saw")
 
     def _probe(self, peer_id: str):
         """The liveness check `InferenceStream` runs when this hoster misses a step deadline."""
@@ -270,7 +324,7 @@ class InferenceSession:
     async def close(self) -> None:
         if self.closed:
             return
-        self.closed = True
+        self.closed = True  # background checks still finish (bounded by timeouts): a liar is still reported
         self.manager.stats.release([s.span for s in self.spans])
         await asyncio.gather(*(s.stream.close() for s in self.spans if s.stream is not None), return_exceptions=True)
 

@@ -34,11 +34,14 @@ from subnet.swarm.announcements import AnnouncementValidator
 from subnet.swarm.chain_view import ChainRegistry
 from subnet.swarm.dht import dial_order, start_dht, visible_maddrs
 from subnet.swarm.discovery import peers_from_chain
+from subnet.swarm.evidence_records import EvidencePolicy, EvidenceRecordValidator
 from subnet.swarm.key_caps import KeyCapValidator
 from subnet.swarm.record_admission import make_record_validator
 from validator.duty import ValidatorDuty
+from validator.evidence import EvidenceChecker, local_reference
 from validator.metrics import ValidatorMetrics
 from validator.reference import ReferenceModel, ReferencePublisher, holds_weights
+from validator.spot_checks import SpotCheckDuty, local_embedding
 
 log = logging.getLogger("mesh_node.node")
 
@@ -68,6 +71,7 @@ class NodeOptions(HosterOptions):
     metrics_port: int | None = None  # None: no separate metrics endpoint
     metrics_host: str = "127.0.0.1"
     reference: bool = True  # a validator whose --model has the weights publishes reference outputs
+    spot_checks: bool = False  # validators: spot-check sessions indistinguishable from traffic
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> NodeOptions:
@@ -88,6 +92,8 @@ class Node:
         self.hoster: Any = None
         self.hoster_duty: Any = None
         self.validator_duty: Any = None
+        self.spot_duty: Any = None
+        self._spot_client: Any = None
         self.api_server: Any = None
         self.api_url: str | None = None
         self._swarm_backend: Any = None
@@ -184,8 +190,11 @@ class Node:
             # hivemind forks the DHT process: the record validator must build its own read-only
             # chain client there rather than share this process's connection.
             consensus = make_record_validator(lambda: connect(url), self.opts.subnet_id)
-            # only the project's keys, within their caps (subnet/swarm/key_caps.py)
-            validators += [consensus, KeyCapValidator(consensus.policy)]
+            evidence = EvidencePolicy(self.opts.subnet_id, registry)
+            # only the project's keys, within their caps (subnet/swarm/key_caps.py); evidence has its own
+            validators += [consensus, EvidenceRecordValidator(evidence),
+                           KeyCapValidator(consensus.policy,
+                                           extra_families=[lambda r: evidence.known_key(r.key) is not None])]
         peers = self._initial_peers()
         if self.network.use_auto_relay and not self.network.relay_peers:
             self.network.relay_peers = list(peers)  # behind NAT: any public peer we know may relay for us
@@ -235,9 +244,28 @@ class Node:
             if o.reference and holds_weights(o.model):
                 reference = ReferencePublisher(self.dht, self.node_key, o.subnet_id,
                                                ReferenceModel(o.model, layers, o.dtype))
+            url = o.chain
+            evidence = EvidenceChecker(self.dht, EvidencePolicy(o.subnet_id, ChainRegistry(lambda: connect(url),
+                                                                                           o.subnet_id)),
+                                       model_uid(o.model, o.model_name), local_reference(o.model, layers))
             self.validator_duty = ValidatorDuty(self.dht, self.chain, self.node_key, o.subnet_id,
-                                                hidden_size=hidden, num_blocks=layers, reference=reference).start()
+                                                hidden_size=hidden, num_blocks=layers, reference=reference,
+                                                evidence=evidence).start()
             ValidatorMetrics(self.validator_duty, self.metrics_registry)
+            if o.spot_checks:
+                self._start_spot_checks(layers)
+
+    def _start_spot_checks(self, layers: int) -> None:
+        from subnet.client.spot_session import SpotCheckClient  # deferred: only spot-checking validators
+        from subnet.model.blocks import load_config  # deferred: as above
+
+        o, url = self.opts, self.opts.chain
+        uid = model_uid(o.model, o.model_name)
+        self._spot_client = SpotCheckClient(self.maddrs, uid)
+        policy = EvidencePolicy(o.subnet_id, ChainRegistry(lambda: connect(url), o.subnet_id))
+        self.spot_duty = SpotCheckDuty(self.dht, self.node_key, policy, uid, load_config(o.model).vocab_size,
+                                       self._spot_client.run, local_reference(o.model, layers),
+                                       local_embedding(o.model)).start()
 
     def reports(self) -> dict[int, dict]:
         """Per-epoch consensus reports of this node (validator view if any, else hoster view)."""
@@ -283,6 +311,8 @@ class Node:
             ("api", lambda: self.api_server and self.api_server.stop()),
             ("swarm_client", lambda: self._swarm_backend and self._swarm_backend.close()),
             ("validator_duty", lambda: self.validator_duty and self.validator_duty.stop()),
+            ("spot_checks", lambda: (self.spot_duty and self.spot_duty.stop(),
+                                     self._spot_client and self._spot_client.close())),
             ("hoster_duty", lambda: self.hoster_duty and self.hoster_duty.stop()),
             ("hoster", lambda: self.hoster and self.hoster.shutdown()),
             ("dht", lambda: self.dht and self.dht.shutdown()),

@@ -102,14 +102,17 @@ class Node:
     """
 
     def __init__(self, net: ChainNet, op: Operator, initial_peers: list[str]):
+        from subnet.swarm.chain_view import ChainRegistry
         from subnet.swarm.dht import start_dht, visible_maddrs
+        from subnet.swarm.evidence_records import EvidencePolicy, EvidenceRecordValidator
         from subnet.swarm.record_admission import make_record_validator
 
         url, sid = net.url, net.subnet_id
         self.net, self.op = net, op
         self.hoster = self.hoster_duty = self.validator = None
+        evidence = EvidenceRecordValidator(EvidencePolicy(sid, ChainRegistry(lambda: DevnetChain(url), sid)))
         self.dht = start_dht(op.node_key, initial_peers, check_if_identity_free=False,
-                             record_validators=[make_record_validator(lambda: DevnetChain(url), sid)])
+                             record_validators=[make_record_validator(lambda: DevnetChain(url), sid), evidence])
         self.maddrs = visible_maddrs(self.dht)
 
     def start_roles(self, *, model: str | None = None, blocks: tuple[int, int] | None = None,

@@ -30,6 +30,7 @@ DEFAULTS = {
     "max_tokens_limit": 2048,
     "local": False,
     "dtype": "float32",
+    "verify_fraction": 0.02,
 }
 
 
@@ -51,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-concurrent-streams", type=int, help="concurrent generations before 429")
     parser.add_argument("--max-prompt-tokens", type=int, help="largest accepted prompt")
     parser.add_argument("--max-tokens-limit", type=int, help="largest accepted max_tokens")
+    parser.add_argument("--verify-fraction", type=float,
+                        help="fraction of generation steps the client re-checks on a second hoster, besides the "
+                             f"first step each hoster serves in a session (default {DEFAULTS['verify_fraction']}; "
+                             "0 keeps only the first-step checks)")
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -65,6 +70,8 @@ def check_args(args: argparse.Namespace) -> None:
         check_initial_peers(args.initial_peers)
     if args.chain and args.subnet_id is None:
         raise UserError("--chain needs --subnet-id")
+    if getattr(args, "verify_fraction", None) is not None and not 0.0 <= args.verify_fraction <= 1.0:
+        raise UserError(f"--verify-fraction must be between 0 and 1, got {args.verify_fraction:g}")
 
 
 def build_backend(args: argparse.Namespace):
@@ -86,7 +93,7 @@ def build_backend(args: argparse.Namespace):
         if not peers:
             raise UserError(f"subnet {args.subnet_id} on {args.chain} lists no usable multiaddrs; give --initial-peers")
     backend = SwarmBackend.from_pretrained(args.model, peers, model_name=args.model_name,
-                                           dtype=args.dtype)
+                                           dtype=args.dtype, verify_fraction=args.verify_fraction)
     return backend, backend.dht
 
 

@@ -14,6 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-reference", dest="reference", action="store_false", default=None,
                    help="validator: do not compute and publish reference outputs even if --model has the weights")
     g.add_argument("--api", action="store_true", help="also serve the HTTP API on this node")
+    g.add_argument("--spot-checks", action="store_true", default=None,
+                   help="validators also send every hoster one ordinary inference session per epoch, from a fresh "
+                        "client identity, and publish evidence when it lies (validator/spot_checks.py)")
     g.add_argument("--config", help="TOML config file")
     g.add_argument("--initial-peers", nargs="*", default=[], help="multiaddrs of peers to join")
     add_network_arguments(g)

@@ -97,3 +97,9 @@ def test_cuda_device_without_cuda_torch(tiny_llama, device):
 def test_bad_initial_peers(tiny_llama, command, peer, message):
     r = _mesh_node(*command, "--model", tiny_llama, "--initial-peers", PEER, peer)
     _assert_one_line_error(r, "--initial-peers: ", message)
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1"])
+def test_verify_fraction_out_of_range(tiny_llama, value):
+    r = _mesh_node("api", "--model", tiny_llama, "--initial-peers", PEER, "--verify-fraction", value)
+    _assert_one_line_error(r, "--verify-fraction must be between 0 and 1")

@@ -1,0 +1,157 @@
+"""The cost of verified serving: client-side checks and validator spot checks.
+
+    .venv/bin/python -m benchmarks.verification           # model a, 64 and 128 new tokens (a few minutes)
+    .venv/bin/python -m benchmarks.verification --quick   # small model, one pass
+
+Two `python -m hoster` processes each serve every block (one serves a session, the other is
+there to recompute checked steps). Greedy generation tokens/s (new tokens / wall time of a
+whole `generate`, prefill included) with:
+- checks off: no receipt verification, no recomputation (`verify_fraction=0`, no warm-up);
+- default: every step's receipt verified, the first step of each hoster in a session and 2%
+  of the others recomputed on the other hoster (`ClientConfig` defaults);
+- all steps: every step recomputed (`verify_fraction=1`), for scale.
+Runs are interleaved (off, default, all, off, ...) so load changes hit all alike; medians after
+one warm-up; the tokens of every mode are checked equal. Hosters sign receipts in every mode
+(that cost is in all rows).
+
+Validator spot checks: CPU seconds (this process: embedding, reference blocks, the session's
+wire and receipt work) of one spot-check session per hoster, i.e. per validator per epoch
+with that many hosters, and the wall time of one check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+
+if not __package__:  # also runnable as `python benchmarks/<name>.py`
+    import pathlib as _pathlib
+
+    sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402  (after benchmarks.common set the thread count)
+
+from benchmarks.common import (  # noqa: E402
+    MODELS,
+    HosterProcs,
+    client,
+    ensure_model,
+    exit_on_sigterm,
+    fmt_table,
+    load_avg,
+    median,
+    save_results,
+)
+
+MODES: dict[str, dict] = {"off": dict(verify_fraction=0.0, verify_warmup=False), "default": {},
+                          "all steps": dict(verify_fraction=1.0)}
+
+
+def bench(key: str, new_tokens: list[int], runs: int, prompt_len: int, spot_checks: int) -> dict:
+    from subnet.client.manager import ClientConfig
+
+    spec = MODELS[key]
+    path = ensure_model(spec)
+    prompt = torch.randint(0, spec.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(7))
+    out: dict = {"model": dataclasses.asdict(spec), "tokens_per_s": {}, "ratios": {}}
+    with HosterProcs() as procs:
+        peers = [procs.start(path, (0, spec.num_layers)) for _ in range(2)]
+        with client(path, procs.initial_peers) as model:
+            base = model.manager.config
+            defaults = ClientConfig()
+            configs = {name: dataclasses.replace(base, **{"verify_fraction": defaults.verify_fraction,
+                                                          "verify_warmup": defaults.verify_warmup, **kw})
+                       for name, kw in MODES.items()}
+            for n in new_tokens:
+                times: dict[str, list[float]] = {m: [] for m in MODES}
+                tokens: dict[str, list[int]] = {}
+                for r in range(runs + 1):
+                    for mode, cfg in configs.items():
+                        model.manager.config = cfg
+                        t0 = time.perf_counter()
+                        ids = model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+                        dt = time.perf_counter() - t0
+                        tokens.setdefault(mode, ids[0].tolist())
+                        assert ids[0].tolist() == tokens[mode] == tokens["off"], f"{mode} tokens differ"
+                        if r > 0:
+                            times[mode].append(dt)
+                tps = {m: n / median(t) for m, t in times.items()}
+                out["tokens_per_s"][n] = tps
+                out["ratios"][n] = {m: tps[m] / tps["off"] for m in MODES}
+            model.manager.config = base
+        out["spot_checks"] = spot_cost(path, procs, spec, spot_checks, [p.name for p in peers])
+    return out
+
+
+def spot_cost(path, procs: HosterProcs, spec, count: int, names: list[str]) -> dict:
+    """CPU and wall seconds of `count` spot checks against the running hosters (honest: no evidence)."""
+    from consensus.spot_checks import spot_check_plan
+    from keys import NodeKey
+    from subnet.client.discovery import read_servers
+    from subnet.client.spot_session import SpotCheckClient
+    from subnet.model.blocks import model_uid
+    from validator.evidence import local_reference
+    from validator.spot_checks import SpotCheckDuty, local_embedding
+
+    uid = model_uid(path)
+    runner = SpotCheckClient(procs.initial_peers, uid)
+    try:
+        runner.rotate()
+        hosters = [(s.peer_id, s.start, s.end) for s in read_servers(runner.runtime.dht, uid)]
+        duty = SpotCheckDuty(None, NodeKey.generate(), None, uid, spec.vocab_size, runner.run,
+                             local_reference(str(path), spec.num_layers), local_embedding(str(path)))
+        peer, start, end = hosters[0]
+        duty.check_one(0, peer, start, end, spot_check_plan(bytes(32), 1, 0, peer, spec.vocab_size))  # warm-up
+        cpu, wall, results = [], [], []
+        for i in range(count):
+            peer, start, end = hosters[i % len(hosters)]
+            plan = spot_check_plan(bytes([i + 1]) * 32, 1, i + 1, peer, spec.vocab_size)
+            c0, w0 = time.process_time(), time.perf_counter()
+            results.append(duty.check_one(i + 1, peer, start, end, plan))
+            cpu.append(time.process_time() - c0)
+            wall.append(time.perf_counter() - w0)
+        assert set(results) == {"ok"}, results
+        return {"checks": count, "cpu_s_per_check": median(cpu), "wall_s_per_check": median(wall),
+                "cpu_s_per_epoch_per_hoster": median(cpu)}
+    finally:
+        runner.close()
+
+
+def report(key: str, r: dict) -> str:
+    rows = []
+    for n, tps in r["tokens_per_s"].items():
+        for mode, v in tps.items():
+            rows.append([key, n, mode, f"{v:.1f}", f"{r['ratios'][n][mode]:.3f}"])
+    table = fmt_table(["model", "new tokens", "client checks", "tokens/s", "vs off"], rows)
+    s = r["spot_checks"]
+    return (f"{table}\n\nspot checks ({key}): {s['cpu_s_per_check'] * 1000:.0f} ms CPU and "
+            f"{s['wall_s_per_check'] * 1000:.0f} ms wall per check (median of {s['checks']}); a validator "
+            f"spends that much CPU per hoster per epoch")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="a", choices=sorted(MODELS))
+    p.add_argument("--new-tokens", default="64,128")
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--spot-checks", type=int, default=6)
+    p.add_argument("--quick", action="store_true", help="small model, 32 new tokens, one pass")
+    p.add_argument("--out", default="verification")
+    args = p.parse_args(argv)
+    exit_on_sigterm()
+    if args.quick:
+        args.model, args.new_tokens, args.runs, args.spot_checks, args.out = "quick", "32", 1, 2, "verification-quick"
+    start = load_avg()
+    r = bench(args.model, [int(x) for x in args.new_tokens.split(",")], args.runs, args.prompt_len, args.spot_checks)
+    r["load_avg_at_start"], r["load_avg_at_end"] = start, load_avg()
+    print(report(args.model, r), flush=True)
+    path = save_results(args.out, r)
+    print(f"load average {start} -> {r['load_avg_at_end']} (2 cores shared with other jobs); wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
