@@ -25,6 +25,8 @@ class Backend(Protocol):
 class DevnetBackend:
     name = "devnet"
     node_stake = 100 * UNIT
+    delegate_stake = 100 * UNIT  # the subnet owner backs each test subnet
+    join_epochs = 12  # bound on Registered -> Validator (queue 1 + idle 2 + included 2 epochs on the devnet)
 
     def __init__(self, url: str):
         from chain.devnet import DevnetChain, dev_accounts

@@ -17,6 +17,8 @@ ALITH = "0x5fb92d6e98884f76de468fa3f6278f8807c48bebc13595d45af5bdc4da702133"
 class HypertensorBackend:
     name = "hypertensor"
     node_stake = 100 * UNIT
+    delegate_stake = 1000 * UNIT  # above the runtime's minimum delegate deposit
+    join_epochs = 40  # bound on Registered -> Validator for a node joining an active subnet
 
     def __init__(self, url: str):
         self.url = url
