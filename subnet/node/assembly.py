@@ -15,6 +15,7 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -33,6 +34,7 @@ from subnet.swarm.chain_view import ChainRegistry
 from subnet.swarm.dht import LOOPBACK_MADDRS, start_dht, visible_maddrs
 from subnet.swarm.record_admission import make_record_validator
 from validator.duty import ValidatorDuty
+from validator.journal import ValidatorJournal, journal_path
 from validator.metrics import ValidatorMetrics
 
 log = logging.getLogger("mesh_node.node")
@@ -50,6 +52,7 @@ class NodeOptions(HosterOptions):
     host_maddrs: list[str] | None = None
     node_key: str | None = None
     account_key: str | None = None
+    data_dir: str | None = None  # restart state (validator journal); default: the node key's directory
     chain: str | None = None
     subnet_id: int | None = None
     api_host: str = "127.0.0.1"
@@ -193,8 +196,18 @@ class Node:
                                           hidden_size=hidden, num_blocks=layers).start()
         if o.validator:
             self.validator_duty = ValidatorDuty(self.dht, self.chain, self.node_key, o.subnet_id,
-                                                hidden_size=hidden, num_blocks=layers).start()
+                                                hidden_size=hidden, num_blocks=layers,
+                                                journal=self._journal()).start()
             ValidatorMetrics(self.validator_duty, self.metrics_registry)
+
+    def _journal(self) -> ValidatorJournal | None:
+        """The validator's restart journal under the data dir (none for a node without a key file)."""
+        o = self.opts
+        data_dir = o.data_dir or (str(Path(o.node_key).expanduser().parent) if o.node_key else None)
+        if data_dir is None or o.subnet_id is None:
+            return None
+        return ValidatorJournal(journal_path(data_dir, o.subnet_id), peer_id=self.node_key.peer_id,
+                                subnet_id=o.subnet_id)
 
     def reports(self) -> dict[int, dict]:
         """Per-epoch consensus reports of this node (validator view if any, else hoster view)."""
