@@ -13,7 +13,10 @@ from keys import AccountKey
 
 class Backend(Protocol):
     name: str
+    url: str
     node_stake: int
+    delegate_stake: int  # what a test subnet's owner delegates (else no node emissions)
+    join_epochs: int  # bound on Registered -> Validator for a node joining an active subnet
 
     def chain(self, coldkey: AccountKey | None = None, hotkey: AccountKey | None = None) -> Chain: ...
     def funded_account(self, amount: int) -> AccountKey: ...

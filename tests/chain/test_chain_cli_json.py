@@ -99,6 +99,14 @@ def test_keygen_reads_secret_from_stdin(tmp_path):
     assert ALITH_KEY not in proc.stdout + proc.stderr
 
 
+@pytest.fixture(scope="module")
+def subnet_id(devnet) -> int:
+    """A subnet of this module on the session's devnet (the error cases need one to exist)."""
+    with DevnetChain(devnet.url, coldkey=dev_accounts(1)[0]) as owner:
+        return owner.register_subnet(f"errors-{AccountKey.generate().address[2:10]}", min_stake=100 * UNIT,
+                                     max_stake=1000 * UNIT)
+
+
 PEER = NodeKey.from_seed(b"\x05" * 32).peer_id
 OTHER = NodeKey.from_seed(b"\x06" * 32).peer_id
 
@@ -108,13 +116,13 @@ OTHER = NodeKey.from_seed(b"\x06" * 32).peer_id
     [
         (["register", "--chain", "URL", "--account-key", "COLD", "--create-subnet", "x", "--max-cost", "5"],
          "subnet registration cost is 10 TENSOR, more than --max-cost 5 TENSOR"),
-        (["register", "--chain", "URL", "--subnet-id", "1", "--account-key", "COLD", "--hotkey", "0x" + "22" * 20,
+        (["register", "--chain", "URL", "--subnet-id", "SID", "--account-key", "COLD", "--hotkey", "0x" + "22" * 20,
           "--peer-id", PEER, "--max-burn", "0.5"], "node registration burn is 1 TENSOR, more than --max-burn 0.5"),
-        (["register", "--chain", "URL", "--subnet-id", "1", "--account-key", "COLD", "--hotkey", "0x" + "22" * 20,
+        (["register", "--chain", "URL", "--subnet-id", "SID", "--account-key", "COLD", "--hotkey", "0x" + "22" * 20,
           "--peer-id", PEER, "--multiaddr", "/ip4/1.2.3.4/tcp/5"], "--multiaddr: multiaddr must end in /p2p/"),
-        (["register", "--chain", "URL", "--subnet-id", "1", "--account-key", "COLD", "--hotkey", "0x" + "22" * 20,
+        (["register", "--chain", "URL", "--subnet-id", "SID", "--account-key", "COLD", "--hotkey", "0x" + "22" * 20,
           "--peer-id", PEER, "--multiaddr", f"/ip4/1.2.3.4/tcp/5/p2p/{OTHER}"], "but the node's peer id is"),
-        (["register", "--chain", "URL", "--subnet-id", "1", "--account-key", "COLD", "--hotkey", "0x" + "22" * 20,
+        (["register", "--chain", "URL", "--subnet-id", "SID", "--account-key", "COLD", "--hotkey", "0x" + "22" * 20,
           "--peer-id", PEER, "--multiaddr", "/ip4/1.2.3/tcp/5/p2p/" + PEER], "--multiaddr"),
         (["register", "--chain", "ws://127.0.0.1:9", "--account-key", "COLD", "--create-subnet", "x"],
          "--bootnode MULTIADDR is required"),
@@ -124,24 +132,31 @@ OTHER = NodeKey.from_seed(b"\x06" * 32).peer_id
          "--max-stake 50 is below --min-stake 100"),
         (["register", "--chain", "URL", "--account-key", "COLD", "--create-subnet", "x"],
          "has 0 TENSOR; the subnet registration needs 10 TENSOR"),
-        (["delegate-stake", "--chain", "URL", "--subnet-id", "1", "--account-key", "COLD", "--amount", "0"],
+        (["delegate-stake", "--chain", "URL", "--subnet-id", "SID", "--account-key", "COLD", "--amount", "0"],
          "--amount must be more than 0"),
-        (["delegate-stake", "--chain", "URL", "--subnet-id", "1", "--account-key", "COLD", "--amount", "1"],
+        (["delegate-stake", "--chain", "URL", "--subnet-id", "SID", "--account-key", "COLD", "--amount", "1"],
          "more than the balance"),
         (["delegate-stake", "--chain", "URL", "--subnet-id", "4242", "--account-key", "COLD", "--amount", "1"],
          "no subnet 4242"),
-        (["delegate-stake", "--chain", "URL", "--subnet-id", "1", "--amount", "1"], "--account-key is required"),
-        (["undelegate-stake", "--chain", "URL", "--subnet-id", "1", "--account-key", "COLD", "--all"],
+        (["delegate-stake", "--chain", "URL", "--subnet-id", "SID", "--amount", "1"], "--account-key is required"),
+        (["undelegate-stake", "--chain", "URL", "--subnet-id", "SID", "--account-key", "COLD", "--all"],
          "has no delegate stake"),
+        (["register", "--chain", "URL", "--subnet-id", "SID", "--account-key", "COLD", "--hotkey", "0x12",
+          "--peer-id", PEER], "--hotkey must be a 0x account address"),
+        (["register", "--chain", "URL", "--subnet-id", "SID", "--account-key", "COLD", "--hotkey", "0x" + "22" * 20,
+          "--peer-id", "0OIl"], "is not a base58 peer id"),
+        (["register", "--chain", "URL", "--subnet-id", "SID", "--account-key", "COLD", "--hotkey-key", "COLD",
+          "--peer-id", PEER], "the hotkey must be another account than the coldkey"),
         (["keygen", "--dir", "TMP", "--import-private-key", "0x1234"], "64 hex digits"),
         (["keygen", "--dir", "TMP", "--mnemonic", HARDHAT, "--derivation-path", "m/44'/x"], "invalid derivation path"),
         (["keygen", "--dir", "TMP", "--import-private-key", ALITH_KEY, "--account-index", "1"], "apply to --mnemonic"),
         (["keygen", "--dir", "TMP", "--mnemonic", "not a mnemonic"], "invalid mnemonic"),
     ],
 )
-def test_chain_cli_errors_are_one_line(devnet, tmp_path, argv, needle):
+def test_chain_cli_errors_are_one_line(devnet, subnet_id, tmp_path, argv, needle):
     cold = _key(tmp_path, "cold")
-    argv = [devnet.url if a == "URL" else cold if a == "COLD" else str(tmp_path) if a == "TMP" else a for a in argv]
+    names = {"URL": devnet.url, "COLD": cold, "TMP": str(tmp_path), "SID": str(subnet_id)}
+    argv = [names.get(a, a) for a in argv]
     proc = subprocess.run(
         [sys.executable, "-c", "import sys; from subnet.node.cli import main; sys.exit(main())", *argv],
         capture_output=True, text=True, timeout=60, cwd=str(tmp_path),

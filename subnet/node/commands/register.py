@@ -9,6 +9,9 @@ import argparse
 import os
 from decimal import Decimal, InvalidOperation
 
+import base58
+from eth_utils import is_hex_address, to_checksum_address
+
 from chain import connect
 from chain.types import DECIMALS, UNIT
 from keys import AccountKey, NodeKey
@@ -59,7 +62,9 @@ def hotkey_address(args: argparse.Namespace, *, required: bool = True) -> str | 
     if key is not None:
         return key.address
     if getattr(args, "hotkey", None):
-        return args.hotkey
+        if not is_hex_address(args.hotkey):
+            raise UserError(f"--hotkey must be a 0x account address (20 bytes hex), got {args.hotkey!r}")
+        return to_checksum_address(args.hotkey)
     if required:
         raise UserError("give the node's hotkey: --hotkey-key FILE or --hotkey ADDRESS")
     return None
@@ -153,6 +158,15 @@ def _create_subnet(args: argparse.Namespace, chain) -> int:
     return 0
 
 
+def _check_peer_id(peer_id: str) -> None:
+    try:
+        ok = 6 <= len(base58.b58decode(peer_id)) <= 64
+    except ValueError:
+        ok = False
+    if not ok:
+        raise UserError(f"--peer-id {peer_id!r} is not a base58 peer id (like 12D3KooW...)")
+
+
 def _check_balance(chain, need: int, what: str) -> None:
     have = chain.get_balance(chain.coldkey.address)
     if have < need:
@@ -170,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
         peer_id = NodeKey.load(args.node_key).peer_id
     else:
         peer_id = args.peer_id
+        if peer_id is not None:
+            _check_peer_id(peer_id)
     if args.multiaddr and not args.create_subnet:
         check_multiaddr(args.multiaddr, peer_id, "--multiaddr")
     chain = open_chain(args, coldkey_required=True)
@@ -179,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
         hotkey = hotkey_address(args)
         if peer_id is None:
             raise UserError("give the node's identity: --node-key FILE or --peer-id ID")
+        if hotkey.lower() == chain.coldkey.address.lower():
+            raise UserError("the hotkey must be another account than the coldkey (--account-key)")
         subnet = chain.get_subnet(args.subnet_id)
         stake = parse_tensor(args.stake, "--stake") if args.stake else subnet.min_stake
         if not subnet.min_stake <= stake <= subnet.max_stake:
