@@ -17,7 +17,7 @@ from substrateinterface.exceptions import SubstrateRequestException
 from chain.base import Chain, default_cap
 from chain.hypertensor import records
 from chain.hypertensor.connection import PALLET, SubstrateConnection, map_request_error
-from chain.hypertensor.extrinsics import btree, failure, signed_call
+from chain.hypertensor.extrinsics import btree, failure, is_map_argument, signed_call
 from chain.hypertensor.records import PERCENT
 from chain.multiaddr_bin import encode_multiaddr
 from chain.types import (
@@ -30,7 +30,7 @@ from chain.types import (
     SubnetNode,
     error_for,
 )
-from keys import AccountKey
+from keys import AccountKey, NodeKey
 
 
 class HypertensorChain(Chain):
@@ -222,8 +222,12 @@ class HypertensorChain(Chain):
             "initial_coldkeys": btree([(bytes.fromhex(c[2:]), c, 1) for c in initial_coldkeys]),
             "initial_validators": btree([(bytes.fromhex(c[2:]), c, 1) for c in initial_coldkeys]),
         }
-        if bootnodes:  # always, checked above
+        values["key_types"] = ["Ed25519"]  # runtimes that ask which peer id key types the subnet accepts
+        if self.connection.retry(lambda s: is_map_argument(s, "register_subnet", ("subnet_data", "bootnodes")),
+                                 "read call metadata"):
             values["bootnodes"] = btree([(p.encode(), p.encode(), encode_multiaddr(m)) for p, m in bootnodes.items()])
+        else:  # older runtimes: a set of text multiaddrs
+            values["bootnodes"] = sorted(m.encode() for m in bootnodes.values())
         self._call(self.coldkey, "coldkey", "register_subnet", values)
         sid = self.connection.query("SubnetName", [name.encode()])
         if sid is None:
@@ -248,6 +252,10 @@ class HypertensorChain(Chain):
             "subnet_id": subnet_id,
             "hotkey": hotkey,
             "peer_info": self._peer_info(peer_id, multiaddr),
+            # Older runtimes take three distinct peer ids flat (node, bootnode, client) and no multiaddr;
+            # mesh-node runs one peer, so the other two are fresh identities nobody serves.
+            "peer_id": peer_id.encode(), "bootnode_peer_id": NodeKey.generate().peer_id.encode(),
+            "client_peer_id": NodeKey.generate().peer_id.encode(),
             "delegate_reward_rate": 0,
             "stake_to_be_added": stake,
             "max_burn_amount": max_burn,
@@ -265,8 +273,10 @@ class HypertensorChain(Chain):
 
     def update_peer_info(self, subnet_id: int, node_id: int, *, peer_id: str, multiaddr: str = "") -> Receipt:
         info = self._peer_info(peer_id, multiaddr)
-        values = {"subnet_id": subnet_id, "subnet_node_id": node_id, "new_peer_info": info, "peer_info": info}
-        return self._call(self.coldkey, "coldkey", "update_peer_info", values)
+        values = {"subnet_id": subnet_id, "subnet_node_id": node_id, "new_peer_info": info, "peer_info": info,
+                  "new_peer_id": peer_id.encode()}
+        call = self._first_call("update_peer_info", "update_peer_id")  # older runtimes: update_peer_id
+        return self._call(self.coldkey, "coldkey", call, values)
 
     def add_stake(self, subnet_id: int, node_id: int, *, hotkey: str, amount: int) -> Receipt:
         values = {"subnet_id": subnet_id, "subnet_node_id": node_id, "hotkey": hotkey, "stake_to_be_added": amount}

@@ -118,7 +118,8 @@ def is_record_of(d: Any, node_id: int) -> bool:
 
 def subnet_node(subnet_id: int, d: dict, *, queued: bool, coldkey: Any, reputation: Any, stake: int) -> SubnetNode:
     """A `SubnetNodesData` value plus the facts stored elsewhere (owner, reputation, stake)."""
-    peer_info = d.get("peer_info") or {}
+    # Runtimes differ: a `peer_info` struct, or (older testnet runtimes) a top-level `peer_id`.
+    peer_info = d.get("peer_info") or {"peer_id": d.get("peer_id")}
     maddr = peer_info.get("multiaddr")
     return SubnetNode(
         subnet_id=subnet_id,

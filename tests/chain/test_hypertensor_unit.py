@@ -153,3 +153,8 @@ def test_record_presence_and_multiaddr_text():
     for form in ("0x" + raw.hex(), raw, list(raw), {"Some": "0x" + raw.hex()}):
         assert records.multiaddr_text(form) == f"/ip4/1.2.3.4/tcp/5/p2p/{pid}"
     assert records.multiaddr_text(None) == "" and records.multiaddr_text("0xffff") == ""
+    # the Hoskinson testnet runtime keeps peer_id at the top level of the record
+    flat = {"id": 2, "hotkey": "0x" + "ab" * 20, "peer_id": "0x" + pid.encode().hex(), "bootnode": None,
+            "classification": {"node_class": "Idle", "start_epoch": 3}}
+    node = records.subnet_node(1, flat, queued=False, coldkey=None, reputation=0, stake=5)
+    assert node.peer_id == pid and node.node_class.name == "IDLE" and node.multiaddr == ""
