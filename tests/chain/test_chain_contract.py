@@ -69,7 +69,9 @@ class Operator:
 
 def _registered_subnet(backend) -> dict:
     """A new subnet (unique name) with 4 initial-coldkey nodes registered: state REGISTERED."""
-    owner = backend.funded_account(5000 * UNIT + backend.delegate_stake)
+    with backend.chain() as reader:  # on Hypertensor the registration cost doubles with every registration
+        cost = reader.registration_cost() or 0
+    owner = backend.funded_account(5000 * UNIT + backend.delegate_stake + 2 * cost)
     owner_chain = backend.chain(owner)
     ops = [Operator(backend, i) for i in range(4)]
     name = f"contract-{AccountKey.generate().address[2:10]}"
