@@ -297,7 +297,9 @@ def test_node_joining_active_subnet_reaches_validator_and_is_paid(active_scenari
     for _ in range(backend.join_epochs):
         st = _cli_json(capsys, ["status", *url, "--hotkey", new.hotkey.address, "--json"])
         assert st["registered"] and st["node_id"] == nid and st["peer_id"] == new.node_key.peer_id
-        assert st["multiaddr"] == maddr and st["stake"] >= backend.node_stake and st["subnet_delegate_stake"] > 0
+        # (the Hoskinson testnet runtime stores peer ids only, no node multiaddr: there it reads back empty)
+        assert st["multiaddr"] == maddr or (backend.name == "hypertensor" and st["multiaddr"] == "")
+        assert st["stake"] >= backend.node_stake and st["subnet_delegate_stake"] > 0
         if not seen or seen[-1] != st["node_class"]:
             seen.append(st["node_class"])
         if st["node_class"] == "VALIDATOR":
