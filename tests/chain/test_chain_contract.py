@@ -306,8 +306,8 @@ def test_node_joining_active_subnet_reaches_validator_and_is_paid(active_scenari
             break
         cls = NodeClass[st["node_class"]]
         scores = {n: UNIT for n in ops} | ({nid: UNIT} if cls >= NodeClass.INCLUDED else {})
-        if elected in voters:
-            _round(s, voters, elected, scores)
+        if elected in ops:  # the newcomer attests only once it is a Validator (Hypertensor refuses it before)
+            _round(s, ops, elected, scores)
         info = backend.next_epoch(chain, sid)
         assert chain.get_consensus_submission(sid, e) is not None, f"no proposal in epoch {e}"  # live nodes propose
         e, elected = info.epoch, chain.get_elected_validator(sid, info.epoch)
