@@ -115,6 +115,7 @@ class _Net:
         for acc in extra:  # operators beyond the dev accounts get their stake from the owner
             self.owner.fund(acc.address, 200 * UNIT)
         self.subnet_id = self.owner.register_subnet("bench-consensus", min_stake=100 * UNIT, max_stake=1000 * UNIT)
+        self.owner.add_delegate_stake(self.subnet_id, 100 * UNIT)  # without it the subnet earns no node emissions
         self.keys: list = []
         for i in range(1, n + 1):
             hot = AccountKey.generate()

@@ -13,6 +13,13 @@ from collections.abc import Sequence
 
 from chain.types import ConsensusSubmission, EpochInfo, Receipt, ScoreEntry, SubnetInfo, SubnetNode, error_for
 
+COST_MARGIN_PCT = 10  # default caps: the cost read from the chain plus this much (it may rise before inclusion)
+
+
+def default_cap(cost: int) -> int:
+    """The cap sent with a registration when the user gives none: the current cost plus a margin."""
+    return cost + -(-cost * COST_MARGIN_PCT // 100)
+
 
 class Chain(abc.ABC):
     # ---- reads -------------------------------------------------------------
@@ -101,6 +108,31 @@ class Chain(abc.ABC):
     @abc.abstractmethod
     def attest(self, subnet_id: int) -> Receipt:
         """Signed by the hotkey; Validator-class nodes of the epoch snapshot, once."""
+
+    # ---- costs and delegate stake (optional: both backends implement them) --------
+    def registration_cost(self) -> int | None:
+        """What registering a subnet burns now (None if this chain cannot say)."""
+        return None
+
+    def node_registration_burn(self, subnet_id: int) -> int | None:
+        """What registering a node in `subnet_id` burns now, besides its stake (None if unknown)."""
+        return None
+
+    def get_delegate_stake(self, subnet_id: int, account: str) -> int:
+        """`account`'s delegate stake in the subnet, in balance units."""
+        raise error_for("Unsupported", f"{type(self).__name__} has no delegate stake")
+
+    def get_subnet_delegate_stake(self, subnet_id: int) -> int:
+        """The subnet's total delegate stake (Hypertensor pays node emissions only when it is > 0)."""
+        raise error_for("Unsupported", f"{type(self).__name__} has no delegate stake")
+
+    def add_delegate_stake(self, subnet_id: int, amount: int) -> Receipt:
+        """Signed by the coldkey: back the subnet with `amount`."""
+        raise error_for("Unsupported", f"{type(self).__name__} has no delegate stake")
+
+    def remove_delegate_stake(self, subnet_id: int, amount: int) -> Receipt:
+        """Signed by the coldkey: withdraw `amount` of delegate stake (unbonds like node stake)."""
+        raise error_for("Unsupported", f"{type(self).__name__} has no delegate stake")
 
     def claim_unbondings(self) -> Receipt:
         """Signed by the coldkey: move stake whose unbonding period ended back to the balance."""

@@ -1,4 +1,4 @@
-"""Text multiaddr -> binary multiaddr (the form Hypertensor stores and validates).
+"""Text multiaddr <-> binary multiaddr (the form Hypertensor stores and validates).
 
 Only the protocols a subnet node announces are supported; anything else fails loudly
 instead of producing bytes the chain would reject later.
@@ -75,3 +75,70 @@ def encode_multiaddr(text: str) -> bytes:
             raw = value.encode()
             out += _varint(len(raw)) + raw
     return bytes(out)
+
+
+_BY_CODE: dict[int, tuple[str, int | None]] = {}
+for _name, (_code, _size) in _PROTOCOLS.items():
+    _BY_CODE.setdefault(_code, (_name, _size))  # 421 decodes as /p2p, not the legacy /ipfs
+
+MAX_MULTIADDR_BYTES = 1024  # far above any real address; bounds what a chain record can make us parse
+
+
+def _read_varint(raw: bytes, i: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        if i >= len(raw) or shift > 63:
+            raise ValueError("truncated varint in multiaddr")
+        b = raw[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return n, i
+
+
+def decode_multiaddr(raw: bytes) -> str:
+    """Binary multiaddr bytes -> '/ip4/1.2.3.4/tcp/31330/p2p/12D3...' (ValueError if malformed)."""
+    if len(raw) > MAX_MULTIADDR_BYTES:
+        raise ValueError(f"multiaddr too long ({len(raw)} bytes)")
+    out: list[str] = []
+    i = 0
+    while i < len(raw):
+        code, i = _read_varint(raw, i)
+        if code not in _BY_CODE:
+            raise ValueError(f"unsupported multiaddr protocol code {code}")
+        name, size = _BY_CODE[code]
+        out.append(name)
+        if size == 0:
+            continue
+        if size is None:
+            size, i = _read_varint(raw, i)
+        value = raw[i : i + size]
+        if len(value) != size:
+            raise ValueError(f"truncated /{name} value in multiaddr")
+        i += size
+        if name == "ip4":
+            out.append(str(ipaddress.IPv4Address(value)))
+        elif name == "ip6":
+            out.append(str(ipaddress.IPv6Address(value)))
+        elif name in ("tcp", "udp"):
+            out.append(str(int.from_bytes(value, "big")))
+        elif name == "p2p":
+            out.append(base58.b58encode(value).decode())
+        else:
+            out.append(value.decode())
+    if not out:
+        raise ValueError("empty multiaddr")
+    return "/" + "/".join(out)
+
+
+def check_node_multiaddr(text: str) -> str:
+    """A node's announced address: a supported multiaddr that ends in /p2p/<peer id>.
+
+    Hypertensor rejects anything else (`MultiaddrInvalidProtocol`); check it before paying fees.
+    Returns the peer id it ends in."""
+    encode_multiaddr(text)
+    head, sep, peer_id = text.strip().rpartition("/p2p/")
+    if not sep or not head or not peer_id or "/" in peer_id:
+        raise ValueError(f"multiaddr must end in /p2p/<peer id>: {text!r}")
+    return peer_id

@@ -76,6 +76,7 @@ def main() -> int:
         "mesh-node-compose", min_stake=100 * UNIT, max_stake=1000 * UNIT,
         initial_coldkeys=[cold.address for _, cold, _ in nodes.values()],
     )
+    owner_chain.add_delegate_stake(subnet_id, 10 * UNIT)  # without it the subnet earns no node emissions
     for name, (nk, cold, hot) in nodes.items():
         c = DevnetChain(args.chain, coldkey=cold, hotkey=hot)
         node_id = c.register_subnet_node(subnet_id, hotkey=hot.address, peer_id=nk.peer_id, stake=args.stake * UNIT)

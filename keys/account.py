@@ -8,11 +8,32 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from substrateinterface import Keypair, KeypairType
 
 from keys.errors import KeyFileError
+
+# BIP44 path of Ethereum accounts (MetaMask, Polkadot.js "Ethereum" accounts, Hypertensor's wallets);
+# account N of a wallet is ETH_PATH_PREFIX + str(N).
+ETH_PATH_PREFIX = "m/44'/60'/0'/0/"
+DEFAULT_DERIVATION_PATH = ETH_PATH_PREFIX + "0"
+_PATH = re.compile(r"m(/\d+'?)+")
+
+
+def derivation_path(path: str | None = None, index: int | None = None) -> str:
+    """A BIP32 path ('m/44'/60'/0'/0/3'), or the wallet's account `index`; default account 0."""
+    if path and index is not None:
+        raise KeyFileError("give a derivation path or an account index, not both")
+    if index is not None:
+        if not 0 <= index < 2**31:
+            raise KeyFileError(f"account index must be in [0, 2**31), got {index}")
+        return ETH_PATH_PREFIX + str(index)
+    path = (path or DEFAULT_DERIVATION_PATH).strip()
+    if not _PATH.fullmatch(path):
+        raise KeyFileError(f"invalid derivation path {path!r} (expected like {DEFAULT_DERIVATION_PATH})")
+    return path
 
 
 class AccountKey:
@@ -36,13 +57,16 @@ class AccountKey:
         return cls.from_mnemonic(Keypair.generate_mnemonic())
 
     @classmethod
-    def from_mnemonic(cls, mnemonic: str) -> AccountKey:
+    def from_mnemonic(cls, mnemonic: str, path: str | None = None) -> AccountKey:
+        """The ECDSA account at BIP32 `path` (default m/44'/60'/0'/0/0, a wallet's first account)."""
+        mnemonic = " ".join(mnemonic.split())
         if not Keypair.validate_mnemonic(mnemonic):
             raise KeyFileError("invalid mnemonic: not a BIP39 word list with a valid checksum")
+        path = derivation_path(path)
         try:
-            return cls(Keypair.create_from_mnemonic(mnemonic, crypto_type=KeypairType.ECDSA))
-        except Exception as e:  # substrate-interface raises ValueError/various on bad words
-            raise KeyFileError(f"invalid mnemonic: {e}") from None
+            return cls(Keypair.create_from_uri(f"{mnemonic}/{path}", crypto_type=KeypairType.ECDSA))
+        except Exception as e:  # substrate-interface raises ValueError/various on bad words or paths
+            raise KeyFileError(f"invalid mnemonic or derivation path: {e}") from None
 
     @classmethod
     def from_private_key(cls, private_key: str | bytes) -> AccountKey:

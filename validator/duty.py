@@ -51,6 +51,7 @@ from subnet.swarm.record_store import (
     store_record,
     store_reveal,
 )
+from validator.journal import ValidatorJournal
 from validator.reference import ReferencePublisher
 from validator.verify import VALID, verify_hoster_reveals, verify_validator_reveals
 
@@ -90,6 +91,7 @@ class ValidatorEpoch:
     score_revealed_block: int | None = None  # revealed in epoch + 1
     # actions taken during this epoch about the previous one
     proposed: bool = False
+    proposing: bool = False  # a proposal was (about to be) sent: after a restart, ask the chain first
     onchain: list[tuple[int, int]] | None = None  # the submission seen on chain in this epoch
     attested: bool = False
     attestation: str | None = None
@@ -137,7 +139,8 @@ class ValidatorDuty(EpochDutyLoop):
     def __init__(self, dht, chain: Chain, node_key: NodeKey, subnet_id: int, *, hidden_size: int, num_blocks: int,
                  params: ScoringParams = DEFAULT_PARAMS, policy: ConsensusRecordPolicy | None = None,
                  poll_interval: float | None = None, keep_reports: int = 32,
-                 reference: ReferencePublisher | None = None, evidence=None):
+                 reference: ReferencePublisher | None = None, evidence=None,
+                 journal: ValidatorJournal | None = None):
         self.evidence = evidence  # a validator.evidence.EvidenceChecker: hosters caught lying score 0
         self.dht, self.chain, self.node_key, self.subnet_id = dht, chain, node_key, subnet_id
         self.reference = reference  # set when this validator holds the weights (validator/reference.py)
@@ -147,6 +150,7 @@ class ValidatorDuty(EpochDutyLoop):
         self.policy = policy or ConsensusRecordPolicy(subnet_id, ChainRegistry(lambda: chain, subnet_id))
         self.poll_interval = poll_interval
         self.keep_reports = keep_reports
+        self.journal = journal  # restart safety (validator/journal.py); None keeps everything in memory
         self.epochs: dict[int, ValidatorEpoch] = {}
         self._init_loop()
 
@@ -158,6 +162,8 @@ class ValidatorDuty(EpochDutyLoop):
         st = self.epochs.get(epoch)
         if st is None:
             st = self.epochs[epoch] = ValidatorEpoch(epoch)
+            if self.journal is not None:
+                self.journal.restore(st)
             for old in sorted(self.epochs)[: -self.keep_reports]:
                 del self.epochs[old]
         return st
@@ -168,6 +174,8 @@ class ValidatorDuty(EpochDutyLoop):
         e, p = view.epoch, view.progress
         st = self._state(e)
         prev = self.epochs.get(e - 1)
+        if prev is None and self.journal is not None and self.journal.has(e - 1):
+            prev = self._state(e - 1)  # restarted this epoch: the commit of e-1 must still be revealed/proposed
         if st.elected is None:
             st.elected = self.registry.elected_peer(e)
         elected = st.elected == self.peer_id
@@ -271,10 +279,12 @@ class ValidatorDuty(EpochDutyLoop):
             st.score_salt = new_salt()
             score_set = make_score_set(self.subnet_id, st.epoch, self.peer_id, st.hoster_fixed or {})
             st.score_commit = commitment(st.score_salt, encode_score_set(score_set))
+            self._persist(st)  # the salt and set are on disk before the commitment leaves this node
         parts = reveal_parts(self.reveal_body(st))
         if store_record(self.dht, self.node_key, self.subnet_id, st.epoch, RecordKind.VALIDATOR_COMMIT,
                         {"commit": st.score_commit.hex(), "parts": parts}, block=view.block, ttl=record_ttl(view)):
             st.score_committed_block = view.block
+            self._persist(st)
             event(log, "scores_committed", epoch=st.epoch, block=view.block)
 
     @staticmethod
@@ -285,21 +295,37 @@ class ValidatorDuty(EpochDutyLoop):
         if store_reveal(self.dht, self.node_key, self.subnet_id, view.epoch, RecordKind.VALIDATOR_REVEAL,
                         self.reveal_body(prev), block=view.block, ttl=record_ttl(view)):
             prev.score_revealed_block = view.block
+            self._persist(prev)
             event(log, "scores_revealed", epoch=prev.epoch, block=view.block)
 
     def build_proposal(self, prev: ValidatorEpoch) -> list[tuple[int, int]]:
         """The data proposed on chain for `prev.epoch` (the own set; tests may override)."""
         return list(prev.proposal or [])
 
+    def _persist(self, st: ValidatorEpoch) -> None:
+        if self.journal is not None:
+            self.journal.save(st)
+
     def _propose(self, st: ValidatorEpoch, prev: ValidatorEpoch) -> None:
+        if st.proposing:  # sent before a restart? the chain knows: never submit twice
+            sub = self.chain.get_consensus_submission(self.subnet_id, st.epoch)
+            if sub is not None:
+                st.proposed = st.attested = True
+                st.attestation = "proposer"  # only the elected validator (this node) can have proposed
+                self._persist(st)
+                return
         data = self.build_proposal(prev)
+        st.proposing = True
+        self._persist(st)
         try:
             receipt = self.chain.propose_attestation(self.subnet_id, [ScoreEntry(n, s) for n, s in data])
             st.proposed = st.attested = True
             st.attestation = "proposer"
+            self._persist(st)
             event(log, "proposed", epoch=st.epoch, scores_epoch=prev.epoch, entries=len(data), block=receipt.block)
         except AlreadyProposedError:
             st.proposed = st.attested = True
+            self._persist(st)
         except ChainError as e:
             event(log, "propose_failed", logging.WARNING, epoch=st.epoch, error=str(e)[:200])
 
@@ -320,6 +346,7 @@ class ValidatorDuty(EpochDutyLoop):
         try:
             self.chain.attest(self.subnet_id)
             st.attested = True
+            self._persist(st)
             event(log, "attested", epoch=st.epoch, scores_epoch=prev.epoch)
         except AlreadyAttestedError:
             st.attested = True

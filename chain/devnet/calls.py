@@ -20,6 +20,7 @@ from chain.devnet.checks import (
     u32 as _u32,
     u128 as _u128,
 )
+from chain.devnet.delegate import add_to_delegate_stake, remove_delegate_stake
 from chain.types import NodeClass, SubnetState
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ def _register_subnet(st: ChainState, db, signer: str, a: dict) -> dict:
     name = _text(a.get("name"), "name", 64, required=True)
     min_stake = _u128(a.get("min_stake"), "min_stake")
     max_stake = _u128(a.get("max_stake"), "max_stake")
+    max_cost = _u128(a["max_cost"], "max_cost") if "max_cost" in a else None  # absent: no cap
     if min_stake < cfg.min_stake_floor or max_stake < min_stake:
         raise _fail("StakeOutOfRange", f"need {cfg.min_stake_floor} <= min_stake <= max_stake")
     initial = a.get("initial_coldkeys") or []
@@ -49,6 +51,8 @@ def _register_subnet(st: ChainState, db, signer: str, a: dict) -> dict:
     initial = sorted({_address(c, "initial_coldkeys") for c in initial})
     if db.execute("SELECT 1 FROM subnets WHERE name=?", (name,)).fetchone():
         raise _fail("SubnetNameTaken", f"a subnet named {name!r} exists")
+    if max_cost is not None and cfg.subnet_registration_cost > max_cost:
+        raise _fail("CostExceedsMax", f"registration cost {cfg.subnet_registration_cost} > max_cost {max_cost}")
     st.debit(db, signer, cfg.subnet_registration_cost)
     sid = st.allocate_subnet_id()
     db.execute(
@@ -84,6 +88,7 @@ def _register_subnet_node(st: ChainState, db, signer: str, a: dict) -> dict:
     peer_id = _peer_id(a.get("peer_id"))
     multiaddr = _text(a.get("multiaddr"), "multiaddr", 512)
     stake = _u128(a.get("stake"), "stake")
+    max_burn = _u128(a["max_burn"], "max_burn") if "max_burn" in a else None  # absent: no cap
     sub = st.subnet(sid)
     if sub.state == SubnetState.PAUSED:
         raise _fail("SubnetPaused", f"subnet {sid} is paused")
@@ -98,7 +103,10 @@ def _register_subnet_node(st: ChainState, db, signer: str, a: dict) -> dict:
         raise _fail("PeerIdTaken", f"peer id {peer_id} is already registered in subnet {sid}")
     if not sub.min_stake <= stake <= sub.max_stake:
         raise _fail("StakeOutOfRange", f"stake must be in [{sub.min_stake}, {sub.max_stake}]")
-    st.debit(db, signer, stake)
+    burn = st.config.node_registration_burn
+    if max_burn is not None and burn > max_burn:
+        raise _fail("BurnExceedsMax", f"registration burn {burn} > max_burn {max_burn}")
+    st.debit(db, signer, stake + burn)
     nid = db.execute("SELECT next_node_id FROM subnets WHERE subnet_id=?", (sid,)).fetchone()[0]
     db.execute("UPDATE subnets SET next_node_id=? WHERE subnet_id=?", (nid + 1, sid))
     epoch = st.current_epoch()
@@ -249,6 +257,8 @@ CALL_HANDLERS: dict[str, Callable[[ChainState, sqlite3.Connection, str, dict], d
     "add_stake": _add_stake,
     "remove_stake": _remove_stake,
     "claim_unbondings": _claim_unbondings,
+    "add_to_delegate_stake": add_to_delegate_stake,
+    "remove_delegate_stake": remove_delegate_stake,
     "propose_attestation": _propose_attestation,
     "attest": _attest,
 }

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from chain.base import Chain
+from chain.base import Chain, default_cap
 from chain.devnet import codec
 from chain.devnet.config import dev_accounts
 from chain.devnet.tx import sign_tx
@@ -168,9 +168,13 @@ class DevnetChain(Chain):
         repo: str = "",
         description: str = "",
         bootnodes: dict[str, str] | None = None,
+        max_cost: int | None = None,
     ) -> int:
-        """`bootnodes` is accepted for parity with Hypertensor; the devnet keeps no bootnode list."""
+        """`bootnodes` is accepted for parity with Hypertensor; the devnet keeps no bootnode list.
+        `max_cost` caps the registration cost (default: the current cost plus a margin)."""
+        cost = self.registration_cost()
         args = {
+            "max_cost": str(default_cap(cost) if max_cost is None else max_cost),
             "name": name,
             "min_stake": str(min_stake),
             "max_stake": str(max_stake),
@@ -184,10 +188,13 @@ class DevnetChain(Chain):
         return self._receipt(self._send(self.coldkey, "coldkey", "activate_subnet", {"subnet_id": subnet_id}))
 
     def register_subnet_node(
-        self, subnet_id: int, *, hotkey: str, peer_id: str, stake: int, multiaddr: str = ""
+        self, subnet_id: int, *, hotkey: str, peer_id: str, stake: int, multiaddr: str = "",
+        max_burn: int | None = None,
     ) -> int:
+        cap = default_cap(self.node_registration_burn(subnet_id)) if max_burn is None else max_burn
         args = {
-            "subnet_id": subnet_id, "hotkey": hotkey, "peer_id": peer_id, "stake": str(stake), "multiaddr": multiaddr
+            "subnet_id": subnet_id, "hotkey": hotkey, "peer_id": peer_id, "stake": str(stake), "multiaddr": multiaddr,
+            "max_burn": str(cap),
         }  # fmt: skip
         return int(self._send(self.coldkey, "coldkey", "register_subnet_node", args)["result"]["node_id"])
 
@@ -206,6 +213,27 @@ class DevnetChain(Chain):
     def remove_stake(self, subnet_id: int, *, hotkey: str, amount: int) -> Receipt:
         args = {"subnet_id": subnet_id, "hotkey": hotkey, "amount": str(amount)}
         return self._receipt(self._send(self.coldkey, "coldkey", "remove_stake", args))
+
+    def registration_cost(self) -> int:
+        return int(self.chain_info()["config"]["subnet_registration_cost"])
+
+    def node_registration_burn(self, subnet_id: int) -> int:
+        return int(self.chain_info()["config"].get("node_registration_burn", 0))
+
+    def get_delegate_stake(self, subnet_id: int, account: str) -> int:
+        return codec.as_int(self._get(f"/subnets/{subnet_id}/delegate/{account}")["delegate_stake"])
+
+    def get_subnet_delegate_stake(self, subnet_id: int) -> int:
+        probe = "0x" + "00" * 20  # any address: the answer carries the subnet's total too
+        return codec.as_int(self._get(f"/subnets/{subnet_id}/delegate/{probe}")["subnet_delegate_stake"])
+
+    def add_delegate_stake(self, subnet_id: int, amount: int) -> Receipt:
+        args = {"subnet_id": subnet_id, "amount": str(amount)}
+        return self._receipt(self._send(self.coldkey, "coldkey", "add_to_delegate_stake", args))
+
+    def remove_delegate_stake(self, subnet_id: int, amount: int) -> Receipt:
+        args = {"subnet_id": subnet_id, "amount": str(amount)}
+        return self._receipt(self._send(self.coldkey, "coldkey", "remove_delegate_stake", args))
 
     def claim_unbondings(self) -> Receipt:
         return self._receipt(self._send(self.coldkey, "coldkey", "claim_unbondings", {}))

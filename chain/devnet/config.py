@@ -42,6 +42,8 @@ class DevnetConfig:
     dev_accounts: int = DEV_ACCOUNT_COUNT  # genesis-funded dev accounts
     dev_balance: int = 1_000_000 * UNIT
     subnet_registration_cost: int = 10 * UNIT  # burned by register_subnet
+    node_registration_burn: int = 1 * UNIT  # burned by register_subnet_node (besides the stake)
+    min_delegate_stake: int = 1 * UNIT  # a subnet with less delegate stake earns no node emissions
     min_subnet_nodes: int = 1  # nodes required to activate a subnet
     min_stake_floor: int = 100 * UNIT  # a subnet's min stake must be >= this
     node_emission: int = 100 * UNIT  # per subnet epoch, split by score among Validator-class nodes

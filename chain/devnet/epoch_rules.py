@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 from typing import TYPE_CHECKING
 
+from chain.devnet.delegate import earns_node_emissions
 from chain.types import ConsensusSubmission, NodeClass, SubnetState
 
 if TYPE_CHECKING:
@@ -139,10 +140,11 @@ def _accept(
         r[0]: {"class": NodeClass(r[1]), "rep": float(r[2]), "streak": r[3]}
         for r in db.execute("SELECT node_id, class, reputation, streak FROM nodes WHERE subnet_id=?", (sid,))
     }
-    # Node emission: Validator-class nodes in the data, in proportion to score / sum.
+    # Node emission: Validator-class nodes in the data, in proportion to score / sum; only
+    # for a subnet with delegate stake (delegate.py), as on Hypertensor.
     paid = {nid: s for nid, s in scores.items() if nid in nodes and nodes[nid]["class"] == NodeClass.VALIDATOR}
     total = sum(paid.values())
-    if total > 0:
+    if total > 0 and earns_node_emissions(state, db, sid):
         for nid, s in sorted(paid.items()):
             _reward(db, sid, epoch, nid, "emission", cfg.node_emission * s // total)
     _reward(db, sid, epoch, sub.validator_node_id, "validator", cfg.validator_base_reward)

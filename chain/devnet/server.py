@@ -172,6 +172,13 @@ def create_app(state: ChainState, *, produce: bool = True) -> FastAPI:
         state.subnet(subnet_id)
         return {"stake": str(state.stake(subnet_id, hotkey))}
 
+    @app.get("/subnets/{subnet_id}/delegate/{address}")
+    def delegate(subnet_id: U32, address: str) -> dict:
+        address = checks.address(address, "address")
+        state.subnet(subnet_id)
+        return {"delegate_stake": str(state.delegate_stake(subnet_id, address)),
+                "subnet_delegate_stake": str(state.delegate_stake(subnet_id))}
+
     @app.get("/accounts/{address}")
     def account(address: str) -> dict:
         address = checks.address(address, "address")

@@ -20,6 +20,7 @@ from eth_utils import is_hex_address, to_checksum_address
 from chain.devnet.calls import CALL_HANDLERS
 from chain.devnet.checks import address as _address, fail as _fail
 from chain.devnet.config import DevnetConfig, dev_accounts
+from chain.devnet.delegate import DELEGATE_SCHEMA, delegate_stake, total_delegate_stake
 from chain.devnet.epoch_rules import REPUTATION_REASONS, REPUTATION_SCHEMA, remove_node, start_epoch
 from chain.devnet.storage import ChainDB
 from chain.devnet.tx import MAX_TX_BYTES, TX_DOMAIN, verify_signature
@@ -43,6 +44,7 @@ class ChainState:
         self._store = ChainDB(self.path)
         with self._store.transaction() as db:
             db.execute(REPUTATION_SCHEMA)
+            db.execute(DELEGATE_SCHEMA)
         stored = self._store.meta("config")
         if stored is None:
             self.config = config or DevnetConfig()
@@ -234,6 +236,13 @@ class ChainState:
     def stake(self, subnet_id: int, hotkey: str) -> int:
         node = self.node_by_hotkey(subnet_id, hotkey)
         return 0 if node is None else node.stake
+
+    def delegate_stake(self, subnet_id: int, address: str | None = None) -> int:
+        """`address`'s delegate stake in the subnet, or the subnet's total when None."""
+        with self._store.read() as db:
+            if address is None:
+                return total_delegate_stake(db, subnet_id)
+            return delegate_stake(db, subnet_id, _address(address, "address"))
 
     def unbondings(self, address: str) -> list[dict]:
         with self._store.read() as db:

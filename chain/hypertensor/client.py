@@ -14,14 +14,23 @@ from typing import Any
 from substrateinterface import SubstrateInterface
 from substrateinterface.exceptions import SubstrateRequestException
 
-from chain.base import Chain
+from chain.base import Chain, default_cap
 from chain.hypertensor import records
 from chain.hypertensor.connection import PALLET, SubstrateConnection, map_request_error
-from chain.hypertensor.extrinsics import btree, failure, signed_call
+from chain.hypertensor.extrinsics import btree, failure, is_map_argument, signed_call
 from chain.hypertensor.records import PERCENT
 from chain.multiaddr_bin import encode_multiaddr
-from chain.types import ConsensusSubmission, EpochInfo, Receipt, ScoreEntry, SubnetInfo, SubnetNode, error_for
-from keys import AccountKey
+from chain.types import (
+    ChainError,
+    ConsensusSubmission,
+    EpochInfo,
+    Receipt,
+    ScoreEntry,
+    SubnetInfo,
+    SubnetNode,
+    error_for,
+)
+from keys import AccountKey, NodeKey
 
 
 class HypertensorChain(Chain):
@@ -146,11 +155,15 @@ class HypertensorChain(Chain):
         return sorted((self._node_from(subnet_id, d, q) for d, q in rows), key=lambda n: n.node_id)
 
     def _node_by_id(self, subnet_id: int, node_id: int) -> SubnetNode | None:
+        """Active record first, then the queue; a storage default (another id) means absent."""
         d = self.connection.query("SubnetNodesData", [subnet_id, node_id])
-        if d:
+        if records.is_record_of(d, node_id):
             return self._node_from(subnet_id, d)
         d = self.connection.query("RegisteredSubnetNodesData", [subnet_id, node_id])
-        return self._node_from(subnet_id, d, queued=True) if d else None
+        return self._node_from(subnet_id, d, queued=True) if records.is_record_of(d, node_id) else None
+
+    def get_node(self, subnet_id: int, node_id: int) -> SubnetNode | None:
+        return self._node_by_id(subnet_id, node_id)
 
     def get_node_by_peer_id(self, subnet_id: int, peer_id: str) -> SubnetNode | None:
         nid = self.connection.query("PeerIdSubnetNodeId", [subnet_id, peer_id.encode()])
@@ -194,13 +207,19 @@ class HypertensorChain(Chain):
         bootnodes: dict[str, str] | None = None,
         delegate_stake_percentage: int = PERCENT // 10,
         misc: str = "",
+        max_cost: int | None = None,
     ) -> int:
-        """`bootnodes`: peer id -> text multiaddr (ending in /p2p/<peer id>); the runtime requires one."""
+        """`bootnodes`: peer id -> text multiaddr (ending in /p2p/<peer id>); the runtime requires one.
+        `max_cost` caps the burn (default: the cost read from the chain plus a margin, never the balance)."""
         if self.coldkey is None:
             raise error_for("NoKey", "register_subnet needs the owner's coldkey")
+        if not bootnodes:
+            raise error_for("MissingBootnode", "Hypertensor requires at least one bootnode (--bootnode MULTIADDR)")
+        cap = self._cap(max_cost, self.max_registration_cost, self.registration_cost(), "subnet registration cost",
+                        "--max-cost")
         before = int(self.connection.query("TotalSubnetUids") or 0)
         values: dict[str, Any] = {
-            "max_cost": self.max_registration_cost or self.get_balance(self.coldkey.address),
+            "max_cost": cap,
             "name": name.encode(),
             "repo": repo.encode(),
             "description": description.encode(),
@@ -213,8 +232,12 @@ class HypertensorChain(Chain):
             "initial_coldkeys": btree([(bytes.fromhex(c[2:]), c, 1) for c in initial_coldkeys]),
             "initial_validators": btree([(bytes.fromhex(c[2:]), c, 1) for c in initial_coldkeys]),
         }
-        if bootnodes:
+        values["key_types"] = ["Ed25519"]  # runtimes that ask which peer id key types the subnet accepts
+        if self.connection.retry(lambda s: is_map_argument(s, "register_subnet", ("subnet_data", "bootnodes")),
+                                 "read call metadata"):
             values["bootnodes"] = btree([(p.encode(), p.encode(), encode_multiaddr(m)) for p, m in bootnodes.items()])
+        else:  # older runtimes: a set of text multiaddrs
+            values["bootnodes"] = sorted(m.encode() for m in bootnodes.values())
         self._call(self.coldkey, "coldkey", "register_subnet", values)
         sid = self.connection.query("SubnetName", [name.encode()])
         if sid is None:
@@ -228,17 +251,21 @@ class HypertensorChain(Chain):
         return {"peer_id": peer_id.encode(), "multiaddr": encode_multiaddr(multiaddr) if multiaddr else None}
 
     def register_subnet_node(
-        self, subnet_id: int, *, hotkey: str, peer_id: str, stake: int, multiaddr: str = ""
+        self, subnet_id: int, *, hotkey: str, peer_id: str, stake: int, multiaddr: str = "",
+        max_burn: int | None = None,
     ) -> int:
         if self.coldkey is None:
             raise error_for("NoKey", "register_subnet_node needs the coldkey")
-        max_burn = self.max_burn_amount
-        if max_burn is None:
-            max_burn = max(0, self.get_balance(self.coldkey.address) - stake)
+        max_burn = self._cap(max_burn, self.max_burn_amount, self.node_registration_burn(subnet_id),
+                             "node registration burn", "--max-burn")
         values = {
             "subnet_id": subnet_id,
             "hotkey": hotkey,
             "peer_info": self._peer_info(peer_id, multiaddr),
+            # Older runtimes take three distinct peer ids flat (node, bootnode, client) and no multiaddr;
+            # mesh-node runs one peer, so the other two are fresh identities nobody serves.
+            "peer_id": peer_id.encode(), "bootnode_peer_id": NodeKey.generate().peer_id.encode(),
+            "client_peer_id": NodeKey.generate().peer_id.encode(),
             "delegate_reward_rate": 0,
             "stake_to_be_added": stake,
             "max_burn_amount": max_burn,
@@ -256,8 +283,10 @@ class HypertensorChain(Chain):
 
     def update_peer_info(self, subnet_id: int, node_id: int, *, peer_id: str, multiaddr: str = "") -> Receipt:
         info = self._peer_info(peer_id, multiaddr)
-        values = {"subnet_id": subnet_id, "subnet_node_id": node_id, "new_peer_info": info, "peer_info": info}
-        return self._call(self.coldkey, "coldkey", "update_peer_info", values)
+        values = {"subnet_id": subnet_id, "subnet_node_id": node_id, "new_peer_info": info, "peer_info": info,
+                  "new_peer_id": peer_id.encode()}
+        call = self._first_call("update_peer_info", "update_peer_id")  # older runtimes: update_peer_id
+        return self._call(self.coldkey, "coldkey", call, values)
 
     def add_stake(self, subnet_id: int, node_id: int, *, hotkey: str, amount: int) -> Receipt:
         values = {"subnet_id": subnet_id, "subnet_node_id": node_id, "hotkey": hotkey, "stake_to_be_added": amount}
@@ -270,11 +299,88 @@ class HypertensorChain(Chain):
     def claim_unbondings(self) -> Receipt:
         return self._call(self.coldkey, "coldkey", "claim_unbondings", {})
 
-    def add_to_delegate_stake(self, subnet_id: int, amount: int) -> Receipt:
-        """Delegate stake to a subnet (Hypertensor pays subnet emissions only when some exists)."""
-        return self._call(
-            self.coldkey, "coldkey", "add_to_delegate_stake", {"subnet_id": subnet_id, "stake_to_be_added": amount}
-        )
+    # ---- costs ----------------------------------------------------------------
+    @staticmethod
+    def _cap(given: int | None, configured: int | None, cost: int | None, what: str, flag: str) -> int:
+        """The cap to send: given, else configured, else the chain's current cost plus a margin."""
+        cap = given if given is not None else configured
+        if cap is None:
+            if cost is None:
+                raise error_for("CostUnknown", f"cannot read the {what} from this runtime; give {flag} explicitly")
+            return default_cap(cost)
+        if cost is not None and cost > cap:
+            raise error_for("CostExceedsMax", f"the {what} is {cost}, above the cap {cap} ({flag})")
+        return cap
+
+    def _optional(self, storage: str, params: list | None = None) -> Any:
+        """A storage value, or None when this runtime has no such item."""
+        try:
+            return self.connection.query(storage, params)
+        except ChainError:
+            raise
+        except Exception:  # StorageFunctionNotFound and the like: another runtime version
+            return None
+
+    def registration_cost(self) -> int | None:
+        """Upper bound of the current subnet registration cost: it decays from the last cost to the minimum."""
+        last, floor = self._optional("LastRegistrationCost"), self._optional("MinRegistrationCost")
+        if last is None and floor is None:
+            return None
+        return max(int(last or 0), int(floor or 0))
+
+    def node_registration_burn(self, subnet_id: int) -> int | None:
+        """base burn x the subnet's current burn rate (PERCENT = 1.0), as the pallet computes it."""
+        base = self._optional("BaseNodeBurnAmount")
+        if base is None:
+            return None
+        rate = self._optional("CurrentNodeBurnRate", [subnet_id])
+        return int(base) * int(PERCENT if rate is None else rate) // PERCENT
+
+    # ---- delegate stake (shares on chain; amounts in balance units here) ----------
+    def _delegate_totals(self, subnet_id: int) -> tuple[int, int]:
+        balance = int(self._optional("TotalSubnetDelegateStakeBalance", [subnet_id]) or 0)
+        shares = int(self._optional("TotalSubnetDelegateStakeShares", [subnet_id]) or 0)
+        return balance, shares
+
+    def _shares_of(self, subnet_id: int, account: str) -> int:
+        return int(self._optional("AccountSubnetDelegateStakeShares", [account, subnet_id]) or 0)
+
+    def get_delegate_stake(self, subnet_id: int, account: str) -> int:
+        balance, shares = self._delegate_totals(subnet_id)
+        return 0 if not shares else self._shares_of(subnet_id, account) * balance // shares
+
+    def get_subnet_delegate_stake(self, subnet_id: int) -> int:
+        return self._delegate_totals(subnet_id)[0]
+
+    def _first_call(self, *names: str) -> str:
+        def op(s: SubstrateInterface) -> str:
+            s.init_runtime()
+            for n in names:
+                if s.get_metadata_call_function(PALLET, n) is not None:
+                    return n
+            raise error_for("UnsupportedCall", f"this runtime has none of {PALLET}.{'/'.join(names)}")
+
+        return self.connection.retry(op, "read call metadata")
+
+    def add_delegate_stake(self, subnet_id: int, amount: int) -> Receipt:
+        """Delegate stake to a subnet (Hypertensor pays node emissions only to subnets that have some)."""
+        call = self._first_call("add_to_delegate_stake", "add_subnet_delegate_stake")
+        values = {"subnet_id": subnet_id, "stake_to_be_added": amount, "min_shares_out": 0}
+        return self._call(self.coldkey, "coldkey", call, values)
+
+    add_to_delegate_stake = add_delegate_stake  # the library name older callers used
+
+    def remove_delegate_stake(self, subnet_id: int, amount: int) -> Receipt:
+        """Withdraw `amount` (balance units), converted to the shares the pallet takes, capped at all of them."""
+        if self.coldkey is None:
+            raise error_for("NoKey", "remove_delegate_stake needs the coldkey")
+        balance, total = self._delegate_totals(subnet_id)
+        mine = self._shares_of(subnet_id, self.coldkey.address)
+        if not mine or not balance:
+            raise error_for("InsufficientStake", f"no delegate stake in subnet {subnet_id}")
+        shares = min(mine, -(-amount * total // balance))
+        values = {"subnet_id": subnet_id, "shares_to_be_removed": shares, "min_balance_out": 0}
+        return self._call(self.coldkey, "coldkey", "remove_delegate_stake", values)
 
     def propose_attestation(self, subnet_id: int, data: Sequence[ScoreEntry]) -> Receipt:
         # The chain only collapses adjacent duplicates: send one entry per node, sorted.

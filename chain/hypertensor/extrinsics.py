@@ -108,6 +108,20 @@ def btree(entries: list[tuple[bytes, Any, Any]]) -> list[tuple[Any, Any]]:
     return [seen[k] for k in sorted(seen)]
 
 
+def is_map_argument(s: SubstrateInterface, call: str, path: tuple[str, ...]) -> bool:
+    """Whether argument `path` of `Network.<call>` is a BTreeMap in this runtime (else a set or a list)."""
+    s.init_runtime()
+    fix_btreemaps(s)
+    fn = s.get_metadata_call_function(PALLET, call)
+    info: Any = fn.get_param_info() if fn is not None else {}
+    for name in path:
+        info = info.get(name) if isinstance(info, dict) else None
+    if not isinstance(info, str):
+        return False
+    cls = s.runtime_config.get_decoder_class(info)
+    return isinstance(cls, type) and issubclass(cls, BTreeMap)
+
+
 def signed_call(s: SubstrateInterface, key: AccountKey, call: str, values: dict[str, Any]) -> Any:
     """The signed extrinsic `Network.<call>` with arguments composed from `values`."""
     s.init_runtime()

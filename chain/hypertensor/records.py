@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from chain.multiaddr_bin import decode_multiaddr
 from chain.types import ConsensusSubmission, NodeClass, ScoreEntry, SubnetInfo, SubnetNode, SubnetState
 
 PERCENT = 10**18  # the pallet's percentage factor (1.0)
@@ -74,9 +75,51 @@ def node_class(d: dict, queued: bool) -> NodeClass:
     return NODE_CLASSES.get(enum_name(cls_info.get("node_class")), NodeClass.IDLE)
 
 
+def raw_bytes(value: Any) -> bytes:
+    """A `Vec<u8>` as substrate-interface decodes it (0x-hex text, bytes or a list of ints)."""
+    if value is None:
+        return b""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str):
+        try:
+            return bytes.fromhex(value.removeprefix("0x"))
+        except ValueError:
+            return value.encode()
+    if isinstance(value, (list, tuple)):
+        return bytes(int(b) & 0xFF for b in value)
+    return b""
+
+
+def multiaddr_text(value: Any) -> str:
+    """The stored binary multiaddr as text ('' when absent or not a multiaddr we can read)."""
+    if isinstance(value, dict):  # Option<..> decoded as {"Some": ...} by some scalecodec versions
+        value = value.get("Some")
+    raw = raw_bytes(value)
+    if not raw:
+        return ""
+    if raw.startswith(b"/"):  # a runtime that stored the text form
+        return raw.decode(errors="replace")
+    try:
+        return decode_multiaddr(raw)
+    except ValueError:
+        return ""
+
+
+def is_record_of(d: Any, node_id: int) -> bool:
+    """A `SubnetNodesData` value for a missing key is the type's default (id 0): present only if ids match."""
+    if not isinstance(d, dict):
+        return False
+    try:
+        return int(d.get("id") or 0) == int(node_id)
+    except (TypeError, ValueError):
+        return False
+
+
 def subnet_node(subnet_id: int, d: dict, *, queued: bool, coldkey: Any, reputation: Any, stake: int) -> SubnetNode:
     """A `SubnetNodesData` value plus the facts stored elsewhere (owner, reputation, stake)."""
-    peer_info = d.get("peer_info") or {}
+    # Runtimes differ: a `peer_info` struct, or (older testnet runtimes) a top-level `peer_id`.
+    peer_info = d.get("peer_info") or {"peer_id": d.get("peer_id")}
     maddr = peer_info.get("multiaddr")
     return SubnetNode(
         subnet_id=subnet_id,
@@ -89,7 +132,7 @@ def subnet_node(subnet_id: int, d: dict, *, queued: bool, coldkey: Any, reputati
         reputation=min(1.0, int(reputation or 0) / PERCENT),
         registered_epoch=0,
         classified_epoch=int((d.get("classification") or {}).get("start_epoch") or 0),
-        multiaddr=maddr if isinstance(maddr, str) else "",
+        multiaddr=multiaddr_text(maddr),
     )
 
 

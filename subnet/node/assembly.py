@@ -16,6 +16,7 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -39,6 +40,7 @@ from subnet.swarm.key_caps import KeyCapValidator
 from subnet.swarm.record_admission import make_record_validator
 from validator.duty import ValidatorDuty
 from validator.evidence import EvidenceChecker, local_reference
+from validator.journal import ValidatorJournal, journal_path
 from validator.metrics import ValidatorMetrics
 from validator.reference import ReferenceModel, ReferencePublisher, holds_weights
 from validator.spot_checks import SpotCheckDuty, local_embedding
@@ -63,6 +65,7 @@ class NodeOptions(HosterOptions):
     relay_peers: list[str] | None = None
     node_key: str | None = None
     account_key: str | None = None
+    data_dir: str | None = None  # restart state (validator journal); default: the node key's directory
     chain: str | None = None
     subnet_id: int | None = None
     api_host: str = "127.0.0.1"
@@ -250,7 +253,7 @@ class Node:
                                        model_uid(o.model, o.model_name), local_reference(o.model, layers))
             self.validator_duty = ValidatorDuty(self.dht, self.chain, self.node_key, o.subnet_id,
                                                 hidden_size=hidden, num_blocks=layers, reference=reference,
-                                                evidence=evidence).start()
+                                                evidence=evidence, journal=self._journal()).start()
             ValidatorMetrics(self.validator_duty, self.metrics_registry)
             if o.spot_checks:
                 self._start_spot_checks(layers)
@@ -266,6 +269,15 @@ class Node:
         self.spot_duty = SpotCheckDuty(self.dht, self.node_key, policy, uid, load_config(o.model).vocab_size,
                                        self._spot_client.run, local_reference(o.model, layers),
                                        local_embedding(o.model)).start()
+
+    def _journal(self) -> ValidatorJournal | None:
+        """The validator's restart journal under the data dir (none for a node without a key file)."""
+        o = self.opts
+        data_dir = o.data_dir or (str(Path(o.node_key).expanduser().parent) if o.node_key else None)
+        if data_dir is None or o.subnet_id is None:
+            return None
+        return ValidatorJournal(journal_path(data_dir, o.subnet_id), peer_id=self.node_key.peer_id,
+                                subnet_id=o.subnet_id)
 
     def reports(self) -> dict[int, dict]:
         """Per-epoch consensus reports of this node (validator view if any, else hoster view)."""

@@ -54,6 +54,7 @@ def overlapping_ranges(num_blocks: int, count: int) -> list[tuple[int, int]]:
 
 
 HOSTER_REBALANCE_INTERVAL = 30.0  # seconds: a devnet hoster's coverage checks (`--rebalance-interval`)
+DEVNET_DELEGATE_STAKE = 100 * UNIT  # the owner backs its subnet: no delegate stake, no node emissions
 
 
 def hoster_flags(blocks: tuple[int, int], rebalance_interval: float = HOSTER_REBALANCE_INTERVAL) -> list[str]:
@@ -154,6 +155,9 @@ class Devnet:
         o = self.opts
         self.subnet_id = self.owner.register_subnet("mesh-devnet", min_stake=100 * UNIT, max_stake=1000 * UNIT,
                                                     description="local mesh-node subnet")
+        # As on Hypertensor, a subnet without delegate stake earns no node emissions.
+        self.owner.add_delegate_stake(self.subnet_id, DEVNET_DELEGATE_STAKE)
+        event(log, "delegate_staked", subnet_id=self.subnet_id, amount=DEVNET_DELEGATE_STAKE)
         ranges = overlapping_ranges(num_layers, o.hosters)
         roles = [("validator", None)] + [("hoster", r) for r in ranges] + [("validator", None)] * (o.validators - 1)
         for i, (role, blocks) in enumerate(roles):

@@ -13,7 +13,10 @@ from keys import AccountKey
 
 class Backend(Protocol):
     name: str
+    url: str
     node_stake: int
+    delegate_stake: int  # what a test subnet's owner delegates (else no node emissions)
+    join_epochs: int  # bound on Registered -> Validator for a node joining an active subnet
 
     def chain(self, coldkey: AccountKey | None = None, hotkey: AccountKey | None = None) -> Chain: ...
     def funded_account(self, amount: int) -> AccountKey: ...
@@ -25,6 +28,8 @@ class Backend(Protocol):
 class DevnetBackend:
     name = "devnet"
     node_stake = 100 * UNIT
+    delegate_stake = 100 * UNIT  # the subnet owner backs each test subnet
+    join_epochs = 12  # bound on Registered -> Validator (queue 1 + idle 2 + included 2 epochs on the devnet)
 
     def __init__(self, url: str):
         from chain.devnet import DevnetChain, dev_accounts

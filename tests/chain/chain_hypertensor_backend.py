@@ -7,6 +7,7 @@ demand with the `dev_newBlock` RPC, so epochs advance as fast as chopsticks buil
 from __future__ import annotations
 
 from chain.hypertensor.client import HypertensorChain
+from chain.hypertensor.records import PERCENT
 from chain.types import UNIT, EpochInfo
 from keys import AccountKey, NodeKey
 
@@ -17,10 +18,22 @@ ALITH = "0x5fb92d6e98884f76de468fa3f6278f8807c48bebc13595d45af5bdc4da702133"
 class HypertensorBackend:
     name = "hypertensor"
     node_stake = 100 * UNIT
+    delegate_stake = 1000 * UNIT  # replaced in __init__ by what the runtime requires to activate a subnet
+    join_epochs = 40  # bound on Registered -> Validator for a node joining an active subnet
 
     def __init__(self, url: str):
         self.url = url
         self._faucet = HypertensorChain(url, AccountKey.from_private_key(ALITH))
+        self.delegate_stake = max(self.delegate_stake, self._min_delegate_stake())
+
+    def _min_delegate_stake(self) -> int:
+        """Activation needs delegate stake >= issuance x MinSubnetDelegateStakeFactor x (up to) the max multiplier."""
+        q = self._faucet._optional
+        issuance = self._faucet.connection.query("TotalIssuance", module="Balances")
+        factor, mult = q("MinSubnetDelegateStakeFactor"), q("MaxMinDelegateStakeMultiplier")
+        if not issuance or factor is None:
+            return 0
+        return int(issuance) * int(factor) // PERCENT * int(mult or PERCENT) // PERCENT + UNIT
 
     def chain(self, coldkey=None, hotkey=None) -> HypertensorChain:
         return HypertensorChain(self.url, coldkey, hotkey)

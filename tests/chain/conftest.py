@@ -9,6 +9,7 @@ from chain_support import Operator, Signer, make_subnet, register
 
 from chain.devnet.config import DevnetConfig, dev_accounts
 from chain.devnet.state import ChainState
+from chain.types import UNIT
 from keys import AccountKey
 
 
@@ -33,6 +34,7 @@ def tx(state) -> Signer:
 def subnet4(tx, dev_keys):
     """An active subnet with 4 initial (Validator-class) nodes, advanced into its first elected epoch."""
     sid = make_subnet(tx, dev_keys[0])
+    tx(dev_keys[0], "add_to_delegate_stake", subnet_id=sid, amount=str(100 * UNIT))  # else no node emissions
     ops = [Operator(dev_keys[i + 1]) for i in range(4)]
     ids = [register(tx, sid, op) for op in ops]
     tx(dev_keys[0], "activate_subnet", subnet_id=sid)

@@ -38,6 +38,7 @@ ROUTES = [
     "/subnets/{subnet_id}/submission/{epoch}",
     "/subnets/{subnet_id}/result/{epoch}",
     "/subnets/{subnet_id}/stake/{hotkey}",
+    "/subnets/{subnet_id}/delegate/{address}",
     "/accounts/{address}",
 ]
 INT_PARAMS = {"subnet_id", "node_id", "epoch"}
@@ -76,15 +77,17 @@ def test_bad_path_parameters_are_400(devnet, route):
 
 CALL_INTS = {  # the integer arguments of every signed call and the chain type each has
     "transfer": {"amount": "u128"},
-    "register_subnet": {"min_stake": "u128", "max_stake": "u128"},
+    "register_subnet": {"min_stake": "u128", "max_stake": "u128", "max_cost": "u128"},
     "activate_subnet": {"subnet_id": "u32"},
-    "register_subnet_node": {"subnet_id": "u32", "stake": "u128"},
+    "register_subnet_node": {"subnet_id": "u32", "stake": "u128", "max_burn": "u128"},
     "remove_subnet_node": {"subnet_id": "u32", "node_id": "u32"},
     "update_peer_info": {"subnet_id": "u32", "node_id": "u32"},
     "add_stake": {"subnet_id": "u32", "node_id": "u32", "amount": "u128"},
     "remove_stake": {"subnet_id": "u32", "amount": "u128"},
     "propose_attestation": {"subnet_id": "u32"},
     "attest": {"subnet_id": "u32"},
+    "add_to_delegate_stake": {"subnet_id": "u32", "amount": "u128"},
+    "remove_delegate_stake": {"subnet_id": "u32", "amount": "u128"},
 }
 OUT_OF_RANGE = {"u32": [2**32, 2**63, 2**64, -1], "u128": [2**128, 2**256, -1]}
 NOT_INTS = [1.5, "abc", "1" * 90, True, [1], {"a": 1}, None]

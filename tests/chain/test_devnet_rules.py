@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from chain_support import Operator, make_subnet, register
 
+from chain.devnet.config import dev_accounts
 from chain.types import (
     UNIT,
     AlreadyAttestedError,
@@ -46,7 +47,7 @@ def test_register_subnet_and_initial_nodes_are_validators(tx, dev_keys):
     node = tx.state.node(sid, nid)
     assert node.node_class == NodeClass.VALIDATOR and node.stake == 150 * UNIT
     assert node.hotkey == op.hotkey.address and node.coldkey == op.coldkey.address
-    assert tx.state.balance(op.coldkey.address) == before - 150 * UNIT
+    assert tx.state.balance(op.coldkey.address) == before - 150 * UNIT - tx.state.config.node_registration_burn
     assert tx.state.node_by_peer_id(sid, op.peer_id).node_id == nid
     assert tx.state.stake(sid, op.hotkey.address) == 150 * UNIT
 
@@ -320,3 +321,49 @@ def test_reopen_keeps_height_and_genesis_rules(tmp_path, dev_keys):
     assert st.config.epoch_length == 4 and st.config.block_time == 0.2
     assert st.produce_block() == 8
     st.close()
+
+
+def test_no_delegate_stake_no_node_emissions(tx, subnet4):
+    """As on Hypertensor: once the subnet's delegate stake is withdrawn, an accepted epoch pays no node emission."""
+    sid, ops = subnet4
+    owner = dev_accounts(1)[0]
+    assert tx.state.delegate_stake(sid) == 100 * UNIT
+    out = tx(owner, "remove_delegate_stake", subnet_id=sid, amount=str(100 * UNIT))
+    assert tx.state.delegate_stake(sid) == 0 and tx.state.delegate_stake(sid, owner.address) == 0
+    assert {"amount": str(100 * UNIT), "unlock_epoch": out["unlock_epoch"]} in tx.state.unbondings(owner.address)
+    ids = sorted(ops)
+    e, v = _full_round(tx, sid, ops, {i: UNIT for i in ids}, attestors=3)
+    result = tx.state.epoch_result(sid, e)
+    assert result["outcome"] == "accepted"
+    assert [r["kind"] for r in result["rewards"]] == ["validator"]  # the proposer's base reward only
+    # Delegating again restores node emissions from the next accepted epoch on.
+    tx(owner, "add_to_delegate_stake", subnet_id=sid, amount=str(UNIT))
+    e, v = _full_round(tx, sid, ops, {i: UNIT for i in ids}, attestors=3)
+    kinds = [r["kind"] for r in tx.state.epoch_result(sid, e)["rewards"]]
+    assert kinds.count("emission") == 4
+
+
+def test_delegate_stake_rejections(tx, subnet4):
+    sid, _ = subnet4
+    someone = dev_accounts(9)[8]
+    with pytest.raises(ChainError, match="InsufficientStake"):
+        tx(someone, "remove_delegate_stake", subnet_id=sid, amount=str(UNIT))
+    with pytest.raises(ChainError, match="UnknownSubnet"):
+        tx(someone, "add_to_delegate_stake", subnet_id=999, amount=str(UNIT))
+    with pytest.raises(ChainError, match="InsufficientBalance"):
+        tx(AccountKey.generate(), "add_to_delegate_stake", subnet_id=sid, amount=str(UNIT))
+    with pytest.raises(ChainError, match="InvalidRequest"):
+        tx(someone, "add_to_delegate_stake", subnet_id=sid, amount="0")
+
+
+def test_registration_caps(tx, dev_keys):
+    cfg = tx.state.config
+    with pytest.raises(ChainError, match="CostExceedsMax"):
+        tx(dev_keys[0], "register_subnet", name="capped", min_stake=str(100 * UNIT), max_stake=str(1000 * UNIT),
+           max_cost=str(cfg.subnet_registration_cost - 1))  # fmt: skip
+    sid = make_subnet(tx, dev_keys[0])
+    op = Operator(dev_keys[1])
+    with pytest.raises(ChainError, match="BurnExceedsMax"):
+        tx(op.coldkey, "register_subnet_node", subnet_id=sid, hotkey=op.hotkey.address, peer_id=op.peer_id,
+           stake=str(100 * UNIT), max_burn=str(cfg.node_registration_burn - 1))  # fmt: skip
+    assert tx.state.node_by_peer_id(sid, op.peer_id) is None

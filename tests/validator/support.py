@@ -37,6 +37,7 @@ class ChainNet:
         self.accounts = dev_accounts(10)
         self.owner = DevnetChain(self.url, coldkey=self.accounts[0])
         self.subnet_id = self.owner.register_subnet("consensus-test", min_stake=100 * UNIT, max_stake=1000 * UNIT)
+        self.owner.add_delegate_stake(self.subnet_id, 100 * UNIT)  # without it the subnet earns no node emissions
         self.operators: list[Operator] = []
         self._clients: list[DevnetChain] = [self.owner]
 

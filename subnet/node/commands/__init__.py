@@ -18,6 +18,8 @@ HELP: dict[str, str] = {
     "activate": "activate a registered subnet (subnet owner)",
     "stake": "add stake to this node",
     "unstake": "remove stake from this node (starts unbonding)",
+    "delegate-stake": "back a subnet with delegate stake (a subnet without any earns no node emissions)",
+    "undelegate-stake": "withdraw delegate stake from a subnet (starts unbonding)",
     "status": "show this node's class, stake, reputation, balance and last score",
     "api": "serve the OpenAI-compatible HTTP API and dashboard",
     "chat": "streaming terminal chat against a swarm or an API URL",
@@ -33,4 +35,4 @@ def add_global_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load(name: str) -> ModuleType:
     """The module of command `name` ("node" for `mesh-node --hoster/--validator`)."""
-    return importlib.import_module(f"{__name__}.{name}")
+    return importlib.import_module(f"{__name__}.{name.replace('-', '_')}")

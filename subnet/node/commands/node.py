@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_network_arguments(g)
     g.add_argument("--node-key", help="node key file (Ed25519; created by `mesh-node keygen`)")
     g.add_argument("--account-key", help="chain account key file (hotkey)")
+    g.add_argument("--data-dir", default=None,
+                   help="where the node keeps state that must survive a restart (the validator journal; "
+                        "default: the directory of --node-key)")
     g.add_argument("--chain", default=None, help="devnet URL (http://...) or Hypertensor ws URL")
     g.add_argument("--subnet-id", type=int, default=None)
     g.add_argument("--api-host", default=None, help="API bind address (default 127.0.0.1)")

@@ -9,9 +9,13 @@ import argparse
 import os
 from decimal import Decimal, InvalidOperation
 
+import base58
+from eth_utils import is_hex_address, to_checksum_address
+
 from chain import connect
 from chain.types import DECIMALS, UNIT
 from keys import AccountKey, NodeKey
+from subnet.node.commands.chain_output import add_json_argument, cap_for, check_multiaddr, emit
 from subnet.node.errors import UserError
 
 DEFAULT_DEVNET_URL = "http://127.0.0.1:9944"
@@ -58,7 +62,9 @@ def hotkey_address(args: argparse.Namespace, *, required: bool = True) -> str | 
     if key is not None:
         return key.address
     if getattr(args, "hotkey", None):
-        return args.hotkey
+        if not is_hex_address(args.hotkey):
+            raise UserError(f"--hotkey must be a 0x account address (20 bytes hex), got {args.hotkey!r}")
+        return to_checksum_address(args.hotkey)
     if required:
         raise UserError("give the node's hotkey: --hotkey-key FILE or --hotkey ADDRESS")
     return None
@@ -96,10 +102,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_key_arguments(parser)
     parser.add_argument("--node-key", help="node key file (its peer id is registered)")
     parser.add_argument("--peer-id", help="peer id to register (instead of --node-key)")
-    parser.add_argument("--multiaddr", default="", help="public multiaddr of the node (optional)")
+    parser.add_argument("--multiaddr", default="", help="public multiaddr of the node, ending in /p2p/<its peer id>")
     parser.add_argument("--stake", help="stake in TENSOR (default: the subnet's minimum)")
+    parser.add_argument("--max-burn", help="most TENSOR the node registration may burn besides the stake "
+                        "(default: the current burn plus 10%%)")
+    add_json_argument(parser)
     g = parser.add_argument_group("create a subnet instead (owner)")
     g.add_argument("--create-subnet", metavar="NAME", help="register a new subnet owned by --account-key")
+    g.add_argument("--max-cost", help="most TENSOR the subnet registration may cost (default: the current cost "
+                   "plus 10%%; the cost doubles after every registration on Hypertensor)")
     g.add_argument("--min-stake", default="100", help="subnet minimum node stake in TENSOR")
     g.add_argument("--max-stake", default="1000", help="subnet maximum node stake in TENSOR")
     g.add_argument("--initial-coldkeys", nargs="*", default=[], help="coldkeys allowed before activation")
@@ -114,9 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _bootnodes(items: list[str]) -> dict[str, str]:
     out = {}
     for maddr in items:
-        head, sep, peer_id = maddr.rpartition("/p2p/")
-        if not sep or not head or not peer_id:
-            raise UserError(f"--bootnode must end in /p2p/<peer id>: {maddr!r}")
+        peer_id = check_node_multiaddr_arg(maddr, None, "--bootnode")
         out[peer_id] = maddr
     return out
 
@@ -134,44 +143,97 @@ def _check_multiaddrs(args: argparse.Namespace) -> None:
         raise UserError(str(e)) from None
 
 
+def check_node_multiaddr_arg(maddr: str, peer_id: str | None, flag: str) -> str:
+    check_multiaddr(maddr, peer_id, flag)
+    return maddr.rstrip("/").rpartition("/p2p/")[2]
+
+
+def _create_subnet(args: argparse.Namespace, chain) -> int:
+    if args.chain.startswith(("ws://", "wss://")) and not args.bootnode:
+        raise UserError("--bootnode MULTIADDR is required to register a subnet on Hypertensor (at least one, "
+                        "ending in /p2p/<peer id>)")
+    min_stake = parse_tensor(args.min_stake, "--min-stake")
+    max_stake = parse_tensor(args.max_stake, "--max-stake")
+    if max_stake < min_stake:
+        raise UserError(f"--max-stake {args.max_stake} is below --min-stake {args.min_stake}")
+    cost = chain.registration_cost()
+    cap = cap_for(cost, parse_tensor(args.max_cost, "--max-cost") if args.max_cost else None,
+                  what="subnet registration cost", flag="--max-cost", fmt=format_tensor)
+    _check_balance(chain, cost or 0, "the subnet registration")
+    sid = chain.register_subnet(
+        args.create_subnet, min_stake=min_stake, max_stake=max_stake, initial_coldkeys=args.initial_coldkeys,
+        repo=args.repo, description=args.description, max_cost=cap,
+        **({"bootnodes": _bootnodes(args.bootnode)} if args.bootnode else {}),
+    )  # fmt: skip
+    emit(args, {"subnet_id": sid, "name": args.create_subnet, "cost": cost, "max_cost": cap},
+         [f"subnet id:   {sid}", f"name:        {args.create_subnet}"]
+         + ([f"cost:        {format_tensor(cost)} (cap {format_tensor(cap)})"] if cost is not None and cap else []))
+    return 0
+
+
+def _check_peer_id(peer_id: str) -> None:
+    try:
+        ok = 6 <= len(base58.b58decode(peer_id)) <= 64
+    except ValueError:
+        ok = False
+    if not ok:
+        raise UserError(f"--peer-id {peer_id!r} is not a base58 peer id (like 12D3KooW...)")
+
+
+def _check_balance(chain, need: int, what: str) -> None:
+    have = chain.get_balance(chain.coldkey.address)
+    if have < need:
+        raise UserError(f"the coldkey {chain.coldkey.address} has {format_tensor(have)}; {what} needs "
+                        f"{format_tensor(need)} (plus fees)")
+
+
 def run(args: argparse.Namespace) -> int:
     _check_multiaddrs(args)
+    if args.create_subnet:
+        for maddr in args.bootnode:
+            check_multiaddr(maddr, None, "--bootnode")
+    elif args.subnet_id is None:
+        raise UserError("--subnet-id is required (or --create-subnet NAME)")
+    if args.node_key:
+        peer_id = NodeKey.load(args.node_key).peer_id
+    else:
+        peer_id = args.peer_id
+        if peer_id is not None:
+            _check_peer_id(peer_id)
+    if args.multiaddr and not args.create_subnet:
+        check_multiaddr(args.multiaddr, peer_id, "--multiaddr")
     chain = open_chain(args, coldkey_required=True)
     try:
         if args.create_subnet:
-            sid = chain.register_subnet(
-                args.create_subnet,
-                min_stake=parse_tensor(args.min_stake, "--min-stake"),
-                max_stake=parse_tensor(args.max_stake, "--max-stake"),
-                initial_coldkeys=args.initial_coldkeys,
-                repo=args.repo,
-                description=args.description,
-                **({"bootnodes": _bootnodes(args.bootnode)} if args.bootnode else {}),
-            )
-            print(f"subnet id:   {sid}")
-            print(f"name:        {args.create_subnet}")
-            return 0
-        if args.subnet_id is None:
-            raise UserError("--subnet-id is required (or --create-subnet NAME)")
+            return _create_subnet(args, chain)
         hotkey = hotkey_address(args)
-        if args.node_key:
-            peer_id = NodeKey.load(args.node_key).peer_id
-        elif args.peer_id:
-            peer_id = args.peer_id
-        else:
+        if peer_id is None:
             raise UserError("give the node's identity: --node-key FILE or --peer-id ID")
-        stake = parse_tensor(args.stake, "--stake") if args.stake else chain.get_subnet(args.subnet_id).min_stake
+        if hotkey.lower() == chain.coldkey.address.lower():
+            raise UserError("the hotkey must be another account than the coldkey (--account-key)")
+        subnet = chain.get_subnet(args.subnet_id)
+        stake = parse_tensor(args.stake, "--stake") if args.stake else subnet.min_stake
+        if not subnet.min_stake <= stake <= subnet.max_stake:
+            raise UserError(f"--stake must be between {format_tensor(subnet.min_stake)} and "
+                            f"{format_tensor(subnet.max_stake)} on subnet {args.subnet_id}")
+        burn = chain.node_registration_burn(args.subnet_id)
+        cap = cap_for(burn, parse_tensor(args.max_burn, "--max-burn") if args.max_burn else None,
+                      what="node registration burn", flag="--max-burn", fmt=format_tensor)
+        _check_balance(chain, stake + (burn or 0), "the stake and registration burn")
         node_id = chain.register_subnet_node(
-            args.subnet_id, hotkey=hotkey, peer_id=peer_id, stake=stake, multiaddr=args.multiaddr
+            args.subnet_id, hotkey=hotkey, peer_id=peer_id, stake=stake, multiaddr=args.multiaddr, max_burn=cap
         )
         node = chain.get_node_by_hotkey(args.subnet_id, hotkey)
-        print(f"node id:     {node_id}")
-        print(f"subnet id:   {args.subnet_id}")
-        print(f"peer id:     {peer_id}")
-        print(f"hotkey:      {hotkey}")
-        print(f"stake:       {format_tensor(stake)}")
-        if node is not None:
-            print(f"class:       {node.node_class.name}")
+        cls = node.node_class.name if node is not None else None
+        data = {"node_id": node_id, "subnet_id": args.subnet_id, "peer_id": peer_id, "hotkey": hotkey,
+                "stake": stake, "burn": burn, "max_burn": cap, "node_class": cls}
+        lines = [f"node id:     {node_id}", f"subnet id:   {args.subnet_id}", f"peer id:     {peer_id}",
+                 f"hotkey:      {hotkey}", f"stake:       {format_tensor(stake)}"]
+        if burn is not None:
+            lines.append(f"burned:      {format_tensor(burn)} (cap {format_tensor(cap or 0)})")
+        if cls is not None:
+            lines.append(f"class:       {cls}")
+        emit(args, data, lines)
         return 0
     finally:
         chain.close()

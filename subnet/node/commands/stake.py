@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from subnet.node.commands.chain_output import add_json_argument, emit
 from subnet.node.commands.register import (
     add_chain_argument,
     add_key_arguments,
@@ -21,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_subnet_argument(parser)
     add_key_arguments(parser)
     parser.add_argument("--amount", required=True, help="TENSOR to add")
+    add_json_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,8 +33,10 @@ def run(args: argparse.Namespace) -> int:
         node = chain.get_node_by_hotkey(args.subnet_id, hotkey)
         if node is None:
             raise UserError(f"no node with hotkey {hotkey} in subnet {args.subnet_id}")
-        chain.add_stake(args.subnet_id, node.node_id, hotkey=hotkey, amount=amount)
-        print(f"node {node.node_id}: stake {format_tensor(chain.get_stake(args.subnet_id, hotkey))}")
+        receipt = chain.add_stake(args.subnet_id, node.node_id, hotkey=hotkey, amount=amount)
+        stake = chain.get_stake(args.subnet_id, hotkey)
+        emit(args, {"node_id": node.node_id, "subnet_id": args.subnet_id, "added": amount, "stake": stake,
+                    "block": receipt.block}, [f"node {node.node_id}: stake {format_tensor(stake)}"])
         return 0
     finally:
         chain.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from chain.types import SCORE_SCALE
+from chain.types import SCORE_SCALE, ChainError, NodeClass
 from keys import NodeKey
 from subnet.node.commands.register import (
     add_chain_argument,
@@ -18,6 +18,21 @@ from subnet.node.commands.register import (
 from subnet.node.errors import UserError
 
 SCORE_LOOKBACK_EPOCHS = 16
+# What each class means for the operator (Registered -> Idle -> Included -> Validator).
+CLASS_NOTES = {
+    NodeClass.REGISTERED: "in the activation queue: not yet in the subnet's node set",
+    NodeClass.IDLE: "active, not yet scored: rises to Included after some accepted epochs",
+    NodeClass.INCLUDED: "scored each epoch: rises to Validator with full reputation",
+    NodeClass.VALIDATOR: "paid by score, may be elected, attests",
+    NodeClass.DEACTIVATED: "deactivated",
+}
+
+
+def _delegate_total(chain, subnet_id: int) -> int | None:
+    try:
+        return chain.get_subnet_delegate_stake(subnet_id)
+    except ChainError:
+        return None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             "epoch": epoch.epoch,
             "block": epoch.block,
             "epoch_progress": round(epoch.progress, 3),
+            "subnet_delegate_stake": _delegate_total(chain, sid),
         }
         if node is None:
             out["registered"] = False
@@ -75,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
                 hotkey=node.hotkey,
                 coldkey=node.coldkey,
                 node_class=node.node_class.name,
+                node_class_note=CLASS_NOTES.get(node.node_class, ""),
+                classified_epoch=node.classified_epoch,
+                multiaddr=node.multiaddr,
                 stake=node.stake,
                 reputation=node.reputation,
                 coldkey_balance=chain.get_balance(node.coldkey),
@@ -91,8 +110,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"node:        not registered ({who})")
             return 1
         print(f"node id:     {node.node_id}  peer id {node.peer_id}")
-        print(f"class:       {node.node_class.name}")
+        print(f"class:       {node.node_class.name} ({out['node_class_note']})")
         print(f"stake:       {format_tensor(node.stake)}")
+        if out["subnet_delegate_stake"] is not None:
+            total = out["subnet_delegate_stake"]
+            note = "" if total else " (none: the subnet earns no node emissions)"
+            print(f"delegated:   {format_tensor(total)} to the subnet{note}")
         print(f"reputation:  {node.reputation:.3f}")
         print(f"balance:     coldkey {format_tensor(out['coldkey_balance'])}, "
               f"hotkey {format_tensor(out['hotkey_balance'])}")

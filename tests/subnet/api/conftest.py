@@ -44,6 +44,7 @@ class LiveSubnet:
             self.chains += [faucet, owner]
             self.subnet_id = owner.register_subnet("api-test", min_stake=100 * UNIT, max_stake=1000 * UNIT,
                                                    initial_coldkeys=[k.address for k in coldkeys])
+            owner.add_delegate_stake(self.subnet_id, 100 * UNIT)  # without it the subnet earns no node emissions
             self.node_keys = [NodeKey.generate() for _ in coldkeys]
             ops = {}
             for cold, nk in zip(coldkeys, self.node_keys, strict=True):
