@@ -96,6 +96,19 @@ class GenerationBackend(Protocol):
     # uses it for `n > 1` when the backend has it (`subnet.api.batching`).
 
 
+class BatchedBackend:
+    """Mixin for backends whose one generation is a batch of one: `stream` is `stream_batch(..., 1)`."""
+
+    async def stream(self, model: str, prompt_ids: Sequence[int],
+                     params: GenerationParams) -> AsyncIterator[TokenEvent]:
+        events = self.stream_batch(model, prompt_ids, params, 1)  # type: ignore[attr-defined]
+        try:
+            async for ev in events:
+                yield ev
+        finally:
+            await events.aclose()
+
+
 # ---- subnet views ---------------------------------------------------------------------
 
 

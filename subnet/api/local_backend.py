@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from subnet.api.backends import BackendError, GenerationParams, ModelCard, TokenEvent
+from subnet.api.backends import BackendError, BatchedBackend, GenerationParams, ModelCard, TokenEvent
 from subnet.api.sampling import eos_token_ids, to_sampling_params
 from subnet.client.embeddings import embed_batches
 from subnet.client.sampling import Sampler
@@ -29,7 +29,7 @@ def default_model_name(path_or_id: str) -> str:
     return model_uid(path_or_id)
 
 
-class LocalTransformersBackend:
+class LocalTransformersBackend(BatchedBackend):
     """Serves one causal LM loaded with transformers from a local directory."""
 
     def __init__(self, model_path: str, *, name: str | None = None, dtype: torch.dtype = torch.float32):
@@ -69,15 +69,6 @@ class LocalTransformersBackend:
             out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True)
             self.steps_total += 1
             return out.logits[:, -1]
-
-    async def stream(self, model: str, prompt_ids: Sequence[int],
-                     params: GenerationParams) -> AsyncIterator[TokenEvent]:
-        events = self.stream_batch(model, prompt_ids, params, 1)
-        try:
-            async for ev in events:
-                yield ev
-        finally:
-            await events.aclose()
 
     async def stream_batch(self, model: str, prompt_ids: Sequence[int], params: GenerationParams,
                            n: int) -> AsyncIterator[TokenEvent]:

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from keys import NodeKey
-from subnet.api.backends import BackendError, GenerationParams, ModelCard, TokenEvent
+from subnet.api.backends import BackendError, BatchedBackend, GenerationParams, ModelCard, TokenEvent
 from subnet.api.sampling import to_sampling_params
 from subnet.client import DistributedModelForCausalLM, RouteError, SessionError
 from subnet.model.blocks import model_uid
@@ -45,7 +45,7 @@ def covers_all(spans: Sequence[tuple[int, int]], num_blocks: int) -> bool:
     return reach >= num_blocks
 
 
-class SwarmBackend:
+class SwarmBackend(BatchedBackend):
     """Serves one or more models whose blocks run on hosters (one client model each)."""
 
     def __init__(self, models: Any, *, coverage_ttl: float = 2.0, max_context: int | None = None):
@@ -137,15 +137,6 @@ class SwarmBackend:
         if m.tokenizer is None:
             raise BackendError(f"model `{model}` has no tokenizer", status=400, code="no_tokenizer")
         return m.tokenizer
-
-    async def stream(self, model: str, prompt_ids: Sequence[int],
-                     params: GenerationParams) -> AsyncIterator[TokenEvent]:
-        events = self.stream_batch(model, prompt_ids, params, 1)
-        try:
-            async for ev in events:
-                yield ev
-        finally:
-            await events.aclose()
 
     async def stream_batch(self, model: str, prompt_ids: Sequence[int], params: GenerationParams,
                            n: int) -> AsyncIterator[TokenEvent]:
