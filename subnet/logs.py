@@ -23,8 +23,25 @@ def _fmt(v) -> str:
     return f'"{s}"' if (" " in s or not s) else s
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record is emitted, not the one at set-up: a CLI
+    entry point called in-process (tests, embedding) must not leave threads writing to a stream
+    that has since been closed or replaced."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(_KeyValueFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
