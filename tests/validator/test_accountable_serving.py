@@ -90,6 +90,23 @@ class Subnet:
                 self.spot.append(SpotCheckDuty(node.dht, node.op.node_key, policy(), uid, vocab, runner.run,
                                                local_reference(model_path, 8), local_embedding(model_path)).start())
 
+    def wait_all_scored(self) -> int:
+        """An epoch every validator scored with all three hosters in it: the subnet is warmed up.
+
+        Traffic sent before that may land in an epoch a hoster joined after its commit window, and
+        that hoster is then absent from the epoch's scores rather than honest-and-scored.
+        """
+        hosters = {n.peer_id for n in [self.liar, *self.honest]}
+        deadline = time.monotonic() + 6 * EPOCH_LENGTH * BLOCK_TIME + 60
+        while True:
+            assert time.monotonic() < deadline, "no epoch was scored with every hoster in it"
+            common = set.intersection(*({e for e, rep in v.reports.items()
+                                         if hosters <= set(rep.get("hoster_scores", {}))}
+                                        for v in self.validators))
+            if common:
+                return max(common)
+            time.sleep(0.5)
+
     def wait_zeroed(self, first_epoch: int) -> int:
         """The epoch (first_epoch or the next) in which every validator zeroed the liar by evidence."""
         deadline = time.monotonic() + 6 * EPOCH_LENGTH * BLOCK_TIME + 60
@@ -144,6 +161,7 @@ def test_hoster_altering_client_traffic_is_caught_and_zeroed(tmp_path, tiny_llam
             time.sleep(0.5)
         for node in honest:  # steer routes to the liar (the checks still use the honest hosters)
             model.manager.stats.pings[node.peer_id] = 5.0
+        sub.wait_all_scored()  # every hoster is in the epochs' scores from now on
         caught_at = net.epoch_info().epoch
         got = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)[0, ids.shape[1]:].tolist()
         assert got == want
@@ -159,6 +177,7 @@ def test_hoster_altering_client_traffic_is_caught_and_zeroed(tmp_path, tiny_llam
 def test_spot_checks_catch_a_hoster_that_is_honest_only_on_probes(tmp_path, tiny_llama):
     sub = Subnet(tmp_path, tiny_llama, spot_checks=True)
     try:
+        sub.wait_all_scored()
         start = sub.net.epoch_info().epoch
         scored = sub.wait_zeroed(start + 1)
         sub.check_next_proposal(scored)
