@@ -16,6 +16,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MESH_NODE_HOST_MADDRS", "/ip4/127.0.0.1/tcp/0")
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """With xdist workers, hand out the modules marked `long` first, then those holding slow tests,
+    so the longest ones run side by side at the start instead of forming a tail at the end. The sort
+    is stable: tests keep their order inside a module (a random order stays random)."""
+    if not getattr(config.option, "numprocesses", None):
+        return
+    long = {item.path for item in items if item.get_closest_marker("long")}
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: (item.path not in long, item.path not in slow))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_factory(tmp_path_factory) -> Callable[..., str]:
     """Build (once per distinct argument set) a tiny checkpoint dir; returns its path."""

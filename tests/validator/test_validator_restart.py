@@ -24,7 +24,7 @@ import pytest
 
 from tests.validator.support import ChainNet, Node
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 BLOCK_TIME, EPOCH_LENGTH = 1.5, 20  # 30 s epochs: a restarted process has ~20 s to be back before it must propose
 START_TIMEOUT = 240.0

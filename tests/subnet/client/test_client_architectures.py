@@ -17,7 +17,7 @@ import torch
 from subnet.client import DistributedModelForCausalLM
 from subnet.client.transport import rpc_forward
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 ARCHS = ["llama3", "gemma2", "gemma3", "phi3", "mixtral", "qwen3_moe"]
 SPANS = [(0, 3), (3, 6), (6, 8)]

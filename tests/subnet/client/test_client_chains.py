@@ -13,7 +13,7 @@ import torch
 
 from subnet.client import DistributedModelForCausalLM, RouteError, SessionError
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 CHAINS = {1: [(0, 8)], 2: [(0, 4), (4, 8)], 3: [(0, 3), (3, 6), (6, 8)]}
 PROMPTS = [

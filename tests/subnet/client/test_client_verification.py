@@ -20,6 +20,8 @@ from keys import NodeKey
 from subnet.client.verification import SpanCheck, StepVerifier, mirror_and_verify
 from subnet.node.procs import ManagedProcess, python_module_argv
 
+pytestmark = pytest.mark.long
+
 HIDDEN = 16
 
 

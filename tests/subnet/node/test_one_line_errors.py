@@ -13,6 +13,8 @@ import pytest
 
 from subnet.node import cli
 
+pytestmark = pytest.mark.long
+
 PEER = "/ip4/127.0.0.1/tcp/31337/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 ENV.pop("MESH_NODE_CONFIG", None)

@@ -8,13 +8,14 @@ polls a condition.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -75,10 +76,19 @@ def dht_and_p2pd(main_pid: int) -> tuple[int, list[int]]:
 
 
 @pytest.fixture
-def private_tmp(tmp_path, monkeypatch) -> Path:
+def short_tmp() -> Iterator[Path]:
+    """A fresh directory with a short path. Unix sockets made under TMPDIR (torch's shm manager,
+    p2pd's control socket) must fit in 108 bytes; pytest's tmp_path under xdist (.../popen-gw1/...)
+    can be too long, and torch_shm_manager then fails with 'Invalid argument'."""
+    d = Path(tempfile.mkdtemp(prefix="mn-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def private_tmp(short_tmp, monkeypatch) -> Path:
     """A TMPDIR of this test's own, so leftover identity dirs are this test's."""
-    d = tmp_path / "tmp"
-    d.mkdir()
+    d = short_tmp
     monkeypatch.setenv("TMPDIR", str(d))
     monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
     return d
@@ -223,9 +233,8 @@ class NodeProcess:
 
 
 @pytest.mark.slow
-def test_children_die_with_a_node_killed_9(tiny_llama, tmp_path):
-    tmpdir = tmp_path / "tmp"
-    tmpdir.mkdir()
+def test_children_die_with_a_node_killed_9(tiny_llama, short_tmp):
+    tmpdir = short_tmp
     node = NodeProcess(tiny_llama, tmpdir)
     try:
         os.kill(node.proc.pid, signal.SIGKILL)  # the main pid only, not the process group
@@ -239,9 +248,8 @@ def test_children_die_with_a_node_killed_9(tiny_llama, tmp_path):
 
 
 @pytest.mark.slow
-def test_clean_stop_leaves_no_identity_and_no_children(tiny_llama, tmp_path):
-    tmpdir = tmp_path / "tmp"
-    tmpdir.mkdir()
+def test_clean_stop_leaves_no_identity_and_no_children(tiny_llama, short_tmp):
+    tmpdir = short_tmp
     node = NodeProcess(tiny_llama, tmpdir)
     try:
         node.proc.send_signal(signal.SIGTERM)
