@@ -17,6 +17,7 @@ from subnet.logs import event
 from subnet.node.checks import check_initial_peers, check_model
 from subnet.node.config import resolve
 from subnet.node.errors import UserError
+from subnet.swarm.chain_view import ChainRegistry
 
 log = logging.getLogger("mesh_node.api")
 
@@ -92,8 +93,10 @@ def build_backend(args: argparse.Namespace):
         peers = peers_from_chain(connect(args.chain), args.subnet_id)
         if not peers:
             raise UserError(f"subnet {args.subnet_id} on {args.chain} lists no usable multiaddrs; give --initial-peers")
-    backend = SwarmBackend.from_pretrained(args.model, peers, model_name=args.model_name,
-                                           dtype=args.dtype, verify_fraction=args.verify_fraction)
+    # with a chain, route only to hosters registered on it (the rule `mesh-node --api` nodes follow)
+    registry = ChainRegistry(lambda: connect(args.chain), args.subnet_id) if args.chain else None
+    backend = SwarmBackend.from_pretrained(args.model, peers, model_name=args.model_name, dtype=args.dtype,
+                                           verify_fraction=args.verify_fraction, registry=registry)
     return backend, backend.dht
 
 
