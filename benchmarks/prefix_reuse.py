@@ -28,6 +28,9 @@ if not __package__:  # also runnable as `python benchmarks/<name>.py`
 
     sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent.parent))
 
+import httpx  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
 from benchmarks.common import (  # noqa: E402
     MODELS,
     HosterProcs,
@@ -61,9 +64,6 @@ def _text(tok, n_tokens: int, seed: int) -> str:
 
 
 def _computed(urls: list[str]) -> float:
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
     total = 0.0
     for url in urls:
         for fam in text_string_to_metric_families(httpx.get(url, timeout=10).text):
@@ -105,10 +105,11 @@ def main() -> None:
 
                 def ttft(messages) -> float:
                     t0 = time.perf_counter()
-                    for chunk in client.chat.completions.create(model=spec.name, messages=messages, max_tokens=4,
-                                                                temperature=0, stream=True):
-                        if chunk.choices and chunk.choices[0].delta.content is not None:
-                            return time.perf_counter() - t0
+                    with client.chat.completions.create(model=spec.name, messages=messages, max_tokens=4,
+                                                        temperature=0, stream=True) as stream:
+                        for chunk in stream:
+                            if chunk.choices and chunk.choices[0].delta.content is not None:
+                                return time.perf_counter() - t0
                     return time.perf_counter() - t0
 
                 def second_turn(seed: int, reuse: bool) -> float:
