@@ -105,3 +105,23 @@ def test_n_choices_prefill_the_prompt_once(swarm_api):  # noqa: F811
     # the prompt once, then one position per choice per further token (4 separate prefills: 4 x len(ids))
     assert all(len(ids) <= c <= len(ids) + 4 * 5 for c in new), (new, len(ids))
     assert len(ids) + 4 * 5 < 4 * len(ids)
+
+
+def test_a_forked_session_has_valid_receipts_and_the_same_outputs(swarm_api):  # noqa: F811
+    model = swarm_api.backend._models["swarm-llama"]
+    ids = torch.randint(3, 200, (80,), generator=torch.Generator().manual_seed(9)).tolist()
+    stored = counters(swarm_api, "mesh_hoster_prefix_stored_total")
+    model.complete(ids, max_new_tokens=3, do_sample=False)  # remembered by the client, kept by the hosters
+    wait_stored(swarm_api, stored)
+    prompt = ids[:70] + [5, 6, 7, 8]
+    with model.inference_session(100, 1, prefix_tokens=prompt) as s:
+        assert s.position == 64  # the longest 32-position boundary under the 70 shared tokens
+        out = s.step(model.head.embed_ids(torch.tensor([prompt[64:]])))
+        assert s.session.verifier is not None  # the default client checks receipts
+        # each hoster's signed receipt covers [0, 74): it continues the chain of the forked prefix
+        assert all(st.check.receipt_ok and st.check.receipt is not None and st.check.receipt.position == 64
+                   and st.check.receipt.length == 10 for st in s.session.spans)
+        assert all(st.history.shape[1] >= 74 for st in s.session.spans)  # failover can replay the whole prefix
+    with model.inference_session(100, 1) as fresh:  # no prefix: everything sent
+        ref = fresh.step(model.head.embed_ids(torch.tensor([prompt])))
+    torch.testing.assert_close(out, ref[:, 64:], rtol=1e-4, atol=1e-4)
