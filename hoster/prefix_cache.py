@@ -122,10 +122,11 @@ class PrefixCache:
         if kv.batch_size != 1 or length < self.min_length:
             return False
         with self._lock:
-            # an entry already holding this whole prefix makes this one redundant
-            if (old := self._index.get((start, end, length, chain[32 * length:32 * length + 32]))) is not None:
-                self._entries.move_to_end(old.id)
-                return False
+            last = bytes(chain[32 * length:32 * length + 32])
+            for old in self._entries.values():  # an entry already holding this whole prefix: keep that one
+                if old.start == start and old.end == end and old.length >= length and old.state(length) == last:
+                    self._entries.move_to_end(old.id)
+                    return False
             kv.crop(length)
             entry = PrefixEntry(f"prefix:{next(_ids)}", peer, start, end, kv, bytes(chain[:32 * (length + 1)]), dtype)
             for old in [e for e in self._entries.values() if e.start == start and e.end == end
