@@ -10,8 +10,11 @@ wall time of the round:
 - "n=4, one request": the choices decode as one batched remote session (subnet/api/batching.py);
 - "4 requests, one after another": what `n=4` cost before batching (choices ran in turn);
 - "4 requests at once": 4 concurrent sessions (the hosters batch concurrent steps themselves).
-The prompt's prefill is computed once per row in every variant (hosters cannot fork a KV cache
-yet). The machine is shared: the load average is printed and saved with the numbers.
+`n=4` prefills the prompt (`--prompt-tokens` long) once: its first step sends one row and the
+hosters copy its KV into the four rows (hoster.prefix_cache). The separate requests run with
+the client's prefix reuse off (each prefills the whole prompt, as 4 independent users would);
+"... prefix reuse on" lets requests 2-4 fork the first one's prompt instead. The machine is
+shared: the load average is printed and saved with the numbers.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--tokens", type=int, default=None)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--prompt-tokens", type=int, default=256)
     args = ap.parse_args()
     exit_on_sigterm()
     spec = MODELS["quick" if args.quick else "a"]
@@ -63,11 +67,18 @@ def main() -> None:
         backend = SwarmBackend.from_pretrained(str(path), hosters.initial_peers, model_name=spec.name)
         try:
             backend._models[spec.name].wait_until_servable(60)
-            eos = backend.tokenizer(spec.name).eos_token_id
+            tok = backend.tokenizer(spec.name)
+            eos = tok.eos_token_id
+            words = "Validators post probes and hosters reveal their outputs.".split()
+            prompt = " ".join(words[i % len(words)] for i in range(args.prompt_tokens))
+            while len(tok.encode(prompt)) > args.prompt_tokens:
+                prompt = prompt.rsplit(" ", 1)[0]
+            model = backend._models[spec.name]
+            store = model.manager.prefix_store
             with BackgroundServer(create_app(backend, max_tokens_limit=4096)) as server:
                 client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=600)
-                kw = dict(model=spec.name, prompt="Validators post probes and hosters reveal their outputs.",
-                          max_tokens=tokens, temperature=1.0, logit_bias={str(eos): -100})
+                kw = dict(model=spec.name, prompt=prompt, max_tokens=tokens, temperature=1.0,
+                          logit_bias={str(eos): -100})
 
                 def one_request() -> int:
                     return client.completions.create(n=4, seed=1, **kw).usage.completion_tokens
@@ -82,7 +93,9 @@ def main() -> None:
 
                 rows, results = [], {}
                 for name, fn in [("n=4, one request", one_request), ("4 requests, one after another", sequential),
-                                 ("4 requests at once", concurrent)]:
+                                 ("4 requests at once", concurrent),
+                                 ("4 requests, one after another, prefix reuse on", sequential)]:
+                    model.manager.prefix_store = store if name.endswith("reuse on") else None
                     fn()  # warm-up
                     rates = []
                     for _ in range(args.runs):
@@ -94,8 +107,10 @@ def main() -> None:
                 for name, rate in results.items():
                     rows.append([name, f"{rate:.1f}", f"{base / rate:.2f}x"])
         finally:
+            model.manager.prefix_store = store
             backend.close()
-    print(f"model {spec.name}, 2 hosters, {tokens} tokens per choice, median of {args.runs}; "
+    print(f"model {spec.name}, 2 hosters, {len(tok.encode(prompt))}-token prompt, {tokens} tokens per choice, "
+          f"median of {args.runs}; "
           f"load average at start {start_load}, at end {load_avg()} (2 cores shared with other work)")
     print(fmt_table(["variant", "tokens/s", "n=4 batch speed-up"], rows))
     save_results("api_n_batch" + ("_quick" if args.quick else ""),

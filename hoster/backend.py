@@ -35,6 +35,7 @@ import torch
 from hoster.batched import crop, step_batched
 from hoster.cache import CacheBudget, KVCache, SessionKV, enable_rows_attention
 from hoster.compiled import CompiledDecode
+from hoster.prefix_cache import PrefixCache
 from hoster.scheduler import MIN_UNIT_SECONDS, UNIT_STEPS, TaskQueue, UnitPacer, forward_units
 from subnet.logs import event
 from subnet.model.blocks import BlockSpan
@@ -111,6 +112,7 @@ class Backend:
         self._queue = TaskQueue()  # hoster.scheduler: step lane + per-peer forward lane
         self._pacer = UnitPacer(self._unit_budget)  # size of forward units between step rounds
         self._closed = False
+        self.prefix, self.positions_computed = PrefixCache.attach(budget), 0  # closed sessions' KV; rows x positions
         self._thread = threading.Thread(target=self._loop, name="hoster-compute", daemon=True)
         self._thread.start()
 
@@ -139,9 +141,9 @@ class Backend:
                                                             *self._range(start, end), peer=peer)))
 
     def open_session(self, start: int, end: int, batch_size: int, max_length: int) -> Session:
-        """Admit a session (CacheFull -> busy); no KV memory is allocated until its first step."""
+        """Admit a session (CacheFull -> busy); no KV memory until its first step (one row until then: prefix_cache)."""
         start, end = self._range(start, end)
-        session = Session(start, end, batch_size, max_length, self._new_kv(start, end, batch_size, max_length))
+        session = Session(start, end, batch_size, max_length, self._new_kv(start, end, 1, max_length))
         if self.budget is not None:
             self.budget.open(session.id, batch_size, max_length)
         self.sessions[session.id] = session
@@ -154,7 +156,7 @@ class Backend:
         if session.closed:
             raise BackendClosed("session closed")
         b, n = hidden.shape[0], hidden.shape[1]
-        if b != session.batch_size:
+        if b != session.batch_size and (b != 1 or session.cache.batch_size != 1):  # 1 row for all: prefix_cache
             raise StepError(f"batch size {b} != session batch size {session.batch_size}")
         if position > session.length:
             raise StepError(f"position {position} is beyond the session's {session.length} cached positions")
@@ -163,6 +165,7 @@ class Backend:
         if self.budget is not None:
             self.budget.resize(session.id, b * (position + n))  # CacheFull -> busy, session unchanged
         session.last_used = time.monotonic()
+        self.positions_computed += b * n
         task = _Task(concurrent.futures.Future(), hidden, session.start, session.end, session, position)
         try:
             return await asyncio.wrap_future(self._submit(task))
@@ -405,6 +408,8 @@ class Backend:
                 task.future.set_result(result)
 
     def _drop_cache(self, session: Session) -> None:
+        if self.prefix is not None and self.prefix.adopt(session):
+            return  # the prefix cache owns its KV now
         session.cache.clear()
         session.length = 0
         trim()  # hand the freed KV memory back to the OS
@@ -418,8 +423,8 @@ class Backend:
         return self.span(hidden, cache=cache, start=start, end=end)
 
     def _step_one(self, task: _Task) -> torch.Tensor:
+        crop(task.session, task.position, task.hidden.shape[0])  # may replace the KV (hoster.prefix_cache)
         s, kv = task.session, task.session.cache
-        crop(s, task.position)
         x = task.hidden.to(self.span.device, self.span.dtype)
         n = x.shape[1]
         kv.reserve(kv.length + n)  # once for the whole step: chunks never reallocate

@@ -10,11 +10,15 @@ from __future__ import annotations
 import torch
 
 from hoster.cache import RowsCache
+from hoster.prefix_cache import prepare
 from subnet.model.blocks import layer_type
 
 
-def crop(session, position: int) -> None:
-    """Truncate a session's cache to `position` (rollback/replay)."""
+def crop(session, position: int, rows: int | None = None) -> None:
+    """Truncate a session's cache to `position` (rollback/replay); first, for a step of `rows` rows,
+    copy in a forked prefix and widen a one-row session (`hoster.prefix_cache.prepare`)."""
+    if rows is not None:
+        prepare(session, rows)
     if session.cache.length > position:
         session.cache.crop(position)
     session.length = session.cache.length
@@ -23,7 +27,7 @@ def crop(session, position: int) -> None:
 def step_batched(span, batch: list) -> list[torch.Tensor]:
     """Run several sessions' steps (same range, same step length) as one batch; one output each."""
     for task in batch:
-        crop(task.session, task.position)
+        crop(task.session, task.position, task.hidden.shape[0])
     start, end = batch[0].start, batch[0].end
     n = batch[0].hidden.shape[1]
     kvs = [t.session.cache for t in batch]

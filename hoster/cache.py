@@ -26,6 +26,9 @@ class CacheBudget:
         self.total_tokens = int(total_tokens)
         self._used: dict[str, int] = {}
         self._lock = threading.Lock()
+        # called (outside the lock) with the tokens a refused open/resize needs free; True when it
+        # freed something (hoster.prefix_cache evicts cached prefixes first), then the call is retried
+        self.reclaim = None
 
     @classmethod
     def from_bytes(cls, budget_bytes: int, bytes_per_token: int) -> CacheBudget:
@@ -47,6 +50,14 @@ class CacheBudget:
 
     def open(self, session_id: str, batch_size: int, max_length: int) -> None:
         """Admit a session: it must be able to ever fit, and at least one position must fit now."""
+        try:
+            self._open(session_id, batch_size, max_length)
+        except CacheFull:
+            if self.reclaim is None or batch_size * max_length > self.total_tokens or not self.reclaim(batch_size):
+                raise
+            self._open(session_id, batch_size, max_length)
+
+    def _open(self, session_id: str, batch_size: int, max_length: int) -> None:
         need_max = batch_size * max_length
         with self._lock:
             if session_id in self._used:
@@ -61,6 +72,14 @@ class CacheBudget:
 
     def resize(self, session_id: str, tokens: int) -> None:
         """Set the session's charge to `tokens` (grow or shrink); CacheFull if growth does not fit."""
+        try:
+            self._resize(session_id, tokens)
+        except CacheFull:
+            if self.reclaim is None or not self.reclaim(tokens - self.usage(session_id)):
+                raise
+            self._resize(session_id, tokens)
+
+    def _resize(self, session_id: str, tokens: int) -> None:
         with self._lock:
             current = self._used[session_id]
             if tokens > current:

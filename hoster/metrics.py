@@ -16,7 +16,9 @@ Names follow Prometheus conventions (`mesh_hoster_*`, `_total`, `_seconds`, `_by
     mesh_hoster_forward_queue_depth (when the compute queue has a separate forward lane),
     mesh_hoster_blocks_served, mesh_hoster_throughput_tokens_per_second, mesh_hoster_state{state},
     mesh_hoster_info{model,peer_id,start,end}, mesh_hoster_batched_steps_total,
-    mesh_hoster_push_rejected_total,
+    mesh_hoster_push_rejected_total, mesh_hoster_positions_computed_total,
+    mesh_hoster_prefix_{entries,tokens} (gauges),
+    mesh_hoster_prefix_{hits,misses,evictions,stored,reused_positions}_total,
     mesh_hoster_requests_total{rpc,outcome}  rpc: forward | inference_open | inference_step;
                                               outcome: ok or the protocol error type (busy, bad_request...)
     mesh_hoster_received_bytes_total{rpc}, mesh_hoster_sent_bytes_total{rpc}  (protobuf message sizes)
@@ -112,6 +114,7 @@ class _HosterState(Collector):
         c = CounterMetricFamily("mesh_hoster_batched_steps", "multi-session batched steps run by the current span")
         c.add_metric([], getattr(backend, "batches_run", 0))
         yield c
+        yield from _prefix_metrics(backend)
         if servicer is not None:
             yield _gauge("mesh_hoster_open_streams", "open inference streams", getattr(servicer, "open_streams", 0))
             inbox = getattr(servicer, "inbox", None)
@@ -119,6 +122,25 @@ class _HosterState(Collector):
                 c = CounterMetricFamily("mesh_hoster_push_rejected", "pushed inputs rejected")
                 c.add_metric([], getattr(inbox, "rejected", 0))
                 yield c
+
+
+def _prefix_metrics(backend: Any):
+    """Positions computed by inference steps and the prefix cache's state (hoster.prefix_cache)."""
+    c = CounterMetricFamily("mesh_hoster_positions_computed", "rows x positions run by inference steps")
+    c.add_metric([], getattr(backend, "positions_computed", 0))
+    yield c
+    prefix = getattr(backend, "prefix", None)
+    if prefix is None:
+        return
+    st = prefix.stats()
+    yield _gauge("mesh_hoster_prefix_entries", "closed sessions' KV kept for reuse", st["entries"])
+    yield _gauge("mesh_hoster_prefix_tokens", "KV tokens held by the prefix cache", st["tokens"])
+    for name, doc in (("hits", "opens that forked a cached prefix"), ("misses", "opens offering a prefix, no hit"),
+                      ("evictions", "cached prefixes evicted"), ("stored", "closed sessions kept"),
+                      ("reused_positions", "positions forks did not compute")):
+        c = CounterMetricFamily(f"mesh_hoster_prefix_{name}", doc)
+        c.add_metric([], st[name])
+        yield c
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -43,6 +43,15 @@ class ReceiptBook:
                     chain_state(states, position + n), output_hash(out))
         return {"epoch": r.epoch, "sig": self.node_key.sign(r.message()).hex()}
 
+    def chain(self, session_id: str) -> tuple[torch.dtype, bytes] | None:
+        """The session's input chain states `c_0..c_n` (hoster.prefix_cache keys its entries by them)."""
+        entry = self._chains.get(session_id)
+        return None if entry is None else (entry[0], bytes(entry[1]))
+
+    def seed(self, session_id: str, dtype: torch.dtype, states: bytes) -> None:
+        """Start a forked session's chain from its cached prefix's states (the same input rows)."""
+        self._chains[session_id] = (dtype, bytearray(states))
+
     def close(self, session_id: str) -> None:
         self._chains.pop(session_id, None)
 

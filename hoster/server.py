@@ -159,7 +159,8 @@ class Hoster:
             peer_id=self.peer_id, model=self.model_uid, start=self.backend.start, end=self.backend.end,
             num_blocks=self.config.num_hidden_layers, hidden_size=self.config.hidden_size,
             dtype=dtype_name(self.dtype), throughput=round(float(self.throughput), 3),
-            cache_tokens_free=budget.free_tokens, cache_tokens_total=budget.total_tokens,
+            cache_tokens_free=budget.free_tokens + (self.backend.prefix.tokens if self.backend.prefix else 0),
+            cache_tokens_total=budget.total_tokens,  # cached prefixes give way to sessions: they count as free
             version=f"mesh-node/{version()}", state=self.state, relayed=bool(self.network.use_auto_relay),
             quant=self.quant,
         ).to_payload()

@@ -25,6 +25,7 @@ from hivemind.proto import runtime_pb2
 from hoster.admission import Admission, Refused
 from hoster.backend import Backend, BackendClosed, StepError
 from hoster.cache import CacheFull
+from hoster.prefix_cache import ForkError, fork_open, keep_on_close
 from hoster.push import PushChannels, PushInbox, PushMissing, read_frame
 from hoster.receipts import ReceiptBook
 from subnet.logs import event
@@ -142,7 +143,7 @@ class BlockServicer(ServicerBase):
             return wire.error_response(e.type, e.message)
         if isinstance(e, CacheFull):
             return wire.error_response("busy", str(e))
-        if isinstance(e, StepError):
+        if isinstance(e, (StepError, ForkError)):
             return wire.error_response("bad_request", str(e))
         if isinstance(e, BackendClosed):
             return wire.error_response("busy", f"hoster unavailable: {e}")
@@ -200,11 +201,12 @@ class BlockServicer(ServicerBase):
                     raise BackendClosed("shutting down")
                 self.admission.open_session(peer)
                 session = self._open(first)
+                hit = fork_open(self.backend, self.receipts, session, wire.decode_metadata(first.metadata))
             except Exception as e:
                 yield self._error(e)
                 return
             self.inbox.open(session.id, session.batch_size)
-            yield self._ok(session_id=session.id, ok=True)
+            yield self._ok(session_id=session.id, ok=True, **hit)
             event(log, "session_open", session=session.id[:8], peer=str(context.remote_id)[:16],
                   blocks=f"{session.start}:{session.end}", batch=session.batch_size, max_length=session.max_length)
             while True:
@@ -229,8 +231,8 @@ class BlockServicer(ServicerBase):
                         raise _Reject("unknown_session", "session_id does not match this stream's session")
                     position = wire.get_int(meta, "position", lo=0, hi=session.max_length)
                     push_from = self._push_source(meta, request)
-                    if push_from is None:
-                        hidden = self._one_hidden(request, batch_size=session.batch_size)
+                    if push_from is None:  # one row may stand for all (hoster.prefix_cache)
+                        hidden = self._one_hidden(request, batch_size=None if session.batch_size > 1 else 1)
                     else:
                         ahead = asyncio.ensure_future(self._next(it, self.session_timeout))
                         hidden = await self.inbox.receive(session.id, wire.get_int(meta, "step_id", lo=0, hi=2**62),
@@ -266,6 +268,7 @@ class BlockServicer(ServicerBase):
                 ahead.cancel()
             if session is not None:
                 self.inbox.close(session.id)
+                keep_on_close(self.backend, self.receipts, session, peer)
                 self.backend.close_session(session)
                 if self.receipts is not None:
                     self.receipts.close(session.id)

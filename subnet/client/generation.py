@@ -154,11 +154,17 @@ def generate_events(
     tokenizer=None,
     want_text: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    start: int = 0,
+    shared_rows: bool = False,
+    fed: list[int] | None = None,
 ) -> Iterator[list[StreamEvent]]:
     """Generate for `input_ids` `[batch, T]` (no padding); yield, per step, events of the rows still running.
 
     Rows finish independently; finished rows are fed their last token again (harmless: rows
     never attend to each other) until every row is done or `max_new_tokens` is reached.
+    `start`: positions the session already holds (a reused prefix: only the rest is sent).
+    `shared_rows`: every row has the same prompt, sent once (the hosters prefill it once).
+    `fed` collects the token ids of row 0 fed so far (what a later session may reuse).
     """
     batch, prompt_len = input_ids.shape
     if prompt_len == 0:
@@ -180,12 +186,19 @@ def generate_events(
     suppress = sorted(stop_ids) if params.min_new_tokens else None
     sampler = Sampler(params, input_ids, head.vocab_size)
 
-    tokens = input_ids
-    position = 0
+    tokens = input_ids[:1, start:] if shared_rows else input_ids[:, start:]
+    position = start
+    if fed is not None:
+        fed.extend(input_ids[0, :start].tolist())
     for n in range(params.max_new_tokens):
         hidden = step(head.embed_ids(tokens), position)
         position += tokens.shape[1]
-        next_tokens = sampler(head.logits(hidden), n, suppress)
+        if fed is not None:
+            fed.extend(tokens[0].tolist())
+        logits = head.logits(hidden)
+        if logits.shape[0] != batch:  # one shared row: every row samples from it
+            logits = logits.expand(batch, -1).clone()
+        next_tokens = sampler(logits, n, suppress)
         ids = next_tokens.tolist()
         lps = sampler.last_logprobs
         events: list[StreamEvent] = []

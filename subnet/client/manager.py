@@ -19,6 +19,7 @@ from subnet.client import discovery, transport
 from subnet.client.deadlines import StepTimes
 from subnet.client.evidence import make_publisher
 from subnet.client.precision import route_in_one_class
+from subnet.client.prefix import PrefixStore
 from subnet.client.routing import BanList, RouteError, RouteStats, Span, find_route
 from subnet.client.runtime import ClientRuntime
 from subnet.client.verification import Publisher, StepVerifier
@@ -59,6 +60,9 @@ class ClientConfig:
     verify_fraction: float = 0.02
     verify_warmup: bool = True
     verify_background: bool = True  # random checks beside the token loop (first-step checks always block)
+    # subnet/client/prefix.py: a session whose prompt extends a recently closed one forks the KV its
+    # hosters kept (only the new tokens travel and are computed)
+    prefix_reuse: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.verify_fraction <= 1.0:
@@ -89,6 +93,7 @@ class SequenceManager:
         self.evidence_publisher: Publisher | None = None
         if registry is not None and getattr(registry, "subnet_id", None) is not None:
             self.evidence_publisher = make_publisher(runtime.dht, registry.subnet_id)
+        self.prefix_store = PrefixStore() if self.config.prefix_reuse else None  # closed sessions, by content
 
     def make_verifier(self) -> StepVerifier | None:
         """A session's checker per `verify_fraction`/`verify_warmup` (None when both are off)."""

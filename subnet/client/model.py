@@ -103,9 +103,11 @@ class DistributedModelForCausalLM:
 
     # ------------------------------------------------------------------ sessions
 
-    def inference_session(self, max_length: int, batch_size: int = 1) -> RemoteSession:
-        """A session over the current best route (use as a context manager)."""
-        session = _TrackedSession(self, max_length, batch_size)
+    def inference_session(self, max_length: int, batch_size: int = 1,
+                          prefix_tokens: list[int] | None = None) -> RemoteSession:
+        """A session over the current best route (use as a context manager); `prefix_tokens` (the
+        prompt's ids) lets it start from KV the hosters kept (`session.position` then is > 0)."""
+        session = _TrackedSession(self, max_length, batch_size, prefix_tokens)
         return session
 
     def active_routes(self) -> list[list[Span]]:
@@ -182,12 +184,19 @@ class DistributedModelForCausalLM:
                     cancel: threading.Event | None = None) -> Iterator[list[StreamEvent]]:
         batch, prompt_len = input_ids.shape
         max_length = prompt_len + max(params.max_new_tokens, 1)
-        with self.inference_session(max_length, batch) as session:
+        shared = batch > 1 and bool((input_ids == input_ids[:1]).all())  # n choices: one prefill
+        fed = [] if batch == 1 else None  # row 0's inputs, remembered for prefix reuse
+        prefix = input_ids[0].tolist() if batch == 1 or shared else None
+        session = self.inference_session(max_length, batch, prefix).open()
+        try:
             yield from generate_events(
                 self.head, session.step, input_ids, params, eos_token_ids=self.eos_token_ids(),
                 tokenizer=self.tokenizer, want_text=want_text,
                 should_stop=cancel.is_set if cancel is not None else None,
+                start=session.position, shared_rows=shared, fed=fed,
             )
+        finally:
+            session.close(fed)
 
     def embed(self, inputs: Sequence[Sequence[int]]) -> torch.Tensor:
         """Sentence embeddings `[len(inputs), hidden]` through the swarm: mean-pooled final-normed last
@@ -361,8 +370,9 @@ class DistributedModelForCausalLM:
 class _TrackedSession(RemoteSession):
     """A RemoteSession the model knows about while it is open (for `active_routes` and `close`)."""
 
-    def __init__(self, model: DistributedModelForCausalLM, max_length: int, batch_size: int):
-        super().__init__(model.manager, max_length, batch_size)
+    def __init__(self, model: DistributedModelForCausalLM, max_length: int, batch_size: int,
+                 prefix_tokens: list[int] | None = None):
+        super().__init__(model.manager, max_length, batch_size, prefix_tokens)
         self._model = model
 
     def open(self) -> _TrackedSession:
@@ -375,8 +385,8 @@ class _TrackedSession(RemoteSession):
             raise
         return self
 
-    def close(self) -> None:
-        super().close()
+    def close(self, tokens: list[int] | None = None) -> None:
+        super().close(tokens)
         with self._model._lock:
             self._model._sessions.discard(self)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from subnet.client.manager import SequenceManager
+from subnet.client.prefix import apply_reuse, plan_reuse, remember
 from subnet.client.routing import RouteError, Span
 from subnet.client.transport import InferenceStream, RemoteError, StepDeadline
 from subnet.client.verification import SpanCheck, mirror_and_verify
@@ -43,7 +44,8 @@ class _SpanState:
 class InferenceSession:
     """Positions 0..max_length-1 of `batch_size` sequences through all blocks of the model."""
 
-    def __init__(self, manager: SequenceManager, max_length: int, batch_size: int = 1):
+    def __init__(self, manager: SequenceManager, max_length: int, batch_size: int = 1,
+                 prefix_tokens: list[int] | None = None):
         if max_length <= 0 or batch_size <= 0:
             raise ValueError("max_length and batch_size must be positive")
         self.manager = manager
@@ -61,6 +63,9 @@ class InferenceSession:
         self.push_fallbacks = 0  # pushed steps finished hop by hop after a problem
         self.verifier = manager.make_verifier()  # None: no client-side checks
         self.redone_steps = 0  # steps recomputed after a check caught a hoster
+        self.prefix_tokens = prefix_tokens  # the prompt's token ids: reuse hosters' cached KV (client.prefix)
+        self.reused = 0  # positions the hosters already held at open (the caller starts there)
+        self.narrow = batch_size > 1  # rows identical so far: a step may send one row for all
 
     @property
     def route(self) -> list[Span]:
@@ -72,15 +77,19 @@ class InferenceSession:
 
     async def open(self) -> InferenceSession:
         """Choose a route and open a stream on every hoster (failures re-route like in `step`)."""
-        route = await self._make_route(0, self.manager.num_blocks)
+        plan = await plan_reuse(self)
+        route = plan.record.route if plan else await self._make_route(0, self.manager.num_blocks)
         self.spans = [_SpanState(s) for s in route]
         self.manager.stats.acquire(route)
-        results = await asyncio.gather(*(self._open_stream(st) for st in self.spans), return_exceptions=True)
+        results = await asyncio.gather(*(self._open_stream(st, plan.offer(i) if plan else None)
+                                         for i, st in enumerate(self.spans)), return_exceptions=True)
         for st, err in zip(self.spans, results):
             if isinstance(err, asyncio.CancelledError):
                 raise err
             if isinstance(err, BaseException):
                 st.open_error = err  # `step` reports it and re-routes this span on first use
+        if plan:
+            apply_reuse(self, plan)
         return self
 
     async def _make_route(self, start: int, end: int) -> list[Span]:
@@ -93,11 +102,11 @@ class InferenceSession:
         except RouteError as e:
             raise SessionError(str(e)) from None
 
-    async def _open_stream(self, st: _SpanState) -> None:
+    async def _open_stream(self, st: _SpanState, prefix: list | None = None) -> None:
         cfg = self.manager.config
         st.stream = await InferenceStream.open(
             self.manager.p2p, st.span.peer_id, self.manager.model_uid, st.span.start, st.span.end,
-            self.max_length, self.batch_size, cfg.connect_timeout,
+            self.max_length, self.batch_size, cfg.connect_timeout, prefix=prefix,
         )
 
     async def step(self, hidden: torch.Tensor, position: int | None = None) -> torch.Tensor:
@@ -111,7 +120,7 @@ class InferenceSession:
             await self._drop_caught()
         position = self.position if position is None else position
         n = hidden.shape[1]
-        if hidden.shape[0] != self.batch_size or hidden.dim() != 3:
+        if hidden.dim() != 3 or hidden.shape[0] not in (self.batch_size, 1 if self.narrow else self.batch_size):
             raise ValueError(f"expected [batch={self.batch_size}, n, hidden], got {list(hidden.shape)}")
         if not 0 <= position <= self.position or position + n > self.max_length:
             raise ValueError(f"positions {position}..{position + n} outside the session (length {self.position}, "
@@ -120,7 +129,7 @@ class InferenceSession:
         idx, attempts = 0, 0
         errors: list[str] = []
         failure: BaseException | None = None  # a pushed step's error, handled like a direct one below
-        if self._can_push(position):
+        if hidden.shape[0] == self.batch_size and self._can_push(position):
             idx, x, failure = await self._step_pushed(hidden, position, n)
             if idx == len(self.spans):
                 self.pushed_steps += 1
@@ -158,6 +167,7 @@ class InferenceSession:
                 except SessionError as route_error:
                     raise SessionError(f"{route_error} (after: {'; '.join(errors)})") from e
         self.position = position + n
+        self.narrow = self.narrow and hidden.shape[0] == 1
         if self.verifier is not None and not await self.verifier.after_step(self, position, n):
             self.redone_steps += 1
             if self.redone_steps > 4 * (self.manager.config.max_retries + 1):
@@ -270,7 +280,7 @@ class InferenceSession:
         if need < x_start:
             if st.history is None:
                 raise RuntimeError("span lost its history")  # cannot happen: fresh spans start at 0
-            inp = torch.cat([st.history[:, need:x_start].to(x.dtype), x], dim=1)
+            inp = torch.cat([st.history[:, need:x_start].to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
         else:
             inp = x[:, need - x_start:]
         _record_history(st, inp, need, self.max_length)
@@ -321,9 +331,11 @@ class InferenceSession:
         event(log, "rerouted", failed=old.span.peer_id[-8:], blocks=f"{old.span.start}:{old.span.end}",
               replacement=" ".join(f"{s.peer_id[-8:]}[{s.start}:{s.end})" for s in route), position=self.position)
 
-    async def close(self) -> None:
+    async def close(self, tokens: list[int] | None = None) -> None:
+        """End the session; `tokens` (the ids of positions [0, position)) lets a later session reuse it."""
         if self.closed:
             return
+        remember(self, tokens)
         self.closed = True  # background checks still finish (bounded by timeouts): a liar is still reported
         self.manager.stats.release([s.span for s in self.spans])
         await asyncio.gather(*(s.stream.close() for s in self.spans if s.stream is not None), return_exceptions=True)
@@ -339,7 +351,8 @@ def _record_history(st: _SpanState, inp: torch.Tensor, start: int, max_length: i
 def _ensure_capacity(history: torch.Tensor | None, keep: int, needed: int, max_length: int,
                      like: torch.Tensor) -> torch.Tensor:
     """A history buffer holding at least `needed` positions (grows by doubling, keeps `[:keep]`)."""
-    if history is not None and history.shape[1] >= needed and history.dtype == like.dtype:
+    if history is not None and history.shape[1] >= needed and history.dtype == like.dtype \
+            and history.shape[0] == like.shape[0]:  # one shared row becomes a batch's rows (`narrow`)
         return history
     capacity = min(max_length, max(needed, 64, 2 * (history.shape[1] if history is not None else 0)))
     grown = torch.empty(like.shape[0], capacity, like.shape[-1], dtype=like.dtype)
@@ -351,10 +364,11 @@ def _ensure_capacity(history: torch.Tensor | None, keep: int, needed: int, max_l
 class RemoteSession:
     """Thread-side handle of an `InferenceSession` (blocking calls into the client loop)."""
 
-    def __init__(self, manager: SequenceManager, max_length: int, batch_size: int = 1):
+    def __init__(self, manager: SequenceManager, max_length: int, batch_size: int = 1,
+                 prefix_tokens: list[int] | None = None):
         self.manager = manager
         self.runtime = manager.runtime
-        self._session = InferenceSession(manager, max_length, batch_size)
+        self._session = InferenceSession(manager, max_length, batch_size, prefix_tokens)
         cfg = manager.config
         self._bound = (cfg.max_retries + 2) * (cfg.connect_timeout + cfg.request_timeout + cfg.ping_timeout) \
             + cfg.wait_for_coverage + 30
@@ -381,9 +395,9 @@ class RemoteSession:
     async def astep(self, hidden: torch.Tensor, position: int | None = None) -> torch.Tensor:
         return await self.runtime.run_async(self._session.step(hidden, position))
 
-    def close(self) -> None:
+    def close(self, tokens: list[int] | None = None) -> None:
         try:
-            self.runtime.run(self._session.close(), timeout=10)
+            self.runtime.run(self._session.close(tokens), timeout=10)
         except Exception:
             pass
 

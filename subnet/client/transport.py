@@ -109,6 +109,7 @@ class InferenceStream:
         self.start = start
         self.end = end
         self.session_id: str | None = None
+        self.prefix_hit = 0  # positions the hoster forked from its prefix cache at open
         self._queue: asyncio.Queue[runtime_pb2.ExpertRequest | None] = asyncio.Queue()
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -129,9 +130,11 @@ class InferenceStream:
 
     @classmethod
     async def open(cls, p2p: P2P, peer_id: str, model_uid: str, start: int, end: int, max_length: int,
-                   batch_size: int, timeout: float) -> InferenceStream:
+                   batch_size: int, timeout: float, prefix: list | None = None) -> InferenceStream:
         self = cls(peer_id, start, end)
         meta = {"start": start, "end": end, "max_length": max_length, "batch_size": batch_size}
+        if prefix:
+            meta["prefix"] = prefix  # cached-prefix candidates (subnet.client.prefix)
         self._queue.put_nowait(runtime_pb2.ExpertRequest(uid=model_uid, metadata=wire.encode_metadata(meta)))
         try:
             _, self._reader, self._writer = await wait_for(
@@ -141,7 +144,10 @@ class InferenceStream:
             self._write_task = asyncio.ensure_future(self._write_loop())
             self._write_task.add_done_callback(lambda t: t.cancelled() or t.exception())
             reply = await self._next(timeout)
-            self.session_id = str(_check(peer_id, reply).get("session_id", ""))
+            opened = _check(peer_id, reply)
+            self.session_id = str(opened.get("session_id", ""))
+            hit = opened.get("prefix_hit", 0)
+            self.prefix_hit = hit if isinstance(hit, int) and not isinstance(hit, bool) and hit > 0 else 0
         except BaseException:
             await self.close()
             raise

@@ -29,11 +29,14 @@ def swarm_api(tiny_llama):
     logdir = tempfile.mkdtemp(prefix="mesh-api-swarm-")
     procs = []
     backend = None
+    metrics = []  # each hoster's Prometheus /metrics (prefix reuse tests read its counters)
     try:
         for i, (a, b) in enumerate(SPANS):
+            metrics.append(f"http://127.0.0.1:{_free_port()}/metrics")
             argv = python_module_argv("hoster", "--model", tiny_llama, "--model-name", "swarm-llama",
                                       "--blocks", f"{a}:{b}", "--initial-peers",
-                                      *peers, "--no-progress", "--log-level", "WARNING", "--announce-period", "2")
+                                      *peers, "--no-progress", "--log-level", "WARNING", "--announce-period", "2",
+                                      "--metrics-port", metrics[-1].split(":")[2].split("/")[0])
             procs.append(ManagedProcess(f"hoster{i}", argv, log_path=os.path.join(logdir, f"hoster{i}.log"),
                                         env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}))
         for p in procs:
@@ -41,12 +44,20 @@ def swarm_api(tiny_llama):
         backend = SwarmBackend.from_pretrained(tiny_llama, peers, model_name="swarm-llama")
         backend._models["swarm-llama"].wait_until_servable(60)
         with live_server(create_app(backend, max_tokens_limit=1500)) as url:
-            yield SimpleNamespace(url=url, backend=backend, peers=peers)
+            yield SimpleNamespace(url=url, backend=backend, peers=peers, metrics=metrics)
     finally:
         if backend is not None:
             backend.close()
         stop_all(procs)
         bootstrap.shutdown()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_swarm_models_and_greedy_matches_local_transformers(swarm_api, tiny_llama):
