@@ -134,16 +134,17 @@ class DraftController:
     With per-token acceptance rate `a`, a step verifying `k` drafts emits on average
     `(1 - a^(k+1)) / (1 - a)` tokens and costs `t1 + k * tp` (`t1` a plain step, `tp` one more
     position: both measured, as moving averages). `k = 0` (a plain step) wins when drafts are
-    rarely accepted or positions are expensive; then every `probe_every` steps one token is
-    drafted anyway so a change in the text is noticed.
+    rarely accepted (below `min_accept`) or positions are expensive; then every `probe_every`
+    steps one token is drafted anyway so a change in the text is noticed.
     """
 
-    def __init__(self, max_k: int = DEFAULT_DRAFT_TOKENS, *, prior_accept: float = 0.5, smoothing: float = 0.2,
-                 probe_every: int = 8):
+    def __init__(self, max_k: int = DEFAULT_DRAFT_TOKENS, *, prior_accept: float = 0.4, smoothing: float = 0.3,
+                 probe_every: int = 8, min_accept: float = 0.15):
         self.max_k = max(0, int(max_k))
         self.accept = prior_accept
         self.smoothing = smoothing
         self.probe_every = probe_every
+        self.min_accept = min_accept  # below this acceptance rate drafting is off (but for probes)
         self.t_plain: float | None = None
         self.t_position: float | None = None
         self._declined = 0
@@ -157,7 +158,7 @@ class DraftController:
         tp = self.t_position if self.t_position is not None else 0.1 * self.t_plain
         a = min(self.accept, 0.999)
         best_k, best_rate = 0, 1.0 / self.t_plain
-        for k in range(1, self.max_k + 1):
+        for k in range(1, self.max_k + 1 if a >= self.min_accept else 1):
             rate = (1 - a ** (k + 1)) / (1 - a) / (self.t_plain + k * tp)
             if rate > best_rate * 1.0001:
                 best_k, best_rate = k, rate
