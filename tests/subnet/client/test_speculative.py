@@ -192,3 +192,25 @@ def test_sampler_split_is_the_same_as_call():
         tok = b.pick(processed)
         b.commit(tok, processed)
         assert a(logits, i).tolist() == tok.tolist()
+
+
+def test_a_local_draft_model_with_the_same_tokenizer(local_model, tiny_model_factory):
+    """`load_drafter`: the served checkpoint itself as draft model agrees with every greedy token;
+    a draft model with another tokenizer is refused."""
+    from transformers import AutoTokenizer
+
+    from subnet.client.draft_model import load_drafter
+
+    path = tiny_model_factory("llama")
+    tok = AutoTokenizer.from_pretrained(path)
+    drafter = load_drafter(path, tok, local_model.config.vocab_size)
+    ids = repetitive_ids(1)
+    params = SamplingParams(max_new_tokens=20)
+    plain, _, _ = run(local_model, generate_events, ids, params)
+    controller = DraftController(4)
+    spec, chain, _ = run(local_model, speculative_events, ids, params, drafter=drafter, controller=controller)
+    assert spec == plain and controller.accepted == controller.drafted > 0
+    from subnet.model.tiny_model import build_tokenizer
+
+    with pytest.raises(ValueError, match="tokenizer"):
+        load_drafter(path, build_tokenizer(300), local_model.config.vocab_size)
