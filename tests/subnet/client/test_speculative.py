@@ -214,3 +214,42 @@ def test_a_local_draft_model_with_the_same_tokenizer(local_model, tiny_model_fac
 
     with pytest.raises(ValueError, match="tokenizer"):
         load_drafter(path, build_tokenizer(300), local_model.config.vocab_size)
+
+
+class FixedDrafts:
+    def draft(self, tokens, k):
+        return [0, 1, 2][:k]
+
+
+def test_sampled_sequences_keep_the_model_distribution():
+    """The whole loop with sampling: a bigram "model" (one-hot embeddings, an identity chain, logits
+    log P[last]) and drafts that are often wrong; pairs of consecutive tokens follow the exact
+    Markov-chain probabilities (each cell within 4.5 standard errors)."""
+    vocab, runs, n_new = 4, 3000, 4
+    P = torch.tensor([[0.1, 0.6, 0.2, 0.1], [0.5, 0.1, 0.3, 0.1], [0.25, 0.25, 0.25, 0.25], [0.7, 0.1, 0.1, 0.1]])
+    embed = torch.nn.Embedding(vocab, vocab)
+    lm_head = torch.nn.Linear(vocab, vocab, bias=False)
+    with torch.no_grad():
+        embed.weight.copy_(torch.eye(vocab))
+        lm_head.weight.copy_(torch.log(P).T)
+    head = ClientHead(embed, torch.nn.Identity(), lm_head, vocab)
+    counts = torch.zeros(n_new - 1, vocab, vocab)
+    spec_rounds = 0
+    for seed in range(runs):
+        c = DraftController(3)
+        c.t_plain, c.t_position = 1.0, 0.0  # drafting pays from the first round
+        params = SamplingParams(max_new_tokens=n_new, do_sample=True, seed=seed, speculative=3)
+        toks = [ev.token_id for evs in speculative_events(head, lambda h, pos: h, torch.tensor([[3]]), params,
+                                                          drafter=FixedDrafts(), controller=c) for ev in evs]
+        spec_rounds += c.spec_rounds
+        for t in range(n_new - 1):
+            counts[t, toks[t], toks[t + 1]] += 1
+    assert spec_rounds >= runs  # every generation verified drafts
+    first = P[3]  # prompt token 3
+    marginal = first.clone()
+    for t in range(n_new - 1):
+        exact = marginal[:, None] * P  # P(t_t = a, t_{t+1} = b)
+        freq = counts[t] / runs
+        se = torch.sqrt(exact * (1 - exact) / runs)
+        assert torch.all((freq - exact).abs() <= 4.5 * se + 1e-3), (t, freq, exact)
+        marginal = marginal @ P
