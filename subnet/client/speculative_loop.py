@@ -16,6 +16,7 @@ exactly as in `generation.generate_events`, so nothing is emitted past a stop or
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 
@@ -25,6 +26,9 @@ from subnet.client.generation import ClientHead, StepFn, StreamEvent, _Row
 from subnet.client.sampling import Sampler, SamplingParams
 from subnet.client.speculative import DEFAULT_DRAFT_TOKENS, DraftController, NgramDrafter, accept_point_draft
 from subnet.client.streaming import IncrementalDetokenizer, StopStringMatcher
+from subnet.logs import event
+
+log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
@@ -100,44 +104,48 @@ def speculative_events(
     def done() -> bool:
         return all(r.finish is not None for r in rows) or (should_stop is not None and should_stop())
 
-    # the prompt: a plain step
-    hidden = step(head.embed_ids(input_ids), 0)
-    processed = sampler.process(head.logits(hidden), 0, suppress)
-    last = sampler.pick(processed)
-    yield emit(last, processed, 0)
-    n, position = 1, prompt_len
-    while n < params.max_new_tokens and not done():
-        k = min(controller.next_k(), params.max_new_tokens - n - 1)
-        drafts = [drafter.draft(history[i], k) if rows[i].finish is None else [] for i in range(batch)]
-        k = max((len(d) for d in drafts), default=0)
-        fed = torch.empty(batch, k + 1, dtype=torch.long)
-        fed[:, 0] = last
-        for i, d in enumerate(drafts):  # rows with shorter drafts repeat their last token (any draft is valid)
-            row = d + [history[i][-1]] * (k - len(d))
-            fed[i, 1:] = torch.tensor(row, dtype=torch.long)
-        t0 = time.perf_counter()
-        hidden = step(head.embed_ids(fed), position)
-        logits = all_logits(head, hidden) if k else head.logits(hidden).unsqueeze(1)
-        seconds = time.perf_counter() - t0  # the round's cost (not the consumer's time between events)
-        kept = 0  # drafts accepted by every unfinished row
-        for j in range(k + 1):
-            processed = sampler.process(logits[:, j], n, suppress)
-            if j == k:
-                tokens = sampler.pick(processed)
-                all_ok = False
-            else:
-                tokens, ok = accept_point_draft(processed, fed[:, j + 1], greedy=not params.do_sample,
-                                                generators=generators)
-                running = torch.tensor([r.finish is None for r in rows])
-                all_ok = bool((ok | ~running).all())
-            events = emit(tokens, processed, n)
-            n += 1
-            yield events
-            if done() or n >= params.max_new_tokens:
-                return
-            if not all_ok:
-                last = tokens
-                break
-            kept += 1
-        controller.record(k, kept, seconds)
-        position += kept + 1
+    try:
+        # the prompt: a plain step
+        hidden = step(head.embed_ids(input_ids), 0)
+        processed = sampler.process(head.logits(hidden), 0, suppress)
+        last = sampler.pick(processed)
+        yield emit(last, processed, 0)
+        n, position = 1, prompt_len
+        while n < params.max_new_tokens and not done():
+            k = min(controller.next_k(), params.max_new_tokens - n - 1)
+            drafts = [drafter.draft(history[i], k) if rows[i].finish is None else [] for i in range(batch)]
+            k = max((len(d) for d in drafts), default=0)
+            fed = torch.empty(batch, k + 1, dtype=torch.long)
+            fed[:, 0] = last
+            for i, d in enumerate(drafts):  # rows with shorter drafts repeat their last token (any draft is valid)
+                row = d + [history[i][-1]] * (k - len(d))
+                fed[i, 1:] = torch.tensor(row, dtype=torch.long)
+            t0 = time.perf_counter()
+            hidden = step(head.embed_ids(fed), position)
+            logits = all_logits(head, hidden) if k else head.logits(hidden).unsqueeze(1)
+            seconds = time.perf_counter() - t0  # the round's cost (not the consumer's time between events)
+            kept = 0  # drafts accepted by every unfinished row
+            for j in range(k + 1):
+                processed = sampler.process(logits[:, j], n, suppress)
+                if j == k:
+                    tokens = sampler.pick(processed)
+                    all_ok = False
+                else:
+                    tokens, ok = accept_point_draft(processed, fed[:, j + 1], greedy=not params.do_sample,
+                                                    generators=generators)
+                    running = torch.tensor([r.finish is None for r in rows])
+                    all_ok = bool((ok | ~running).all())
+                events = emit(tokens, processed, n)
+                n += 1
+                yield events
+                if done() or n >= params.max_new_tokens:
+                    return
+                if not all_ok:
+                    last = tokens
+                    break
+                kept += 1
+            controller.record(k, kept, seconds)
+            position += kept + 1
+    finally:  # also when the consumer stops early
+        event(log, "speculation", logging.DEBUG, rounds=controller.rounds, drafted=controller.drafted,
+              accepted=controller.accepted, tokens_per_round=round(controller.tokens_per_round, 2))
