@@ -253,3 +253,39 @@ def test_sampled_sequences_keep_the_model_distribution():
         se = torch.sqrt(exact * (1 - exact) / runs)
         assert torch.all((freq - exact).abs() <= 4.5 * se + 1e-3), (t, freq, exact)
         marginal = marginal @ P
+
+
+class Oracle:
+    """Drafts the known continuation `seq` (after `start` tokens), every third draft corrupted."""
+
+    def __init__(self, seq: list[int], start: int):
+        self.seq, self.start = seq, start
+
+    def draft(self, tokens, k):
+        at = len(tokens) - self.start
+        out = self.seq[at:at + k]
+        return [t if (at + i) % 3 else (t + 1) % 50 for i, t in enumerate(out)]
+
+
+def test_structured_output_with_drafts_equals_plain(local_model, tiny_model_factory):
+    """The grammar matcher only ever sees committed tokens, so constrained speculative decoding
+    gives the plain constrained output (and forbidden drafts are simply rejected)."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from subnet.client.constraints import Grammar
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_factory("llama"))
+    schema = {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 99}},
+              "required": ["a"], "additionalProperties": False}
+    grammar = Grammar.json_schema(tok, schema, eos_ids=(tok.eos_token_id,))
+    ids = repetitive_ids(1)
+    params = SamplingParams(max_new_tokens=40, constraint=grammar)
+    plain, _, _ = run(local_model, generate_events, ids, params)
+    controller = DraftController(4, probe_every=1)
+    spec, _, _ = run(local_model, speculative_events, ids, params, drafter=Oracle(plain[0], ids.shape[1]),
+                     controller=controller)
+    assert spec == plain and controller.accepted > 0 and controller.drafted > controller.accepted
+    text = tok.decode([t for t in spec[0] if t != tok.eos_token_id])
+    assert set(json.loads(text)) == {"a"}
