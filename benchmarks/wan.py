@@ -82,7 +82,8 @@ def run(key: str, delays_ms: list[float], new_tokens: int, prompt_len: int, runs
 
             def gen(cfg, n):
                 model.manager.config = cfg
-                out = model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+                out = model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                     speculative=0)  # one round trip per token: what the bound is about
                 tokens_seen.append(out[0, prompt_len:].tolist())
                 return out
 

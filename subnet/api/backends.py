@@ -42,6 +42,7 @@ class GenerationParams:
     repetition_penalty: float = 1.0
     logit_bias: tuple[tuple[int, float], ...] = ()
     logprobs: int | None = None  # None: off; k: report the chosen token's logprob and k alternatives
+    speculative: bool | int | None = None  # speculative decoding (swarm backend): False/0 off, True/None default, k
     # a `subnet.client.constraints.Grammar` (response_format, forced tool calls): masks logits before sampling
     constraint: Any = field(default=None, compare=False)
 

@@ -141,7 +141,7 @@ def _base_params(req, max_tokens: int, logit_bias: tuple, logprobs: int | None) 
         frequency_penalty=float(req.frequency_penalty or 0.0),
         top_k=req.top_k or 0, min_p=float(req.min_p or 0.0),
         repetition_penalty=1.0 if req.repetition_penalty is None else float(req.repetition_penalty),
-        logit_bias=logit_bias, logprobs=logprobs,
+        logit_bias=logit_bias, logprobs=logprobs, speculative=req.speculative,
     )
 
 

@@ -31,6 +31,8 @@ def to_sampling_params(params: GenerationParams) -> SamplingParams:
         logit_bias=params.logit_bias,
         logprobs=params.logprobs,
         constraint=params.constraint,
+        # False -> 0 (off), True -> None (the default), k -> at most k drafts per step
+        speculative=(None if params.speculative else 0) if isinstance(params.speculative, bool) else params.speculative,
         seed_per_row=True,  # a batch of n choices samples what n requests seeded seed, seed+1, ... would
     )
 

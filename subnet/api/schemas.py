@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from subnet.client.sampling import MAX_SPECULATIVE
+
 MAX_N = 8
 MAX_STOP = 4
 MAX_MESSAGES = 1024
@@ -96,6 +98,9 @@ class _SamplingFields(BaseModel):
     top_k: StrictInt | None = Field(default=None, ge=-1)  # -1 or 0: disabled
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+    # speculative decoding through the chain (subnet/client/speculative.py): false or 0 off, true the
+    # default, k at most k draft tokens per step; unset: on for greedy and unseeded sampling
+    speculative: StrictBool | Annotated[StrictInt, Field(ge=0, le=MAX_SPECULATIVE)] | None = None
 
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:

@@ -25,6 +25,8 @@ from subnet.client.routing import Span
 from subnet.client.runtime import ClientRuntime
 from subnet.client.sampling import SamplingParams
 from subnet.client.session import RemoteSession
+from subnet.client.speculative import speculation_wanted
+from subnet.client.speculative_loop import speculative_events
 from subnet.model.blocks import load_client_parts, model_uid as make_model_uid
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class DistributedModelForCausalLM:
         self.dtype = parts.embed_tokens.weight.dtype
         self._sessions: set[RemoteSession] = set()
         self._lock = threading.Lock()
+        self.drafter = None  # speculative decoding's drafts: prompt lookup unless `use_draft_model` sets one
 
     # ------------------------------------------------------------------ construction
 
@@ -187,16 +190,25 @@ class DistributedModelForCausalLM:
         shared = batch > 1 and bool((input_ids == input_ids[:1]).all())  # n choices: one prefill
         fed = [] if batch == 1 else None  # row 0's inputs, remembered for prefix reuse
         prefix = input_ids[0].tolist() if batch == 1 or shared else None
+        loop = speculative_events if speculation_wanted(params) else generate_events
+        extra = {"drafter": self.drafter} if loop is speculative_events else {}
         session = self.inference_session(max_length, batch, prefix).open()
         try:
-            yield from generate_events(
+            yield from loop(
                 self.head, session.step, input_ids, params, eos_token_ids=self.eos_token_ids(),
                 tokenizer=self.tokenizer, want_text=want_text,
                 should_stop=cancel.is_set if cancel is not None else None,
-                start=session.position, shared_rows=shared, fed=fed,
+                start=session.position, shared_rows=shared, fed=fed, **extra,
             )
         finally:
             session.close(fed)
+
+    def use_draft_model(self, path: str | os.PathLike | None) -> None:
+        """Draft speculative tokens with a small local causal LM sharing this model's tokenizer (None:
+        back to prompt lookup). See `subnet.client.speculative`."""
+        from subnet.client.draft_model import load_drafter  # deferred: loads transformers' model classes
+
+        self.drafter = None if path is None else load_drafter(path, self.tokenizer, self.config.vocab_size)
 
     def embed(self, inputs: Sequence[Sequence[int]]) -> torch.Tensor:
         """Sentence embeddings `[len(inputs), hidden]` through the swarm: mean-pooled final-normed last
@@ -215,7 +227,9 @@ class DistributedModelForCausalLM:
 
         Accepts `max_new_tokens`, `max_length`, `do_sample`, `temperature`, `top_p`, `top_k`,
         `repetition_penalty`, `presence_penalty`, `frequency_penalty`, `seed`, `stop` (strings
-        and/or token ids), `stop_strings`, `eos_token_id`, `pad_token_id`, `min_new_tokens`.
+        and/or token ids), `stop_strings`, `eos_token_id`, `pad_token_id`, `min_new_tokens`,
+        `speculative` (speculative decoding: False or 0 off, True or unset the default, k at most k
+        drafts per step).
         Rows that finish early are padded with the pad token. Left-padded batches (with an
         `attention_mask`) run one session per row, concurrently.
         """

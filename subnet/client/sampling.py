@@ -21,6 +21,7 @@ import torch
 FinishReason = str  # "stop" | "length"
 MAX_LOGPROBS = 20
 MAX_LOGIT_BIAS = 100.0
+MAX_SPECULATIVE = 16  # draft tokens per step (subnet.client.speculative)
 _SEED_MASK = 0xFFFF_FFFF_FFFF_FFFF
 
 
@@ -56,6 +57,9 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     min_new_tokens: int = 0
+    # speculative decoding (subnet.client.speculative): None = on where it helps (adaptive, up to the
+    # default draft length), 0 = off, k = at most k draft tokens verified per chain round trip
+    speculative: int | None = None
     extra: dict = field(default_factory=dict, compare=False)
     constraint: Any = field(default=None, compare=False)  # a `constraints.Grammar`: masks logits per row
 
@@ -77,6 +81,9 @@ class SamplingParams:
             raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}]")
         if not self.repetition_penalty > 0:
             raise ValueError("repetition_penalty must be > 0")
+        if self.speculative is not None and (isinstance(self.speculative, bool) or not isinstance(self.speculative, int)
+                                             or not 0 <= self.speculative <= MAX_SPECULATIVE):
+            raise ValueError(f"speculative must be an integer in [0, {MAX_SPECULATIVE}] (0 turns it off)")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError("stop sequences must be non-empty strings")
 
@@ -99,6 +106,8 @@ class SamplingParams:
                 else:
                     strings.append(str(s))
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        if isinstance(kwargs.get("speculative"), bool):  # True: on (the default), False: off
+            kwargs["speculative"] = None if kwargs["speculative"] else 0
         if kwargs.get("temperature") == 0:
             kwargs["do_sample"] = False
             kwargs["temperature"] = 1.0
@@ -148,6 +157,15 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, step: int = 0, suppress: list[int] | None = None) -> torch.Tensor:
         """Pick the next token per row from `logits` `[batch, vocab]`; returns int64 `[batch]`."""
+        processed = self.process(logits, step, suppress)
+        tokens = self.pick(processed)
+        self.commit(tokens, processed)
+        return tokens
+
+    def process(self, logits: torch.Tensor, step: int = 0, suppress: list[int] | None = None) -> torch.Tensor:
+        """The logits the token is chosen from: bias, penalties, suppression, grammar and (when
+        sampling) the warpers, given the tokens committed so far (speculative decoding calls this
+        once per verified position, committing in between)."""
         p = self.params
         logits = logits.float()
         if logits.shape[-1] != self.vocab_size:
@@ -167,22 +185,29 @@ class Sampler:
             dead = torch.isinf(logits).all(dim=-1)  # grammar wants to end but min tokens forbids it
             if dead.any() and self.grammar.grammar.eos_ids:
                 logits[dead, self.grammar.grammar.eos_ids[0]] = 0.0
-        if not p.do_sample:
-            tokens = logits.argmax(dim=-1)
-        else:
-            logits = self.warp(logits)
-            probs = torch.softmax(logits, dim=-1)
-            if self._row_generators is not None:
-                tokens = torch.cat([torch.multinomial(probs[i:i + 1], num_samples=1, generator=g).view(1)
-                                    for i, g in enumerate(self._row_generators)])
-            else:
-                tokens = torch.multinomial(probs, num_samples=1, generator=self._generator).squeeze(-1)
-        if p.logprobs is not None:
-            self.last_logprobs = token_logprobs(logits, tokens, p.logprobs)
+        return self.warp(logits) if p.do_sample else logits
+
+    def pick(self, processed: torch.Tensor) -> torch.Tensor:
+        """Argmax (greedy) or a draw from softmax(`processed`) with the session's generator(s)."""
+        if not self.params.do_sample:
+            return processed.argmax(dim=-1)
+        probs = torch.softmax(processed, dim=-1)
+        if self._row_generators is not None:
+            return torch.cat([torch.multinomial(probs[i:i + 1], num_samples=1, generator=g).view(1)
+                              for i, g in enumerate(self._row_generators)])
+        return torch.multinomial(probs, num_samples=1, generator=self._generator).squeeze(-1)
+
+    def generator(self, row: int) -> torch.Generator | None:
+        """The generator row `row` draws from (None when greedy)."""
+        return self._row_generators[row] if self._row_generators is not None else self._generator
+
+    def commit(self, tokens: torch.Tensor, processed: torch.Tensor) -> None:
+        """Record the chosen `tokens` (logprobs from `processed`, penalty counts, grammar state)."""
+        if self.params.logprobs is not None:
+            self.last_logprobs = token_logprobs(processed, tokens, self.params.logprobs)
         self._update(tokens)
         if self.grammar is not None:
             self.grammar.advance(tokens)
-        return tokens
 
     def warp(self, logits: torch.Tensor) -> torch.Tensor:
         """Temperature -> top-k -> top-p -> min-p, as transformers' warpers (masked tokens get -inf)."""

@@ -197,11 +197,12 @@ class InferenceSession:
         await self._replace(idx)
 
     def _can_push(self, position: int) -> bool:
-        """Forward hoster to hoster only in the steady state: every span open and exactly at `position`."""
-        if not self.manager.config.push or self.push_off or len(self.spans) < 2 or position != self.position:
+        """Forward hoster to hoster only in the steady state: every span open and holding the session's
+        whole length (`position` may roll back into it: speculative decoding's rejected drafts)."""
+        if not self.manager.config.push or self.push_off or len(self.spans) < 2 or position > self.position:
             return False
         return all(st.stream is not None and not st.stream.closed and st.open_error is None
-                   and st.server_pos == position and st.stream.session_id for st in self.spans)
+                   and st.server_pos == self.position and st.stream.session_id for st in self.spans)
 
     async def _step_pushed(self, hidden: torch.Tensor, position: int,
                            n: int) -> tuple[int, torch.Tensor, BaseException | None]:
