@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hoster.adapters import rows_context
 from hoster.batched import crop, step_batched
 from hoster.cache import CacheBudget, KVCache, SessionKV, enable_rows_attention
 from hoster.compiled import CompiledDecode
@@ -73,6 +74,7 @@ class Session:
     length: int = 0  # positions held in the cache
     last_used: float = field(default_factory=time.monotonic)
     closed: bool = False
+    adapter: str | None = None  # LoRA adapter of its rows (hoster.adapters); None: the base model
 
     def cache_bytes(self) -> int:
         """Bytes of K/V buffers held (capacity, so slightly more than `length` positions)."""
@@ -138,10 +140,11 @@ class Backend:
         return await asyncio.wrap_future(self._submit(_Task(concurrent.futures.Future(), hidden,
                                                             *self._range(start, end), peer=peer)))
 
-    def open_session(self, start: int, end: int, batch_size: int, max_length: int) -> Session:
+    def open_session(self, start: int, end: int, batch_size: int, max_length: int, adapter: str | None = None):
         """Admit a session (CacheFull -> busy); no KV memory is allocated until its first step."""
         start, end = self._range(start, end)
-        session = Session(start, end, batch_size, max_length, self._new_kv(start, end, batch_size, max_length))
+        session = Session(start, end, batch_size, max_length, self._new_kv(start, end, batch_size, max_length),
+                          adapter=adapter)
         if self.budget is not None:
             self.budget.open(session.id, batch_size, max_length)
         self.sessions[session.id] = session
@@ -409,13 +412,15 @@ class Backend:
         session.length = 0
         trim()  # hand the freed KV memory back to the OS
 
-    def _run(self, hidden: torch.Tensor, cache: KVCache, kv: SessionKV, start: int, end: int) -> torch.Tensor:
+    def _run(self, hidden: torch.Tensor, cache: KVCache, kv: SessionKV, start: int, end: int, adapter: str | None = None
+             ) -> torch.Tensor:
         """One session's forward through [start, end): compiled when it serves the step, else eager."""
-        if self.compiled is not None and self.compiled.serves(hidden, kv, start, end):
+        if self.compiled is not None and self.compiled.serves(hidden, kv, start, end) and adapter is None:
             out = self.compiled(hidden, cache, start, end)
             if out is not None:
                 return out
-        return self.span(hidden, cache=cache, start=start, end=end)
+        with rows_context(self.span, [(adapter, hidden.shape[0])]):
+            return self.span(hidden, cache=cache, start=start, end=end)
 
     def _step_one(self, task: _Task) -> torch.Tensor:
         s, kv = task.session, task.session.cache
@@ -428,7 +433,7 @@ class Backend:
         try:
             for i in range(0, n, PREFILL_CHUNK):
                 chunk = x[:, i:i + PREFILL_CHUNK]
-                outs.append(self._run(chunk, cache, kv, s.start, s.end))
+                outs.append(self._run(chunk, cache, kv, s.start, s.end, s.adapter))
                 kv.length += chunk.shape[1]  # commit only once every layer has the chunk
         finally:
             s.length = kv.length

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from hoster.adapters import rows_context
 from hoster.cache import RowsCache
 from subnet.model.blocks import layer_type
 
@@ -46,7 +47,8 @@ def step_batched(span, batch: list) -> list[torch.Tensor]:
     if mask_free and P == min(pasts):
         mask = None  # nothing padded either: transformers then skips building a mask
     cache = RowsCache(kvs, start, end, mask_free)
-    out = span(x, position_ids=position_ids, cache=cache, attention_mask=mask, start=start, end=end)
+    with rows_context(span, [(t.session.adapter, t.hidden.shape[0]) for t in batch]):  # per-row LoRA (if any)
+        out = span(x, position_ids=position_ids, cache=cache, attention_mask=mask, start=start, end=end)
     results, r = [], 0
     for task, kv, b in zip(batch, kvs, rows):
         kv.length += n

@@ -22,6 +22,7 @@ from typing import AsyncIterator  # noqa: UP035 - hivemind detects streams by ty
 from hivemind.p2p import P2PContext, ServicerBase
 from hivemind.proto import runtime_pb2
 
+from hoster.adapters import known
 from hoster.admission import Admission, Refused
 from hoster.backend import Backend, BackendClosed, StepError
 from hoster.cache import CacheFull
@@ -355,7 +356,10 @@ class BlockServicer(ServicerBase):
             raise _Reject("too_large", f"batch_size {batch_size} exceeds {self.max_batch_size}")
         if len(self.backend.sessions) >= self.max_sessions:
             raise CacheFull(f"too many open sessions ({self.max_sessions})")
-        return self.backend.open_session(start, end, batch_size, max_length)
+        adapter = meta.get("adapter") or None  # a LoRA adapter this hoster loaded (hoster.adapters)
+        if adapter is not None and (not isinstance(adapter, str) or not known(self.backend.span, adapter)):
+            raise _Reject("unknown_adapter", f"this hoster has no adapter {str(adapter)[:200]!r}")
+        return self.backend.open_session(start, end, batch_size, max_length, adapter)
 
     async def _next(self, it, timeout: float):
         """Next request, None at end of stream; TimeoutError when idle; _Stopping at shutdown."""

@@ -25,6 +25,7 @@ from subnet.client.routing import Span
 from subnet.client.runtime import ClientRuntime
 from subnet.client.sampling import SamplingParams
 from subnet.client.session import RemoteSession
+from subnet.model.adapters import adapter_name
 from subnet.model.blocks import load_client_parts, model_uid as make_model_uid
 
 log = logging.getLogger(__name__)
@@ -103,10 +104,10 @@ class DistributedModelForCausalLM:
 
     # ------------------------------------------------------------------ sessions
 
-    def inference_session(self, max_length: int, batch_size: int = 1) -> RemoteSession:
-        """A session over the current best route (use as a context manager)."""
-        session = _TrackedSession(self, max_length, batch_size)
-        return session
+    def inference_session(self, max_length: int, batch_size: int = 1, adapter: str | None = None) -> RemoteSession:
+        """A session over the current best route (use as a context manager); `adapter`: a LoRA adapter
+        (its name, hub id or directory) only hosters announcing it serve."""
+        return _TrackedSession(self, max_length, batch_size, adapter_name(adapter) if adapter else None)
 
     def active_routes(self) -> list[list[Span]]:
         """Routes of the sessions open now (for monitoring and tests)."""
@@ -179,36 +180,37 @@ class DistributedModelForCausalLM:
     # ------------------------------------------------------------------ generation
 
     def _run_events(self, input_ids: torch.Tensor, params: SamplingParams, *, want_text: bool,
-                    cancel: threading.Event | None = None) -> Iterator[list[StreamEvent]]:
+                    cancel: threading.Event | None = None, adapter: str | None = None) -> Iterator[list[StreamEvent]]:
         batch, prompt_len = input_ids.shape
         max_length = prompt_len + max(params.max_new_tokens, 1)
-        with self.inference_session(max_length, batch) as session:
+        with self.inference_session(max_length, batch, adapter) as session:
             yield from generate_events(
                 self.head, session.step, input_ids, params, eos_token_ids=self.eos_token_ids(),
                 tokenizer=self.tokenizer, want_text=want_text,
                 should_stop=cancel.is_set if cancel is not None else None,
             )
 
-    def embed(self, inputs: Sequence[Sequence[int]]) -> torch.Tensor:
+    def embed(self, inputs: Sequence[Sequence[int]], adapter: str | None = None) -> torch.Tensor:
         """Sentence embeddings `[len(inputs), hidden]` through the swarm: mean-pooled final-normed last
         hidden state, L2-normalised (`client/embeddings.py`); one session per equal-length group."""
 
         def run_blocks(hidden: torch.Tensor) -> torch.Tensor:
-            with self.inference_session(hidden.shape[1], hidden.shape[0]) as session:
+            with self.inference_session(hidden.shape[1], hidden.shape[0], adapter) as session:
                 return session.step(hidden, 0)
 
         return embed_batches(inputs, self.head.embed_ids, self.head.norm, run_blocks)
 
     def generate(self, input_ids: torch.Tensor | Sequence[Sequence[int]] | None = None, *,
                  attention_mask: torch.Tensor | None = None, inputs: torch.Tensor | None = None,
-                 **kwargs) -> torch.Tensor:
+                 adapter: str | None = None, **kwargs) -> torch.Tensor:
         """Like transformers' `generate`: returns `[batch, prompt + new]` token ids.
 
         Accepts `max_new_tokens`, `max_length`, `do_sample`, `temperature`, `top_p`, `top_k`,
         `repetition_penalty`, `presence_penalty`, `frequency_penalty`, `seed`, `stop` (strings
         and/or token ids), `stop_strings`, `eos_token_id`, `pad_token_id`, `min_new_tokens`.
         Rows that finish early are padded with the pad token. Left-padded batches (with an
-        `attention_mask`) run one session per row, concurrently.
+        `attention_mask`) run one session per row, concurrently. `adapter`: a LoRA adapter hosters
+        announce (see `inference_session`).
         """
         ids = inputs if input_ids is None else input_ids
         if ids is None:
@@ -221,11 +223,11 @@ class DistributedModelForCausalLM:
         for unused in ("use_cache", "return_dict_in_generate", "output_scores", "streamer", "generation_config"):
             kwargs.pop(unused, None)
         if attention_mask is not None and not bool(torch.as_tensor(attention_mask).all()):
-            return self._generate_padded(ids, torch.as_tensor(attention_mask), pad_id, kwargs)
+            return self._generate_padded(ids, torch.as_tensor(attention_mask), pad_id, dict(kwargs, adapter=adapter))
         params = self.sampling_params(ids.shape[1], **kwargs)
         new: list[list[int]] = [[] for _ in range(ids.shape[0])]
         done = [False] * ids.shape[0]
-        for events in self._run_events(ids, params, want_text=False):
+        for events in self._run_events(ids, params, want_text=False, adapter=adapter):
             for ev in events:
                 if ev.token_id is not None and not done[ev.index]:
                     new[ev.index].append(ev.token_id)
@@ -266,7 +268,7 @@ class DistributedModelForCausalLM:
 
     def stream_completion(self, prompt_ids: str | Sequence[int] | torch.Tensor,
                           params: SamplingParams | None = None, *, cancel: threading.Event | None = None,
-                          rows: int = 1, **kwargs) -> Iterator[StreamEvent]:
+                          rows: int = 1, adapter: str | None = None, **kwargs) -> Iterator[StreamEvent]:
         """Stream one sequence: one `StreamEvent` per generated token; the last carries `finish_reason`.
 
         `params` is used as given (no generation-config defaults); keyword arguments build one otherwise.
@@ -278,7 +280,7 @@ class DistributedModelForCausalLM:
             ids = ids.repeat(rows, 1)
         if params is None:
             params = self.sampling_params(ids.shape[1], **kwargs)
-        for events in self._run_events(ids, params, want_text=True, cancel=cancel):
+        for events in self._run_events(ids, params, want_text=True, cancel=cancel, adapter=adapter):
             yield from events
 
     def stream(self, prompt: str | Sequence[int] | torch.Tensor, **kwargs) -> Iterator[StreamEvent]:
@@ -361,8 +363,9 @@ class DistributedModelForCausalLM:
 class _TrackedSession(RemoteSession):
     """A RemoteSession the model knows about while it is open (for `active_routes` and `close`)."""
 
-    def __init__(self, model: DistributedModelForCausalLM, max_length: int, batch_size: int):
-        super().__init__(model.manager, max_length, batch_size)
+    def __init__(self, model: DistributedModelForCausalLM, max_length: int, batch_size: int,
+                 adapter: str | None = None):
+        super().__init__(model.manager, max_length, batch_size, adapter)
         self._model = model
 
     def open(self) -> _TrackedSession:

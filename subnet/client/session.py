@@ -43,10 +43,11 @@ class _SpanState:
 class InferenceSession:
     """Positions 0..max_length-1 of `batch_size` sequences through all blocks of the model."""
 
-    def __init__(self, manager: SequenceManager, max_length: int, batch_size: int = 1):
+    def __init__(self, manager: SequenceManager, max_length: int, batch_size: int = 1, adapter: str | None = None):
         if max_length <= 0 or batch_size <= 0:
             raise ValueError("max_length and batch_size must be positive")
         self.manager = manager
+        self.adapter = adapter or None  # LoRA adapter: only hosters announcing it serve this session
         self.max_length = max_length
         self.batch_size = batch_size
         self.position = 0
@@ -59,7 +60,7 @@ class InferenceSession:
         self.pushed_steps = 0  # steps forwarded hoster to hoster end to end (observability, tests)
         self.push_off = False  # a pushed input differed from what its sender returned to us: hop by hop now
         self.push_fallbacks = 0  # pushed steps finished hop by hop after a problem
-        self.verifier = manager.make_verifier()  # None: no client-side checks
+        self.verifier = manager.make_verifier() if not self.adapter else None  # None: no client-side checks
         self.redone_steps = 0  # steps recomputed after a check caught a hoster
 
     @property
@@ -86,7 +87,8 @@ class InferenceSession:
     async def _make_route(self, start: int, end: int) -> list[Span]:
         try:
             route = await self.manager.make_route(start, end, cache_tokens_needed=self._cache_tokens,
-                                                  exclude=self._excluded, precision=self._precision)
+                                                  exclude=self._excluded, precision=self._precision,
+                                                  adapter=self.adapter)
             if not self.manager.config.mix_precisions and route and self._precision is None:
                 self._precision = route[0].precision or None
             return route
@@ -97,7 +99,7 @@ class InferenceSession:
         cfg = self.manager.config
         st.stream = await InferenceStream.open(
             self.manager.p2p, st.span.peer_id, self.manager.model_uid, st.span.start, st.span.end,
-            self.max_length, self.batch_size, cfg.connect_timeout,
+            self.max_length, self.batch_size, cfg.connect_timeout, self.adapter,
         )
 
     async def step(self, hidden: torch.Tensor, position: int | None = None) -> torch.Tensor:
@@ -149,7 +151,7 @@ class InferenceSession:
                     await st.stream.close()
                     st.stream, st.server_pos = None, 0
                     continue
-                if kind in ("bad_request", "too_large", "out_of_range", "unknown_model"):
+                if kind in ("bad_request", "too_large", "out_of_range", "unknown_model", "unknown_adapter"):
                     self._excluded.add(st.span.peer_id)  # this hoster cannot take this request; others may
                 else:
                     self.manager.report_failure(st.span.peer_id, e)
@@ -351,10 +353,10 @@ def _ensure_capacity(history: torch.Tensor | None, keep: int, needed: int, max_l
 class RemoteSession:
     """Thread-side handle of an `InferenceSession` (blocking calls into the client loop)."""
 
-    def __init__(self, manager: SequenceManager, max_length: int, batch_size: int = 1):
+    def __init__(self, manager: SequenceManager, max_length: int, batch_size: int = 1, adapter: str | None = None):
         self.manager = manager
         self.runtime = manager.runtime
-        self._session = InferenceSession(manager, max_length, batch_size)
+        self._session = InferenceSession(manager, max_length, batch_size, adapter)
         cfg = manager.config
         self._bound = (cfg.max_retries + 2) * (cfg.connect_timeout + cfg.request_timeout + cfg.ping_timeout) \
             + cfg.wait_for_coverage + 30

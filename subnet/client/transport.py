@@ -129,9 +129,11 @@ class InferenceStream:
 
     @classmethod
     async def open(cls, p2p: P2P, peer_id: str, model_uid: str, start: int, end: int, max_length: int,
-                   batch_size: int, timeout: float) -> InferenceStream:
+                   batch_size: int, timeout: float, adapter: str | None = None) -> InferenceStream:
         self = cls(peer_id, start, end)
         meta = {"start": start, "end": end, "max_length": max_length, "batch_size": batch_size}
+        if adapter:
+            meta["adapter"] = adapter  # a LoRA adapter the hoster announced (docs/PROTOCOL.md)
         self._queue.put_nowait(runtime_pb2.ExpertRequest(uid=model_uid, metadata=wire.encode_metadata(meta)))
         try:
             _, self._reader, self._writer = await wait_for(
