@@ -11,6 +11,8 @@ import torch
 from hoster.adapters import check_sources, load_span_adapters, rows_context
 from subnet.model.adapters import AdapterError, parse_adapter_list
 from subnet.model.blocks import load_blocks
+from subnet.node.checks import check_adapters
+from subnet.node.errors import UserError
 from tests.adapter_fixtures import make_adapter, peft_reference
 
 
@@ -53,6 +55,8 @@ def test_bad_adapters_fail_in_one_line(lora_setup, tiny_model_factory, tmp_path)
     with pytest.raises(AdapterError, match="is for base model") as e:
         check_sources([foreign], path)
     assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="is for base model"):  # `mesh-node --hoster`: before anything starts
+        check_adapters(f"{a},{foreign}", path)
     # claims the right base model, but its factors have another model's shapes
     cfg_path = os.path.join(foreign, "adapter_config.json")
     cfg = json.load(open(cfg_path))
