@@ -65,8 +65,12 @@ def test_sessions_with_different_adapters_run_together(adapter_swarm):
         assert out[len(PROMPT[0]):] == greedy(ref, torch.tensor(PROMPT), 8), choice
 
 
-def test_unknown_adapter_is_named(adapter_swarm):
-    _, _, _, model = adapter_swarm
+def test_api_model_names_pick_adapters_and_unknown_is_404(adapter_swarm):
+    from fastapi.testclient import TestClient
+
+    from subnet.api import create_app
+
+    path, dirs, _, model = adapter_swarm
     with pytest.raises(SessionError, match="adapter 'nope'"):
         model.generate(torch.tensor(PROMPT), max_new_tokens=2, adapter="nope")
     backend = SwarmBackend(model)
@@ -74,6 +78,14 @@ def test_unknown_adapter_is_named(adapter_swarm):
     with pytest.raises(BackendError, match="`nope`") as e:
         backend.tokenizer("lo:nope")
     assert e.value.status == 404
+    with TestClient(create_app(backend)) as http:
+        r = http.post("/v1/completions", json={"model": "lo:lora-b", "prompt": PROMPT[0], "max_tokens": 6,
+                                               "temperature": 0})
+        assert r.status_code == 200, r.text
+        want = greedy(peft_reference(path, dirs["lora-b"]), torch.tensor(PROMPT), 6)
+        assert r.json()["choices"][0]["text"] == model.tokenizer.decode(want)
+        r = http.post("/v1/completions", json={"model": "lo:nope", "prompt": "hi", "max_tokens": 2})
+        assert r.status_code == 404 and "lo:nope" in r.json()["error"]["message"]
 
 
 def test_hoster_with_a_foreign_adapter_exits_in_one_line(adapter_swarm, tiny_model_factory, tmp_path):
