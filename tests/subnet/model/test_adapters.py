@@ -79,3 +79,23 @@ def test_bad_adapters_fail_in_one_line(lora_setup, tiny_model_factory, tmp_path)
         check_sources(["nobody/no-such-adapter"], path)
     with pytest.raises(ValueError, match="two adapters are named"):
         parse_adapter_list(f"{a},{a}")
+
+
+def test_hub_id_resolves_from_the_local_cache_only(lora_setup, tmp_path, monkeypatch):
+    """A hub id is read from huggingface_hub's cache (HF_HUB_OFFLINE is set for tests: no download)."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    path, a, _ = lora_setup
+    snap = tmp_path / "models--someone--lora-c" / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    for f in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(os.path.join(a, f), snap / f)
+    (tmp_path / "models--someone--lora-c" / "refs").mkdir()
+    (tmp_path / "models--someone--lora-c" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    span = load_blocks(path, 2, 4, progress=False)
+    load_span_adapters(span, ["someone/lora-c"], path)
+    assert list(span.adapters) == ["someone--lora-c"]
+    assert {layer for layer, _ in span.adapters["someone--lora-c"].factors} == {2, 3}  # only the span's tensors
