@@ -9,7 +9,7 @@ forward of the backend: each session's rows get the adapter it opened with (or n
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 
 from subnet.logs import event
 from subnet.model.adapters import (
@@ -60,6 +60,24 @@ def rows_context(span: BlockSpan, choices: Sequence[tuple[str | None, int]]):
     if rows is None or not any(name for name, _ in choices):
         return contextlib.nullcontext()
     return rows.use(choices, span.device)
+
+
+def adapted_units(span: BlockSpan, adapter: str | None, rows: int, units: Generator) -> Generator:
+    """A stateless forward's units (hoster.scheduler.forward_units), each run with `adapter` on its
+    rows: the context is set around every unit only, never across a yield (steps run in between)."""
+    if not adapter:
+        return units
+
+    def run():
+        while True:
+            with rows_context(span, [(adapter, rows)]):  # a unit's rows are a prefix of the batch's
+                try:
+                    next(units)
+                except StopIteration as done:
+                    return done.value
+            yield
+
+    return run()
 
 
 def known(span: BlockSpan, name: str) -> bool:

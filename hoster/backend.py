@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hoster.adapters import rows_context
+from hoster.adapters import adapted_units, rows_context
 from hoster.batched import crop, step_batched
 from hoster.cache import CacheBudget, KVCache, SessionKV, enable_rows_attention
 from hoster.compiled import CompiledDecode
@@ -90,6 +90,7 @@ class _Task:
     session: Session | None = None
     position: int = 0
     peer: str = ""  # who asked for a forward (round-robin key); "" for local probes
+    adapter: str | None = None  # a forward's LoRA adapter (hoster.adapters)
 
     def key(self) -> tuple:
         return (self.start, self.end, self.hidden.shape[1], self.hidden.dtype)
@@ -135,16 +136,15 @@ class Backend:
         return self._submit(_Task(concurrent.futures.Future(), hidden, *self._range(start, end))).result()
 
     async def forward(self, hidden: torch.Tensor, start: int | None = None, end: int | None = None, *,
-                      peer: str = "") -> torch.Tensor:
+                      peer: str = "", adapter: str | None = None) -> torch.Tensor:
         """The `forward` RPC: queued in `peer`'s turn of the forward lane (hoster.scheduler)."""
         return await asyncio.wrap_future(self._submit(_Task(concurrent.futures.Future(), hidden,
-                                                            *self._range(start, end), peer=peer)))
+                                                            *self._range(start, end), peer=peer, adapter=adapter)))
 
-    def open_session(self, start: int, end: int, batch_size: int, max_length: int, adapter: str | None = None):
+    def open_session(self, start: int, end: int, batch_size: int, max_length: int) -> Session:
         """Admit a session (CacheFull -> busy); no KV memory is allocated until its first step."""
         start, end = self._range(start, end)
-        session = Session(start, end, batch_size, max_length, self._new_kv(start, end, batch_size, max_length),
-                          adapter=adapter)
+        session = Session(start, end, batch_size, max_length, self._new_kv(start, end, batch_size, max_length))
         if self.budget is not None:
             self.budget.open(session.id, batch_size, max_length)
         self.sessions[session.id] = session
@@ -266,7 +266,8 @@ class Backend:
                 self._run_round(tasks)
             if job is None and (nxt := self._queue.next_forward()) is not None:
                 if nxt.future.set_running_or_notify_cancel():
-                    job = (nxt, forward_units(self.span, nxt.hidden, nxt.start, nxt.end, self._new_kv, self._pacer))
+                    units = forward_units(self.span, nxt.hidden, nxt.start, nxt.end, self._new_kv, self._pacer)
+                    job = (nxt, adapted_units(self.span, nxt.adapter, nxt.hidden.shape[0], units))
             if job is not None and self._forward_unit(*job):
                 job = None
         if job is not None:
@@ -412,10 +413,9 @@ class Backend:
         session.length = 0
         trim()  # hand the freed KV memory back to the OS
 
-    def _run(self, hidden: torch.Tensor, cache: KVCache, kv: SessionKV, start: int, end: int, adapter: str | None = None
-             ) -> torch.Tensor:
+    def _run(self, hidden: torch.Tensor, cache: KVCache, kv: SessionKV, start: int, end: int, adapter: str = ""):
         """One session's forward through [start, end): compiled when it serves the step, else eager."""
-        if self.compiled is not None and self.compiled.serves(hidden, kv, start, end) and adapter is None:
+        if self.compiled is not None and self.compiled.serves(hidden, kv, start, end) and not adapter:
             out = self.compiled(hidden, cache, start, end)
             if out is not None:
                 return out

@@ -22,7 +22,11 @@ def crop(session, position: int) -> None:
 
 
 def step_batched(span, batch: list) -> list[torch.Tensor]:
-    """Run several sessions' steps (same range, same step length) as one batch; one output each."""
+    """Run several sessions' steps (same range, same step length) as one batch; one output each.
+
+    Sorts `batch` in place by LoRA adapter (the caller pairs outputs with its list afterwards):
+    each adapter's rows are then one slice of the batch (hoster.adapters)."""
+    batch.sort(key=lambda t: t.session.adapter or "")
     for task in batch:
         crop(task.session, task.position)
     start, end = batch[0].start, batch[0].end

@@ -22,6 +22,7 @@ from subnet.client.routing import RouteError, Span
 from subnet.client.transport import InferenceStream, RemoteError, StepDeadline
 from subnet.client.verification import SpanCheck, mirror_and_verify
 from subnet.logs import event
+from subnet.model.adapters import session_model
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class InferenceSession:
         self.pushed_steps = 0  # steps forwarded hoster to hoster end to end (observability, tests)
         self.push_off = False  # a pushed input differed from what its sender returned to us: hop by hop now
         self.push_fallbacks = 0  # pushed steps finished hop by hop after a problem
-        self.verifier = manager.make_verifier() if not self.adapter else None  # None: no client-side checks
+        self.verifier = manager.make_verifier()  # None: no client-side checks
         self.redone_steps = 0  # steps recomputed after a check caught a hoster
 
     @property
@@ -296,7 +297,8 @@ class InferenceSession:
         verifier redoes the step hop by hop instead of accusing it."""
         if self.verifier is None:
             return
-        mirror_and_verify(st.check, st.stream, st.span.peer_id, self.manager.model_uid, st.span.start,
+        mirror_and_verify(st.check, st.stream, st.span.peer_id, session_model(self.manager.model_uid, self.adapter),
+                          st.span.start,
                           st.span.end, x, position, out, meta)
         st.check.pushed_suspect = pushed and not st.check.receipt_ok
         if st.check.pushed_suspect and not self.push_off:

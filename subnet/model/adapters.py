@@ -47,8 +47,9 @@ class AdapterError(CheckpointError):
 
 
 def adapter_name(source: str | os.PathLike) -> str:
-    """The name peers use for an adapter (`model:adapter` in requests, announcements)."""
-    return model_uid(source)
+    """The name peers use for an adapter (`model:adapter` in requests, announcements); at most 120
+    characters, so `<model uid>:<adapter>` fits a receipt's model field (256 bytes)."""
+    return model_uid(source)[:120].rstrip("-.")
 
 
 def _base_name(path_or_id: str) -> str:
@@ -243,19 +244,28 @@ class LoraLinear(nn.Module):
         self.base = base
         self.rows = rows
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.factors: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
+        self.factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (A [r, in], scale * B^T [r, out])
+
+    def add(self, name: str, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
+        self.factors[name] = (a, (b * scale).t().contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
+        if not self.rows.groups:
+            return y
+        y = y.contiguous()
+        flat_y, flat_x = y.view(-1, y.shape[-1]), x.reshape(-1, x.shape[-1])
+        per_row = flat_y.shape[0] // y.shape[0]  # positions per batch row
         for name, rows in self.rows.groups:
             f = self.factors.get(name)
             if f is None:
                 continue
-            a, b, scale = f
-            if isinstance(rows, slice):
-                y[rows] += (x[rows] @ a.t() @ b.t()) * scale
+            a, bt = f
+            if isinstance(rows, slice):  # the usual case: the backend orders a batch by adapter
+                s = slice(rows.start * per_row, rows.stop * per_row)
+                flat_y[s].addmm_(flat_x[s] @ a.t(), bt)
             else:
-                y.index_add_(0, rows, (x.index_select(0, rows) @ a.t() @ b.t()) * scale)
+                y.index_add_(0, rows, (x.index_select(0, rows) @ a.t()) @ bt)
         return y
 
 
@@ -270,8 +280,14 @@ def attach_adapters(layers: dict[int, nn.Module], adapters: Sequence[LoraAdapter
                 parent = layers[layer].get_submodule(parent_path) if parent_path else layers[layer]
                 module = LoraLinear(module, rows)
                 setattr(parent, child, module)
-            module.factors[adapter.name] = f
+            module.add(adapter.name, *f)
     return rows
+
+
+def session_model(model_uid: str, adapter: str | None) -> str:
+    """What a session computes, as its step receipts name it: `<uid>:<adapter>` with an adapter.
+    Validators recompute the base model only and refuse evidence about anything else."""
+    return f"{model_uid}:{adapter}" if adapter else model_uid
 
 
 def parse_adapter_list(text: str | Sequence[str] | None) -> list[str]:

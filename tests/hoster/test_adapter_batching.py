@@ -29,7 +29,9 @@ async def test_mixed_adapter_sessions_batch_and_match_peft(tiny_model_factory, t
     backend = Backend(span, CacheBudget(1000), gather_window=0.05)
     try:
         choices = ["lora-a", None, "lora-b", "lora-a"]
-        sessions = [backend.open_session(0, 6, 1, 16, adapter=c) for c in choices]
+        sessions = [backend.open_session(0, 6, 1, 16) for c in choices]
+        for s, c in zip(sessions, choices):
+            s.adapter = c  # as the servicer sets it from the open request's "adapter"
         prefill = await asyncio.gather(*[backend.step(s, embeds[:, :4], 0) for s in sessions])
         got = [[o] for o in prefill]
         for t in range(4, 8):  # one-position decode steps: batched across the sessions
@@ -39,5 +41,9 @@ async def test_mixed_adapter_sessions_batch_and_match_peft(tiny_model_factory, t
         assert backend.batches_run >= 1
         for c, g in zip(choices, got):
             torch.testing.assert_close(torch.cat(g, 1), refs[c], rtol=1e-4, atol=1e-4)
+        # the stateless forward path (rpc_forward: client-side checks of adapter sessions) applies it too
+        fwd = await asyncio.gather(*[backend.forward(embeds, 0, 6, adapter=c) for c in ("lora-b", None)])
+        torch.testing.assert_close(fwd[0], refs["lora-b"], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fwd[1], refs[None], rtol=1e-4, atol=1e-4)
     finally:
         backend.shutdown()

@@ -44,6 +44,10 @@ def test_span_matches_peft_per_row_in_one_batch(lora_setup):
     for row, ref in zip(out, refs):
         torch.testing.assert_close(row, ref, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(refs[0], refs[1], atol=1e-3) and not torch.allclose(refs[2], refs[1], atol=1e-3)
+    with rows_context(span, [("lora-a", 1), (None, 1), ("lora-a", 1)]):  # rows not contiguous: index path
+        mixed = span(x)
+    for row, ref in zip(mixed, [refs[0], refs[1], refs[0]]):
+        torch.testing.assert_close(row, ref, rtol=1e-4, atol=1e-4)
     plain = span(embeds)  # outside a context no row uses an adapter
     torch.testing.assert_close(plain[0], refs[1], rtol=1e-4, atol=1e-4)
 
