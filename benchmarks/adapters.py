@@ -10,6 +10,8 @@ Two hoster processes serve every block of the same checkpoint: `plain` (no --ada
   - same:  8 sessions without adapter on the lora hoster (cost of the wrapped layers alone),
   - mixed: 4 sessions with adapter 1 + 4 with adapter 2 on the lora hoster (one batch per step),
 and the median round of each gives aggregate tokens/s. Goal: mixed / base >= 0.8.
+Then the hoster's compute alone, in this process: seconds per batched decode step of the same
+sessions without adapters vs with the two mixed (alternating steps; no network, no client).
 End-to-end: the client's per-token work (embedding, LM head) shares the two cores with the hoster.
 The machine is shared with other jobs: the load average is printed and saved with the numbers.
 """
@@ -80,6 +82,46 @@ def run_round(model, prompts: list[torch.Tensor], adapters: list[str | None], to
     return time.perf_counter() - t0
 
 
+def hoster_compute(path, a1: str, a2: str, sessions: int, steps: int, prompt: int = 16) -> dict[str, float]:
+    """Seconds per batched decode step of `sessions` sessions in one process (the hoster's compute only):
+    no adapters vs two adapters mixed, alternating blocks of steps on the same loaded span."""
+    import concurrent.futures
+
+    from hoster.adapters import load_span_adapters
+    from hoster.backend import Backend, _Task
+    from subnet.model.blocks import load_blocks, load_config
+
+    n = load_config(path).num_hidden_layers
+    span = load_blocks(path, 0, n, progress=False)
+    load_span_adapters(span, [a1, a2], str(path))
+    backend = Backend(span, None)
+    gen = torch.Generator().manual_seed(1)
+    half = sessions // 2
+    setups = {"base": [None] * sessions, "mixed": ["bench-lora-1"] * half + ["bench-lora-2"] * (sessions - half)}
+    groups, times = {}, {k: [] for k in setups}
+    try:
+        for name, adapters in setups.items():
+            group = []
+            for adapter in adapters:
+                s = backend.open_session(0, n, 1, prompt + steps + 8)
+                s.adapter = adapter
+                h = torch.randn(1, prompt, span.hidden_size, generator=gen)
+                backend._step_one(_Task(concurrent.futures.Future(), h, 0, n, s, 0))
+                group.append(s)
+            groups[name] = group
+        x = torch.randn(1, 1, span.hidden_size, generator=gen)
+        for i in range(steps):
+            for name, group in groups.items():
+                batch = [_Task(concurrent.futures.Future(), x, 0, n, s, s.length) for s in group]
+                t0 = time.perf_counter()
+                backend._step_batched(batch)
+                if i >= 2:  # warm-up
+                    times[name].append(time.perf_counter() - t0)
+    finally:
+        backend.shutdown()
+    return {k: median(v) for k, v in times.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="a", choices=sorted(MODELS))
@@ -87,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--steps", type=int, default=40, help="in-process batched decode steps per setup")
+    p.add_argument("--compute-only", action="store_true", help="only the in-process hoster compute part")
     args = p.parse_args(argv)
     exit_on_sigterm()
     start_load = load_avg()
@@ -102,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     setups = {"base": ("plain", [None] * args.sessions), "same": ("lora", [None] * args.sessions),
               "mixed": ("lora", ["bench-lora-1"] * half + ["bench-lora-2"] * (args.sessions - half))}
     times: dict[str, list[float]] = {k: [] for k in setups}
+    if args.compute_only:
+        step = hoster_compute(path, a1, a2, args.sessions, args.steps)
+        print(f"hoster compute only: no adapters {1000 * step['base']:.1f} ms/step, mixed {1000 * step['mixed']:.1f} "
+              f"ms/step; mixed / none throughput {step['base'] / step['mixed']:.3f}; load avg {load_avg()}")
+        return 0
     with HosterProcs() as procs:
         procs.start(path, (0, n), model_name=f"{spec.name}-plain")
         procs.start(path, (0, n), model_name=f"{spec.name}-lora", extra=["--adapters", f"{a1},{a2}"])
@@ -122,7 +171,12 @@ def main(argv: list[str] | None = None) -> int:
           f"(2 vCPUs shared with other jobs)")
     print(fmt_table(["sessions", "tokens/s (aggregate)", "x base"], rows))
     print(f"\nmixed adapters / no adapters: {tps['mixed'] / tps['base']:.3f} (goal >= 0.8)")
+    step = hoster_compute(path, a1, a2, args.sessions, args.steps)
+    print(f"\nhoster compute only (in process, {args.sessions} sessions per batched decode step, median of "
+          f"{args.steps - 2} alternating steps): no adapters {1000 * step['base']:.1f} ms, 2 adapters mixed "
+          f"{1000 * step['mixed']:.1f} ms; step throughput mixed / none: {step['base'] / step['mixed']:.3f}")
     save_results(f"adapters-{spec.name}", {"load_avg_at_start": start_load, "tokens_per_s": tps, "runs_s": times,
+                                             "hoster_step_s": step,
                                              "ratio_mixed_vs_base": tps["mixed"] / tps["base"],
                                              "sessions": args.sessions, "tokens": args.tokens, "rank": args.rank})
     return 0
