@@ -176,7 +176,8 @@ class BlockServicer(ServicerBase):
                 self.admission.forward(peer, min(size[0] * size[1], self.max_request_tokens + 1))
                 admitted = True
             hidden = self._one_hidden(request)
-            return self._ok(await self.backend.forward(hidden, start, end, peer=peer, adapter=adapter))
+            extra = {"adapter": adapter} if adapter else {}  # plain forwards keep the plain call
+            return self._ok(await self.backend.forward(hidden, start, end, peer=peer, **extra))
         except Exception as e:
             return self._error(e)
         finally:

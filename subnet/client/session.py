@@ -297,9 +297,9 @@ class InferenceSession:
         verifier redoes the step hop by hop instead of accusing it."""
         if self.verifier is None:
             return
-        mirror_and_verify(st.check, st.stream, st.span.peer_id, session_model(self.manager.model_uid, self.adapter),
-                          st.span.start,
-                          st.span.end, x, position, out, meta)
+        model = session_model(self.manager.model_uid, self.adapter)  # what the receipts name
+        mirror_and_verify(st.check, st.stream, st.span.peer_id, model, st.span.start, st.span.end, x, position, out,
+                          meta)
         st.check.pushed_suspect = pushed and not st.check.receipt_ok
         if st.check.pushed_suspect and not self.push_off:
             self.push_off = True
