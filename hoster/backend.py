@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hoster.adapters import adapted_units, rows_context
 from hoster.batched import crop, step_batched
 from hoster.cache import CacheBudget, KVCache, SessionKV, enable_rows_attention
 from hoster.compiled import CompiledDecode
@@ -74,6 +75,7 @@ class Session:
     length: int = 0  # positions held in the cache
     last_used: float = field(default_factory=time.monotonic)
     closed: bool = False
+    adapter: str | None = None  # LoRA adapter of its rows (hoster.adapters); None: the base model
 
     def cache_bytes(self) -> int:
         """Bytes of K/V buffers held (capacity, so slightly more than `length` positions)."""
@@ -89,6 +91,7 @@ class _Task:
     session: Session | None = None
     position: int = 0
     peer: str = ""  # who asked for a forward (round-robin key); "" for local probes
+    adapter: str | None = None  # a forward's LoRA adapter (hoster.adapters)
 
     def key(self) -> tuple:
         return (self.start, self.end, self.hidden.shape[1], self.hidden.dtype)
@@ -135,10 +138,10 @@ class Backend:
         return self._submit(_Task(concurrent.futures.Future(), hidden, *self._range(start, end))).result()
 
     async def forward(self, hidden: torch.Tensor, start: int | None = None, end: int | None = None, *,
-                      peer: str = "") -> torch.Tensor:
+                      peer: str = "", adapter: str | None = None) -> torch.Tensor:
         """The `forward` RPC: queued in `peer`'s turn of the forward lane (hoster.scheduler)."""
         return await asyncio.wrap_future(self._submit(_Task(concurrent.futures.Future(), hidden,
-                                                            *self._range(start, end), peer=peer)))
+                                                            *self._range(start, end), peer=peer, adapter=adapter)))
 
     def open_session(self, start: int, end: int, batch_size: int, max_length: int) -> Session:
         """Admit a session (CacheFull -> busy); no KV memory until its first step (one row until then: prefix_cache)."""
@@ -266,7 +269,8 @@ class Backend:
                 self._run_round(tasks)
             if job is None and (nxt := self._queue.next_forward()) is not None:
                 if nxt.future.set_running_or_notify_cancel():
-                    job = (nxt, forward_units(self.span, nxt.hidden, nxt.start, nxt.end, self._new_kv, self._pacer))
+                    units = forward_units(self.span, nxt.hidden, nxt.start, nxt.end, self._new_kv, self._pacer)
+                    job = (nxt, adapted_units(self.span, nxt.adapter, nxt.hidden.shape[0], units))
             if job is not None and self._forward_unit(*job):
                 job = None
         if job is not None:
@@ -414,13 +418,14 @@ class Backend:
         session.length = 0
         trim()  # hand the freed KV memory back to the OS
 
-    def _run(self, hidden: torch.Tensor, cache: KVCache, kv: SessionKV, start: int, end: int) -> torch.Tensor:
+    def _run(self, hidden: torch.Tensor, cache: KVCache, kv: SessionKV, start: int, end: int, adapter: str = ""):
         """One session's forward through [start, end): compiled when it serves the step, else eager."""
-        if self.compiled is not None and self.compiled.serves(hidden, kv, start, end):
+        if self.compiled is not None and self.compiled.serves(hidden, kv, start, end) and not adapter:
             out = self.compiled(hidden, cache, start, end)
             if out is not None:
                 return out
-        return self.span(hidden, cache=cache, start=start, end=end)
+        with rows_context(self.span, [(adapter, hidden.shape[0])]):
+            return self.span(hidden, cache=cache, start=start, end=end)
 
     def _step_one(self, task: _Task) -> torch.Tensor:
         crop(task.session, task.position, task.hidden.shape[0])  # may replace the KV (hoster.prefix_cache)
@@ -433,7 +438,7 @@ class Backend:
         try:
             for i in range(0, n, PREFILL_CHUNK):
                 chunk = x[:, i:i + PREFILL_CHUNK]
-                outs.append(self._run(chunk, cache, kv, s.start, s.end))
+                outs.append(self._run(chunk, cache, kv, s.start, s.end, s.adapter))
                 kv.length += chunk.shape[1]  # commit only once every layer has the chunk
         finally:
             s.length = kv.length

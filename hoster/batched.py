@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from hoster.adapters import rows_context
 from hoster.cache import RowsCache
 from hoster.prefix_cache import prepare
 from subnet.model.blocks import layer_type
@@ -25,7 +26,11 @@ def crop(session, position: int, rows: int | None = None) -> None:
 
 
 def step_batched(span, batch: list) -> list[torch.Tensor]:
-    """Run several sessions' steps (same range, same step length) as one batch; one output each."""
+    """Run several sessions' steps (same range, same step length) as one batch; one output each.
+
+    Sorts `batch` in place by LoRA adapter (the caller pairs outputs with its list afterwards):
+    each adapter's rows are then one slice of the batch (hoster.adapters)."""
+    batch.sort(key=lambda t: t.session.adapter or "")
     for task in batch:
         crop(task.session, task.position, task.hidden.shape[0])
     start, end = batch[0].start, batch[0].end
@@ -50,7 +55,8 @@ def step_batched(span, batch: list) -> list[torch.Tensor]:
     if mask_free and P == min(pasts):
         mask = None  # nothing padded either: transformers then skips building a mask
     cache = RowsCache(kvs, start, end, mask_free)
-    out = span(x, position_ids=position_ids, cache=cache, attention_mask=mask, start=start, end=end)
+    with rows_context(span, [(t.session.adapter, t.hidden.shape[0]) for t in batch]):  # per-row LoRA (if any)
+        out = span(x, position_ids=position_ids, cache=cache, attention_mask=mask, start=start, end=end)
     results, r = [], 0
     for task, kv, b in zip(batch, kvs, rows):
         kv.length += n

@@ -54,6 +54,7 @@ class HosterOptions:
     throughput: float | None = None  # None: measured at start-up
     linear_kernel: str | None = None  # subnet.model.kernels; None = MESH_LINEAR_KERNEL or onednn
     compile_decode: bool = False  # hoster.compiled: torch.compile one-session decode steps
+    adapters: str | None = None  # "a,b": LoRA adapters (PEFT dirs or hub ids) sessions may pick (hoster/adapters.py)
     progress: bool = True
 
     @staticmethod
@@ -98,6 +99,10 @@ class HosterOptions:
         a("--compile", dest="compile_decode", action="store_true", default=d.compile_decode,
           help="torch.compile one-session decode steps (hoster/compiled.py): ~1.2x faster steps for a lone "
                "session after a start-up compile; uses the torch linear kernel")
+        a("--adapters", default=None,
+          help="comma-separated LoRA adapters in the PEFT format (directories or hub ids) to serve on the blocks; "
+               "a request picks one as model \"<model>:<adapter>\" (adapter name: the directory's name, or the "
+               "hub id with / -> --)")
         a("--no-progress", dest="progress", action="store_false", default=d.progress,
           help="no progress bars while loading blocks")
 
@@ -134,6 +139,10 @@ class HosterOptions:
         linear_kernel(self.linear_kernel)  # also checks MESH_LINEAR_KERNEL
         if self.compile_decode:
             kernel_for_compile(self.linear_kernel)
+        from subnet.model.adapters import parse_adapter_list  # deferred: imports torch
+
+        if parse_adapter_list(self.adapters) and self.compile_decode:
+            raise ValueError("--compile does not support --adapters (adapter rows run the eager path)")
         if self.quant != "none":
             import torch  # deferred: mesh-node builds this parser without importing torch
 

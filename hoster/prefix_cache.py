@@ -54,6 +54,7 @@ class PrefixEntry:
     chain: bytes  # c_0..c_length, 32 bytes each
     dtype: torch.dtype  # of the inputs the chain was computed over
     keys: list[tuple] = field(default_factory=list)
+    adapter: str | None = None  # the LoRA adapter the KV was computed with (hoster.adapters): part of every key
 
     @property
     def length(self) -> int:
@@ -92,7 +93,8 @@ class PrefixCache:
         if keep is None or getattr(session, "fork", None) is not None:
             return False
         peer, chain, dtype = keep
-        if not self.put(peer, session.start, session.end, session.cache, chain, dtype):
+        if not self.put(peer, session.start, session.end, session.cache, chain, dtype,
+                        adapter=getattr(session, "adapter", None)):
             return False
         session.cache = SessionKV(session.start, session.end, 1, 1, session.cache.kv_heads, session.cache.head_dim,
                                   session.cache.dtype, session.cache.device)
@@ -116,20 +118,25 @@ class PrefixCache:
 
     # ---------------------------------------------------------------- store
 
-    def put(self, peer: str, start: int, end: int, kv: SessionKV, chain: bytes, dtype: torch.dtype) -> bool:
-        """Keep a closed session's KV (one row only); False when it is not worth or cannot be kept."""
+    def put(self, peer: str, start: int, end: int, kv: SessionKV, chain: bytes, dtype: torch.dtype,
+            adapter: str | None = None) -> bool:
+        """Keep a closed session's KV (one row only); False when it is not worth or cannot be kept.
+        `adapter` scopes the entry: KV computed with a LoRA adapter differs from the base model's for
+        the same inputs, so only sessions with the same adapter (or none, as here) may fork it."""
         length = min(kv.length, len(chain) // 32 - 1)
         if kv.batch_size != 1 or length < self.min_length:
             return False
         with self._lock:
             last = bytes(chain[32 * length:32 * length + 32])
             for old in self._entries.values():  # an entry already holding this whole prefix: keep that one
-                if old.start == start and old.end == end and old.length >= length and old.state(length) == last:
+                if (old.start, old.end, old.adapter) == (start, end, adapter) and old.length >= length \
+                        and old.state(length) == last:
                     self._entries.move_to_end(old.id)
                     return False
             kv.crop(length)
-            entry = PrefixEntry(f"prefix:{next(_ids)}", peer, start, end, kv, bytes(chain[:32 * (length + 1)]), dtype)
-            for old in [e for e in self._entries.values() if e.start == start and e.end == end
+            entry = PrefixEntry(f"prefix:{next(_ids)}", peer, start, end, kv, bytes(chain[:32 * (length + 1)]), dtype,
+                                adapter=adapter)
+            for old in [e for e in self._entries.values() if (e.start, e.end, e.adapter) == (start, end, adapter)
                         and e.length <= length and entry.state(e.length) == e.state(e.length)]:
                 self._evict(old)  # this one extends it (the next turn of a conversation): same KV and more
             mine = [e for e in self._entries.values() if e.peer == peer]
@@ -137,8 +144,8 @@ class PrefixCache:
                 self._evict(old)  # the peer's own least recently used entries
             if not self._charge(entry):
                 return False
-            entry.keys = [(start, end, n, entry.state(n)) for n in range(BOUNDARY, length, BOUNDARY)]
-            entry.keys.append((start, end, length, entry.state(length)))
+            entry.keys = [(start, end, adapter, n, entry.state(n)) for n in range(BOUNDARY, length, BOUNDARY)]
+            entry.keys.append((start, end, adapter, length, entry.state(length)))
             for k in entry.keys:
                 self._index[k] = entry
             self._entries[entry.id] = entry
@@ -188,11 +195,13 @@ class PrefixCache:
 
     # ---------------------------------------------------------------- lookup
 
-    def lookup(self, start: int, end: int, candidates: list[tuple[int, bytes]]) -> tuple[PrefixEntry, int] | None:
-        """The entry holding the longest offered prefix `(L, c_L)` of blocks [start, end), or None."""
+    def lookup(self, start: int, end: int, candidates: list[tuple[int, bytes]],
+               adapter: str | None = None) -> tuple[PrefixEntry, int] | None:
+        """The entry holding the longest offered prefix `(L, c_L)` of blocks [start, end) computed with
+        `adapter` (None: the base model), or None."""
         with self._lock:
             for length, state in sorted(candidates, key=lambda c: -c[0]):
-                entry = self._index.get((start, end, length, state))
+                entry = self._index.get((start, end, adapter, length, state))
                 if entry is not None:
                     self._entries.move_to_end(entry.id)
                     self.hits += 1
@@ -275,7 +284,8 @@ def fork_open(backend, receipts, session, meta: dict) -> dict:
     except ValueError as e:
         raise ForkError(str(e)) from None
     cache = getattr(backend, "prefix", None)
-    found = cache.lookup(session.start, session.end, candidates) if cache is not None and receipts else None
+    found = cache.lookup(session.start, session.end, candidates, getattr(session, "adapter", None)) \
+        if cache is not None and receipts else None
     if found is None:
         return {"prefix_hit": 0}
     entry, length = found

@@ -30,8 +30,9 @@ class ReceiptBook:
         self._chains: dict[str, tuple[torch.dtype, bytearray]] = {}
 
     def sign(self, session_id: str, start: int, end: int, hidden: torch.Tensor, position: int,
-             out: torch.Tensor) -> dict:
-        """Extend the session's chain with this step's input and return the signed receipt (wire form)."""
+             out: torch.Tensor, model: str | None = None) -> dict:
+        """Extend the session's chain with this step's input and return the signed receipt (wire form).
+        `model`: what the step computed, `<uid>:<adapter>` for a LoRA session (default: the model uid)."""
         entry = self._chains.get(session_id)
         if entry is None or position == 0:
             entry = self._chains[session_id] = (hidden.dtype, bytearray(
@@ -39,7 +40,7 @@ class ReceiptBook:
         dtype, states = entry
         extend_chain(states, hidden.to(dtype), position)
         n = hidden.shape[1]
-        r = Receipt(self.node_key.peer_id, self.model_uid, int(self.epoch), start, end, position, n,
+        r = Receipt(self.node_key.peer_id, model or self.model_uid, int(self.epoch), start, end, position, n,
                     chain_state(states, position + n), output_hash(out))
         return {"epoch": r.epoch, "sig": self.node_key.sign(r.message()).hex()}
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import hivemind
 import torch
 
+from hoster.adapters import check_sources, load_span_adapters, served
 from hoster.announce import Announcer
 from hoster.backend import Backend
 from hoster.cache import CacheBudget
@@ -35,6 +36,7 @@ from hoster.selection import Span, choose_blocks, should_move
 from hoster.servicer import NAMESPACE, BlockServicer
 from keys.node_key import NodeKey
 from subnet.logs import event
+from subnet.model.adapters import parse_adapter_list
 from subnet.model.blocks import dtype_name, load_blocks, load_config, model_uid, parse_dtype
 from subnet.swarm.addresses import NetworkOptions
 from subnet.swarm.announcements import Announcement, AnnouncementValidator, read_announcements
@@ -80,7 +82,8 @@ class Hoster:
                  rebalance_interval: float | None = _D.rebalance_interval, max_length: int = 8192,
                  throughput: float | None = _D.throughput, progress: bool = _D.progress,
                  linear_kernel: str | None = _D.linear_kernel, compile_decode: bool = _D.compile_decode,
-                 network: NetworkOptions | None = None, quant: str = _D.quant):
+                 network: NetworkOptions | None = None, quant: str = _D.quant,
+                 adapters: str | Sequence[str] | None = _D.adapters):
         if dht is not None and node_key is None:
             raise ValueError("a hoster given a DHT also needs that DHT's node_key to sign announcements")
         self.model_path = str(model_path)
@@ -95,6 +98,8 @@ class Hoster:
         self.num_blocks_wanted = num_blocks
         self.dtype, self.device = parse_dtype(dtype), device
         self.quant = quant  # subnet.model.quant: weight-only quantization of the blocks
+        self.adapter_sources = parse_adapter_list(adapters)  # LoRA adapters (hoster.adapters); ValueError: one line
+        self.model_name = model_name
         self.cache_tokens, self.cache_bytes = cache_tokens, cache_bytes
         self.session_timeout, self.gather_window, self.max_length = session_timeout, gather_window, max_length
         self.announce_period, self.announce_ttl = announce_period, announce_ttl
@@ -102,6 +107,8 @@ class Hoster:
         self.progress = progress
         self.linear_kernel = linear_kernel  # subnet.model.kernels; None = MESH_LINEAR_KERNEL or onednn
         self.compile_decode = compile_decode  # hoster.compiled: one-session decode steps torch.compile'd
+        if compile_decode and self.adapter_sources:
+            raise ValueError("--compile does not support --adapters (adapter rows run the eager path)")
         if compile_decode:
             self.linear_kernel = kernel_for_compile(linear_kernel)  # ValueError on a conflicting choice
         self.state = "joining"
@@ -162,7 +169,7 @@ class Hoster:
             cache_tokens_free=budget.free_tokens + (self.backend.prefix.tokens if self.backend.prefix else 0),
             cache_tokens_total=budget.total_tokens,  # cached prefixes give way to sessions: they count as free
             version=f"mesh-node/{version()}", state=self.state, relayed=bool(self.network.use_auto_relay),
-            quant=self.quant,
+            quant=self.quant, adapters=tuple(served(self.backend.span)),
         ).to_payload()
 
     def run_span(self, hidden: torch.Tensor, start: int | None = None, end: int | None = None) -> torch.Tensor:
@@ -182,6 +189,7 @@ class Hoster:
     def _start(self) -> None:
         self._started = True
         self.config = load_config(self.model_path)
+        check_sources(self.adapter_sources, self.model_path, self.model_name)  # before the DHT: fail fast
         if self._dht is None:
             # a NetworkOptions from the CLI listens on every interface by default; the library on loopback
             kwargs = self.network.dht_kwargs() if self._network_given or self.host_maddrs else {}
@@ -231,6 +239,7 @@ class Hoster:
     def _make_backend(self, start: int, end: int) -> Backend:
         span = load_blocks(self.model_path, start, end, self.dtype, self.device, progress=self.progress,
                            linear_kernel=self.linear_kernel, quant=self.quant)
+        load_span_adapters(span, self.adapter_sources, self.model_path, self.model_name, log)  # AdapterError: 1 line
         if self.cache_bytes is not None:
             budget = CacheBudget.from_bytes(self.cache_bytes, span.kv_bytes_per_token())
         else:

@@ -22,6 +22,7 @@ from typing import AsyncIterator  # noqa: UP035 - hivemind detects streams by ty
 from hivemind.p2p import P2PContext, ServicerBase
 from hivemind.proto import runtime_pb2
 
+from hoster.adapters import known
 from hoster.admission import Admission, Refused
 from hoster.backend import Backend, BackendClosed, StepError
 from hoster.cache import CacheFull
@@ -29,6 +30,7 @@ from hoster.prefix_cache import ForkError, fork_open, keep_on_close
 from hoster.push import PushChannels, PushInbox, PushMissing, read_frame
 from hoster.receipts import ReceiptBook
 from subnet.logs import event
+from subnet.model.adapters import session_model
 from subnet.swarm import wire
 
 log = logging.getLogger(__name__)
@@ -167,13 +169,16 @@ class BlockServicer(ServicerBase):
             if self._stop_event().is_set():
                 raise BackendClosed("shutting down")
             self._check_uid(request)
-            start, end = self._check_range(wire.decode_metadata(request.metadata))
+            meta = wire.decode_metadata(request.metadata)
+            start, end = self._check_range(meta)
+            adapter = self._adapter(meta)
             size = list(request.tensors[0].size) if len(request.tensors) == 1 else []
             if len(size) == 3 and size[0] > 0 and size[1] > 0:  # else _one_hidden refuses it
                 self.admission.forward(peer, min(size[0] * size[1], self.max_request_tokens + 1))
                 admitted = True
             hidden = self._one_hidden(request)
-            return self._ok(await self.backend.forward(hidden, start, end, peer=peer))
+            extra = {"adapter": adapter} if adapter else {}  # plain forwards keep the plain call
+            return self._ok(await self.backend.forward(hidden, start, end, peer=peer, **extra))
         except Exception as e:
             return self._error(e)
         finally:
@@ -276,7 +281,8 @@ class BlockServicer(ServicerBase):
 
     async def _receipt(self, session, hidden, position: int, out) -> dict:
         """The signed receipt of this step; long inputs are hashed off the event loop."""
-        args = (session.id, session.start, session.end, hidden, position, out)
+        args = (session.id, session.start, session.end, hidden, position, out,
+                session_model(self.model_uid, session.adapter))  # receipts name the adapter too
         if hidden.shape[1] <= 64:
             return self.receipts.sign(*args)
         return await asyncio.get_running_loop().run_in_executor(None, self.receipts.sign, *args)
@@ -358,7 +364,17 @@ class BlockServicer(ServicerBase):
             raise _Reject("too_large", f"batch_size {batch_size} exceeds {self.max_batch_size}")
         if len(self.backend.sessions) >= self.max_sessions:
             raise CacheFull(f"too many open sessions ({self.max_sessions})")
-        return self.backend.open_session(start, end, batch_size, max_length)
+        adapter = self._adapter(meta)
+        session = self.backend.open_session(start, end, batch_size, max_length)
+        session.adapter = adapter
+        return session
+
+    def _adapter(self, meta: dict) -> str | None:
+        """The request's LoRA adapter (`"adapter"`, one this hoster loaded: hoster.adapters), or None."""
+        adapter = meta.get("adapter") or None
+        if adapter is not None and (not isinstance(adapter, str) or not known(self.backend.span, adapter)):
+            raise _Reject("unknown_adapter", f"this hoster has no adapter {str(adapter)[:200]!r}")
+        return adapter
 
     async def _next(self, it, timeout: float):
         """Next request, None at end of stream; TimeoutError when idle; _Stopping at shutdown."""

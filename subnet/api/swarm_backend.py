@@ -3,6 +3,8 @@
 The client owns routing, sessions, sampling and failover; this adapter maps OpenAI-style
 parameters onto its `SamplingParams`, reports a model as servable only while online hosters
 cover every block (`known_models` lists the others too), and turns routing failures into 503s.
+A LoRA adapter is asked for as model `<model>:<adapter>` (listed while the hosters announcing it
+cover every block; unknown to every hoster: 404 naming it).
 Closing the stream (client disconnect, stop string) closes the client's `astream`, which
 ends the remote session.
 """
@@ -52,7 +54,7 @@ class SwarmBackend(BatchedBackend):
         models = models if isinstance(models, (list, tuple)) else [models]
         self._models = {m.model_uid: m for m in models}
         self._coverage_ttl = coverage_ttl
-        self._coverage: dict[str, tuple[float, bool]] = {}
+        self._coverage: dict[str, tuple[float, bool, dict[str, bool]]] = {}  # uid -> (when, covered, adapters)
         self._lock = threading.Lock()
         self._created = int(time.time())
         self._max_context = max_context
@@ -93,22 +95,29 @@ class SwarmBackend(BatchedBackend):
 
     # ---- GenerationBackend ---------------------------------------------------------------
     def _servable(self, uid: str) -> bool:
+        return self._coverage_of(uid)[0]
+
+    def _coverage_of(self, uid: str) -> tuple[bool, dict[str, bool]]:
+        """Whether online hosters cover the model, and per announced adapter whether its hosters do."""
         now = time.monotonic()
         with self._lock:
             hit = self._coverage.get(uid)
             if hit and now - hit[0] < self._coverage_ttl:
-                return hit[1]
+                return hit[1], hit[2]
         model = self._models[uid]
+        adapters: dict[str, bool] = {}
         try:
-            servers = model.runtime.run(model.manager.servers(), timeout=15)
-            ok = covers_all([(s.start, s.end) for s in servers if s.state == "online"],
-                            model.config.num_hidden_layers)
+            servers = [s for s in model.runtime.run(model.manager.servers(), timeout=15) if s.state == "online"]
+            n = model.config.num_hidden_layers
+            ok = covers_all([(s.start, s.end) for s in servers], n)
+            for name in sorted({a for s in servers for a in s.adapters}):
+                adapters[name] = covers_all([(s.start, s.end) for s in servers if name in s.adapters], n)
         except Exception as e:
             log.warning("cannot read the swarm for %s: %s", uid, e)
             ok = False
         with self._lock:
-            self._coverage[uid] = (now, ok)
-        return ok
+            self._coverage[uid] = (now, ok, adapters)
+        return ok, adapters
 
     def models(self) -> list[ModelCard]:
         cards = []
@@ -119,18 +128,29 @@ class SwarmBackend(BatchedBackend):
                     ctx = min(ctx or self._max_context, self._max_context)
                 cards.append(ModelCard(id=uid, owned_by="mesh-node swarm", created=self._created,
                                        max_context=ctx, num_blocks=m.config.num_hidden_layers))
+                cards += [ModelCard(id=f"{uid}:{name}", owned_by="mesh-node swarm", created=self._created,
+                                    max_context=ctx, num_blocks=m.config.num_hidden_layers)
+                          for name, covered in self._coverage_of(uid)[1].items() if covered]
         return cards
 
     def known_models(self) -> list[str]:
         """Every model this backend was built for, servable now or not (the API answers 503, not 404,
         for one of these while its hosters do not cover it)."""
-        return sorted(self._models)
+        return sorted(list(self._models) + [f"{uid}:{a}" for uid in self._models for a in self._coverage_of(uid)[1]])
 
-    def _model(self, uid: str):
+    def _model(self, model: str):
+        return self._resolve(model)[0]
+
+    def _resolve(self, model: str) -> tuple[Any, str | None]:
+        """`<uid>` or `<uid>:<adapter>` -> (client model, adapter or None); 404 naming what is unknown."""
+        uid, sep, adapter = model.partition(":")
         m = self._models.get(uid)
         if m is None:
             raise BackendError(f"The model `{uid}` does not exist", status=404, code="model_not_found")
-        return m
+        if sep and adapter not in self._coverage_of(uid)[1]:
+            raise BackendError(f"The model `{model}` does not exist: no hoster of `{uid}` announces the adapter "
+                               f"`{adapter}`", status=404, code="model_not_found")
+        return m, (adapter if sep else None)
 
     def tokenizer(self, model: str) -> Any:
         m = self._model(model)
@@ -141,9 +161,9 @@ class SwarmBackend(BatchedBackend):
     async def stream_batch(self, model: str, prompt_ids: Sequence[int], params: GenerationParams,
                            n: int) -> AsyncIterator[TokenEvent]:
         """`n` choices of one prompt in one batched remote session; events carry `index`."""
-        m = self._model(model)
+        m, adapter = self._resolve(model)
         eos = set(m.eos_token_ids()) | set(params.constraint.eos_ids if params.constraint is not None else ())
-        events = m.astream(list(prompt_ids), to_sampling_params(params), rows=n)
+        events = m.astream(list(prompt_ids), to_sampling_params(params), rows=n, adapter=adapter)
         try:
             async for ev in events:
                 if ev.finish_reason == "stop" and ev.token_id in eos:
@@ -152,7 +172,7 @@ class SwarmBackend(BatchedBackend):
                     yield TokenEvent(ev.token_id, ev.text, ev.finish_reason, ev.logprobs, index=ev.index)
         except (RouteError, SessionError) as e:
             with self._lock:
-                self._coverage.pop(model, None)
+                self._coverage.pop(model.partition(":")[0], None)
             raise BackendError(f"the swarm cannot serve `{model}` right now: {e}", status=503,
                                code="swarm_unavailable") from None
         finally:
@@ -161,12 +181,12 @@ class SwarmBackend(BatchedBackend):
 
     def embed(self, model: str, inputs: Sequence[Sequence[int]]) -> Any:
         """Embeddings through the swarm (blocking): `DistributedModelForCausalLM.embed`."""
-        m = self._model(model)
+        m, adapter = self._resolve(model)
         try:
-            return m.embed(inputs)
+            return m.embed(inputs, adapter=adapter)
         except (RouteError, SessionError) as e:
             with self._lock:
-                self._coverage.pop(model, None)
+                self._coverage.pop(model.partition(":")[0], None)
             raise BackendError(f"the swarm cannot serve `{model}` right now: {e}", status=503,
                                code="swarm_unavailable") from None
 

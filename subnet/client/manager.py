@@ -20,7 +20,7 @@ from subnet.client.deadlines import StepTimes
 from subnet.client.evidence import make_publisher
 from subnet.client.precision import route_in_one_class
 from subnet.client.prefix import PrefixStore
-from subnet.client.routing import BanList, RouteError, RouteStats, Span, find_route
+from subnet.client.routing import BanList, RouteError, RouteStats, Span, find_route, has_adapter
 from subnet.client.runtime import ClientRuntime
 from subnet.client.verification import Publisher, StepVerifier
 from subnet.logs import event
@@ -172,11 +172,13 @@ class SequenceManager:
             await asyncio.gather(*(self.ping(p) for p in todo))
 
     async def make_route(self, start: int = 0, end: int | None = None, *, cache_tokens_needed: int = 0,
-                         exclude: Iterable[str] = (), precision: str | None = None) -> list[Span]:
+                         exclude: Iterable[str] = (), precision: str | None = None,
+                         adapter: str | None = None) -> list[Span]:
         """Cheapest live chain covering [start, end); raises RouteError (after refreshing) if none.
 
         Hosters of one precision class only (`precision`, else the best class that covers), unless
-        `config.mix_precisions`; never below `config.min_precision`.
+        `config.mix_precisions`; never below `config.min_precision`. With `adapter`, only hosters
+        that announce that LoRA adapter.
         """
         end = self.num_blocks if end is None else end
         exclude = set(exclude)
@@ -184,7 +186,7 @@ class SequenceManager:
         force = False
         while True:
             servers = await self.servers(force=force)
-            relevant = [s for s in servers if s.start < end and s.end > start]
+            relevant = [s for s in servers if s.start < end and s.end > start and has_adapter(s, adapter)]
             await self._ping_unmeasured(relevant)
             measured = {s.peer_id: t for s in relevant if (t := self.step_times.estimate(s.peer_id)) is not None}
             try:
@@ -203,8 +205,9 @@ class SequenceManager:
                     continue
                 if time.monotonic() >= deadline:
                     known = ", ".join(f"{s.peer_id[-6:]}[{s.start}:{s.end})" for s in servers) or "none"
+                    what = f"model {self.model_uid!r}" + (f" with adapter {adapter!r}" if adapter else "")
                     raise RouteError(
-                        f"cannot serve model {self.model_uid!r}: {e}; announced hosters: {known}; "
+                        f"cannot serve {what}: {e}; announced hosters: {known}; "
                         f"banned: {len(self.bans.banned())}"
                     ) from None
                 await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))

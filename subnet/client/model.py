@@ -27,6 +27,7 @@ from subnet.client.sampling import SamplingParams
 from subnet.client.session import RemoteSession
 from subnet.client.speculative import speculation_wanted
 from subnet.client.speculative_loop import speculative_events
+from subnet.model.adapters import adapter_name
 from subnet.model.blocks import load_client_parts, model_uid as make_model_uid
 
 log = logging.getLogger(__name__)
@@ -106,12 +107,12 @@ class DistributedModelForCausalLM:
 
     # ------------------------------------------------------------------ sessions
 
-    def inference_session(self, max_length: int, batch_size: int = 1,
-                          prefix_tokens: list[int] | None = None) -> RemoteSession:
+    def inference_session(self, max_length: int, batch_size: int = 1, prefix_tokens: list[int] | None = None,
+                          adapter: str | None = None) -> RemoteSession:
         """A session over the current best route (use as a context manager); `prefix_tokens` (the
-        prompt's ids) lets it start from KV the hosters kept (`session.position` then is > 0)."""
-        session = _TrackedSession(self, max_length, batch_size, prefix_tokens)
-        return session
+        prompt's ids) lets it start from KV the hosters kept (`session.position` then is > 0);
+        `adapter`: a LoRA adapter (its name, hub id or directory) only hosters announcing it serve."""
+        return _TrackedSession(self, max_length, batch_size, prefix_tokens, adapter_name(adapter) if adapter else None)
 
     def active_routes(self) -> list[list[Span]]:
         """Routes of the sessions open now (for monitoring and tests)."""
@@ -184,7 +185,7 @@ class DistributedModelForCausalLM:
     # ------------------------------------------------------------------ generation
 
     def _run_events(self, input_ids: torch.Tensor, params: SamplingParams, *, want_text: bool,
-                    cancel: threading.Event | None = None) -> Iterator[list[StreamEvent]]:
+                    cancel: threading.Event | None = None, adapter: str | None = None) -> Iterator[list[StreamEvent]]:
         batch, prompt_len = input_ids.shape
         max_length = prompt_len + max(params.max_new_tokens, 1)
         shared = batch > 1 and bool((input_ids == input_ids[:1]).all())  # n choices: one prefill
@@ -192,7 +193,7 @@ class DistributedModelForCausalLM:
         prefix = input_ids[0].tolist() if batch == 1 or shared else None
         loop = speculative_events if speculation_wanted(params) else generate_events
         extra = {"drafter": self.drafter} if loop is speculative_events else {}
-        session = self.inference_session(max_length, batch, prefix).open()
+        session = self.inference_session(max_length, batch, prefix, adapter).open()
         try:
             yield from loop(
                 self.head, session.step, input_ids, params, eos_token_ids=self.eos_token_ids(),
@@ -210,19 +211,19 @@ class DistributedModelForCausalLM:
 
         self.drafter = None if path is None else load_drafter(path, self.tokenizer, self.config.vocab_size)
 
-    def embed(self, inputs: Sequence[Sequence[int]]) -> torch.Tensor:
+    def embed(self, inputs: Sequence[Sequence[int]], adapter: str | None = None) -> torch.Tensor:
         """Sentence embeddings `[len(inputs), hidden]` through the swarm: mean-pooled final-normed last
         hidden state, L2-normalised (`client/embeddings.py`); one session per equal-length group."""
 
         def run_blocks(hidden: torch.Tensor) -> torch.Tensor:
-            with self.inference_session(hidden.shape[1], hidden.shape[0]) as session:
+            with self.inference_session(hidden.shape[1], hidden.shape[0], adapter=adapter) as session:
                 return session.step(hidden, 0)
 
         return embed_batches(inputs, self.head.embed_ids, self.head.norm, run_blocks)
 
     def generate(self, input_ids: torch.Tensor | Sequence[Sequence[int]] | None = None, *,
                  attention_mask: torch.Tensor | None = None, inputs: torch.Tensor | None = None,
-                 **kwargs) -> torch.Tensor:
+                 adapter: str | None = None, **kwargs) -> torch.Tensor:
         """Like transformers' `generate`: returns `[batch, prompt + new]` token ids.
 
         Accepts `max_new_tokens`, `max_length`, `do_sample`, `temperature`, `top_p`, `top_k`,
@@ -231,7 +232,8 @@ class DistributedModelForCausalLM:
         `speculative` (speculative decoding: False or 0 off, True or unset the default, k at most k
         drafts per step).
         Rows that finish early are padded with the pad token. Left-padded batches (with an
-        `attention_mask`) run one session per row, concurrently.
+        `attention_mask`) run one session per row, concurrently. `adapter`: a LoRA adapter hosters
+        announce (see `inference_session`).
         """
         ids = inputs if input_ids is None else input_ids
         if ids is None:
@@ -244,11 +246,11 @@ class DistributedModelForCausalLM:
         for unused in ("use_cache", "return_dict_in_generate", "output_scores", "streamer", "generation_config"):
             kwargs.pop(unused, None)
         if attention_mask is not None and not bool(torch.as_tensor(attention_mask).all()):
-            return self._generate_padded(ids, torch.as_tensor(attention_mask), pad_id, kwargs)
+            return self._generate_padded(ids, torch.as_tensor(attention_mask), pad_id, dict(kwargs, adapter=adapter))
         params = self.sampling_params(ids.shape[1], **kwargs)
         new: list[list[int]] = [[] for _ in range(ids.shape[0])]
         done = [False] * ids.shape[0]
-        for events in self._run_events(ids, params, want_text=False):
+        for events in self._run_events(ids, params, want_text=False, adapter=adapter):
             for ev in events:
                 if ev.token_id is not None and not done[ev.index]:
                     new[ev.index].append(ev.token_id)
@@ -289,7 +291,7 @@ class DistributedModelForCausalLM:
 
     def stream_completion(self, prompt_ids: str | Sequence[int] | torch.Tensor,
                           params: SamplingParams | None = None, *, cancel: threading.Event | None = None,
-                          rows: int = 1, **kwargs) -> Iterator[StreamEvent]:
+                          rows: int = 1, adapter: str | None = None, **kwargs) -> Iterator[StreamEvent]:
         """Stream one sequence: one `StreamEvent` per generated token; the last carries `finish_reason`.
 
         `params` is used as given (no generation-config defaults); keyword arguments build one otherwise.
@@ -301,7 +303,7 @@ class DistributedModelForCausalLM:
             ids = ids.repeat(rows, 1)
         if params is None:
             params = self.sampling_params(ids.shape[1], **kwargs)
-        for events in self._run_events(ids, params, want_text=True, cancel=cancel):
+        for events in self._run_events(ids, params, want_text=True, cancel=cancel, adapter=adapter):
             yield from events
 
     def stream(self, prompt: str | Sequence[int] | torch.Tensor, **kwargs) -> Iterator[StreamEvent]:
@@ -385,8 +387,8 @@ class _TrackedSession(RemoteSession):
     """A RemoteSession the model knows about while it is open (for `active_routes` and `close`)."""
 
     def __init__(self, model: DistributedModelForCausalLM, max_length: int, batch_size: int,
-                 prefix_tokens: list[int] | None = None):
-        super().__init__(model.manager, max_length, batch_size, prefix_tokens)
+                 prefix_tokens: list[int] | None = None, adapter: str | None = None):
+        super().__init__(model.manager, max_length, batch_size, prefix_tokens, adapter)
         self._model = model
 
     def open(self) -> _TrackedSession:

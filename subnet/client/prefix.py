@@ -37,6 +37,7 @@ class PrefixRecord:
     histories: list[torch.Tensor]  # per span: [1, len(tokens), hidden], what it was sent
     passed: list[int]  # per span: checks its hoster passed in that session
     chains: list[bytearray | None]  # per span: input chain states, computed when first needed
+    adapter: str | None = None  # the LoRA adapter the hosters computed it with: only that adapter reuses it
 
     @property
     def nbytes(self) -> int:
@@ -61,14 +62,15 @@ class PrefixStore:
         self._next = 0
         self.reused_positions = 0  # positions sessions did not send thanks to a hit (observability, tests)
 
-    def save(self, tokens: Sequence[int], route: list[Span], histories: list[torch.Tensor], passed: list[int]) -> None:
+    def save(self, tokens: Sequence[int], route: list[Span], histories: list[torch.Tensor], passed: list[int],
+             adapter: str | None = None) -> None:
         if len(tokens) < BOUNDARY or not route:
             return
         rec = PrefixRecord(tuple(int(t) for t in tokens), list(route), [h.detach().clone() for h in histories],
-                           list(passed), [None] * len(route))
+                           list(passed), [None] * len(route), adapter)
         with self._lock:
             for key, old in list(self._records.items()):  # it extends (or repeats) an older record: drop that
-                if old.route == rec.route and rec.tokens[:len(old.tokens)] == old.tokens:
+                if old.route == rec.route and old.adapter == rec.adapter and rec.tokens[:len(old.tokens)] == old.tokens:
                     del self._records[key]
             self._records[self._next] = rec
             self._next += 1
@@ -76,12 +78,13 @@ class PrefixStore:
             while self._records and (len(self._records) > self.max_records or total > self.max_bytes):
                 total -= self._records.popitem(last=False)[1].nbytes
 
-    def best(self, tokens: Sequence[int]) -> tuple[PrefixRecord, int] | None:
-        """The record sharing the longest token prefix with `tokens` (at least BOUNDARY), and that length."""
+    def best(self, tokens: Sequence[int], adapter: str | None = None) -> tuple[PrefixRecord, int] | None:
+        """The record of `adapter` (None: the base model) sharing the longest token prefix with `tokens`
+        (at least BOUNDARY), and that length."""
         best, best_len, best_key = None, 0, -1
         with self._lock:
             for key, rec in self._records.items():
-                n = _common(rec.tokens, tokens)
+                n = _common(rec.tokens, tokens) if rec.adapter == adapter else 0
                 if n > best_len:
                     best, best_len, best_key = rec, n, key
             if best is None or best_len < BOUNDARY:
@@ -133,7 +136,7 @@ async def plan_reuse(session) -> ReusePlan | None:
     tokens = session.prefix_tokens
     if store is None or not tokens:
         return None
-    found = store.best(tokens)
+    found = store.best(tokens, getattr(session, "adapter", None))
     if found is None:
         return None
     rec, common = found
@@ -170,4 +173,4 @@ def remember(session, tokens: Sequence[int] | None) -> None:
                 or st.history is None or st.history.shape[0] != 1 or st.history.shape[1] < session.position:
             return
     store.save(tokens, session.route, [st.history[:, :session.position] for st in session.spans],
-               [st.check.passed for st in session.spans])
+               [st.check.passed for st in session.spans], getattr(session, "adapter", None))

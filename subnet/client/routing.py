@@ -129,6 +129,11 @@ def find_route(
     return _merge_adjacent(route)
 
 
+def has_adapter(server: Announcement, adapter: str | None) -> bool:
+    """Whether `server` can run a session with LoRA `adapter` (None: the base model, every hoster)."""
+    return adapter is None or adapter in server.adapters
+
+
 def _merge_adjacent(route: list[Span]) -> list[Span]:
     """Consecutive hops on the same hoster become one span (one round trip instead of two)."""
     merged: list[Span] = []

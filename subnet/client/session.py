@@ -23,6 +23,7 @@ from subnet.client.routing import RouteError, Span
 from subnet.client.transport import InferenceStream, RemoteError, StepDeadline
 from subnet.client.verification import SpanCheck, mirror_and_verify
 from subnet.logs import event
+from subnet.model.adapters import session_model
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,11 @@ class InferenceSession:
     """Positions 0..max_length-1 of `batch_size` sequences through all blocks of the model."""
 
     def __init__(self, manager: SequenceManager, max_length: int, batch_size: int = 1,
-                 prefix_tokens: list[int] | None = None):
+                 prefix_tokens: list[int] | None = None, adapter: str | None = None):
         if max_length <= 0 or batch_size <= 0:
             raise ValueError("max_length and batch_size must be positive")
         self.manager = manager
+        self.adapter = adapter or None  # LoRA adapter: only hosters announcing it serve this session
         self.max_length = max_length
         self.batch_size = batch_size
         self.position = 0
@@ -95,7 +97,8 @@ class InferenceSession:
     async def _make_route(self, start: int, end: int) -> list[Span]:
         try:
             route = await self.manager.make_route(start, end, cache_tokens_needed=self._cache_tokens,
-                                                  exclude=self._excluded, precision=self._precision)
+                                                  exclude=self._excluded, precision=self._precision,
+                                                  adapter=self.adapter)
             if not self.manager.config.mix_precisions and route and self._precision is None:
                 self._precision = route[0].precision or None
             return route
@@ -106,7 +109,7 @@ class InferenceSession:
         cfg = self.manager.config
         st.stream = await InferenceStream.open(
             self.manager.p2p, st.span.peer_id, self.manager.model_uid, st.span.start, st.span.end,
-            self.max_length, self.batch_size, cfg.connect_timeout, prefix=prefix,
+            self.max_length, self.batch_size, cfg.connect_timeout, prefix=prefix, adapter=self.adapter,
         )
 
     async def step(self, hidden: torch.Tensor, position: int | None = None) -> torch.Tensor:
@@ -158,7 +161,7 @@ class InferenceSession:
                     await st.stream.close()
                     st.stream, st.server_pos = None, 0
                     continue
-                if kind in ("bad_request", "too_large", "out_of_range", "unknown_model"):
+                if kind in ("bad_request", "too_large", "out_of_range", "unknown_model", "unknown_adapter"):
                     self._excluded.add(st.span.peer_id)  # this hoster cannot take this request; others may
                 else:
                     self.manager.report_failure(st.span.peer_id, e)
@@ -305,8 +308,9 @@ class InferenceSession:
         verifier redoes the step hop by hop instead of accusing it."""
         if self.verifier is None:
             return
-        mirror_and_verify(st.check, st.stream, st.span.peer_id, self.manager.model_uid, st.span.start,
-                          st.span.end, x, position, out, meta)
+        model = session_model(self.manager.model_uid, self.adapter)  # what the receipts name
+        mirror_and_verify(st.check, st.stream, st.span.peer_id, model, st.span.start, st.span.end, x, position, out,
+                          meta)
         st.check.pushed_suspect = pushed and not st.check.receipt_ok
         if st.check.pushed_suspect and not self.push_off:
             self.push_off = True
@@ -366,10 +370,10 @@ class RemoteSession:
     """Thread-side handle of an `InferenceSession` (blocking calls into the client loop)."""
 
     def __init__(self, manager: SequenceManager, max_length: int, batch_size: int = 1,
-                 prefix_tokens: list[int] | None = None):
+                 prefix_tokens: list[int] | None = None, adapter: str | None = None):
         self.manager = manager
         self.runtime = manager.runtime
-        self._session = InferenceSession(manager, max_length, batch_size, prefix_tokens)
+        self._session = InferenceSession(manager, max_length, batch_size, prefix_tokens, adapter)
         cfg = manager.config
         self._bound = (cfg.max_retries + 2) * (cfg.connect_timeout + cfg.request_timeout + cfg.ping_timeout) \
             + cfg.wait_for_coverage + 30

@@ -62,11 +62,11 @@ async def rpc_info(p2p: P2P, peer_id: str, timeout: float) -> dict:
 
 
 async def rpc_forward(p2p: P2P, peer_id: str, model_uid: str, start: int, end: int, hidden: torch.Tensor,
-                      timeout: float) -> torch.Tensor:
-    """Stateless forward of blocks [start, end) (no KV cache)."""
-    req = runtime_pb2.ExpertRequest(
-        uid=model_uid, metadata=wire.encode_metadata({"start": start, "end": end}), tensors=[wire.encode_tensor(hidden)]
-    )
+                      timeout: float, adapter: str | None = None) -> torch.Tensor:
+    """Stateless forward of blocks [start, end) (no KV cache), with LoRA `adapter` if given."""
+    meta = {"start": start, "end": end, **({"adapter": adapter} if adapter else {})}
+    req = runtime_pb2.ExpertRequest(uid=model_uid, metadata=wire.encode_metadata(meta),
+                                    tensors=[wire.encode_tensor(hidden)])
     resp = await wait_for(
         p2p.call_protobuf_handler(_peer(peer_id), handle_name("rpc_forward"), req, runtime_pb2.ExpertResponse),
         timeout, f"rpc_forward to {peer_id[:12]}…",
@@ -130,11 +130,14 @@ class InferenceStream:
 
     @classmethod
     async def open(cls, p2p: P2P, peer_id: str, model_uid: str, start: int, end: int, max_length: int,
-                   batch_size: int, timeout: float, prefix: list | None = None) -> InferenceStream:
+                   batch_size: int, timeout: float, prefix: list | None = None,
+                   adapter: str | None = None) -> InferenceStream:
         self = cls(peer_id, start, end)
         meta = {"start": start, "end": end, "max_length": max_length, "batch_size": batch_size}
         if prefix:
             meta["prefix"] = prefix  # cached-prefix candidates (subnet.client.prefix)
+        if adapter:
+            meta["adapter"] = adapter  # a LoRA adapter the hoster announced (docs/PROTOCOL.md)
         self._queue.put_nowait(runtime_pb2.ExpertRequest(uid=model_uid, metadata=wire.encode_metadata(meta)))
         try:
             _, self._reader, self._writer = await wait_for(

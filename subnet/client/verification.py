@@ -201,7 +201,7 @@ class StepVerifier:
         """Blocks [start, end) on `prefix` through `rpc_forward` on hosters outside `exclude`."""
         manager = session.manager
         try:
-            route = await manager.make_route(start, end, exclude=exclude | session.excluded)
+            route = await manager.make_route(start, end, exclude=exclude | session.excluded, adapter=session.adapter)
         except RouteError:
             return None
         x = prefix
@@ -209,7 +209,7 @@ class StepVerifier:
         try:
             for span in route:
                 x = await transport.rpc_forward(manager.p2p, span.peer_id, manager.model_uid, span.start, span.end,
-                                                x, timeout)
+                                                x, timeout, adapter=session.adapter)
         except asyncio.CancelledError:
             raise
         except Exception as e:

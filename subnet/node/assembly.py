@@ -28,7 +28,7 @@ from hoster.options import HosterOptions, network_options
 from keys import AccountKey, NodeKey
 from subnet.logs import event
 from subnet.model.blocks import model_uid
-from subnet.node.checks import check_blocks, check_device, check_initial_peers, check_model
+from subnet.node.checks import check_adapters, check_blocks, check_device, check_initial_peers, check_model
 from subnet.node.errors import NodeConfigError
 from subnet.swarm.addresses import NetworkOptions
 from subnet.swarm.announcements import AnnouncementValidator
@@ -127,6 +127,8 @@ class Node:
             check_blocks(o.blocks, o.block_range()[1], o.model)  # block_range() parsed by validate() above
         if o.hoster:
             check_device(o.device)
+        if o.hoster and o.adapters and o.model:
+            check_adapters(o.adapters, o.model, o.model_name)
         check_initial_peers(o.initial_peers)
         try:
             self.network: NetworkOptions = network_options(argparse.Namespace(**vars(o)))
@@ -228,7 +230,12 @@ class Node:
 
         hoster = Hoster.from_options(self.opts, dht=self.dht, node_key=self.node_key, network=self.network)
         HosterMetrics(self.metrics_registry).attach(hoster)
-        self.hoster = hoster.start()
+        from hoster.adapters import AdapterError  # deferred: as Hoster above
+
+        try:
+            self.hoster = hoster.start()
+        except AdapterError as e:  # shapes that do not fit the blocks: one line, nothing announced
+            raise NodeConfigError(str(e)) from None
 
     def _model_shape(self) -> tuple[int, int]:
         from transformers import AutoConfig

@@ -95,3 +95,15 @@ def check_initial_peers(peers: Sequence[str] | None, flag: str = "--initial-peer
         if "p2p" not in protocols:
             raise UserError(f"{flag}: {peer!r} has no /p2p/<peer id> (give the whole address a node prints, "
                             "e.g. /ip4/1.2.3.4/tcp/31337/p2p/12D3KooW...)")
+
+
+def check_adapters(adapters: str, model: str, model_name: str | None = None) -> None:
+    """Every `--adapters` entry must be a readable LoRA adapter (PEFT format) for `model`; the factors'
+    shapes are checked again when the hoster loads its blocks, still before it announces."""
+    from hoster.adapters import AdapterError, check_sources  # deferred: imports torch
+    from subnet.model.adapters import parse_adapter_list  # deferred: imports torch
+
+    try:
+        check_sources(parse_adapter_list(adapters), model, model_name)
+    except (AdapterError, ValueError) as e:
+        raise UserError(str(e)) from None

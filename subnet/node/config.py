@@ -305,6 +305,7 @@ TEMPLATE = """\
 # blocks = "0:16"            # block range to serve (default: chosen from swarm coverage)
 # dtype = "float32"          # float32 | bfloat16 | float16
 # quant = "none"             # weight-only quantization of the blocks: none | int8 | nf4 (torchao)
+# adapters = "./lora-a,org/lora-b"  # LoRA adapters (PEFT format) requests pick as "<model>:<adapter>"
 # cache_tokens = 8192        # KV cache budget in tokens
 # linear_kernel = "onednn"   # onednn (best under concurrent sessions) | blas (one sequence at a time) | torch
 # compile_decode = false     # torch.compile one-session decode steps (faster lone sessions; torch kernel)

@@ -74,11 +74,13 @@ class Announcement:
     # (--use-auto-relay); clients prefer direct routes (subnet.client.routing RELAY_PENALTY).
     relayed: bool = False
     quant: str = "none"  # weight-only quantization of the blocks (consensus.precision; older writers: none)
+    adapters: tuple[str, ...] = ()  # LoRA adapters a session may pick on this hoster (older writers: none)
     expiration: float = math.inf
 
     def to_payload(self) -> dict[str, Any]:
         payload = asdict(self)
         del payload["expiration"]
+        payload["adapters"] = list(self.adapters)
         return payload
 
     def block_time(self) -> float:
@@ -126,6 +128,7 @@ class Announcement:
             cache_tokens_total=integer("cache_tokens_total"), version=text("version", 50), state=text("state", 20),
             num_blocks=integer("num_blocks", 1), hidden_size=integer("hidden_size", 1), dtype=text("dtype", 20),
             quant=text("quant", 10) if "quant" in payload else "none", expiration=float(expiration),
+            adapters=_adapters(payload.get("adapters", [])),
         )
         if not ann.start < ann.end <= ann.num_blocks:
             raise ValueError(f"announced blocks [{ann.start}, {ann.end}) invalid for {ann.num_blocks} blocks")
@@ -134,6 +137,20 @@ class Announcement:
         if ann.state not in STATES:
             raise ValueError(f"unknown announcement state {ann.state!r}")
         return ann
+
+
+MAX_ADAPTERS = 32  # per announcement; each name a model-uid-like string (subnet.model.adapters)
+
+
+def _adapters(value: Any) -> tuple[str, ...]:
+    """The announced adapter names: a short list of short, distinct uid-like strings."""
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_ADAPTERS:
+        raise ValueError(f"announcement field 'adapters' is not a list of at most {MAX_ADAPTERS} names")
+    ok = all(isinstance(v, str) and 0 < len(v) <= 128 and v.replace("-", "").replace(".", "").replace("_", "")
+             .isalnum() and v == v.lower() and v.isascii() for v in value)
+    if not ok or len(set(value)) != len(value):
+        raise ValueError("announcement field 'adapters' holds a malformed or repeated name")
+    return tuple(value)
 
 
 def parse_entries(entries: dict, model_uid: str, now: float | None = None, *,

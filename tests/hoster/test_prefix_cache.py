@@ -127,3 +127,22 @@ def test_client_store_finds_the_longest_common_prefix_and_offers_boundaries():
     offer = candidates(rec.chain(0), 120)
     assert [c[0] for c in offer] == [120, 96, 64, 32]
     assert offer[1][1] == _chain(_x(150, 3))[32 * 96:32 * 97].hex()
+
+
+def test_entries_are_scoped_by_lora_adapter():
+    """KV computed with a LoRA adapter differs from the base model's for the same inputs: a session
+    reuses only a prefix computed with its own adapter (or with none, when it has none)."""
+    cache = PrefixCache(CacheBudget(10_000))
+    x = _x(64, 1)
+    assert cache.put("peer-a", 0, 2, _kv(64, 1), _chain(x), torch.float32, adapter="lora-a")
+    assert cache.lookup(0, 2, _offer(x, [64, 32])) is None  # base model
+    assert cache.lookup(0, 2, _offer(x, [64]), "lora-b") is None
+    assert cache.lookup(0, 2, _offer(x, [64]), "lora-a")[1] == 64
+    assert cache.put("peer-a", 0, 2, _kv(64, 2), _chain(x), torch.float32)  # the same inputs, base model: its own entry
+    assert cache.entries == 2 and cache.lookup(0, 2, _offer(x, [64]))[0].adapter is None
+
+    store = PrefixStore()
+    route = [Span("peer", 0, 8)]
+    store.save(list(range(64)), route, [_x(64, 1)], [1], adapter="lora-a")
+    assert store.best(list(range(64))) is None
+    assert store.best(list(range(64)), "lora-a")[1] == 64

@@ -105,3 +105,11 @@ def test_bad_initial_peers(tiny_llama, command, peer, message):
 def test_verify_fraction_out_of_range(tiny_llama, value):
     r = _mesh_node("api", "--model", tiny_llama, "--initial-peers", PEER, "--verify-fraction", value)
     _assert_one_line_error(r, "--verify-fraction must be between 0 and 1")
+
+
+def test_hoster_adapter_that_is_not_a_peft_adapter(tiny_model_factory, tmp_path):
+    not_adapter = tmp_path / "my-lora"
+    not_adapter.mkdir()
+    r = _mesh_node("--hoster", "--model", tiny_model_factory("llama"), "--adapters", str(not_adapter),
+                   "--initial-peers", PEER)
+    _assert_one_line_error(r, "adapter", "my-lora", "adapter_config.json")
