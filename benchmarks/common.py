@@ -30,7 +30,11 @@ MODEL_CACHE = Path(os.environ.get("MESH_BENCH_MODELS", Path(tempfile.gettempdir(
 # OpenBLAS workers stop spinning soon: several processes share 2 cores; subnet/model/process_env.py),
 # and exactly THREADS intra-op threads.
 CHILD_ENV = {**THREAD_POOL_DEFAULTS, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS),
-             "TOKENIZERS_PARALLELISM": "false"}
+             "TOKENIZERS_PARALLELISM": "false",
+             # Every benchmark runs on one machine: hosters listen on (and announce) loopback only. By
+             # default serving nodes take every interface, and an announced address the client cannot
+             # reach gets that hoster banned mid-run (benchmarks/wan.py gives its own addresses).
+             "MESH_NODE_HOST_MADDRS": "/ip4/127.0.0.1/tcp/0"}
 for _k, _v in CHILD_ENV.items():
     os.environ.setdefault(_k, _v)
 
