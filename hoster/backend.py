@@ -38,6 +38,7 @@ from hoster.cache import CacheBudget, KVCache, SessionKV, enable_rows_attention
 from hoster.compiled import CompiledDecode
 from hoster.prefix_cache import PrefixCache
 from hoster.scheduler import MIN_UNIT_SECONDS, UNIT_STEPS, TaskQueue, UnitPacer, forward_units
+from hoster.throughput import measure_decode
 from subnet.logs import event
 from subnet.model.blocks import BlockSpan
 from subnet.model.memory import trim
@@ -207,26 +208,8 @@ class Backend:
         return self.compiled.warm_up(lambda max_length: self._new_kv(start, end, 1, max_length), KVCache)
 
     def measure_throughput(self, steps: int = 16, prefix: int = 16) -> float:
-        """Decode tokens/s of the full span for one sequence: median step time after a warm-up."""
-        kv = self._new_kv(self.span.start, self.span.end, 1, prefix + steps + 2)
-        cache = KVCache(kv)
-        h = torch.randn(1, prefix, self.span.hidden_size, generator=torch.Generator().manual_seed(0))
-        h = h.to(self.span.device, self.span.dtype)
-        self.span(h, cache=cache)
-        kv.length += prefix
-        x = h[:, -1:]
-        times = []
-        for i in range(steps + 2):
-            t0 = time.perf_counter()
-            kv.reserve(kv.length + 1)
-            x = self._run(x, cache, kv, self.span.start, self.span.end)
-            kv.length += 1
-            if self.span.device.type == "cuda":
-                torch.cuda.synchronize(self.span.device)
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-        times.sort()
-        return 1.0 / max(times[len(times) // 2], 1e-9)
+        """Decode tokens/s of the full span for one sequence (hoster/throughput.py)."""
+        return measure_decode(self.span, self._new_kv, self._run, steps, prefix)
 
     def _range(self, start: int | None, end: int | None) -> tuple[int, int]:
         return self.span._check_range(start, end)

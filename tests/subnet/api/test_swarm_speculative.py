@@ -19,8 +19,8 @@ def _count_steps(backend) -> list[int]:
     counter = [0]
     original = model.inference_session
 
-    def counting(max_length, batch_size=1):
-        session = original(max_length, batch_size)
+    def counting(*args, **kwargs):
+        session = original(*args, **kwargs)
         step = session.step
 
         def counted(hidden, position=None):
