@@ -21,9 +21,10 @@ import torch
 from consensus.class_scoring import reference_classes
 from consensus.commit import verify_commitment
 from consensus.encoding import EncodingError, decode_tensor, encode_block_outputs, encode_tensor
-from consensus.precision import DTYPES, precision_class
+from consensus.precision import CLASSES, DTYPES, precision_class
 from consensus.probe import ProbeSpec, probe_input
-from subnet.model.blocks import load_blocks
+from subnet.model.blocks import load_blocks, parse_dtype
+from subnet.model.quant import check_quant
 from subnet.swarm.epoch_records import ConsensusRecordError, decode_b64
 from subnet.swarm.records import OpenedRecord
 from validator.reference import ReferenceModel, ReferencePublisher
@@ -79,6 +80,33 @@ class ClassReferencePublisher(ReferencePublisher):
     def encode_outputs(self, spec: ProbeSpec, blocks: list[int]) -> dict[int, bytes]:
         outs = self.model.class_outputs(spec, blocks)
         return {b: b"".join(encode_tensor(outs[cls][b]) for cls in self.model.classes) for b in blocks}
+
+
+def parse_reference_precisions(text: str) -> list[str]:
+    """`float32,int8` -> ["float32", "int8"]: known classes, no repeats (ValueError naming the problem)."""
+    classes = [c.strip().lower() for c in text.split(",") if c.strip()]
+    bad = [c for c in classes if c not in CLASSES]
+    if not classes or bad or len(set(classes)) != len(classes):
+        raise ValueError(f"--reference-precisions {text!r}: give distinct classes among {', '.join(CLASSES)}")
+    return classes
+
+
+def check_reference_precisions(text: str, dtype: str = "float32", device: str = "cpu") -> list[str]:
+    """Parse and check that every quantized class can run here: a one-line QuantError/ValueError before start-up."""
+    classes = parse_reference_precisions(text)
+    for cls in classes:
+        d, quant = class_load_args(cls, dtype)
+        check_quant(quant, parse_dtype(d), device)
+    return classes
+
+
+def reference_publisher(dht, node_key, subnet_id: int, model: str, num_blocks: int, dtype: str,
+                        precisions: str | None) -> ReferencePublisher:
+    """The node's reference publisher: in --dtype alone, or in each of `precisions`."""
+    if not precisions:
+        return ReferencePublisher(dht, node_key, subnet_id, ReferenceModel(model, num_blocks, dtype))
+    classes = parse_reference_precisions(precisions)
+    return ClassReferencePublisher(dht, node_key, subnet_id, ClassReferenceModel(model, num_blocks, classes, dtype))
 
 
 def verify_reference_reveals(subnet_id: int, epoch: int, spec: ProbeSpec, commits: dict[str, OpenedRecord],
