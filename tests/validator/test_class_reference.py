@@ -96,3 +96,18 @@ def test_commit_admission_checks_the_declared_precision():
     check_payload_schema("validator_commit", score_commit)
     with pytest.raises(ConsensusRecordError):  # score commits declare no precision
         check_payload_schema("validator_commit", {**score_commit, "precision": "int8"})
+
+
+def test_node_refuses_bad_reference_precisions_in_one_line(tiny_llama):
+    from subnet.node.assembly import Node, NodeOptions
+    from subnet.node.errors import NodeConfigError
+
+    base = dict(validator=True, chain="http://127.0.0.1:1", subnet_id=1, account_key="a.json", model=tiny_llama)
+    for bad, needle in (("int4", "--reference-precisions 'int4'"), ("float32,nf4", None)):
+        opts = NodeOptions(**base, reference_precisions=bad, device="cpu")
+        if needle is None:
+            Node(opts)  # a valid list passes the checks (nothing is started by the constructor)
+            continue
+        with pytest.raises(NodeConfigError, match=needle) as err:
+            Node(opts)
+        assert "\n" not in str(err.value)
