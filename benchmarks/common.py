@@ -33,6 +33,9 @@ CHILD_ENV = {**THREAD_POOL_DEFAULTS, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_T
              "TOKENIZERS_PARALLELISM": "false"}
 for _k, _v in CHILD_ENV.items():
     os.environ.setdefault(_k, _v)
+# Benchmark hosters and clients share one machine: serve on loopback (as tests do), not every interface,
+# whose announced addresses may be unreachable here (a chain then fails with "no reachable hoster").
+os.environ.setdefault("MESH_NODE_HOST_MADDRS", "/ip4/127.0.0.1/tcp/0")
 
 import torch  # noqa: E402
 
