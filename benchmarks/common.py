@@ -160,12 +160,12 @@ class HosterProcs:
 
 @contextlib.contextmanager
 def client(model: Path, initial_peers: Sequence[str], model_name: str | None = None,
-           linear_kernel: str | None = None) -> Iterator:
-    """A `DistributedModelForCausalLM` that has seen every block served."""
+           linear_kernel: str | None = None, **client_kw) -> Iterator:
+    """A `DistributedModelForCausalLM` that has seen every block served (`client_kw`: e.g. request_timeout)."""
     from subnet.client import DistributedModelForCausalLM
 
     m = DistributedModelForCausalLM.from_pretrained(model, initial_peers=list(initial_peers), model_name=model_name,
-                                                    linear_kernel=linear_kernel)
+                                                    linear_kernel=linear_kernel, **client_kw)
     try:
         m.wait_until_servable(60)
         yield m

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.honest_noise            # models quick and a
     .venv/bin/python -m benchmarks.honest_noise --quick    # model quick only
+    .venv/bin/python -m benchmarks.honest_noise --classes  # within each precision class (model a)
 
 Two honest hosters run the same block on the same probe input but not the same arithmetic:
 another linear kernel (oneDNN / OpenBLAS / torch's F.linear), another thread count, the probe
@@ -72,13 +73,65 @@ def variants(path: str, blocks: list[int], x: dict[int, torch.Tensor]) -> dict[s
     return out
 
 
+def class_variants(path: str, blocks: list[int], x: dict[int, torch.Tensor], cls: str) -> dict[str, dict]:
+    """Outputs of one precision class computed the ways honest hosters of that class may differ."""
+    dtype, quant = (cls, "none") if cls in ("float32", "bfloat16", "float16") else ("float32", cls)
+    torch.set_num_threads(2)
+    end = max(blocks) + 1
+    span = load_blocks(path, 0, end, dtype, quant=quant, progress=False)
+    out = {"reference": {b: run(span, x[b], b) for b in blocks}}
+    torch.set_num_threads(1)
+    out["1 thread"] = {b: run(span, x[b], b) for b in blocks}
+    torch.set_num_threads(2)
+    gen = torch.Generator().manual_seed(7)
+    out["batch of 6"] = {b: run(span, torch.cat([x[b], torch.rand((5,) + tuple(x[b].shape[1:]), generator=gen)
+                                                 * 2 - 1]), b)[:1] for b in blocks}
+    if quant == "none":
+        other = load_blocks(path, 0, end, dtype, linear_kernel="torch", progress=False)
+        out["torch kernel"] = {b: run(other, x[b], b) for b in blocks}
+    return out
+
+
+def class_rows(name: str, epochs: int) -> list[list[str]]:
+    """Worst within-class distance per class and variant, and the distance between classes."""
+    from consensus.class_scoring import class_params  # deferred: only the --classes table needs it
+
+    spec = MODELS[name]
+    path = str(ensure_model(spec))
+    worst: dict[tuple[str, str], float] = {}
+    for epoch in range(epochs):
+        probe = make_probe_spec(bytes([epoch]) * 32, 1, epoch, hidden=spec.hidden_size, num_blocks=spec.num_layers)
+        blocks = list(probe.blocks)
+        x = {b: probe_input(probe, b) for b in blocks}
+        refs = {}
+        for cls in ("float32", "bfloat16", "int8", "nf4"):
+            outs = class_variants(path, blocks, x, cls)
+            refs[cls] = outs["reference"]
+            for label, o in outs.items():
+                if label != "reference":
+                    d = max(rel(o[b], refs[cls][b]) for b in blocks)
+                    worst[(cls, label)] = max(worst.get((cls, label), 0.0), d)
+        for a, b in (("int8", "nf4"), ("int8", "float32"), ("nf4", "float32"), ("bfloat16", "float32")):
+            d = min(rel(refs[b][k], refs[a][k]) for k in blocks)  # the liar's best block
+            worst[(a, f"{b} served (best block)")] = min(worst.get((a, f"{b} served (best block)"), 1e9), d)
+    return [[name, cls, label, f"{d:.2e}", f"{hoster_curve(d, class_params(cls)):.4f}"]
+            for (cls, label), d in worst.items()]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="model quick only")
     ap.add_argument("--epochs", type=int, default=3, help="probe seeds (epochs) per model")
+    ap.add_argument("--classes", action="store_true", help="noise within each precision class (model a)")
     args = ap.parse_args(argv)
     exit_on_sigterm()
     print(f"load average before: {load_avg()}")
+    if args.classes:
+        rows = class_rows("a", args.epochs)
+        print(fmt_table(["model", "declared class", "computed as", "worst rel. L2 to class reference",
+                         "score (class params)"], rows))
+        print(f"load average after: {load_avg()}  (2 cores shared with other jobs)")
+        return
     rows = []
     for name in (("quick",) if args.quick else ("quick", "a")):
         spec = MODELS[name]

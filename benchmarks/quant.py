@@ -8,9 +8,13 @@ Per mode, on one model (default b: 12 Llama layers, hidden 1024):
   processes' VmRSS) and the ratio to the float32 chain's;
 - greedy tokens/s of one session through that chain (real processes on 127.0.0.1);
 - relative L2 error of the last position's logits vs float32 (client parts + all blocks in this
-  process: the code the hosters run, bit-identical to them, see tests/subnet/client/test_quant_swarm.py).
+  process: the code the hosters run, bit-identical to them, see tests/subnet/client/test_quant_swarm.py);
+- the issue's "hoster RSS vs float32" net of the runtime: RSS held after loading every block and the
+  peak while loading, minus the process's RSS before, from safetensors and from an F32 GGUF file,
+  over the float32 weights' bytes (benchmarks/quant_load.py: one fresh process per row).
 
     python -m benchmarks.quant [--model b|a|quick] [--tokens 16] [--modes none,int8,nf4]
+                               [--load-sources safetensors,gguf]
 
 The machine is shared with other jobs: the load average is printed and saved with the numbers.
 """
@@ -65,8 +69,13 @@ def measure(path, spec, mode: str, tokens: int, runs: int, ids) -> dict:
         for p in started[1:]:
             p.wait_ready(300)
         rss = sum(_rss_mb(p.proc.pid) for p in started)
-        with client(path, procs.initial_peers, model_name=name) as model:
-            times = timed_runs(lambda: model.generate(ids, max_new_tokens=tokens), runs)
+        try:
+            with client(path, procs.initial_peers, model_name=name, request_timeout=120.0) as model:  # loaded machine
+                times = timed_runs(lambda: model.generate(ids, max_new_tokens=tokens), runs)
+        except Exception as e:  # e.g. a route lost on an overloaded machine: keep the other columns
+            print(f"{mode}: chain failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+            return {"mode": mode, "hoster_rss_mb": rss, "tokens_per_s": float("nan"), "runs_s": [],
+                    "error": str(e)[:200]}
     return {"mode": mode, "hoster_rss_mb": rss, "tokens_per_s": tokens / median(times), "runs_s": times}
 
 
@@ -76,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="none,int8,nf4")
     p.add_argument("--tokens", type=int, default=16)
     p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--load-sources", default="safetensors,gguf", help="load-RSS rows per source ('' to skip)")
     args = p.parse_args(argv)
     exit_on_sigterm()
     import torch
@@ -103,7 +113,16 @@ def main(argv: list[str] | None = None) -> int:
           f"at end {load_avg()} (2 vCPUs shared with other jobs)")
     print(fmt_table(["quant", "weights MB", "x f32", "hoster RSS MB (3 procs)", "x f32", "tokens/s", "x f32",
                      "logits rel. error"], rows))
-    save_results(f"quant-{spec.name}", {"load_avg_at_start": start_load, "results": results})
+    load_rows, load_results = [], []
+    sources = [x for x in args.load_sources.split(",") if x]
+    if sources:
+        from benchmarks import quant_load  # deferred: only with load rows
+
+        load_rows, load_results = quant_load.table(spec, [m for m in args.modes.split(",") if m], sources)
+        print(fmt_table(quant_load.HEADERS, load_rows))
+    print(f"load avg at end {load_avg()}")
+    save_results(f"quant-{spec.name}", {"load_avg_at_start": start_load, "results": results,
+                                        "load_rss": load_results, "load_avg_at_end": load_avg()})
     return 0
 
 

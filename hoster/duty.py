@@ -22,6 +22,7 @@ from chain.base import Chain
 from consensus.commit import commitment, new_salt
 from consensus.encoding import encode_block_outputs, encode_tensor
 from consensus.phases import COMMIT_END, COMMIT_START, REVEAL_END, REVEAL_START, RecordKind
+from consensus.precision import precision_class
 from consensus.probe import ProbeSpec, make_probe_spec, probe_input
 from keys.node_key import NodeKey
 from subnet.logs import event
@@ -154,11 +155,18 @@ class HosterDuty(EpochDutyLoop):
         return out.detach().to("cpu", torch.float32).contiguous()
 
     def _commit(self, st: HosterEpoch, view: EpochPosition) -> None:
-        payload = {"commit": st.commit.hex(), "blocks": list(st.blocks), "parts": reveal_parts(self.reveal_body(st))}
+        payload = {"commit": st.commit.hex(), "blocks": list(st.blocks), "parts": reveal_parts(self.reveal_body(st)),
+                   "precision": self.declared_precision()}
         if store_record(self.dht, self.node_key, self.subnet_id, st.epoch, RecordKind.HOSTER_COMMIT, payload,
                         block=view.block, ttl=record_ttl(view)):
             st.committed_block = view.block
             event(log, "hoster_committed", epoch=st.epoch, block=view.block, blocks=len(st.blocks))
+
+    def declared_precision(self) -> str:
+        """The precision class this hoster's signed commit declares: its outputs are scored within it."""
+        b = getattr(self.backend, "span", self.backend)
+        dtype = str(getattr(b, "dtype", "float32")).replace("torch.", "")
+        return precision_class(dtype, getattr(self.backend, "quant", None) or getattr(b, "quant", None) or "none")
 
     def reveal_body(self, st: HosterEpoch) -> dict:
         return {"salt": st.salt.hex(),

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from chain.base import Chain
 from chain.types import AlreadyAttestedError, AlreadyProposedError, ChainError, NodeClass, ScoreEntry
 from consensus.attestation import AttestationDecision, boundary_changes, compare
+from consensus.class_scoring import declared_classes, score_hosters_by_class
 from consensus.commit import commitment, new_salt
 from consensus.encoding import encode_score_set, make_score_set
 from consensus.evidence import apply_evidence
@@ -36,7 +37,7 @@ from consensus.phases import (
     RecordKind,
 )
 from consensus.probe import ProbeSpec, make_probe_spec
-from consensus.scoring import DEFAULT_PARAMS, ScoringParams, onchain_scores, score_hosters, score_validators, to_fixed
+from consensus.scoring import DEFAULT_PARAMS, ScoringParams, onchain_scores, score_validators, to_fixed
 from keys.node_key import NodeKey
 from subnet.logs import event
 from subnet.swarm.chain_view import ChainRegistry, EpochPosition
@@ -51,6 +52,7 @@ from subnet.swarm.record_store import (
     store_record,
     store_reveal,
 )
+from validator.class_reference import verify_reference_reveals
 from validator.journal import ValidatorJournal
 from validator.reference import ReferencePublisher
 from validator.verify import VALID, verify_hoster_reveals, verify_validator_reveals
@@ -73,6 +75,7 @@ class ValidatorEpoch:
     hoster_commits: dict | None = None  # frozen at the end of the commit window
     hoster_status: dict[str, str] = field(default_factory=dict)
     hoster_scores: dict[str, float] = field(default_factory=dict)
+    hoster_classes: dict[str, str] = field(default_factory=dict)  # declared precision class per committer
     hoster_fixed: dict[str, int] | None = None
     reference_commits: dict | None = None  # frozen with the hoster commits
     reference_status: dict[str, str] = field(default_factory=dict)
@@ -107,6 +110,7 @@ class ValidatorEpoch:
             "hoster_commits": sorted(self.hoster_commits or {}),
             "hoster_reveals": dict(self.hoster_status),
             "hoster_scores": dict(self.hoster_scores),
+            "hoster_classes": dict(self.hoster_classes),
             "reference_reveals": dict(self.reference_status),
             "disputed_blocks": {str(b): list(p) for b, p in self.disputed.items()},
             "referenced_blocks": {str(b): list(v) for b, v in self.referenced.items()},
@@ -236,8 +240,9 @@ class ValidatorDuty(EpochDutyLoop):
                                           {p: r.payload["parts"] for p, r in commits.items()})
         hv = verify_hoster_reveals(self.subnet_id, e, spec, commits, reveals, problems)
         refs = self._verified_references(st, spec)
-        hs = score_hosters(hv.values, hv.status.keys(), references=refs, expected_shape=spec.shape,
-                           params=self.params)
+        st.hoster_classes = declared_classes({p: r.payload for p, r in commits.items()})  # signed commits
+        hs = score_hosters_by_class(hv.values, hv.status.keys(), classes=st.hoster_classes, references=refs,
+                                    expected_shape=spec.shape, params=self.params)
         st.hoster_status, st.hoster_scores = hv.status, hs.scores
         st.disputed, st.referenced, st.reference_conflicts = hs.disputed, hs.referenced, hs.reference_conflicts
         for block, peers in hs.disputed.items():
@@ -266,13 +271,13 @@ class ValidatorDuty(EpochDutyLoop):
               validators=len(vv.values), entries=len(st.proposal))
 
     def _verified_references(self, st: ValidatorEpoch, spec: ProbeSpec) -> dict:
-        """Reference outputs {validator: {block: tensor}} of the frozen reference commits that open."""
+        """Reference outputs {class: {validator: {block: tensor}}} of the frozen reference commits that open."""
         commits = st.reference_commits or {}
         reveals, problems = fetch_reveals(self.dht, self.policy, st.epoch, RecordKind.REFERENCE_REVEAL,
                                           {p: r.payload["parts"] for p, r in commits.items()})
-        rv = verify_hoster_reveals(self.subnet_id, st.epoch, spec, commits, reveals, problems)
-        st.reference_status = rv.status
-        return rv.values
+        by_class, st.reference_status = verify_reference_reveals(self.subnet_id, st.epoch, spec, commits, reveals,
+                                                                 problems)
+        return by_class
 
     def _commit_scores(self, st: ValidatorEpoch, view: EpochPosition) -> None:
         if not st.score_salt:

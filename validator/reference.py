@@ -94,7 +94,8 @@ class ReferencePublisher:
         if spec is not None and COMMIT_START <= p < COMMIT_END and not st.outputs and st.error is None:
             self._compute(st, epoch, spec)
         if COMMIT_START <= p < COMMIT_END and st.outputs and st.committed_block is None:
-            payload = {"commit": st.commit.hex(), "blocks": list(st.blocks), "parts": reveal_parts(self.body(st))}
+            payload = {"commit": st.commit.hex(), "blocks": list(st.blocks), "parts": reveal_parts(self.body(st)),
+                       **self.commit_extra()}
             if store_record(self.dht, self.node_key, self.subnet_id, epoch, RecordKind.REFERENCE_COMMIT, payload,
                             block=view.block, ttl=record_ttl(view)):
                 st.committed_block = view.block
@@ -118,7 +119,7 @@ class ReferencePublisher:
         t0 = time.perf_counter()
         try:
             blocks = self.blocks_for(spec)
-            outs = {b: encode_tensor(t) for b, t in self.model.outputs(spec, blocks).items()}
+            outs = self.encode_outputs(spec, blocks)
         except Exception as e:  # a broken checkpoint must not stop the validator's other work
             st.error = f"{type(e).__name__}: {e}"[:200]
             event(log, "reference_failed", logging.WARNING, epoch=epoch, error=st.error)
@@ -127,6 +128,14 @@ class ReferencePublisher:
         st.blocks, st.outputs, st.salt = tuple(blocks), outs, new_salt()
         st.commit = commitment(st.salt, encode_block_outputs(self.subnet_id, epoch, self.node_key.peer_id, outs))
         event(log, "reference_computed", epoch=epoch, blocks=len(blocks), seconds=round(st.compute_seconds, 3))
+
+    def commit_extra(self) -> dict:
+        """Extra signed commit fields: the precision class the reference is computed in (its dtype)."""
+        return {"precision": [str(self.model.dtype).replace("torch.", "")]}
+
+    def encode_outputs(self, spec: ProbeSpec, blocks: list[int]) -> dict[int, bytes]:
+        """The committed blob of each block (validator/class_reference.py: one tensor per class)."""
+        return {b: encode_tensor(t) for b, t in self.model.outputs(spec, blocks).items()}
 
     @staticmethod
     def body(st: ReferenceEpoch) -> dict:

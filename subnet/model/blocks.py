@@ -320,6 +320,7 @@ def load_blocks(path_or_id: str | os.PathLike, start: int, end: int, dtype: str 
         del state
         convert_linears(layer, kernel)
         quantize_module(layer, quant)
+        getattr(index, "release", lambda: None)()  # GGUF (always copied): the file pages this layer was read from
         if pack:
             trim()  # the originals were just freed: hand their pages back instead of keeping heap fragments
         layers[i] = layer.eval()

@@ -12,6 +12,7 @@ copied. The config comes from the file's metadata (`AutoConfig.from_pretrained(.
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Iterable
 
@@ -81,6 +82,7 @@ class GGUFIndex:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise CheckpointError(f"{self.directory}: corrupt or truncated GGUF file ({first})") from None
         self._tensors = {t.name: t for t in reader.tensors}
+        self._map = getattr(reader.data, "_mmap", None)  # the file mapping (see `release`)
         names = _name_map(config)
         self.weight_map: dict[str, str] = {}  # HF name -> GGUF name (the WeightIndex attribute)
         for hf in hf_names:
@@ -94,6 +96,20 @@ class GGUFIndex:
 
     def names(self) -> list[str]:
         return list(self.weight_map)
+
+    def release(self) -> None:
+        """Drop the file pages read so far from this process (they stay in the page cache).
+
+        `load` copies every tensor it returns, so after a layer is built nothing points into the
+        mapping, yet the pages it touched would count in the hoster's RSS until the whole load
+        ends (a full-precision file's span: as much as the float32 weights). Read-only mapping:
+        pages touched again are simply re-read from the file.
+        """
+        if self._map is not None:
+            try:
+                self._map.madvise(mmap.MADV_DONTNEED)
+            except (AttributeError, OSError, ValueError):  # no madvise on this platform: only memory is lost
+                pass
 
     def load(self, names: Iterable[str], dtype: torch.dtype, device: torch.device,
              copy: bool = False) -> dict[str, torch.Tensor]:

@@ -38,11 +38,12 @@ from subnet.swarm.discovery import peers_from_chain
 from subnet.swarm.evidence_records import EvidencePolicy, EvidenceRecordValidator
 from subnet.swarm.key_caps import KeyCapValidator
 from subnet.swarm.record_admission import make_record_validator
+from validator.class_reference import check_reference_precisions, reference_publisher
 from validator.duty import ValidatorDuty
 from validator.evidence import EvidenceChecker, local_reference
 from validator.journal import ValidatorJournal, journal_path
 from validator.metrics import ValidatorMetrics
-from validator.reference import ReferenceModel, ReferencePublisher, holds_weights
+from validator.reference import holds_weights
 from validator.spot_checks import SpotCheckDuty, local_embedding
 
 log = logging.getLogger("mesh_node.node")
@@ -75,6 +76,7 @@ class NodeOptions(HosterOptions):
     metrics_host: str = "127.0.0.1"
     reference: bool = True  # a validator whose --model has the weights publishes reference outputs
     spot_checks: bool = False  # validators: spot-check sessions indistinguishable from traffic
+    reference_precisions: str | None = None  # validator: reference classes, comma-separated (default: --dtype)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> NodeOptions:
@@ -130,6 +132,11 @@ class Node:
         if o.hoster and o.adapters and o.model:
             check_adapters(o.adapters, o.model, o.model_name)
         check_initial_peers(o.initial_peers)
+        if o.validator and o.reference_precisions:
+            try:
+                check_reference_precisions(o.reference_precisions, o.dtype)
+            except ValueError as e:  # QuantError is a ValueError
+                raise NodeConfigError(str(e)) from None
         try:
             self.network: NetworkOptions = network_options(argparse.Namespace(**vars(o)))
         except ValueError as e:
@@ -252,8 +259,8 @@ class Node:
         if o.validator:
             reference = None
             if o.reference and holds_weights(o.model):
-                reference = ReferencePublisher(self.dht, self.node_key, o.subnet_id,
-                                               ReferenceModel(o.model, layers, o.dtype))
+                reference = reference_publisher(self.dht, self.node_key, o.subnet_id, o.model, layers, o.dtype,
+                                                o.reference_precisions)
             url = o.chain
             evidence = EvidenceChecker(self.dht, EvidencePolicy(o.subnet_id, ChainRegistry(lambda: connect(url),
                                                                                            o.subnet_id)),

@@ -302,6 +302,7 @@ TEMPLATE = """\
 # hoster = false
 # validator = false
 # reference = true           # validator: publish reference outputs when --model has the weights (--no-reference)
+# reference_precisions = "float32,int8"  # validator: reference classes (default: dtype); quantized hosters need one
 # blocks = "0:16"            # block range to serve (default: chosen from swarm coverage)
 # dtype = "float32"          # float32 | bfloat16 | float16
 # quant = "none"             # weight-only quantization of the blocks: none | int8 | nf4 (torchao)

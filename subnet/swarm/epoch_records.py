@@ -9,6 +9,9 @@ is *written in* (a validator's reveal of its e-1 score set is written in e and s
 
 - probe: `ProbeSpec.to_payload()` (seed, shape, dtype, blocks; inputs are regenerated locally)
 - hoster_commit: `{commit: hex sha256(salt || encode_block_outputs(...)), blocks: [..], parts: n}`
+  and optionally `precision`: the hoster's declared precision class (consensus.class_scoring;
+  absent: float32); a reference_commit's `precision` is a list of classes, one output per class
+  concatenated in each revealed block blob
 - validator_commit: `{commit: hex sha256(salt || encode_score_set(...)), parts: n}`
 - reference_commit / reference_reveal: like hoster_commit / hoster_reveal, written by a
   Validator-class node that holds the weights (its own outputs of the probe blocks)
@@ -29,6 +32,7 @@ import json
 from hivemind.dht.routing import DHTID
 
 from chain.types import NodeClass
+from consensus.class_scoring import hoster_class, reference_classes
 from consensus.phases import RecordKind
 from consensus.probe import ProbeSpec
 from subnet.swarm.records import OpenedRecord, RecordError, canonical_json
@@ -133,6 +137,9 @@ def check_payload_schema(kind: str, payload: dict) -> None:
             raise ConsensusRecordError(f"bad probe: {e}") from None
     elif kind in (*OUTPUT_COMMITS, RecordKind.VALIDATOR_COMMIT.value):
         extra = {"commit", "parts"} | ({"blocks"} if kind in OUTPUT_COMMITS else set())
+        if kind in OUTPUT_COMMITS and "precision" in payload:  # the declared precision class(es), signed
+            extra.add("precision")
+            _check_precision(kind, payload)
         _fields(payload, _COMMON | extra)
         _hex(payload, "commit", 32, 32)
         _int(payload, "parts", 1, MAX_PARTS + 1)
@@ -150,6 +157,17 @@ def check_payload_schema(kind: str, payload: dict) -> None:
             raise ConsensusRecordError(f"part data must be a non-empty string of <= {CHUNK_CHARS} chars")
     else:
         raise ConsensusRecordError(f"unknown kind {kind!r}")
+
+
+def _check_precision(kind: str, payload: dict) -> None:
+    """A hoster commit declares one class (a string), a reference commit a list (consensus.class_scoring)."""
+    try:
+        if kind == RecordKind.HOSTER_COMMIT.value:
+            hoster_class(payload)
+        else:
+            reference_classes(payload)
+    except ValueError as e:
+        raise ConsensusRecordError(str(e)[:200]) from None
 
 
 def check_reveal_body(kind: str, body: object, epoch: int) -> dict:

@@ -57,3 +57,22 @@ def test_fp8_checkpoint(tiny_model_factory, tmp_path):
     cfg["quantization_config"] = {"quant_method": "fp8", "weight_block_size": [128, 128]}
     (model / "config.json").write_text(json.dumps(cfg))
     assert_one_line_error(run_hoster(str(model)), "pre-quantized (fp8")
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.9])
+def test_truncated_gguf_with_quant(tiny_model_factory, tmp_path, keep):
+    """Cut in the metadata or in the tensor data: one line naming the GGUF file, before serving."""
+    from subnet.model.tiny_model import write_gguf
+
+    gguf = write_gguf(tiny_model_factory("llama"), tmp_path / "m.gguf")
+    gguf.write_bytes(gguf.read_bytes()[: int(gguf.stat().st_size * keep)])
+    assert_one_line_error(run_hoster(str(gguf), "--quant", "int8"), "GGUF")
+
+
+def test_gguf_quant_mode_this_device_cannot_run(tiny_model_factory, tmp_path):
+    from subnet.model.tiny_model import write_gguf
+
+    gguf = write_gguf(tiny_model_factory("llama"), tmp_path / "m.gguf")
+    res = run_hoster(str(gguf), "--quant", "nf4", "--device", "cuda")
+    assert res.returncode == 2
+    assert_one_line_error(res, "--quant nf4 cannot run", "cuda")

@@ -118,7 +118,7 @@ class Node:
 
     def start_roles(self, *, model: str | None = None, blocks: tuple[int, int] | None = None,
                     validator: bool = True, hidden_size: int = 64, num_blocks: int = 8, validator_cls=None,
-                    hoster_duty_cls=None, **validator_kw) -> Node:
+                    hoster_duty_cls=None, hoster_kw: dict | None = None, **validator_kw) -> Node:
         from hoster.duty import HosterDuty
         from validator.duty import ValidatorDuty
 
@@ -127,7 +127,7 @@ class Node:
             from hoster.server import Hoster
 
             self.hoster = Hoster(model, dht=self.dht, node_key=op.node_key, start=blocks[0], end=blocks[1],
-                                 progress=False).start()
+                                 progress=False, **(hoster_kw or {})).start()
             cls = hoster_duty_cls or HosterDuty
             self.hoster_duty = cls(self.dht, op.chain, op.node_key, self.hoster, sid, hidden_size=hidden_size,
                                    num_blocks=num_blocks).start()

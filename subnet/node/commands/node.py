@@ -13,6 +13,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--validator", action="store_true", help="run the validator duty")
     g.add_argument("--no-reference", dest="reference", action="store_false", default=None,
                    help="validator: do not compute and publish reference outputs even if --model has the weights")
+    g.add_argument("--reference-precisions", default=None,
+                   help="validator with the weights: compute references in these precision classes, comma-separated "
+                        "(e.g. float32,int8,nf4; default: --dtype only), so quantized hosters are refereed in their "
+                        "own class (docs/PROTOCOL.md, Scoring with precision classes)")
     g.add_argument("--api", action="store_true", help="also serve the HTTP API on this node")
     g.add_argument("--spot-checks", action="store_true", default=None,
                    help="validators also send every hoster one ordinary inference session per epoch, from a fresh "
