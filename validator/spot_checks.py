@@ -21,7 +21,7 @@ import torch
 
 from chain.types import NodeClass
 from consensus.evidence import EVIDENCE_TOLERANCE, Evidence, encode_evidence, relative_distance
-from consensus.phases import SCORE_START
+from consensus.phases import REVEAL_START
 from consensus.spot_checks import SpotCheckPlan, spot_check_plan
 from keys.node_key import NodeKey
 from subnet.logs import event
@@ -79,7 +79,7 @@ class SpotCheckDuty(EpochDutyLoop):
         for peer, (start, end, plan) in sorted(st.plans.items(), key=lambda kv: kv[1][2].at):
             if peer in st.results or p < plan.at:
                 continue
-            if p >= SCORE_START:
+            if p >= REVEAL_START:  # late (a loaded node): keep the reveal and score windows free for the duty
                 st.results[peer] = "failed: too late in the epoch"
                 continue
             t0 = time.thread_time()
