@@ -16,14 +16,14 @@ from subnet.client.sampling import SamplingParams
 VOCAB, HIDDEN = 97, 16
 
 
-def _head() -> ClientHead:
+def _head(vocab: int = VOCAB) -> ClientHead:
     g = torch.Generator().manual_seed(0)
-    embed = torch.nn.Embedding(VOCAB, HIDDEN)
-    lm_head = torch.nn.Linear(HIDDEN, VOCAB, bias=False)
+    embed = torch.nn.Embedding(vocab, HIDDEN)
+    lm_head = torch.nn.Linear(HIDDEN, vocab, bias=False)
     with torch.no_grad():
-        embed.weight.copy_(torch.randn(VOCAB, HIDDEN, generator=g))
-        lm_head.weight.copy_(torch.randn(VOCAB, HIDDEN, generator=g))
-    return ClientHead(embed, LlamaRMSNorm(HIDDEN), lm_head, VOCAB)
+        embed.weight.copy_(torch.randn(vocab, HIDDEN, generator=g))
+        lm_head.weight.copy_(torch.randn(vocab, HIDDEN, generator=g))
+    return ClientHead(embed, LlamaRMSNorm(HIDDEN), lm_head, vocab)
 
 
 class FakeSession:
@@ -119,3 +119,29 @@ def test_without_failures_every_token_is_released_once():
     gate = FakeGate(session, 2)
     assert _tokens(params, prompt, session, gate) == _tokens(params, prompt, FakeSession())
     assert not gate.rewinds and not gate.pending
+
+
+def test_rewinding_restores_grammar_text_and_stop_string_state():
+    """Constrained (JSON schema), sampled, with text and a stop string: the events after a rewind are
+    exactly those of an honest run (grammar matchers, detokenizer, stop matcher and RNG restored)."""
+    from subnet.client.constraints import Grammar
+    from subnet.model.tiny_model import build_tokenizer
+
+    tok = build_tokenizer()
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"enum": ["x", "yy"]}},
+              "required": ["a", "b"], "additionalProperties": False}
+
+    def run(session, gate=None):
+        params = SamplingParams.create(max_new_tokens=24, do_sample=True, seed=5, stop=["yy"],
+                                       constraint=Grammar.json_schema(tok, schema, (tok.eos_token_id,)))
+        return [(ev.token_id, ev.text, ev.finish_reason) for evs in
+                generate_events(_head(len(tok)), session.step, torch.tensor([[3, 4, 5]]), params,
+                                eos_token_ids=(tok.eos_token_id,), tokenizer=tok, want_text=True, gate=gate)
+                for ev in evs]
+
+    want = run(FakeSession())
+    assert len(want) > 4
+    liar = FakeSession(6)
+    gate = FakeGate(liar, 2)
+    assert run(liar, gate) == want
+    assert gate.rewinds == [6]
