@@ -8,7 +8,10 @@ there to recompute checked steps). Greedy generation tokens/s (new tokens / wall
 whole `generate`, prefill included) with:
 - checks off: no receipt verification, no recomputation (`verify_fraction=0`, no warm-up);
 - default: every step's receipt verified, the first step of each hoster in a session and 2%
-  of the others recomputed on the other hoster (`ClientConfig` defaults);
+  of the others recomputed on the other hoster (`ClientConfig` defaults: the checks run beside
+  the token loop, which holds back the tokens of a step until its check passes and rewinds
+  when one fails, `subnet/client/holdback.py`; the wall time includes waiting for the last
+  pending checks at the end);
 - all steps: every step recomputed (`verify_fraction=1`), for scale.
 Runs are interleaved (off, default, all, off, ...) so load changes hit all alike; medians after
 one warm-up; the tokens of every mode are checked equal. Hosters sign receipts in every mode
