@@ -181,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="verification")
     args = p.parse_args(argv)
     exit_on_sigterm()
+    # the hosters on loopback: a client cannot route to a hoster whose announced 0.0.0.0-derived
+    # addresses are not dialable here ("routing: not found"), and then no check ever runs
+    os.environ.setdefault("MESH_NODE_HOST_MADDRS", "/ip4/127.0.0.1/tcp/0")
     if args.quick:
         args.model, args.new_tokens, args.runs, args.spot_checks, args.out = "quick", "32", 1, 2, "verification-quick"
     start = load_avg()
