@@ -101,10 +101,11 @@ def check_reference_precisions(text: str, dtype: str = "float32", device: str = 
 
 
 def reference_publisher(dht, node_key, subnet_id: int, model: str, num_blocks: int, dtype: str,
-                        precisions: str | None) -> ReferencePublisher:
-    """The node's reference publisher: in --dtype alone, or in each of `precisions`."""
+                        precisions: str | None, *, weights=None) -> ReferencePublisher:
+    """The node's reference publisher: in --dtype alone (on the node's shared `weights` copy,
+    validator/weights.py, when given), or in each of `precisions` (those load their own quantized copies)."""
     if not precisions:
-        return ReferencePublisher(dht, node_key, subnet_id, ReferenceModel(model, num_blocks, dtype))
+        return ReferencePublisher(dht, node_key, subnet_id, ReferenceModel(model, num_blocks, dtype, weights=weights))
     classes = parse_reference_precisions(precisions)
     return ClassReferencePublisher(dht, node_key, subnet_id, ClassReferenceModel(model, num_blocks, classes, dtype))
 

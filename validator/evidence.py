@@ -13,38 +13,20 @@ evidence scores 0 in the epoch (`consensus.evidence.apply_evidence`).
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
-
-import torch
 
 from chain.types import NodeClass
 from consensus.evidence import EvidenceError, decode_evidence, is_dishonest, relative_distance
 from keys.node_key import public_key_from_peer_id, verify
 from subnet.logs import event
 from subnet.swarm.evidence_records import MAX_EVIDENCE_BYTES, EvidencePolicy, fetch_evidence
+from validator.weights import Reference, ValidatorWeights
 
 log = logging.getLogger(__name__)
 
-# blocks [start, end) on `prefix` [batch, P, hidden], positions 0..P-1, causal, float32 out
-Reference = Callable[[torch.Tensor, int, int], torch.Tensor]
-
-
 def local_reference(model_path: str, num_blocks: int) -> Reference:
-    """The validator's own reference: every block loaded once, on first use (lazily: most epochs have no evidence)."""
-    lock = threading.Lock()
-    loaded: list = []
-
-    def run(prefix: torch.Tensor, start: int, end: int) -> torch.Tensor:
-        with lock:
-            if not loaded:
-                from subnet.model.blocks import load_blocks  # deferred: model code only when evidence arrives
-
-                loaded.append(load_blocks(model_path, 0, num_blocks, "float32", progress=False))
-            span = loaded[0]
-            return span(prefix.to(torch.float32), start=start, end=end).float()
-
-    return run
+    """A reference with its own copy of the blocks, loaded on first use (a node shares one
+    `ValidatorWeights` between its duties instead; this is for tools and benchmarks)."""
+    return ValidatorWeights(model_path, num_blocks).reference()
 
 
 class EvidenceChecker:

@@ -29,6 +29,7 @@ from subnet.logs import event
 from subnet.model.blocks import INDEX_FILE, SINGLE_FILE, load_blocks
 from subnet.swarm.chain_view import EpochPosition
 from subnet.swarm.record_store import record_ttl, reveal_parts, store_record, store_reveal
+from validator.weights import ValidatorWeights
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +43,22 @@ def holds_weights(model: str | None) -> bool:
 class ReferenceModel:
     """The model's decoder blocks, loaded on first use (a validator without weights never loads them)."""
 
-    def __init__(self, model_path: str, num_blocks: int, dtype: str = "float32"):
+    def __init__(self, model_path: str, num_blocks: int, dtype: str = "float32", *,
+                 weights: ValidatorWeights | None = None):
         self.model_path, self.num_blocks, self.dtype = model_path, num_blocks, dtype
         self._span = None
         self._lock = threading.Lock()
+        # the node's shared copy (`validator/weights.py`), used when it is in this dtype: one load per validator
+        self.weights = weights if weights is not None and weights.dtype == dtype else None
+        if self.weights is not None:
+            self._lock = self.weights.lock
 
     def outputs(self, spec: ProbeSpec, blocks: list[int]) -> dict[int, torch.Tensor]:
         """block_i(x_i) for each block, float32 (the probe dtype), on the CPU."""
         with self._lock:
             if self._span is None:
-                self._span = load_blocks(self.model_path, 0, self.num_blocks, self.dtype, progress=False)
+                self._span = self.weights.blocks() if self.weights is not None else \
+                    load_blocks(self.model_path, 0, self.num_blocks, self.dtype, progress=False)
             out = {}
             for b in blocks:
                 x = probe_input(spec, b).to(self._span.dtype)

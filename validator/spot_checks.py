@@ -14,44 +14,27 @@ validator publishes it as evidence, and every validator's recomputation zeroes t
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from chain.types import NodeClass
 from consensus.evidence import EVIDENCE_TOLERANCE, Evidence, encode_evidence, relative_distance
-from consensus.phases import SCORE_START
+from consensus.phases import REVEAL_START
 from consensus.spot_checks import SpotCheckPlan, spot_check_plan
 from keys.node_key import NodeKey
 from subnet.logs import event
 from subnet.swarm.announcements import read_announcements
 from subnet.swarm.epoch_loop import EpochDutyLoop
 from subnet.swarm.evidence_records import MAX_EVIDENCE_BYTES, EvidencePolicy, publish_evidence
-from validator.evidence import Reference
+from validator.weights import Embed, Reference, ValidatorWeights
 
 log = logging.getLogger(__name__)
 
-Embed = Callable[[torch.Tensor], torch.Tensor]  # token ids [1, T] -> embeddings [1, T, hidden]
-
-
 def local_embedding(model_path: str) -> Embed:
-    """The validator's own embedding table (loaded once, on first use)."""
-    lock = threading.Lock()
-    loaded: list = []
-
-    def run(ids: torch.Tensor) -> torch.Tensor:
-        with lock:
-            if not loaded:
-                from subnet.model.blocks import load_client_parts  # deferred: model code only when checks run
-
-                loaded.append(load_client_parts(model_path, "float32").embed_tokens)
-            with torch.inference_mode():
-                return loaded[0](ids).float()
-
-    return run
+    """An embedding table of its own, loaded on first use (a node shares its `ValidatorWeights` instead)."""
+    return ValidatorWeights(model_path, 0).embed()
 
 
 @dataclass
@@ -96,7 +79,7 @@ class SpotCheckDuty(EpochDutyLoop):
         for peer, (start, end, plan) in sorted(st.plans.items(), key=lambda kv: kv[1][2].at):
             if peer in st.results or p < plan.at:
                 continue
-            if p >= SCORE_START:
+            if p >= REVEAL_START:  # late (a loaded node): keep the reveal and score windows free for the duty
                 st.results[peer] = "failed: too late in the epoch"
                 continue
             t0 = time.thread_time()

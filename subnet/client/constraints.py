@@ -123,5 +123,12 @@ class GrammarState:
                 continue
             self.matchers[row].consume_token(int(tok))
 
+    def copy(self) -> GrammarState:
+        """An independent copy (the token loop rewinds to it after a failed check)."""
+        other = object.__new__(GrammarState)
+        other.grammar, other._eos, other.done = self.grammar, self._eos, list(self.done)
+        other.matchers = [m.deep_copy() for m in self.matchers]
+        return other
+
     def accepting(self, row: int = 0) -> bool:
         return self.matchers[row].is_accepting()

@@ -8,9 +8,11 @@ product and the sampler; text is detokenized only when a caller wants text or st
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -18,6 +20,16 @@ from subnet.client.sampling import Sampler, SamplingParams, TokenLogprobs
 from subnet.client.streaming import IncrementalDetokenizer, StopStringMatcher
 
 StepFn = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+class StepGate(Protocol):
+    """Pending client-side checks of the session `step` runs on (`subnet.client.holdback.SessionGate`)."""
+
+    def state(self) -> tuple[int | None, int | None]: ...  # (position to rewind to, oldest pending position)
+
+    def rewind(self, position: int) -> None: ...
+
+    def settle(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,9 @@ class _Row:
             return "", False
         delta = self.detok.add(token_id)
         return self.matcher.feed(delta) if self.matcher else (delta, False)
+
+    def copy(self) -> _Row:
+        return _Row(None if self.detok is None else self.detok.copy(), copy.copy(self.matcher), self.finish)
 
     def flush(self) -> tuple[str, bool]:
         """All held-back text at the end; reports a stop string found in that tail."""
@@ -157,6 +172,7 @@ def generate_events(
     start: int = 0,
     shared_rows: bool = False,
     fed: list[int] | None = None,
+    gate: StepGate | None = None,
 ) -> Iterator[list[StreamEvent]]:
     """Generate for `input_ids` `[batch, T]` (no padding); yield, per step, events of the rows still running.
 
@@ -165,6 +181,9 @@ def generate_events(
     `start`: positions the session already holds (a reused prefix: only the rest is sent).
     `shared_rows`: every row has the same prompt, sent once (the hosters prefill it once).
     `fed` collects the token ids of row 0 fed so far (what a later session may reuse).
+    With a `gate` (`subnet/client/holdback.py`), events of steps with a check pending are held
+    back, and a failed check rewinds the loop to the failed step (the events after it are never
+    yielded).
     """
     batch, prompt_len = input_ids.shape
     if prompt_len == 0:
@@ -190,8 +209,25 @@ def generate_events(
     position = start
     if fed is not None:
         fed.extend(input_ids[0, :start].tolist())
-    for n in range(params.max_new_tokens):
+    n = 0
+    held: list[tuple[_Checkpoint, list[StreamEvent]]] = []  # events waiting for a pending check
+    while True:
         hidden = step(head.embed_ids(tokens), position)
+        checkpoint = None
+        if gate is not None:
+            rewind, pending = gate.state()
+            if rewind is not None:  # a check failed the step at `rewind`: regenerate from there
+                if rewind != position:
+                    n, position, tokens, rows = _rewind(held, rewind, sampler)
+                tokens = tokens.expand(batch, -1) if tokens.shape[0] != batch else tokens  # rows differ now
+                if fed is not None:
+                    del fed[position:]
+                gate.rewind(rewind)
+                continue
+            if pending is not None:
+                checkpoint = _Checkpoint(n, position, tokens, sampler.snapshot(), [r.copy() for r in rows])
+            else:  # every check so far passed: what was held is verified
+                yield from (evs for _, evs in _take(held))
         position += tokens.shape[1]
         if fed is not None:
             fed.extend(tokens[0].tolist())
@@ -221,7 +257,56 @@ def generate_events(
                     finish = "stop" if hit else "length"
             row.finish = finish
             events.append(StreamEvent(tok, text, finish, i, lps[i] if lps is not None else None))
-        yield events
-        if all(r.finish is not None for r in rows) or (should_stop is not None and should_stop()):
-            return  # done, or the consumer went away (`should_stop`): the caller closes the session
+        n += 1
         tokens = next_tokens.view(batch, 1)
+        stopped = should_stop is not None and should_stop()
+        finished = all(r.finish is not None for r in rows) or last
+        if checkpoint is not None and not stopped:
+            held.append((checkpoint, events))
+            if finished or len(held) >= MAX_HELD_STEPS:
+                gate.settle()  # the end, or too much held: wait for the verdicts
+                rewind, _ = gate.state()
+                if rewind is not None:
+                    n, position, tokens, rows = _rewind(held, rewind, sampler)
+                    tokens = tokens.expand(batch, -1) if tokens.shape[0] != batch else tokens
+                    if fed is not None:
+                        del fed[position:]
+                    gate.rewind(rewind)
+                    continue
+                yield from (evs for _, evs in _take(held))
+        elif not stopped:
+            yield events
+        if finished or stopped:
+            return  # done, or the consumer went away (`should_stop`): the caller closes the session
+
+
+MAX_HELD_STEPS = 64  # beyond this many held steps the loop waits for the pending checks
+
+
+@dataclass
+class _Checkpoint:
+    """The token loop just before sampling step `n` (fed `tokens` at `position`)."""
+
+    n: int
+    position: int
+    tokens: torch.Tensor
+    sampler: tuple
+    rows: list[_Row]
+
+
+def _rewind(held: list[tuple[_Checkpoint, list[StreamEvent]]], position: int,
+            sampler: Sampler) -> tuple[int, int, torch.Tensor, list[_Row]]:
+    """Drop the held steps from the one fed at `position` on and restore the loop to that step:
+    returns its `n`, position, input tokens and rows (the sampler is restored in place)."""
+    for i, (cp, _) in enumerate(held):
+        if cp.position == position:
+            del held[i:]
+            sampler.restore(cp.sampler)
+            return cp.n, cp.position, cp.tokens, [r.copy() for r in cp.rows]
+    raise RuntimeError(f"no held step at position {position} to regenerate from")  # a check's step is always held
+
+
+def _take(held: list) -> list:
+    out = list(held)
+    held.clear()
+    return out

@@ -20,6 +20,7 @@ import torch
 
 from subnet.client.embeddings import embed_batches
 from subnet.client.generation import ClientHead, Completion, StreamEvent, generate_events
+from subnet.client.holdback import hold_gate
 from subnet.client.manager import ClientConfig, SequenceManager
 from subnet.client.routing import Span
 from subnet.client.runtime import ClientRuntime
@@ -198,7 +199,7 @@ class DistributedModelForCausalLM:
             yield from loop(
                 self.head, session.step, input_ids, params, eos_token_ids=self.eos_token_ids(),
                 tokenizer=self.tokenizer, want_text=want_text,
-                should_stop=cancel.is_set if cancel is not None else None,
+                should_stop=cancel.is_set if cancel is not None else None, gate=hold_gate(session),
                 start=session.position, shared_rows=shared, fed=fed, **extra,
             )
         finally:

@@ -233,6 +233,24 @@ class Sampler:
             logits = logits.masked_fill(probs < threshold, float("-inf"))
         return logits
 
+    def snapshot(self) -> tuple:
+        """The sampler's state, to `restore` when the token loop rewinds (subnet/client/holdback.py)."""
+        return (None if self._seen is None else self._seen.clone(),
+                None if self._counts is None else self._counts.clone(),
+                None if self._generator is None else self._generator.get_state(),
+                None if self._row_generators is None else [g.get_state() for g in self._row_generators],
+                None if self.grammar is None else self.grammar.copy(), self.last_logprobs)
+
+    def restore(self, snap: tuple) -> None:
+        seen, counts, gen, rows, grammar, self.last_logprobs = snap
+        self._seen = None if seen is None else seen.clone()
+        self._counts = None if counts is None else counts.clone()
+        if gen is not None:
+            self._generator.set_state(gen)
+        for g, st in zip(self._row_generators or [], rows or []):
+            g.set_state(st)
+        self.grammar = None if grammar is None else grammar.copy()
+
     def _update(self, tokens: torch.Tensor) -> None:
         idx = tokens.view(-1, 1).clamp(0, self.vocab_size - 1)
         if self._seen is not None:

@@ -50,13 +50,20 @@ def speculative_events(
     start: int = 0,
     shared_rows: bool = False,
     fed: list[int] | None = None,
+    gate=None,
     drafter=None,
     controller: DraftController | None = None,
 ) -> Iterator[list[StreamEvent]]:
     """Like `generate_events` (same arguments and events, `start`/`shared_rows`/`fed` included),
     drafting with `drafter` (prompt lookup by default) as far as `controller` finds it pays.
     `controller` is readable afterwards (stats). `fed` gets only positions that stay valid: the
-    last token and the accepted drafts of each step, never a rejected draft."""
+    last token and the accepted drafts of each step, never a rejected draft.
+
+    With a `gate` (client-side checks in the background, `subnet/client/holdback.py`) a step whose
+    check is pending is settled before anything sampled from it is emitted, and a step a check
+    failed is sent again over the new route: a consumer never sees a token from a wrong step. (The
+    plain loop holds such events back instead and rewinds; here the wait is per checked step, which
+    only checked steps pay: the first of each hoster and `verify_fraction` of the rest.)"""
     batch, prompt_len = input_ids.shape
     if prompt_len == 0:
         raise ValueError("empty prompt")
@@ -106,6 +113,23 @@ def speculative_events(
             events.append(StreamEvent(tok, text, finish, i, lps[i] if lps is not None else None))
         return events
 
+    def verified_step(x: torch.Tensor, pos: int) -> torch.Tensor:
+        """`step(x, pos)`; with a gate, its pending checks settled and, if one failed, the step redone."""
+        while True:
+            hidden = step(x, pos)
+            if gate is None:
+                return hidden
+            rewind, pending = gate.state()
+            if pending is not None:
+                gate.settle()
+                rewind, _ = gate.state()
+            if rewind is None:
+                return hidden
+            if rewind != pos:  # every earlier step was settled before its tokens were emitted
+                raise RuntimeError(f"a check failed at position {rewind}, before this step at {pos}")
+            gate.rewind(rewind)
+            x = x.expand(batch, -1, -1) if x.shape[0] != batch else x  # rows may differ after this step
+
     def done() -> bool:
         return all(r.finish is not None for r in rows) or (should_stop is not None and should_stop())
 
@@ -114,7 +138,7 @@ def speculative_events(
         prompt = input_ids[:1, start:] if shared_rows else input_ids[:, start:]
         if fed is not None:
             fed.extend(input_ids[0].tolist())
-        logits = head.logits(step(head.embed_ids(prompt), start))
+        logits = head.logits(verified_step(head.embed_ids(prompt), start))
         if logits.shape[0] != batch:  # one shared row: every row samples from it
             logits = logits.expand(batch, -1).clone()
         processed = sampler.process(logits, 0, suppress)
@@ -131,7 +155,7 @@ def speculative_events(
                 row = d + [history[i][-1]] * (k - len(d))
                 block[i, 1:] = torch.tensor(row, dtype=torch.long)
             t0 = time.perf_counter()
-            hidden = step(head.embed_ids(block), position)
+            hidden = verified_step(head.embed_ids(block), position)
             logits = all_logits(head, hidden) if k else head.logits(hidden).unsqueeze(1)
             seconds = time.perf_counter() - t0  # the round's cost (not the consumer's time between events)
             kept = 0  # drafts accepted by every unfinished row

@@ -9,6 +9,7 @@ the beginning of a stop string, so a stream never shows part of a stop sequence.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -65,6 +66,12 @@ class IncrementalDetokenizer:
         self._prefix, self._read = self._read, len(self._ids)
         self._prefix_text = self._decode(self._ids[self._prefix:self._read])
         self._emitted = 0
+
+    def copy(self) -> IncrementalDetokenizer:
+        """An independent copy sharing the tokenizer (the token loop rewinds to it after a failed check)."""
+        other = copy.copy(self)
+        other._ids = list(self._ids)
+        return other
 
     def flush(self) -> str:
         """At the end of the stream: release what is held back (an incomplete character as U+FFFD)."""

@@ -20,6 +20,13 @@ route avoiding both) decides:
 - no third route, or three different answers: the dispute cannot be settled by this client;
   it is logged (`verification_disputed`), nobody is accused, and that span stays under check
   at every step until the dispute can be decided.
+
+Background checks and held-back tokens: with `background`, random checks run beside the token
+loop. When the token loop holds tokens back (`holding`, set by the generation gate,
+`subnet/client/holdback.py`), first-step checks run in the background too: tokens sampled from
+a step at or after the oldest pending check are held, a passing check releases them, and a
+failing one makes the loop rewind to the checked step (`state`/`rewind`) and regenerate it over
+the new route, so a consumer never sees a token produced from a step a check found wrong.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +79,7 @@ class SpanCheck:
     disputed: bool = False
     pushed_suspect: bool = False  # the receipt of a pushed step failed: maybe the pusher's fault
     unverifiable_until: float = 0.0  # no other route covers the span: do not look again before this
+    pending: int = 0  # background checks of this span in flight
 
 
 def mirror_and_verify(check: SpanCheck, stream, peer_id: str, model_uid: str, start: int, end: int,
@@ -107,19 +116,50 @@ class StepVerifier:
         self.fraction, self.tolerance, self.warmup = fraction, tolerance, warmup
         self.publish = publish
         self.rng = rng or random.Random()
-        self.checked = self.mismatches = self.disputes = 0
+        self.checked = self.mismatches = self.disputes = self.rewinds = 0
         self.background = background
         self.caught: set[str] = set()  # liars found by background checks, dropped before the next step
         self._tasks: set[asyncio.Task] = set()
+        # The token loop holds back tokens while checks are pending (`subnet.client.holdback`):
+        # then first-step checks run in the background too. Read from the token loop's thread.
+        self.holding = False
+        self._lock = threading.Lock()
+        self._pending: dict[asyncio.Task, int] = {}  # background check -> position of its step
+        self._rollback: int | None = None  # a background check failed the step at this position
 
     def wants(self, check: SpanCheck) -> bool:
         if time.monotonic() < check.unverifiable_until:
             return False
         if check.disputed or not check.receipt_ok:
             return True
-        if self.warmup and check.passed == 0:
+        if self.warmup and check.passed == 0 and check.pending == 0:
             return True
         return self.fraction > 0 and self.rng.random() < self.fraction
+
+    def state(self) -> tuple[int | None, int | None]:
+        """(position to rewind to, oldest position with a check pending); thread-safe."""
+        with self._lock:
+            return self._rollback, min(self._pending.values(), default=None)
+
+    def rewind(self, position: int) -> None:
+        """The token loop went back to `position`: checks of steps from there on concern a
+        discarded branch (they still catch and report liars, but hold and rewind nothing)."""
+        with self._lock:
+            self._rollback = None
+            stale = [task for task, pos in self._pending.items() if pos >= position]
+            for task in stale:
+                del self._pending[task]
+        self.rewinds += 1
+        event(log, "generation_rewound", logging.WARNING, position=position, stale_checks=len(stale))
+
+    async def settle(self) -> None:
+        """Wait until no background check holds a token back."""
+        while True:
+            with self._lock:
+                tasks = list(self._pending)
+            if not tasks:
+                return
+            await asyncio.wait(tasks)
 
     async def after_step(self, session, position: int, n: int) -> bool:
         """Check the chosen spans of the step just done; False when the step must be redone.
@@ -150,17 +190,35 @@ class StepVerifier:
         return not liars  # a lying checker is excluded; the served output stands
 
     def _must_block(self, check: SpanCheck) -> bool:
-        return check.disputed or not check.receipt_ok or (self.warmup and check.passed == 0)
+        return check.disputed or not check.receipt_ok or (self.warmup and check.passed == 0 and not self.holding)
 
     def _spawn(self, session, check: SpanCheck, snap: _Snapshot) -> None:
         async def run() -> None:
-            if await self._check(session, check, snap) == "liar":
+            try:
+                verdict = await self._check(session, check, snap)
+            finally:
+                check.pending -= 1
+            with self._lock:
+                live = self._pending.pop(task, None) is not None  # not made stale by a rewind
+                if verdict == "liar" and live:
+                    self._rollback = snap.position if self._rollback is None else min(self._rollback, snap.position)
+            if verdict == "liar":
                 self.caught.add(snap.peer)  # the session drops it before its next step
                 session.manager.report_failure(snap.peer, RuntimeError("failed a client-side check"))
 
+        check.pending += 1
         task = asyncio.ensure_future(run())
+        with self._lock:
+            self._pending[task] = snap.position
         self._tasks.add(task)
-        task.add_done_callback(lambda t: (self._tasks.discard(t), t.cancelled() or t.exception()))
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        with self._lock:
+            self._pending.pop(task, None)  # a check that raised holds nothing back
+        if not task.cancelled():
+            task.exception()
 
     async def _check(self, session, check: SpanCheck, snap: _Snapshot) -> str:
         peer, start, end, position, total = snap.peer, snap.start, snap.end, snap.position, snap.total

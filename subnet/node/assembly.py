@@ -40,11 +40,12 @@ from subnet.swarm.key_caps import KeyCapValidator
 from subnet.swarm.record_admission import make_record_validator
 from validator.class_reference import check_reference_precisions, reference_publisher
 from validator.duty import ValidatorDuty
-from validator.evidence import EvidenceChecker, local_reference
+from validator.evidence import EvidenceChecker
 from validator.journal import ValidatorJournal, journal_path
 from validator.metrics import ValidatorMetrics
 from validator.reference import holds_weights
-from validator.spot_checks import SpotCheckDuty, local_embedding
+from validator.spot_checks import SpotCheckDuty
+from validator.weights import ValidatorWeights
 
 log = logging.getLogger("mesh_node.node")
 
@@ -258,13 +259,14 @@ class Node:
                                           hidden_size=hidden, num_blocks=layers).start()
         if o.validator:
             reference = None
+            self._weights = ValidatorWeights(o.model, layers)  # one copy for reference, evidence and spot checks
             if o.reference and holds_weights(o.model):
                 reference = reference_publisher(self.dht, self.node_key, o.subnet_id, o.model, layers, o.dtype,
-                                                o.reference_precisions)
+                                                o.reference_precisions, weights=self._weights)
             url = o.chain
             evidence = EvidenceChecker(self.dht, EvidencePolicy(o.subnet_id, ChainRegistry(lambda: connect(url),
                                                                                            o.subnet_id)),
-                                       model_uid(o.model, o.model_name), local_reference(o.model, layers))
+                                       model_uid(o.model, o.model_name), self._weights.reference())
             self.validator_duty = ValidatorDuty(self.dht, self.chain, self.node_key, o.subnet_id,
                                                 hidden_size=hidden, num_blocks=layers, reference=reference,
                                                 evidence=evidence, journal=self._journal()).start()
@@ -281,8 +283,8 @@ class Node:
         self._spot_client = SpotCheckClient(self.maddrs, uid)
         policy = EvidencePolicy(o.subnet_id, ChainRegistry(lambda: connect(url), o.subnet_id))
         self.spot_duty = SpotCheckDuty(self.dht, self.node_key, policy, uid, load_config(o.model).vocab_size,
-                                       self._spot_client.run, local_reference(o.model, layers),
-                                       local_embedding(o.model)).start()
+                                       self._spot_client.run, self._weights.reference(),
+                                       self._weights.embed()).start()
 
     def _journal(self) -> ValidatorJournal | None:
         """The validator's restart journal under the data dir (none for a node without a key file)."""

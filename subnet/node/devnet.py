@@ -76,6 +76,7 @@ class DevnetOptions:
     chain_port: int = 0
     workdir: str | None = None
     dtype: str = "float32"
+    spot_checks: bool = False  # every validator also runs spot-check sessions (validator/spot_checks.py)
     stake: int = 100
     timeout: float | None = None
     restart: bool = False  # start a child node again when it exits
@@ -190,6 +191,8 @@ class Devnet:
         )
         if m.role == "hoster":
             argv[3:3] = hoster_flags(m.blocks)
+        if self.opts.spot_checks:
+            argv.append("--spot-checks")
         return argv
 
     def _start_local_node(self) -> None:
@@ -199,6 +202,7 @@ class Devnet:
             node_key=str(m.key_dir / "node.key"), account_key=str(m.key_dir / "hotkey.json"),
             api_host=self.opts.api_host, api_port=self.opts.api_port, dtype=self.opts.dtype,
             host_maddrs=list(LOOPBACK),  # one machine: the swarm stays on loopback
+            spot_checks=self.opts.spot_checks,
         ))
         self.node.start()  # its DHT peer is the bootstrap; the API starts once hosters serve
 

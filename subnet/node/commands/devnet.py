@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chain-port", type=int, default=0, help="devnet chain HTTP port (0: any free port)")
     parser.add_argument("--dir", dest="workdir", default=None, help="keep state, keys and logs here")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--spot-checks", action="store_true",
+                        help="every validator also spot-checks hosters through ordinary inference sessions")
     parser.add_argument("--timeout", type=float, default=None, help="give up on --epochs after this many seconds")
     parser.add_argument("--restart", action="store_true",
                         help="start a node again (same keys and arguments) when it exits; without it the rest "
@@ -46,5 +48,6 @@ def run(args: argparse.Namespace) -> int:
     opts = DevnetOptions(model=args.model, hosters=args.hosters, validators=args.validators, epochs=args.epochs,
                          block_time=args.block_time, epoch_length=args.epoch_length, api_host=args.api_host,
                          api_port=args.api_port, chain_port=args.chain_port, workdir=args.workdir, dtype=args.dtype,
-                         timeout=args.timeout, restart=args.restart, max_restarts=args.max_restarts)
+                         timeout=args.timeout, spot_checks=args.spot_checks, restart=args.restart,
+                         max_restarts=args.max_restarts)
     return run_devnet(opts)
