@@ -145,3 +145,42 @@ def test_rewinding_restores_grammar_text_and_stop_string_state():
     gate = FakeGate(liar, 2)
     assert run(liar, gate) == want
     assert gate.rewinds == [6]
+
+
+def _spec_tokens(params: SamplingParams, prompt: torch.Tensor, session: FakeSession, gate=None) -> list[list[int]]:
+    from subnet.client.speculative_loop import speculative_events
+
+    out: list[list[int]] = [[] for _ in range(prompt.shape[0])]
+    for events in speculative_events(_head(), session.step, prompt, params, gate=gate):
+        for ev in events:
+            out[ev.index].append(ev.token_id)
+    return out
+
+
+@pytest.mark.parametrize("lie_from", [0, 5, 13])
+def test_speculative_loop_settles_checks_and_redoes_a_failed_step(lie_from):
+    """Speculative decoding walks drafts and emits at once: with a gate it settles a step's pending
+    checks first, and a step a check failed is sent again (over the new route), so greedy tokens stay
+    those of the plain loop without any liar."""
+    prompt = torch.tensor([[4, 8, 15, 16, 4, 8, 15, 16, 4, 8], [1, 2, 3, 1, 2, 3, 1, 2, 3, 1]])
+    params = SamplingParams.create(max_new_tokens=16)
+    want = _tokens(params, prompt, FakeSession())
+    assert _spec_tokens(params, prompt, FakeSession()) == want  # speculation alone changes nothing
+    assert _spec_tokens(params, prompt, FakeSession(lie_from)) != want  # unchecked, the lie reaches the consumer
+    liar = FakeSession(lie_from)
+    gate = FakeGate(liar, 3)
+    assert _spec_tokens(params, prompt, liar, gate) == want
+    assert gate.rewinds and gate.rewinds[0] == min(p for p, lied in liar.steps if lied)
+
+
+def test_a_rewind_cuts_the_record_of_fed_tokens():
+    """`fed` (the token ids a later session may reuse as a prefix) holds only what the session
+    finally holds: a rewind drops the ids fed after the failed step."""
+    prompt = torch.tensor([[4, 8, 15, 16, 23, 42]])
+    params = SamplingParams.create(max_new_tokens=12)
+    honest: list[int] = []
+    list(generate_events(_head(), FakeSession().step, prompt, params, fed=honest))
+    liar = FakeSession(8)
+    gate, fed = FakeGate(liar, 3), []
+    list(generate_events(_head(), liar.step, prompt, params, gate=gate, fed=fed))
+    assert gate.rewinds and fed == honest and len(fed) == len(liar.inputs)
