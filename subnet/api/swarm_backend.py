@@ -22,19 +22,21 @@ from keys import NodeKey
 from subnet.api.backends import BackendError, BatchedBackend, GenerationParams, ModelCard, TokenEvent
 from subnet.api.sampling import to_sampling_params
 from subnet.client import DistributedModelForCausalLM, RouteError, SessionError
+from subnet.client.runtime import client_record_validators
 from subnet.model.blocks import model_uid
 from subnet.swarm.dht import start_dht
 
 log = logging.getLogger(__name__)
 
 
-def start_client_dht(initial_peers: Sequence[str]) -> Any:
+def start_client_dht(initial_peers: Sequence[str], model_uids: Sequence[str] = ()) -> Any:
     """A client-mode DHT peer with a fresh key, joined to `initial_peers`.
 
     hivemind's identity-collision check reads the key file as RSA and fails on our Ed25519
     keys; a freshly generated key cannot collide, so the check is skipped.
     """
-    return start_dht(NodeKey.generate(), list(initial_peers), client_mode=True, check_if_identity_free=False)
+    return start_dht(NodeKey.generate(), list(initial_peers), client_mode=True, check_if_identity_free=False,
+                     record_validators=client_record_validators(model_uids))
 
 
 def covers_all(spans: Sequence[tuple[int, int]], num_blocks: int) -> bool:
@@ -67,7 +69,7 @@ class SwarmBackend(BatchedBackend):
         unless `dht` is given)."""
         own_dht = None
         if dht is None:
-            own_dht = dht = start_client_dht(initial_peers)
+            own_dht = dht = start_client_dht(initial_peers, [model_uid(model_path, model_name)])
         try:
             model = DistributedModelForCausalLM.from_pretrained(model_path, initial_peers, dht=dht,
                                                                 model_name=model_name, **client_kwargs)

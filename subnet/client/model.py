@@ -83,7 +83,7 @@ class DistributedModelForCausalLM:
         generation_config = _load_generation_config(model_path_or_id, parts.config)
         cfg = replace(config or ClientConfig(), **config_overrides)
         uid = make_model_uid(model_path_or_id, model_name)
-        runtime = ClientRuntime(dht, initial_peers)
+        runtime = ClientRuntime(dht, initial_peers, model_uids=[uid])
         try:
             manager = SequenceManager(runtime, uid, parts.config.num_hidden_layers,
                                       hidden_size=parts.config.hidden_size, config=cfg, registry=registry)

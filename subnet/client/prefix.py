@@ -164,13 +164,16 @@ def apply_reuse(session, plan: ReusePlan) -> None:
 
 
 def remember(session, tokens: Sequence[int] | None) -> None:
-    """At close: keep the session's histories if every span holds exactly `tokens`' inputs in one row."""
+    """At close: keep the session's histories if every span holds `tokens`' inputs first, in one row."""
     store = getattr(session.manager, "prefix_store", None)
-    if store is None or tokens is None or len(tokens) != session.position or session.position < BOUNDARY:
+    # `tokens` may be shorter than the session: speculative decoding's last step can leave rejected
+    # drafts after them, which the record leaves out (the hosters' keys at boundaries below still match)
+    n = len(tokens) if tokens is not None else 0
+    if store is None or n > session.position or n < BOUNDARY:
         return
     for st in session.spans:
         if st.stream is None or st.stream.closed or st.open_error is not None or st.server_pos != session.position \
-                or st.history is None or st.history.shape[0] != 1 or st.history.shape[1] < session.position:
+                or st.history is None or st.history.shape[0] != 1 or st.history.shape[1] < n:
             return
-    store.save(tokens, session.route, [st.history[:, :session.position] for st in session.spans],
+    store.save(tokens, session.route, [st.history[:, :n] for st in session.spans],
                [st.check.passed for st in session.spans], getattr(session, "adapter", None))

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import hivemind
 
 from keys import NodeKey
+from subnet.swarm.announcements import AnnouncementValidator
 from subnet.swarm.dht import start_dht
 
 T = TypeVar("T")
@@ -25,7 +26,7 @@ class ClientRuntime:
     """Owns (or borrows) a DHT and runs a background loop holding its P2P replica."""
 
     def __init__(self, dht: hivemind.DHT | None = None, initial_peers: Sequence[str] = (), *,
-                 start_timeout: float = 60.0):
+                 model_uids: Sequence[str] = (), start_timeout: float = 60.0):
         self._own_dht = dht is None
         if dht is None:
             if not initial_peers:
@@ -35,7 +36,7 @@ class ClientRuntime:
             # a fresh random key cannot be taken anyway.)
             try:
                 dht = start_dht(NodeKey.generate(), list(initial_peers), client_mode=True,
-                                check_if_identity_free=False)
+                                check_if_identity_free=False, record_validators=client_record_validators(model_uids))
             except Exception as e:
                 raise ConnectionError(f"cannot join the swarm through {list(initial_peers)}: {e}") from e
         self.dht = dht
@@ -120,3 +121,12 @@ async def wait_for(aw: Awaitable[T], timeout: float, what: str) -> T:
         return await asyncio.wait_for(aw, timeout)
     except TimeoutError:
         raise TimeoutError(f"{what} timed out after {timeout:.1f}s") from None
+
+
+def client_record_validators(model_uids: Sequence[str] = ()) -> list:
+    """What a client checks on every DHT read: the hoster lists of `model_uids` as honest peers admit
+    them. A peer that stores anything (an attacker) can hold a replayed, re-expired, reordered or
+    junk value under a hoster's subkey; without the check a read takes that copy (the latest expiry
+    wins), the parse then drops it, and the hoster vanishes from routing. With it, hivemind discards
+    that peer's whole answer and the honest peers' copy is used."""
+    return [AnnouncementValidator(model_uids=list(model_uids))]

@@ -28,7 +28,7 @@ class SpotCheckClient:
 
     def rotate(self) -> None:
         """A new client identity (a new client-mode DHT peer) for the next sessions."""
-        old, self.runtime = self.runtime, ClientRuntime(None, self.initial_peers)
+        old, self.runtime = self.runtime, ClientRuntime(None, self.initial_peers, model_uids=[self.model_uid])
         if old is not None:
             old.close()
 

@@ -110,8 +110,9 @@ class SwarmTransport:
                  max_tokens: int = 256, temperature: float = 0.7):
         from subnet.api.swarm_backend import start_client_dht  # deferred: torch + hivemind; HTTP chat needs neither
         from subnet.client import DistributedModelForCausalLM  # deferred: as above
+        from subnet.model.blocks import model_uid  # deferred: as above
 
-        self.dht = start_client_dht(initial_peers)
+        self.dht = start_client_dht(initial_peers, [model_uid(model_path, model_name)])
         try:
             self.model = DistributedModelForCausalLM.from_pretrained(model_path, initial_peers, dht=self.dht,
                                                                      model_name=model_name)
