@@ -235,28 +235,8 @@ def generate_events(
         if logits.shape[0] != batch:  # one shared row: every row samples from it
             logits = logits.expand(batch, -1).clone()
         next_tokens = sampler(logits, n, suppress)
-        ids = next_tokens.tolist()
-        lps = sampler.last_logprobs
-        events: list[StreamEvent] = []
+        events = step_events(rows, next_tokens.tolist(), sampler.last_logprobs, n, params, stop_ids)
         last = n + 1 == params.max_new_tokens
-        for i, tok in enumerate(ids):
-            row = rows[i]
-            if row.finish is not None:
-                continue
-            finish = None
-            if tok in stop_ids and n >= params.min_new_tokens:
-                text, _ = row.flush()
-                finish = "stop"
-            else:
-                text, hit = row.text_of(tok)
-                if hit:
-                    finish = "stop"
-                elif last:
-                    tail, hit = row.flush()
-                    text += tail
-                    finish = "stop" if hit else "length"
-            row.finish = finish
-            events.append(StreamEvent(tok, text, finish, i, lps[i] if lps is not None else None))
         n += 1
         tokens = next_tokens.view(batch, 1)
         stopped = should_stop is not None and should_stop()
@@ -278,6 +258,34 @@ def generate_events(
             yield events
         if finished or stopped:
             return  # done, or the consumer went away (`should_stop`): the caller closes the session
+
+
+def step_events(rows: list[_Row], ids: list[int], lps, n: int, params: SamplingParams,
+                stop_ids: set[int]) -> list[StreamEvent]:
+    """The events of sampling step `n` (token `ids[i]` for row i; rows already finished give none):
+    a stop token (once `min_new_tokens` are out), a stop string or `max_new_tokens` ends a row.
+    Shared by the plain and the speculative loop, so both end rows the same way."""
+    events: list[StreamEvent] = []
+    last = n + 1 == params.max_new_tokens
+    for i, tok in enumerate(ids):
+        row = rows[i]
+        if row.finish is not None:
+            continue
+        finish = None
+        if tok in stop_ids and n >= params.min_new_tokens:
+            text, _ = row.flush()
+            finish = "stop"
+        else:
+            text, hit = row.text_of(tok)
+            if hit:
+                finish = "stop"
+            elif last:
+                tail, hit = row.flush()
+                text += tail
+                finish = "stop" if hit else "length"
+        row.finish = finish
+        events.append(StreamEvent(tok, text, finish, i, lps[i] if lps is not None else None))
+    return events
 
 
 MAX_HELD_STEPS = 64  # beyond this many held steps the loop waits for the pending checks

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from subnet.client.generation import ClientHead, StepFn, StreamEvent, _Row
+from subnet.client.generation import ClientHead, StepFn, StreamEvent, _Row, step_events
 from subnet.client.sampling import Sampler, SamplingParams
 from subnet.client.speculative import DEFAULT_DRAFT_TOKENS, DraftController, NgramDrafter, accept_point_draft
 from subnet.client.streaming import IncrementalDetokenizer, StopStringMatcher
@@ -89,29 +89,10 @@ def speculative_events(
     def emit(tokens: torch.Tensor, processed: torch.Tensor, n: int) -> list[StreamEvent]:
         """Commit one token per row (sampler state) and turn it into events."""
         sampler.commit(tokens, processed)
-        lps = sampler.last_logprobs
-        events = []
-        last = n + 1 == params.max_new_tokens
-        for i, tok in enumerate(tokens.tolist()):
+        ids = tokens.tolist()
+        for i, tok in enumerate(ids):
             history[i].append(tok)
-            row = rows[i]
-            if row.finish is not None:
-                continue
-            finish = None
-            if tok in stop_ids and n >= params.min_new_tokens:
-                text, _ = row.flush()
-                finish = "stop"
-            else:
-                text, hit = row.text_of(tok)
-                if hit:
-                    finish = "stop"
-                elif last:
-                    tail, hit = row.flush()
-                    text += tail
-                    finish = "stop" if hit else "length"
-            row.finish = finish
-            events.append(StreamEvent(tok, text, finish, i, lps[i] if lps is not None else None))
-        return events
+        return step_events(rows, ids, sampler.last_logprobs, n, params, stop_ids)
 
     def verified_step(x: torch.Tensor, pos: int) -> torch.Tensor:
         """`step(x, pos)`; with a gate, its pending checks settled and, if one failed, the step redone."""

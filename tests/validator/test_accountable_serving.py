@@ -1,8 +1,9 @@
 """End to end on 127.0.0.1 (devnet chain process, hivemind peers, tiny model): a hoster that
 computes probes and `rpc_forward` honestly but alters what it returns to clients.
 
-Nodes: the liar (hoster only), two honest hoster+validator nodes and one validator node, all
-serving [0, 8).
+Nodes: the liar (a hoster altering traffic, with an unmodified validator duty, since any registered
+node may be elected to propose), two honest hoster+validator nodes and one validator node; the
+hosters serve [0, 8).
 - Client checks: a client with the chain registry is steered to the liar; its checks catch
   the liar at the first step, recover (the generation equals local transformers greedy
   tokens), and publish evidence.
@@ -74,7 +75,11 @@ class Subnet:
         def policy() -> EvidencePolicy:
             return EvidencePolicy(net.subnet_id, ChainRegistry(lambda: DevnetChain(net.url), net.subnet_id))
 
-        self.liar.start_roles(model=model_path, blocks=(0, 8), validator=False)
+        # The liar's node runs an (unmodified) validator duty too: every registered node may be elected
+        # to propose, and a hoster-only liar elected for the epoch after it was caught (a 1 in 4 draw)
+        # left that epoch without the proposal this test checks. Its reports are not among the checked.
+        self.liar.start_roles(model=model_path, blocks=(0, 8),
+                              evidence=EvidenceChecker(self.liar.dht, policy(), uid, local_reference(model_path, 8)))
         tamper_servicer(self.liar.hoster.servicer, 0.3)  # test-only: alters inference steps, never probes or forwards
         for node in self.honest:
             node.start_roles(model=model_path, blocks=(0, 8),
