@@ -133,7 +133,12 @@ class Subnet:
         sub = net.owner.get_consensus_submission(net.subnet_id, scored + 1)
         assert sub is not None
         data = {x.node_id: x.score for x in sub.data}
-        assert data.get(liar.op.node_id, 0) / sum(data.values()) <= 0.05
+        # the liar's node earns what the validator-only node earns for validating, and for hosting
+        # (what the honest hoster+validator nodes earn beyond that) at most 0.05 of the total
+        hosting = data.get(liar.op.node_id, 0) - data[self.validator_only.op.node_id]
+        assert hosting / sum(data.values()) <= 0.05, data
+        assert all(data[n.op.node_id] - data[self.validator_only.op.node_id] > 0.1 * sum(data.values())
+                   for n in self.honest), data
         result = net.owner.get_epoch_result(net.subnet_id, scored + 1)
         assert result is not None and result["outcome"] == "accepted", result
 
