@@ -20,7 +20,7 @@ def pytest_collection_modifyitems(config, items) -> None:
     """With xdist workers, hand out the modules marked `long` first, then those holding slow tests,
     so the longest ones run side by side at the start instead of forming a tail at the end. The sort
     is stable: tests keep their order inside a module (a random order stays random)."""
-    if not getattr(config.option, "numprocesses", None):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # workers collect (the controller only hands out)
         return
     long = {item.path for item in items if item.get_closest_marker("long")}
     slow = {item.path for item in items if item.get_closest_marker("slow")}
