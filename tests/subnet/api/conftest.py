@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,8 +104,10 @@ def _announce(dht, key, model: str, start: int, end: int, num_blocks: int) -> No
 
     payload = {"peer_id": key.peer_id, "model": model, "start": start, "end": end, "throughput": 100.0,
                "cache_tokens_free": 4096, "cache_tokens_total": 8192, "version": "test", "state": "online",
-               "num_blocks": num_blocks, "hidden_size": 64, "dtype": "float32"}
-    ok = dht.store(servers_key(model), seal(key, "announce", payload), get_dht_time() + 600, subkey=key.peer_id)
+               "num_blocks": num_blocks, "hidden_size": 64, "dtype": "float32",
+               # replay protection: issue time (ns) and signed validity, which clients' DHTs check
+               "seq": time.time_ns(), "valid_until": get_dht_time() + 600}
+    ok = dht.store(servers_key(model), seal(key, "announce", payload), payload["valid_until"], subkey=key.peer_id)
     assert ok
 
 
