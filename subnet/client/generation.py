@@ -159,6 +159,24 @@ def _result(job: _HeadJob) -> torch.Tensor:
     return job.result
 
 
+def loop_setup(input_ids: torch.Tensor, params: SamplingParams, eos_token_ids: tuple[int, ...], tokenizer,
+               want_text: bool) -> tuple[list[_Row], set[int], list[int] | None]:
+    """What both token loops (plain, speculative) start with: a row state per sequence, the ids that
+    end a row, and the ids suppressed until `min_new_tokens` are out."""
+    batch, prompt_len = input_ids.shape
+    if prompt_len == 0:
+        raise ValueError("empty prompt")
+    need_text = want_text or bool(params.stop)
+    if need_text and tokenizer is None:
+        raise ValueError("text output and stop strings need a tokenizer")
+    rows = [_Row(IncrementalDetokenizer(tokenizer) if need_text else None,
+                 StopStringMatcher(params.stop) if params.stop else None) for _ in range(batch)]
+    stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_token_ids))
+    if params.constraint is not None:  # a completed grammar ends the row with one of these
+        stop_ids |= set(params.constraint.eos_ids)
+    return rows, stop_ids, sorted(stop_ids) if params.min_new_tokens else None
+
+
 def generate_events(
     head: ClientHead,
     step: StepFn,
@@ -185,24 +203,11 @@ def generate_events(
     back, and a failed check rewinds the loop to the failed step (the events after it are never
     yielded).
     """
-    batch, prompt_len = input_ids.shape
-    if prompt_len == 0:
-        raise ValueError("empty prompt")
-    need_text = want_text or bool(params.stop)
-    if need_text and tokenizer is None:
-        raise ValueError("text output and stop strings need a tokenizer")
-    rows = [
-        _Row(IncrementalDetokenizer(tokenizer) if need_text else None,
-             StopStringMatcher(params.stop) if params.stop else None)
-        for _ in range(batch)
-    ]
+    batch = input_ids.shape[0]
+    rows, stop_ids, suppress = loop_setup(input_ids, params, eos_token_ids, tokenizer, want_text)
     if params.max_new_tokens == 0:
         yield [StreamEvent(None, "", "length", i) for i in range(batch)]
         return
-    stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_token_ids))
-    if params.constraint is not None:  # a completed grammar ends the row with one of these
-        stop_ids |= set(params.constraint.eos_ids)
-    suppress = sorted(stop_ids) if params.min_new_tokens else None
     sampler = Sampler(params, input_ids, head.vocab_size)
 
     tokens = input_ids[:1, start:] if shared_rows else input_ids[:, start:]

@@ -22,10 +22,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from subnet.client.generation import ClientHead, StepFn, StreamEvent, _Row, step_events
+from subnet.client.generation import ClientHead, StepFn, StreamEvent, loop_setup, step_events
 from subnet.client.sampling import Sampler, SamplingParams
 from subnet.client.speculative import DEFAULT_DRAFT_TOKENS, DraftController, NgramDrafter, accept_point_draft
-from subnet.client.streaming import IncrementalDetokenizer, StopStringMatcher
 from subnet.logs import event
 
 log = logging.getLogger(__name__)
@@ -65,20 +64,10 @@ def speculative_events(
     plain loop holds such events back instead and rewinds; here the wait is per checked step, which
     only checked steps pay: the first of each hoster and `verify_fraction` of the rest.)"""
     batch, prompt_len = input_ids.shape
-    if prompt_len == 0:
-        raise ValueError("empty prompt")
-    need_text = want_text or bool(params.stop)
-    if need_text and tokenizer is None:
-        raise ValueError("text output and stop strings need a tokenizer")
-    rows = [_Row(IncrementalDetokenizer(tokenizer) if need_text else None,
-                 StopStringMatcher(params.stop) if params.stop else None) for _ in range(batch)]
+    rows, stop_ids, suppress = loop_setup(input_ids, params, eos_token_ids, tokenizer, want_text)
     if params.max_new_tokens == 0:
         yield [StreamEvent(None, "", "length", i) for i in range(batch)]
         return
-    stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_token_ids))
-    if params.constraint is not None:
-        stop_ids |= set(params.constraint.eos_ids)
-    suppress = sorted(stop_ids) if params.min_new_tokens else None
     sampler = Sampler(params, input_ids, head.vocab_size)
     drafter = drafter if drafter is not None else NgramDrafter()
     if controller is None:
