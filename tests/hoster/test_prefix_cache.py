@@ -146,3 +146,24 @@ def test_entries_are_scoped_by_lora_adapter():
     store.save(list(range(64)), route, [_x(64, 1)], [1], adapter="lora-a")
     assert store.best(list(range(64))) is None
     assert store.best(list(range(64)), "lora-a")[1] == 64
+
+
+def test_a_session_with_a_rejected_tail_is_remembered_up_to_its_valid_tokens():
+    """Speculative decoding's last step can leave rejected drafts in the session after the tokens
+    the loop kept: the record holds the kept tokens' inputs (it used to be dropped altogether)."""
+    from types import SimpleNamespace
+
+    from subnet.client.prefix import remember
+    from subnet.client.session import _SpanState
+
+    store = PrefixStore()
+    history = _x(80, 5)
+    stream = SimpleNamespace(closed=False)
+    st = _SpanState(Span("peer", 0, 8), history=history, server_pos=80, stream=stream)
+    session = SimpleNamespace(manager=SimpleNamespace(prefix_store=store), position=80, spans=[st],
+                              route=[st.span], adapter=None)
+    remember(session, list(range(70)))  # 70 valid tokens, 10 rejected drafts after them
+    rec, n = store.best(list(range(70)))
+    assert n == 70 and len(rec.tokens) == 70 and torch.equal(rec.histories[0], history[:, :70])
+    remember(session, list(range(81)))  # more tokens than the session holds: not a record of it
+    assert store.best([5] + list(range(80))) is None and len(store.best(list(range(81)))[0].tokens) == 70
