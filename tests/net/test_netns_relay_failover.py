@@ -47,11 +47,13 @@ def test_client_fails_over_when_the_relay_dies(lab, tiny_llama, tmp_path):
 
         flag = tmp_path / "relay-killed"
         probe = [sys.executable, str(Path(__file__).with_name("client_failover_probe.py")), tiny_llama, net.url,
-                 str(net.subnet_id), str(NEW_TOKENS), ",".join(map(str, PROMPT)), str(PAUSE_AT), str(flag)]
+                 str(net.subnet_id), str(NEW_TOKENS), ",".join(map(str, PROMPT)), str(PAUSE_AT), str(flag),
+                 natted.node_key.peer_id]
         client = subprocess.Popen(lab.argv("client", probe), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         try:
-            assert client.stdout.readline().strip() == "PAUSED", client.stderr.read()[-3000:]
+            line = client.stdout.readline().strip()
+            assert line == "PAUSED", line + "\n" + client.stderr.read()[-3000:]
             relay.proc.kill()  # the relay's whole process group: node, DHT process, p2pd
             wait_for(lambda: not relay.proc.alive, 30, "the relay to die")
             flag.touch()
