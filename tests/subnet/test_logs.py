@@ -29,3 +29,21 @@ def test_a_closed_setup_stream_does_not_break_later_logging(monkeypatch):
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
+
+
+def test_third_party_warnings_nobody_can_act_on_are_muted(monkeypatch):
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        out = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", out)
+        setup_logging("INFO")
+        logging.getLogger("torchao").warning("Failed to load _C_mxfp8.so")
+        logging.getLogger("torchao.kernel.intmm").warning("Detected no triton")
+        logging.getLogger("torch.utils._pytree").warning("Enum subclass register_constant() is deprecated")
+        logging.getLogger("torchao").error("a real error")
+        assert "Failed to load" not in out.getvalue() and "triton" not in out.getvalue()
+        assert "deprecated" not in out.getvalue() and "a real error" in out.getvalue()
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
