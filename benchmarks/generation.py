@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         all_results["models"][key] = r
         print(report(key, r), flush=True)
         print(flush=True)
+        save_results(args.out, {**all_results, "load_avg_at_end": load_avg()})  # each model as it is done
     all_results["load_avg_at_end"] = load_avg()
     path = save_results(args.out, all_results)
     print(f"load average {start_load} -> {all_results['load_avg_at_end']}; wrote {path}")
