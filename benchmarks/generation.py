@@ -22,7 +22,9 @@ Rows and what every ratio is against:
     (one client, threads) over one session's, through each chain (`benchmarks.concurrency`'s
     round), interleaved with the rest.
 Runs are interleaved (local, 1 hoster, 3 hosters, local, ...) so load changes hit all
-alike, each pass starting one row later; medians after one warm-up. The distributed tokens
+alike, each pass starting one row later; medians after one warm-up. Every pass has prompts
+of its own (the same for every row of the pass): hosters keep closed sessions' prefixes, and a
+repeated prompt would skip its prefill on the hosters only. The distributed tokens
 are checked against local. Chains of several hosters forward hoster to hoster (push, the
 default); the "no push" row runs the same chain hop by hop through the client, to show what
 forwarding buys in the same run.
@@ -166,13 +168,18 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
             tps: dict[str, dict[int, list[float]]] = {c: {n: [] for n in new_tokens} for c in configs}
             ttft: dict[str, list[float]] = {c: [] for c in configs}
             bandwidths = []
-            conc_prompts = [torch.randint(0, spec.vocab_size, (1, prompt_len), generator=gen) for _ in range(sessions)]
+            # Hosters keep closed sessions' prefixes (hoster/prefix_cache.py) and would skip a repeated
+            # prompt's prefill: every pass (and every concurrent round) gets prompts of its own.
+            def fresh(length: int, count: int = 1) -> list[torch.Tensor]:
+                return [torch.randint(0, spec.vocab_size, (1, length), generator=gen) for _ in range(count)]
+
             conc_rows = _chain_rows(chains) if sessions > 1 else {}
             conc: dict[str, dict[int, list[float]]] = {name: {1: [], sessions: []} for name in conc_rows}
             for k in conc_rows.values():  # warm-up of the concurrent path
-                run_round(clients[k], conc_prompts, 4)
+                run_round(clients[k], fresh(prompt_len, sessions), 4)
             for i in range(runs):
                 bandwidths.append(measure_bandwidth(runs=5))
+                prompt, long_prompt = fresh(prompt_len)[0], fresh(ttft_prompt)[0]  # the same for every row
                 order = list(configs)  # each pass starts at another row: none always follows the bandwidth run
                 order = [(name, configs[name]) for name in order[i % len(order):] + order[:i % len(order)]]
                 for n in new_tokens:
@@ -186,7 +193,7 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
                     ttft[name].append(time.perf_counter() - t0)
                 for name, k in conc_rows.items():
                     for count in (1, sessions):
-                        secs = run_round(clients[k], conc_prompts[:count], session_tokens)
+                        secs = run_round(clients[k], fresh(prompt_len, count), session_tokens)
                         conc[name][count].append(count * session_tokens / secs)
             best = max(bandwidths, key=lambda b: b.read)
             results["ceiling"] = ceiling_row(path, best)
