@@ -77,7 +77,7 @@ def _run_profiled(name: str, fn, *args, **kwargs):
     return out
 
 
-def _timed(name: str, fn, *, ops: bool = False):
+def timed(name: str, fn, *, ops: bool = False):
     """`fn` wrapped to record its wall time (and, with `ops`, its op time in profiling mode)."""
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
@@ -105,7 +105,7 @@ def _wrap(owner, attr: str, name: str, *, ops: bool = False) -> bool:
     fn = getattr(owner, attr, None)
     if fn is None:
         return False
-    setattr(owner, attr, _timed(name, fn, ops=ops))
+    setattr(owner, attr, timed(name, fn, ops=ops))
     return True
 
 

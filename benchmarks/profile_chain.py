@@ -33,8 +33,10 @@ partly inside and partly outside the op intervals, so the split is approximate. 
                              (by subtraction: the one part not timed directly)
 
 The parts add up to the measured per-token time by construction (transport is the remainder).
-Also shown: each hop's span forward back to back in this process (eager, warm, best of 30): what
-the same blocks cost at best without the chain's pauses.
+Next to it, in the same passes, the lean local loop (`benchmarks/lean_local.py`: the same block
+code over all layers and the same client head in this one process, no network), timed and
+profiled the same way: its blocks' wall and op share, its head, its rest. The difference
+between the two, part by part, is what the chain adds per token.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ if not __package__:  # also runnable as `python benchmarks/<name>.py`
 
 import torch  # noqa: E402
 
-from benchmarks.chain_trace import TRACE_ENV, install_client, take_records  # noqa: E402
+from benchmarks.chain_trace import TRACE_ENV, install_client, take_records, timed  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     MODELS,
     HosterProcs,
@@ -67,28 +69,9 @@ from benchmarks.common import (  # noqa: E402
     median,
     save_results,
 )
+from benchmarks.lean_local import LeanLocal  # noqa: E402
 
 Records = list[tuple[str, float, float]]
-
-
-def in_process_span_ms(path: Path, spans: list[tuple[int, int]], hidden: int, prefix: int) -> dict[str, float]:
-    """Best ms of one decode step of each span, back to back in this process (eager, warm; best of 30:
-    the machine may be loaded by others, and this is a reference for what the blocks cost at best)."""
-    from subnet.model.blocks import load_blocks
-
-    out = {}
-    for a, b in spans:
-        span = load_blocks(path, a, b, progress=False)
-        cache = span.new_cache()
-        span(torch.randn(1, prefix, hidden), cache=cache)
-        ts = []
-        for _ in range(30):
-            t0 = time.perf_counter()
-            span(torch.randn(1, 1, hidden), cache=cache)
-            ts.append(time.perf_counter() - t0)
-        out[f"{a}:{b}"] = min(ts) * 1000
-        del span, cache
-    return out
 
 
 def collect(trace: Path, pids: list[int], tag: str, timeout: float = 60.0) -> dict[int, Records]:
@@ -141,6 +124,32 @@ def one_pass(m, trace: Path, pids: list[int], prompt: torch.Tensor, n: int, tag:
         h["steps"] = sum(1 for name, a, _ in recs if name == "step" and a >= start)
         r["hosters"][str(pid)] = h
     return r
+
+
+def lean_pass(lean: LeanLocal, prompt: torch.Tensor, n: int) -> dict:
+    """The lean local loop's generate, split like `one_pass` (its blocks are `lean_step` records)."""
+    take_records()
+    t0 = time.perf_counter()
+    lean.generate(prompt, n)
+    t_end = time.perf_counter()
+    mine = take_records()
+    start = min(b for name, a, b in mine if name == "head" and a >= t0)
+    tokens = n - 1
+    r = {"per_token": (t_end - start) / tokens}
+    for name in ("lean_step", "lean_step_ops", "lean_step_inner", "head", "embed", "head_ops", "head_inner"):
+        r[name] = _sum(mine, name, start) / tokens
+    return r
+
+
+def lean_breakdown(timed: dict, profiled: dict) -> dict[str, float]:
+    """Per-token ms of the lean loop by part: blocks ops / Python, head+embed, the loop's rest."""
+    blocks_ops = timed["lean_step"] * _share(profiled["lean_step_ops"], profiled["lean_step_inner"])
+    head = timed["head"] + timed["embed"]
+    head_ops = head * _share(profiled["head_ops"], profiled["head_inner"])
+    parts = {"compute: ops (embed, norm, LM head)": head_ops, "compute: ops (blocks)": blocks_ops,
+             "Python: head/embed glue": head - head_ops, "Python: blocks outside ops": timed["lean_step"] - blocks_ops,
+             "Python: loop rest (argmax, KV reserve)": timed["per_token"] - timed["lean_step"] - head}
+    return {k: v * 1000 for k, v in parts.items()}
 
 
 def _share(ops: float, inner: float) -> float:
@@ -197,13 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     spec = MODELS[args.model]
     path = ensure_model(spec)
     spans = chain_spans(spec.num_layers, args.hosters)
-    reference = in_process_span_ms(path, spans, spec.hidden_size, args.prompt_len)
+    lean = LeanLocal(path)
+    lean.step = timed("lean_step", lean.step, ops=True)  # its blocks, timed like a hoster's span
 
     trace = Path(tempfile.mkdtemp(prefix="mesh-chain-trace-"))
     os.environ[TRACE_ENV] = str(trace)  # the hosters inherit it
     install_client()
     prompt = torch.randint(0, spec.vocab_size, (1, args.prompt_len), generator=torch.Generator().manual_seed(0))
     passes: list[tuple[dict, dict]] = []
+    lean_passes: list[tuple[dict, dict]] = []
     with HosterProcs() as procs:
         for i, s in enumerate(spans):
             procs.start(path, s, model_name=f"{spec.name}-prof", wait=i == 0, launcher="benchmarks.traced_hoster")
@@ -212,25 +223,33 @@ def main(argv: list[str] | None = None) -> int:
         pids = [pr.proc.pid for pr in procs.procs]
         with client(path, procs.initial_peers, f"{spec.name}-prof") as m:
             m.generate(prompt, max_new_tokens=8, min_new_tokens=8)  # warm-up
+            lean.generate(prompt, 8)
             for i in range(args.runs):
-                timed = one_pass(m, trace, pids, prompt, args.new_tokens, f"t{i}")
+                tp, lt = one_pass(m, trace, pids, prompt, args.new_tokens, f"t{i}"), lean_pass(lean, prompt,
+                                                                                             args.new_tokens)
                 (trace / "profile").touch()
                 time.sleep(0.5)  # the hosters' poll threads see it
                 try:
-                    profiled = one_pass(m, trace, pids, prompt, args.new_tokens, f"p{i}")
+                    pp = one_pass(m, trace, pids, prompt, args.new_tokens, f"p{i}")
+                    lp = lean_pass(lean, prompt, args.new_tokens)
                 finally:
                     (trace / "profile").unlink()
                     time.sleep(0.5)
-                passes.append((timed, profiled))
+                passes.append((tp, pp))
+                lean_passes.append((lt, lp))
     parts_runs = [breakdown(t, pr) for t, pr in passes]
     parts = {k: median([r[k] for r in parts_runs]) for k in parts_runs[0]}
+    lean_runs = [lean_breakdown(t, pr) for t, pr in lean_passes]
+    lean_parts = {k: median([r[k] for r in lean_runs]) for k in lean_runs[0]}
     per_token = median([t["per_token"] for t, _ in passes]) * 1000
+    lean_pt = median([t["per_token"] for t, _ in lean_passes]) * 1000
     profiled_pt = median([pr["per_token"] for _, pr in passes]) * 1000
-    groups: dict[str, float] = defaultdict(float)
-    for k, v in parts.items():
-        groups[k.split(":")[0].split("+")[0]] += v
+    groups, lean_groups = _groups(parts), _groups(lean_parts)
     rows = [[k, f"{v:.2f}", f"{v / per_token:.0%}"] for k, v in parts.items()]
     rows += [[f"**{g} total**", f"{v:.2f}", f"{v / per_token:.0%}"] for g, v in groups.items()]
+    lean_rows = [[k, f"{v:.2f}", f"{v / lean_pt:.0%}", ""] for k, v in lean_parts.items()]
+    lean_rows += [[f"**{g} total**", f"{v:.2f}", f"{v / lean_pt:.0%}", f"{groups.get(g, 0) - v:+.2f}"]
+                  for g, v in lean_groups.items()]
     hop_rows = []
     for (a, b), pid in zip(spans, map(str, pids)):  # hosters were started in span order
         hs = [t["hosters"][pid] for t, _ in passes]
@@ -238,24 +257,38 @@ def main(argv: list[str] | None = None) -> int:
         hop_rows.append([f"{a}:{b}", f"{median([x['step'] for x in hs]) * 1000:.2f}",
                          f"{median([x['span'] for x in hs]) * 1000:.2f}",
                          f"{median([_share(x['span_ops'], x['span_inner']) for x in hp]):.0%}",
-                         f"{reference[f'{a}:{b}']:.2f}",
                          f"{median([x['receipt'] for x in hs]) * 1000:.2f}",
                          f"{median([x['push'] for x in hs]) * 1000:.2f}"])
+    lean_blocks = median([t["lean_step"] for t, _ in lean_passes]) * 1000
     print(f"model {args.model}, {args.hosters} hosters (default flags, push), {args.new_tokens} new tokens after "
           f"{args.prompt_len}; medians of {args.runs} passes; load {start_load} -> {load_avg()}")
-    print(f"decode: {per_token:.2f} ms per token ({1000 / per_token:.1f} tok/s); profiled pass {profiled_pt:.2f} ms")
-    print(fmt_table(["part (ms per token)", "ms", "share"], rows))
+    print(f"decode: {per_token:.2f} ms per token ({1000 / per_token:.1f} tok/s) through the chain, {lean_pt:.2f} ms "
+          f"({1000 / lean_pt:.1f} tok/s) in the lean local loop; chain's profiled pass {profiled_pt:.2f} ms")
+    print(fmt_table(["chain: part (ms per token)", "ms", "share"], rows))
     print()
-    print(fmt_table(["hop", "step ms", "span forward ms", "op share", "same span in-process, best ms", "receipt ms",
-                     "push ms"], hop_rows))
+    print(fmt_table(["lean local loop: part (ms per token)", "ms", "share", "chain minus lean"], lean_rows))
+    print()
+    print(fmt_table(["hop", "step ms", "span forward ms", "op share", "receipt ms", "push ms"], hop_rows))
+    print(f"all blocks in the lean loop: {lean_blocks:.2f} ms per token")
     path_out = save_results(out_name, {
         "load_avg_at_start": start_load, "model": spec.__dict__, "hosters": args.hosters,
         "new_tokens": args.new_tokens, "prompt_len": args.prompt_len, "ms_per_token": per_token,
-        "profiled_ms_per_token": profiled_pt, "parts_ms": parts, "groups_ms": dict(groups),
-        "in_process_span_ms": reference, "passes": [{"timed": t, "profiled": pr} for t, pr in passes],
-        "parts_ms_all": parts_runs, "load_avg_at_end": load_avg()})
+        "lean_ms_per_token": lean_pt, "lean_blocks_ms_per_token": lean_blocks,
+        "profiled_ms_per_token": profiled_pt, "parts_ms": parts, "groups_ms": groups,
+        "lean_parts_ms": lean_parts, "lean_groups_ms": lean_groups,
+        "passes": [{"timed": t, "profiled": pr} for t, pr in passes],
+        "lean_passes": [{"timed": t, "profiled": pr} for t, pr in lean_passes],
+        "parts_ms_all": parts_runs, "lean_parts_ms_all": lean_runs, "load_avg_at_end": load_avg()})
     print(f"wrote {path_out}")
     return 0
+
+
+def _groups(parts: dict[str, float]) -> dict[str, float]:
+    """Parts summed by their group (the name before the colon; `Python+threads` counts as Python)."""
+    groups: dict[str, float] = defaultdict(float)
+    for k, v in parts.items():
+        groups[k.split(":")[0].split("+")[0]] += v
+    return dict(groups)
 
 
 if __name__ == "__main__":
