@@ -32,7 +32,9 @@ partly inside and partly outside the op intervals, so the split is approximate. 
                              loop scheduling and the RPC handlers' own Python between the timed calls
                              (by subtraction: the one part not timed directly)
 
-The parts add up to the measured per-token time by construction (transport is the remainder).
+The parts add up to the measured per-token time by construction (transport is the remainder);
+the printed values are medians over passes part by part, so their sum differs a little from the
+median total.
 Next to it, in the same passes, the lean local loop (`benchmarks/lean_local.py`: the same block
 code over all layers and the same client head in this one process, no network), timed and
 profiled the same way: its blocks' wall and op share, its head, its rest. The difference
@@ -248,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [[k, f"{v:.2f}", f"{v / per_token:.0%}"] for k, v in parts.items()]
     rows += [[f"**{g} total**", f"{v:.2f}", f"{v / per_token:.0%}"] for g, v in groups.items()]
     lean_rows = [[k, f"{v:.2f}", f"{v / lean_pt:.0%}", ""] for k, v in lean_parts.items()]
-    lean_rows += [[f"**{g} total**", f"{v:.2f}", f"{v / lean_pt:.0%}", f"{groups.get(g, 0) - v:+.2f}"]
-                  for g, v in lean_groups.items()]
+    lean_rows += [[f"**{g} total**", f"{lean_groups.get(g, 0):.2f}", f"{lean_groups.get(g, 0) / lean_pt:.0%}",
+                   f"{groups.get(g, 0) - lean_groups.get(g, 0):+.2f}"] for g in dict.fromkeys([*lean_groups, *groups])]
     hop_rows = []
     for (a, b), pid in zip(spans, map(str, pids)):  # hosters were started in span order
         hs = [t["hosters"][pid] for t, _ in passes]
