@@ -21,7 +21,7 @@ every timed row: a 256 MiB float32 tensor (far beyond the L3 cache), best of sev
            a weight matrix times one activation row),
   - copy:  `y.copy_(x)`                   bytes = 2 x size (read + write, as STREAM counts it).
 The ceiling uses the read bandwidth, the faster of sum and mv: a decode step reads its weights
-and writes almost nothing. (Scratch runs here: sum 16-19 GB/s, mv and dot 22 GB/s, copy 12-14.)
+and writes almost nothing. (Measured here on 2026-12-04: sum 14-19 GB/s, mv 22-31 GB/s, copy 12-18, at low load.)
 """
 
 from __future__ import annotations
