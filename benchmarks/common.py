@@ -123,10 +123,11 @@ class HosterProcs:
         self.initial_peers: list[str] = []
 
     def start(self, model: Path, blocks: tuple[int, int], *, model_name: str | None = None,
-              extra: Sequence[str] = (), wait: bool = True):
+              extra: Sequence[str] = (), wait: bool = True, launcher: str = "hoster"):
+        """`launcher`: the module run with the hoster's arguments (`benchmarks.traced_hoster` wraps it)."""
         from subnet.node.procs import ManagedProcess
 
-        argv = [sys.executable, "-m", "hoster", "--model", str(model), "--blocks", f"{blocks[0]}:{blocks[1]}",
+        argv = [sys.executable, "-m", launcher, "--model", str(model), "--blocks", f"{blocks[0]}:{blocks[1]}",
                 "--no-progress", "--log-level", "WARNING", "--throughput", "100", *extra]
         if model_name:
             argv += ["--model-name", model_name]

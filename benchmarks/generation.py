@@ -6,10 +6,28 @@
 Same checkpoint (random weights, fp32), same prompt, 2 torch threads in every process.
 Tokens/s is new tokens / wall time of a whole `generate` call (prefill included), time to
 first token is `generate(max_new_tokens=1)` on a 512-token prompt (session open included).
+
+Rows and what every ratio is against:
+  - "ceiling (bandwidth)": measured read bandwidth of this machine (STREAM-style, 2 threads,
+    best of several runs, one measurement per pass) / weight bytes one decode step reads
+    (all blocks + final norm + LM head + one embedding row; `benchmarks/ceiling.py`). What
+    no implementation can beat; its "vs fastest local" shows the headroom left.
+  - "local": `transformers` generate; "local, <kernel>": the same with that linear kernel.
+  - "local, lean loop": the project's own block code in one process (`benchmarks/lean_local.py`:
+    the hosters' `BlockSpan` + KV store, the client's embeddings and LM head, no network).
+  - **"vs fastest local"**: each row's tokens/s over the fastest of the local rows (transformers
+    with any kernel, lean loop) for that length, measured in this run; TTFT over the lowest
+    local TTFT. Not against the ceiling ("vs ceiling" is its own column).
+  - "8 sessions vs 1" (separate table): aggregate tokens/s of 8 concurrent `generate` calls
+    (one client, threads) over one session's, through each chain (`benchmarks.concurrency`'s
+    round), interleaved with the rest.
 Runs are interleaved (local, 1 hoster, 3 hosters, local, ...) so load changes hit all
-alike; medians after one warm-up. The distributed tokens are checked against local. Chains
-of several hosters forward hoster to hoster (push, the default); the "no push" row runs the
-same chain hop by hop through the client, to show what forwarding buys in the same run.
+alike, each pass starting one row later; medians after one warm-up. Every pass has prompts
+of its own (the same for every row of the pass): hosters keep closed sessions' prefixes, and a
+repeated prompt would skip its prefill on the hosters only. The distributed tokens
+are checked against local. Chains of several hosters forward hoster to hoster (push, the
+default); the "no push" row runs the same chain hop by hop through the client, to show what
+forwarding buys in the same run.
 
 Hosters and clients run their linear layers on a faster kernel than plain `transformers`
 (`subnet.model.kernels`: `onednn` by default, `blas` as an option; plain `transformers` uses
@@ -36,7 +54,8 @@ if not __package__:  # also runnable as `python benchmarks/<name>.py`
 
 import torch  # noqa: E402  (after benchmarks.common set the thread count)
 
-from benchmarks.common import (
+from benchmarks.ceiling import ceiling_row, measure_bandwidth  # noqa: E402
+from benchmarks.common import (  # noqa: E402
     MODELS,
     HosterProcs,
     chain_spans,
@@ -48,6 +67,10 @@ from benchmarks.common import (
     median,
     save_results,
 )
+from benchmarks.concurrency import run_round  # noqa: E402
+from benchmarks.lean_local import LeanLocal  # noqa: E402
+
+CEILING, LEAN = "ceiling (bandwidth)", "local, lean loop"
 
 
 def local_model(path, kernel: str | None = None):
@@ -69,7 +92,7 @@ def _generate(model, config, ids, n):
 
 def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt: int, runs: int,
                 chains: list[int], compare_push: bool = True, local_kernels: tuple[str, ...] = (),
-                chain_variants: tuple[str, ...] = ()) -> dict:
+                chain_variants: tuple[str, ...] = (), sessions: int = 8, session_tokens: int = 64) -> dict:
     spec = MODELS[key]
     path = ensure_model(spec)
     gen = torch.Generator().manual_seed(1234)
@@ -110,6 +133,8 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
             for kernel in local_kernels:
                 model = local_model(path, kernel=kernel)
                 configs[f"local, {kernel}"] = lambda ids, n, m=model: local_gen(ids, n, m)
+            lean = LeanLocal(path)
+            configs[LEAN] = lean.generate
             for k in chains:
                 m = clients[k]
                 pushing = m.manager.config
@@ -142,16 +167,41 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
 
             tps: dict[str, dict[int, list[float]]] = {c: {n: [] for n in new_tokens} for c in configs}
             ttft: dict[str, list[float]] = {c: [] for c in configs}
-            for _ in range(runs):
+            bandwidths = []
+            # Hosters keep closed sessions' prefixes (hoster/prefix_cache.py) and would skip a repeated
+            # prompt's prefill: every pass (and every concurrent round) gets prompts of its own.
+            def fresh(length: int, count: int = 1) -> list[torch.Tensor]:
+                return [torch.randint(0, spec.vocab_size, (1, length), generator=gen) for _ in range(count)]
+
+            conc_rows = _chain_rows(chains) if sessions > 1 else {}
+            conc: dict[str, dict[int, list[float]]] = {name: {1: [], sessions: []} for name in conc_rows}
+            for k in conc_rows.values():  # warm-up of the concurrent path
+                run_round(clients[k], fresh(prompt_len, sessions), 4)
+            for i in range(runs):
+                bandwidths.append(measure_bandwidth(runs=5))
+                prompt, long_prompt = fresh(prompt_len)[0], fresh(ttft_prompt)[0]  # the same for every row
+                order = list(configs)  # each pass starts at another row: none always follows the bandwidth run
+                order = [(name, configs[name]) for name in order[i % len(order):] + order[:i % len(order)]]
                 for n in new_tokens:
-                    for name, fn in configs.items():
+                    for name, fn in order:
                         t0 = time.perf_counter()
                         fn(prompt, n)
                         tps[name][n].append(n / (time.perf_counter() - t0))
-                for name, fn in configs.items():
+                for name, fn in order:
                     t0 = time.perf_counter()
                     fn(long_prompt, 1)
                     ttft[name].append(time.perf_counter() - t0)
+                for name, k in conc_rows.items():
+                    for count in (1, sessions):
+                        secs = run_round(clients[k], fresh(prompt_len, count), session_tokens)
+                        conc[name][count].append(count * session_tokens / secs)
+            best = max(bandwidths, key=lambda b: b.read)
+            results["ceiling"] = ceiling_row(path, best)
+            results["bandwidth_all"] = [b.as_dict() for b in bandwidths]
+            results["concurrency"] = None if not conc else {
+                "sessions": sessions, "new_tokens_per_session": session_tokens,
+                "aggregate_tokens_per_s": {c: {str(n): median(v) for n, v in d.items()} for c, d in conc.items()},
+                "aggregate_all": {c: {str(n): v for n, v in d.items()} for c, d in conc.items()}}
             results["tokens_per_s"] = {c: {str(n): median(v) for n, v in d.items()} for c, d in tps.items()}
             results["tokens_per_s_all"] = {c: {str(n): v for n, v in d.items()} for c, d in tps.items()}
             results["ttft_s"] = {c: median(v) for c, v in ttft.items()}
@@ -159,22 +209,53 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
     return results
 
 
+def _chain_rows(chains: list[int]) -> dict[str, int]:
+    """Row name -> number of hosters, for the default-flag chains."""
+    return {f"{k} hoster" + ("s" if k > 1 else ""): k for k in chains}
+
+
+def is_local(name: str) -> bool:
+    return name == "local" or name.startswith("local, ")
+
+
+def fastest_local(r: dict) -> tuple[dict[str, float], float]:
+    """The fastest local row's tokens/s per length (any local row) and the lowest local TTFT."""
+    tps = {name: d for name, d in r["tokens_per_s"].items() if is_local(name)}
+    lengths = next(iter(tps.values()))
+    best = {n: max(d[n] for d in tps.values()) for n in lengths}
+    return best, min(t for name, t in r["ttft_s"].items() if is_local(name))
+
+
 def report(key: str, r: dict) -> str:
-    rows = []
-    loc = r["tokens_per_s"]["local"]
-    same = r["tokens_per_s"].get(f"local, {r['default_kernel']}")
+    best, best_ttft = fastest_local(r)
+    ceil = r["ceiling"]["tokens_per_s"]
+    rows = [[CEILING] + [x for _ in best for x in (f"{ceil:.1f}", f"{ceil / best[_]:.2f}x", "1.00x")]
+            + ["-", "-", "-"]]
     for name, d in r["tokens_per_s"].items():
         row = [name]
         for n, v in d.items():
-            row += [f"{v:.1f}", f"{v / loc[n]:.2f}x"] + ([f"{v / same[n]:.2f}x"] if same else [])
+            row += [f"{v:.1f}", f"{v / best[n]:.2f}x", f"{v / ceil:.2f}x"]
         t = r["ttft_s"][name]
-        row += [f"{t * 1000:.0f}", f"{t / r['ttft_s']['local']:.2f}x", r["tokens_equal_local"][name]]
+        row += [f"{t * 1000:.0f}", f"{t / best_ttft:.2f}x", r["tokens_equal_local"][name]]
         rows.append(row)
     headers = ["model " + key]
-    for n in r["tokens_per_s"]["local"]:
-        headers += [f"tok/s {r['prompt_len']}->{n}", "vs local"] + ([f"vs local {r['default_kernel']}"] if same else [])
-    headers += [f"TTFT ms ({r['ttft_prompt']} tok)", "vs local", "same tokens"]
-    return fmt_table(headers, rows)
+    for n in best:
+        headers += [f"tok/s {r['prompt_len']}->{n}", "vs fastest local", "vs ceiling"]
+    headers += [f"TTFT ms ({r['ttft_prompt']} tok)", "vs fastest local", "same tokens"]
+    b = r["ceiling"]
+    parts = ", ".join(f"{k} {v / 1e6:.1f}" for k, v in b["bytes_per_token"].items())
+    lines = [fmt_table(headers, rows),
+             f"ceiling: read bandwidth {b['bandwidth']['read_GBps']:.1f} GB/s (sum {b['bandwidth']['sum_GBps']:.1f}, "
+             f"mv {b['bandwidth']['mv_GBps']:.1f}, copy {b['bandwidth']['copy_GBps']:.1f}; best of "
+             f"{len(r['bandwidth_all'])} passes) / MB read per token ({parts})"]
+    c = r.get("concurrency")
+    if c:
+        n = c["sessions"]
+        crow = [[name, f"{d['1']:.1f}", f"{d[str(n)]:.1f}", f"{d[str(n)] / d['1']:.2f}x"]
+                for name, d in c["aggregate_tokens_per_s"].items()]
+        lines.append(fmt_table([f"model {key}, {c['new_tokens_per_session']} tokens/session", "1 session tok/s",
+                                f"{n} sessions aggregate tok/s", f"{n} vs 1"], crow))
+    return "\n\n".join(lines)
 
 
 COMPILED = "compiled"  # a chain variant: hosters started with --compile (the client as usual)
@@ -198,27 +279,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--chains", default="1,3", help="numbers of hosters in the chain")
     p.add_argument("--no-push-row", action="store_true", help="skip the hop-by-hop (push off) comparison row")
+    p.add_argument("--sessions", type=int, default=8, help="concurrent sessions for the 'N vs 1' table (0: skip)")
+    p.add_argument("--session-tokens", type=int, default=64, help="new tokens per concurrent session")
     p.add_argument("--local-kernels", default="onednn,blas",
                    help="comma-separated subnet.model.kernels kernels to run local transformers with (also a row each)")
-    p.add_argument("--chain-variants", default="compiled,blas,torch",
+    p.add_argument("--chain-variants", default="",
                    help="comma-separated ways to run the multi-hoster chain again (a row each): a linear "
-                        "kernel's name, or compiled (hosters with --compile)")
+                        "kernel's name, or compiled (hosters with --compile); none by default (session 4: the "
+                        "rows the issue asks for are the default-flag chains)")
     p.add_argument("--quick", action="store_true", help="small model, 16 new tokens, one pass")
     p.add_argument("--out", default="generation")
     args = p.parse_args(argv)
     exit_on_sigterm()
     if args.quick:
         args.models, args.new_tokens, args.runs, args.ttft_prompt, args.out = "quick", "16", 1, 64, "generation-quick"
+        args.session_tokens, args.local_kernels = 8, "onednn"
     start_load = load_avg()
     all_results = {"load_avg_at_start": start_load, "models": {}}
     for key in args.models.split(","):
         r = bench_model(key, new_tokens=[int(x) for x in args.new_tokens.split(",")], prompt_len=args.prompt_len,
                         ttft_prompt=args.ttft_prompt, runs=args.runs, chains=[int(x) for x in args.chains.split(",")],
                         compare_push=not args.no_push_row, local_kernels=_names(args.local_kernels),
-                        chain_variants=_names(args.chain_variants))
+                        chain_variants=_names(args.chain_variants), sessions=args.sessions,
+                        session_tokens=args.session_tokens)
         all_results["models"][key] = r
         print(report(key, r), flush=True)
         print(flush=True)
+        save_results(args.out, {**all_results, "load_avg_at_end": load_avg()})  # each model as it is done
     all_results["load_avg_at_end"] = load_avg()
     path = save_results(args.out, all_results)
     print(f"load average {start_load} -> {all_results['load_avg_at_end']}; wrote {path}")

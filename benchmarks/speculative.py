@@ -65,13 +65,13 @@ def count_steps(model) -> list[int]:
     counter = [0]
     original = model.inference_session
 
-    def counting(max_length, batch_size=1):
-        session = original(max_length, batch_size)
+    def counting(*args, **kwargs):
+        session = original(*args, **kwargs)
         step = session.step
 
-        def counted(hidden, position=None):
+        def counted(*step_args, **step_kwargs):
             counter[0] += 1
-            return step(hidden, position)
+            return step(*step_args, **step_kwargs)
 
         session.step = counted
         return session

@@ -48,6 +48,11 @@ def setup_logging(level: str = "INFO") -> None:
     root.setLevel(level)
     for noisy in ("hivemind", "httpx", "urllib3", "asyncio", "filelock"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # Warnings an operator cannot act on, printed at every start of a node whose transformers
+    # imports torchao: CUDA-only kernels a CPU build cannot load, no triton, and torchao's use of
+    # a torch API deprecated for Enums. A WARN line must mean something to whoever reads it.
+    for muted in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(muted).setLevel(logging.ERROR)
 
 
 def event(logger: logging.Logger, message: str, level: int = logging.INFO, **fields) -> None:

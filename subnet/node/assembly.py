@@ -15,6 +15,7 @@ import gc
 import logging
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ from validator.spot_checks import SpotCheckDuty
 from validator.weights import ValidatorWeights
 
 log = logging.getLogger("mesh_node.node")
+JOIN_ATTEMPTS = 3  # starts with peers from the chain before starting as the first peer
+JOIN_RETRY_PAUSE = 2.0  # seconds between them
 
 
 @dataclass
@@ -211,15 +214,23 @@ class Node:
         peers = self._initial_peers()
         if self.network.use_auto_relay and not self.network.relay_peers:
             self.network.relay_peers = list(peers)  # behind NAT: any public peer we know may relay for us
-        try:
-            self.dht = start_dht(self.node_key, peers, record_validators=validators, **self.network.dht_kwargs())
-        except Exception as e:  # p2pd exits when it reaches none of its bootstrap peers
-            if self.opts.initial_peers or not peers or "bootstrap" not in str(e):
-                raise
-            # peers only from the chain, none reachable (stale addresses, or we are the first one up)
-            event(log, "chain_peers_unreachable", logging.WARNING, count=len(peers),
-                  hint="starting as the first peer; others join through this node")
-            self.dht = start_dht(self.node_key, [], record_validators=validators, **self.network.dht_kwargs())
+        for attempt in range(1, JOIN_ATTEMPTS + 1):
+            try:
+                self.dht = start_dht(self.node_key, peers, record_validators=validators, **self.network.dht_kwargs())
+                return
+            except Exception as e:  # p2pd exits when it reaches none of its bootstrap peers
+                if self.opts.initial_peers or not peers or "bootstrap" not in str(e):
+                    raise
+                if attempt == JOIN_ATTEMPTS:
+                    break
+                # A peer that is up may still miss one dial on a loaded machine; starting alone would
+                # leave this node on a DHT island for good (a NAT'd hoster once announced to nobody).
+                event(log, "chain_peers_retry", logging.INFO, attempt=attempt, count=len(peers))
+                time.sleep(JOIN_RETRY_PAUSE)
+        # peers only from the chain, none reachable (stale addresses, or we are the first one up)
+        event(log, "chain_peers_unreachable", logging.WARNING, count=len(peers),
+              hint="starting as the first peer; others join through this node")
+        self.dht = start_dht(self.node_key, [], record_validators=validators, **self.network.dht_kwargs())
 
     def _initial_peers(self) -> list[str]:
         """--initial-peers, plus (with a chain) the subnet's bootnodes and registered nodes' multiaddrs."""

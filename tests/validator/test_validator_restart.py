@@ -24,9 +24,12 @@ import pytest
 
 from tests.validator.support import ChainNet, Node
 
-pytestmark = [pytest.mark.slow, pytest.mark.long]
+pytestmark = [pytest.mark.slow, pytest.mark.long, pytest.mark.timeout(1200)]
 
-BLOCK_TIME, EPOCH_LENGTH = 1.5, 20  # 30 s epochs: a restarted process has ~20 s to be back before it must propose
+# 50 s epochs. The victim is killed once its commit of E-1 is journaled (about block 13 of 20) and must be
+# back before E's propose window closes (block 3 of E): about 10 blocks, 25 s. With 1.5 s blocks (15 s) a
+# restart on a 2-core machine at load 17 took 26 s (13 s of imports alone) and missed the window.
+BLOCK_TIME, EPOCH_LENGTH = 2.5, 20
 START_TIMEOUT = 240.0
 
 

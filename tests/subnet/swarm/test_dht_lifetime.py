@@ -7,6 +7,7 @@ polls a condition.
 
 from __future__ import annotations
 
+import multiprocessing.util
 import os
 import shutil
 import signal
@@ -86,8 +87,15 @@ def short_tmp() -> Iterator[Path]:
 
 
 @pytest.fixture
-def private_tmp(short_tmp, monkeypatch) -> Path:
-    """A TMPDIR of this test's own, so leftover identity dirs are this test's."""
+def private_tmp(short_tmp, monkeypatch, tmp_path_factory) -> Path:
+    """A TMPDIR of this test's own, so leftover identity dirs are this test's.
+
+    Process-wide temp dirs that are made on first use are made first, outside it: pytest's
+    base temp dir and multiprocessing's. Run alone, this module's first test would otherwise
+    create them inside `d`, which is deleted after the test, and every later test of the
+    process failed with FileNotFoundError (or hung on a vanished multiprocessing socket)."""
+    tmp_path_factory.getbasetemp()
+    multiprocessing.util.get_temp_dir()
     d = short_tmp
     monkeypatch.setenv("TMPDIR", str(d))
     monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
