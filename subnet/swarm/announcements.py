@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import hivemind
@@ -137,14 +137,14 @@ class Announcement:
             raise ValueError(f"announced blocks [{ann.start}, {ann.end}) invalid for {ann.num_blocks} blocks")
         if ann.quant not in QUANT_MODES:
             raise ValueError(f"unknown announced quantization {ann.quant!r}")
-        if ann.decode_path not in DECODE_PATHS:
-            raise ValueError(f"unknown announced decode path {ann.decode_path!r}")
+        if ann.decode_path not in DECODE_PATHS:  # informational: a newer writer's path must not hide the hoster
+            ann = replace(ann, decode_path="other")
         if ann.state not in STATES:
             raise ValueError(f"unknown announcement state {ann.state!r}")
         return ann
 
 
-DECODE_PATHS = ("eager", "compiling", "compiled")
+DECODE_PATHS = ("eager", "compiling", "compiled", "other")  # "other": a path this version does not know
 MAX_ADAPTERS = 32  # per announcement; each name a model-uid-like string (subnet.model.adapters)
 
 

@@ -75,6 +75,21 @@ def test_choices_file_is_bounded_and_survives_garbage(tmp_path, monkeypatch):
     assert choices.get("k3") == {"path": "compiled"} and choices.get("k0") is None
 
 
+def test_announced_decode_path_is_informational_and_forward_compatible():
+    """Older writers announce no decode path (eager); a path this version does not know reads as
+    "other" instead of hiding the hoster; anything not a short string is still malformed."""
+    from subnet.swarm.announcements import Announcement
+
+    payload = Announcement(peer_id="p", model="m", start=0, end=4, throughput=10.0, cache_tokens_free=8,
+                           cache_tokens_total=8, version="v", state="online", num_blocks=8, hidden_size=64,
+                           dtype="float32", decode_path="compiled").to_payload()
+    assert Announcement.from_payload(payload).decode_path == "compiled"
+    assert Announcement.from_payload({**payload, "decode_path": "fused_v2"}).decode_path == "other"
+    assert Announcement.from_payload({k: v for k, v in payload.items() if k != "decode_path"}).decode_path == "eager"
+    with pytest.raises(ValueError, match="decode_path"):
+        Announcement.from_payload({**payload, "decode_path": ["compiled"]})
+
+
 _SECOND_START = """
 import json, sys
 from torch._dynamo.utils import counters
