@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 
@@ -43,19 +44,22 @@ CONFIGS = {"before (--no-compile)": ["--no-compile"], "after (default)": []}
 
 
 def wait_chosen(procs: HosterProcs, timeout: float = 900.0) -> list[str]:
-    """Each auto hoster's logged choice (it compiles after `hoster_ready`): the batched buckets' line, or
-    the decode path's when that stayed eager."""
+    """Each auto hoster's logged choice (it compiles after `hoster_ready`): the decode path's line, and
+    with batched buckets on (MESH_NODE_COMPILE_BUCKETS=1) the buckets' line once the decode step won."""
+    buckets = os.environ.get("MESH_NODE_COMPILE_BUCKETS") == "1"
     deadline, lines = time.monotonic() + timeout, {}
     while time.monotonic() < deadline and len(lines) < len(procs.procs):
         for p in procs.procs:
             path = procs.log_dir / f"{p.name}.log"
             with contextlib.suppress(OSError):
                 text = path.read_text().splitlines()
-                hit = [ln for ln in text if "batch_buckets_chosen" in ln or "compile_failed" in ln
-                       or ("decode_path_chosen" in ln and "path=eager" in ln)]
-                if hit:
-                    lines[p.name] = hit[-1][-200:]
+                done = [ln for ln in text if "compile_failed" in ln or "batch_buckets_chosen" in ln
+                        or ("decode_path_chosen" in ln and ("path=eager" in ln or not buckets))]
+                if done:
+                    lines[p.name] = done[-1][-200:]
         time.sleep(1.0)
+    if len(lines) < len(procs.procs):
+        raise TimeoutError(f"{len(procs.procs) - len(lines)} hosters made no compile choice in {timeout:g}s")
     return list(lines.values())
 
 
