@@ -19,6 +19,29 @@ os.environ.setdefault("MESH_NODE_HOST_MADDRS", "/ip4/127.0.0.1/tcp/0")
 os.environ.setdefault("MESH_NODE_COMPILE", "off")
 
 
+class _WithFields:
+    """pytest's own log line plus the event's `key=value` fields (subnet.logs.event): a failed test's
+    "Captured log" then says which hoster failed and why, not only `hoster_failed`."""
+
+    def __init__(self, base) -> None:
+        self.base = base
+
+    def format(self, record) -> str:
+        fields = getattr(record, "fields", None) or {}
+        return self.base.format(record) + "".join(f" {k}={v}" for k, v in fields.items())
+
+    def __getattr__(self, name):
+        return getattr(self.base, name)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config) -> None:
+    plugin = config.pluginmanager.get_plugin("logging-plugin")
+    for handler in (getattr(plugin, "caplog_handler", None), getattr(plugin, "report_handler", None)):
+        if handler is not None and handler.formatter is not None:
+            handler.setFormatter(_WithFields(handler.formatter))
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """With xdist workers, hand out the modules marked `long` first, then those holding slow tests,
     so the longest ones run side by side at the start instead of forming a tail at the end. The sort

@@ -38,6 +38,9 @@ class ClientConfig:
     ping_timeout: float = 3.0
     max_retries: int = 4  # re-routes per step before giving up
     refresh_interval: float = 5.0  # minimum seconds between DHT reads
+    # one DHT read of the hoster list, lock wait included: a lookup can stall on a frozen peer, and
+    # whoever waits for it (a re-route, a check holding tokens back) must not wait request_timeout
+    dht_timeout: float = 10.0
     ban_base: float = 5.0
     ban_max: float = 300.0
     route_jitter: float = 0.05  # random cost spread to break ties between equal hosters
@@ -123,17 +126,20 @@ class SequenceManager:
         return self._servers
 
     async def _refresh(self) -> list[Announcement]:
+        """Read the DHT (asyncio.TimeoutError after `dht_timeout`, waiting for another read included)."""
         if self._refresh_lock is None:
             self._refresh_lock = asyncio.Lock()
-        async with self._refresh_lock:
-            loop = asyncio.get_running_loop()
-            fetched = await asyncio.wait_for(
-                loop.run_in_executor(None, discovery.read_servers, self.runtime.dht, self.model_uid, self.registry),
-                self.config.request_timeout,
-            )
-            self._servers = [s for s in fetched if self._compatible(s)]
-            self._fetched_at = time.monotonic()
-        return self._servers
+
+        async def read() -> list[Announcement]:
+            async with self._refresh_lock:
+                loop = asyncio.get_running_loop()
+                fetched = await loop.run_in_executor(None, discovery.read_servers, self.runtime.dht, self.model_uid,
+                                                     self.registry)
+                self._servers = [s for s in fetched if self._compatible(s)]
+                self._fetched_at = time.monotonic()
+            return self._servers
+
+        return await asyncio.wait_for(read(), self.config.dht_timeout)
 
     def _compatible(self, s: Announcement) -> bool:
         if s.num_blocks and s.num_blocks != self.num_blocks:
@@ -173,19 +179,28 @@ class SequenceManager:
 
     async def make_route(self, start: int = 0, end: int | None = None, *, cache_tokens_needed: int = 0,
                          exclude: Iterable[str] = (), precision: str | None = None,
-                         adapter: str | None = None) -> list[Span]:
+                         adapter: str | None = None, refresh: bool = True,
+                         wait_for_coverage: float | None = None) -> list[Span]:
         """Cheapest live chain covering [start, end); raises RouteError (after refreshing) if none.
 
         Hosters of one precision class only (`precision`, else the best class that covers), unless
         `config.mix_precisions`; never below `config.min_precision`. With `adapter`, only hosters
-        that announce that LoRA adapter.
+        that announce that LoRA adapter. `refresh=False`: only the hosters already known (no wait
+        for the DHT; what optional work such as a check wants); `wait_for_coverage`: this call's
+        own `config.wait_for_coverage`.
         """
         end = self.num_blocks if end is None else end
         exclude = set(exclude)
-        deadline = time.monotonic() + self.config.wait_for_coverage
+        wait = self.config.wait_for_coverage if wait_for_coverage is None else wait_for_coverage
+        deadline = time.monotonic() + wait
         force = False
         while True:
-            servers = await self.servers(force=force)
+            try:
+                servers = await self.servers(force=force)
+            except asyncio.TimeoutError:  # the DHT read stalled (a frozen peer): route with what we know
+                event(log, "dht_read_slow", logging.WARNING, model=self.model_uid,
+                      timeout_s=self.config.dht_timeout)
+                servers = self._servers
             relevant = [s for s in servers if s.start < end and s.end > start and has_adapter(s, adapter)]
             await self._ping_unmeasured(relevant)
             measured = {s.peer_id: t for s in relevant if (t := self.step_times.estimate(s.peer_id)) is not None}
@@ -200,6 +215,8 @@ class SequenceManager:
                       route=" ".join(f"{s.peer_id[-6:]}[{s.start}:{s.end})" for s in route))
                 return route
             except RouteError as e:
+                if not refresh:
+                    raise
                 if not force:
                     force = True  # the cache may be stale: read the DHT once more at once
                     continue

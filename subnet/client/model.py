@@ -122,17 +122,8 @@ class DistributedModelForCausalLM:
 
     def wait_until_servable(self, timeout: float = 30.0) -> list[Span]:
         """Block until the swarm covers every block (useful right after hosters start)."""
-        from dataclasses import replace
-
-        async def _wait():
-            old = self.manager.config
-            self.manager.config = replace(old, wait_for_coverage=timeout)
-            try:
-                return await self.manager.make_route()
-            finally:
-                self.manager.config = old
-
-        return self.runtime.run(_wait(), timeout=timeout + 30)
+        # this call's own wait: the shared config stays as it is for sessions routing meanwhile
+        return self.runtime.run(self.manager.make_route(wait_for_coverage=timeout), timeout=timeout + 30)
 
     # ------------------------------------------------------------------ parameters
 

@@ -259,7 +259,10 @@ class StepVerifier:
         """Blocks [start, end) on `prefix` through `rpc_forward` on hosters outside `exclude`."""
         manager = session.manager
         try:
-            route = await manager.make_route(start, end, exclude=exclude | session.excluded, adapter=session.adapter)
+            # the hosters already known only: a check may hold tokens back (holdback), and a DHT read can
+            # stall on a frozen peer (a check once held a stream 30 s that way)
+            route = await manager.make_route(start, end, exclude=exclude | session.excluded, adapter=session.adapter,
+                                             refresh=False)
         except RouteError:
             return None
         x = prefix

@@ -30,7 +30,7 @@ from keys import AccountKey, NodeKey
 from subnet.logs import event
 from subnet.model.blocks import model_uid
 from subnet.node.checks import check_adapters, check_blocks, check_device, check_initial_peers, check_model
-from subnet.node.errors import NodeConfigError
+from subnet.node.errors import NodeConfigError, UserError
 from subnet.swarm.addresses import NetworkOptions
 from subnet.swarm.announcements import AnnouncementValidator
 from subnet.swarm.chain_view import ChainRegistry
@@ -228,6 +228,10 @@ class Node:
                 event(log, "chain_peers_retry", logging.INFO, attempt=attempt, count=len(peers))
                 time.sleep(JOIN_RETRY_PAUSE)
         # peers only from the chain, none reachable (stale addresses, or we are the first one up)
+        if self.network.use_auto_relay:  # nobody can dial a node behind NAT: alone, it would serve no one
+            raise UserError(f"behind NAT (use_auto_relay) and none of the {len(peers)} peers the chain lists "
+                            f"answered in {JOIN_ATTEMPTS} attempts: a node nobody can dial cannot start as the "
+                            "first peer; start it again once a public node of the subnet is up")
         event(log, "chain_peers_unreachable", logging.WARNING, count=len(peers),
               hint="starting as the first peer; others join through this node")
         self.dht = start_dht(self.node_key, [], record_validators=validators, **self.network.dht_kwargs())

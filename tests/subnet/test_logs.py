@@ -47,3 +47,12 @@ def test_third_party_warnings_nobody_can_act_on_are_muted(monkeypatch, root_logg
     logging.getLogger("torchao").error("a real error")
     assert "Failed to load" not in out.getvalue() and "triton" not in out.getvalue()
     assert "deprecated" not in out.getvalue() and "a real error" in out.getvalue()
+
+
+def test_captured_logs_of_a_test_show_the_event_fields(caplog):
+    """tests/conftest.py: pytest's captured log (shown when a test fails) carries `key=value` fields,
+    so a flaky multi-process test's report names the hoster that failed and the error."""
+    event(logging.getLogger("subnet.client.manager"), "hoster_failed", logging.WARNING, peer="12D3KooWabc",
+          error="StepDeadline: late")
+    assert caplog.messages == ["hoster_failed"]
+    assert "hoster_failed peer=12D3KooWabc error=StepDeadline: late" in caplog.text

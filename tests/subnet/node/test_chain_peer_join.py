@@ -44,3 +44,15 @@ def test_after_every_attempt_fails_the_node_starts_as_the_first_peer(monkeypatch
     node, calls = bare_node(monkeypatch, failures=failures)
     node._start_dht()
     assert calls == [PEERS] * assembly.JOIN_ATTEMPTS + [[]] and node.dht.peers == []
+
+
+def test_a_node_behind_nat_never_starts_alone(monkeypatch):
+    """Nobody can dial a NAT'd node: as the first peer it would announce to no one, so it stops with
+    one line (the CLI's UserError) instead, for its supervisor to start it again later."""
+    from subnet.node.errors import UserError
+
+    node, calls = bare_node(monkeypatch, failures=99)
+    node.network.use_auto_relay = True
+    with pytest.raises(UserError, match="behind NAT .* none of the 1 peers the chain lists answered in 3 attempts"):
+        node._start_dht()
+    assert calls == [PEERS] * assembly.JOIN_ATTEMPTS and not hasattr(node, "dht")
