@@ -159,6 +159,22 @@ class HosterProcs:
         self.stop_all()
 
 
+def wait_decode_paths(m, timeout: float = 900.0) -> dict[str, str]:
+    """Each hoster's announced `decode_path` once none says `compiling` any more: a hoster with no
+    compile flag (hoster/compile_auto.py) announces at once and compiles after `hoster_ready`, so
+    timing it before the choice would time the compiler too. Peer id -> eager/compiled."""
+    from subnet.swarm.announcements import read_announcements
+
+    deadline = time.monotonic() + timeout
+    while True:
+        paths = {a.peer_id: a.decode_path for a in read_announcements(m.manager.runtime.dht, m.manager.model_uid)}
+        if paths and "compiling" not in paths.values():
+            return paths
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"hosters still compiling after {timeout:g}s: {paths}")
+        time.sleep(1.0)
+
+
 @contextlib.contextmanager
 def client(model: Path, initial_peers: Sequence[str], model_name: str | None = None,
            linear_kernel: str | None = None, **client_kw) -> Iterator:

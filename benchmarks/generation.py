@@ -14,7 +14,10 @@ Rows and what every ratio is against:
     no implementation can beat; its "vs fastest local" shows the headroom left.
   - "local": `transformers` generate; "local, <kernel>": the same with that linear kernel.
   - "local, lean loop": the project's own block code in one process (`benchmarks/lean_local.py`:
-    the hosters' `BlockSpan` + KV store, the client's embeddings and LM head, no network).
+    the hosters' `BlockSpan` + KV store, the client's embeddings and LM head, no network);
+    "local, lean loop, compiled": the same with one-position steps through the hosters' compiled
+    decode step (`hoster/compiled.py`), which default hosters serve where it measured faster
+    (`hoster/compile_auto.py`; the run waits until every hoster chose, and records the choices).
   - **"vs fastest local"**: each row's tokens/s over the fastest of the local rows (transformers
     with any kernel, lean loop) for that length, measured in this run; TTFT over the lowest
     local TTFT. Not against the ceiling ("vs ceiling" is its own column).
@@ -66,11 +69,13 @@ from benchmarks.common import (  # noqa: E402
     load_avg,
     median,
     save_results,
+    wait_decode_paths,
 )
 from benchmarks.concurrency import run_round  # noqa: E402
 from benchmarks.lean_local import LeanLocal  # noqa: E402
 
 CEILING, LEAN = "ceiling (bandwidth)", "local, lean loop"
+LEAN_COMPILED = "local, lean loop, compiled"
 
 
 def local_model(path, kernel: str | None = None):
@@ -92,7 +97,8 @@ def _generate(model, config, ids, n):
 
 def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt: int, runs: int,
                 chains: list[int], compare_push: bool = True, local_kernels: tuple[str, ...] = (),
-                chain_variants: tuple[str, ...] = (), sessions: int = 8, session_tokens: int = 64) -> dict:
+                chain_variants: tuple[str, ...] = (), sessions: int = 8, session_tokens: int = 64,
+                compiled_lean: bool = True) -> dict:
     spec = MODELS[key]
     path = ensure_model(spec)
     gen = torch.Generator().manual_seed(1234)
@@ -135,6 +141,11 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
                 configs[f"local, {kernel}"] = lambda ids, n, m=model: local_gen(ids, n, m)
             lean = LeanLocal(path)
             configs[LEAN] = lean.generate
+            if compiled_lean:  # what hosters with the default flags serve once their compile won
+                configs[LEAN_COMPILED] = LeanLocal(path, compiled=True).generate
+            # default hosters compile in the background after `hoster_ready`: time the path they chose
+            results["decode_paths"] = {f"{k} hoster" + ("s" if k > 1 else ""): sorted(
+                wait_decode_paths(clients[k]).values()) for k in chains}
             for k in chains:
                 m = clients[k]
                 pushing = m.manager.config
@@ -248,6 +259,8 @@ def report(key: str, r: dict) -> str:
              f"ceiling: read bandwidth {b['bandwidth']['read_GBps']:.1f} GB/s (sum {b['bandwidth']['sum_GBps']:.1f}, "
              f"mv {b['bandwidth']['mv_GBps']:.1f}, copy {b['bandwidth']['copy_GBps']:.1f}; best of "
              f"{len(r['bandwidth_all'])} passes) / MB read per token ({parts})"]
+    if r.get("decode_paths"):
+        lines.append("hosters' decode paths: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in r["decode_paths"].items()))
     c = r.get("concurrency")
     if c:
         n = c["sessions"]
@@ -287,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated ways to run the multi-hoster chain again (a row each): a linear "
                         "kernel's name, or compiled (hosters with --compile); none by default (session 4: the "
                         "rows the issue asks for are the default-flag chains)")
+    p.add_argument("--no-compiled-lean", action="store_true", help="skip the compiled lean-loop local row")
     p.add_argument("--quick", action="store_true", help="small model, 16 new tokens, one pass")
     p.add_argument("--out", default="generation")
     args = p.parse_args(argv)
@@ -301,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                         ttft_prompt=args.ttft_prompt, runs=args.runs, chains=[int(x) for x in args.chains.split(",")],
                         compare_push=not args.no_push_row, local_kernels=_names(args.local_kernels),
                         chain_variants=_names(args.chain_variants), sessions=args.sessions,
-                        session_tokens=args.session_tokens)
+                        session_tokens=args.session_tokens, compiled_lean=not args.no_compiled_lean)
         all_results["models"][key] = r
         print(report(key, r), flush=True)
         print(flush=True)

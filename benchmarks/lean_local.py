@@ -13,6 +13,11 @@ benchmark row asks, so that all rows make the same number of tokens). No
 
     loop = LeanLocal(path)
     ids = loop.generate(prompt_ids, new_tokens)   # [1, prompt + new] like transformers generate
+
+`LeanLocal(path, compiled=True)` runs one-position steps through the hosters' compiled decode
+step (`hoster.compiled.CompiledDecode`, compiled before the first call; its blocks on the
+`torch` linear kernel the graph multiplies with, the head on the client's), as a hoster does once `--compile-mode auto` chose it: the local row
+to hold compiled hosters against.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 
 from hoster.backend import PREFILL_CHUNK
 from hoster.cache import KVCache, SessionKV, enable_rows_attention
+from hoster.compiled import REQUIRED_KERNEL, SLACK, CompiledDecode
 from subnet.client.generation import ClientHead
 from subnet.model.blocks import load_blocks, load_client_parts, load_config
 
@@ -30,13 +36,20 @@ from subnet.model.blocks import load_blocks, load_client_parts, load_config
 class LeanLocal:
     """Greedy generation with the hosters' `BlockSpan` over all layers and the client's head."""
 
-    def __init__(self, path: str | Path, *, linear_kernel: str | None = None, dtype: str = "float32"):
+    def __init__(self, path: str | Path, *, linear_kernel: str | None = None, dtype: str = "float32",
+                 compiled: bool = False):
         parts = load_client_parts(path, dtype, linear_kernel=linear_kernel)
         self.head = ClientHead(parts.embed_tokens, parts.norm, parts.lm_head, parts.config.vocab_size)
+        # compiled: the blocks multiply with the kernel the graph is built on, the head keeps the
+        # client's, as in a chain of compiled hosters
         self.span = load_blocks(path, 0, parts.config.num_hidden_layers, dtype, progress=False,
-                                linear_kernel=linear_kernel)
+                                linear_kernel=REQUIRED_KERNEL if compiled else linear_kernel)
         enable_rows_attention(self.span.config)  # what every hoster's Backend does at start
         self.eos_ids = _eos_ids(path)
+        self.compiled = None
+        if compiled:
+            self.compiled = CompiledDecode(self.span)
+            self.compiled.warm_up(self.new_kv, KVCache)
 
     def new_kv(self, max_length: int) -> SessionKV:
         s = self.span
@@ -47,6 +60,12 @@ class LeanLocal:
         n = hidden.shape[1]
         kv.reserve(kv.length + n)
         cache = KVCache(kv)
+        c, s = self.compiled, self.span
+        if c is not None and c.serves(hidden, kv, s.start, s.end):
+            out = c(hidden, cache, s.start, s.end)
+            if out is not None:
+                kv.length += 1
+                return out
         outs = []
         for i in range(0, n, PREFILL_CHUNK):
             chunk = hidden[:, i:i + PREFILL_CHUNK]
@@ -59,7 +78,7 @@ class LeanLocal:
         """`ids` [1, T] followed by `new_tokens` greedy tokens."""
         if ids.shape[0] != 1:
             raise ValueError("one sequence at a time")
-        kv = self.new_kv(ids.shape[1] + new_tokens)
+        kv = self.new_kv(ids.shape[1] + new_tokens + SLACK)  # a compiled step never views its whole buffer
         out = [ids]
         hidden = self.step(kv, self.head.embed_ids(ids))
         for i in range(new_tokens):

@@ -9,14 +9,11 @@ Every session keeps its K/V in a `hoster.cache.SessionKV`: per layer one buffer 
 spare capacity, new positions written in place (no per-step concatenation). A batched
 step runs the linear layers on all rows at once, writes each session's new K/V into its
 own buffers and runs attention per session on views of them (`rows_attention`): no
-session's past is copied into a batch tensor. The masks are transformers' own, built
-for the left-padded batch (2-D padding mask, per-row position ids) and sliced per
-session. Long prompts run in chunks of `PREFILL_CHUNK` positions (same results, bounded
-activation memory).
+session's past is copied into a batch tensor (hoster.batched). Long prompts run in
+chunks of `PREFILL_CHUNK` positions (same results, bounded activation memory).
 
-`run_span(hidden, start, end)` is the thread-safe stateless forward used by probes:
-the very same code path as the `forward` RPC. What runs when (steps before forwards,
-forwards in bounded units, round-robin over peers) is `hoster.scheduler`'s.
+`run_span` is the probes' thread-safe stateless forward: the `forward` RPC's own path.
+What runs when is `hoster.scheduler`'s.
 """
 
 from __future__ import annotations
@@ -35,6 +32,7 @@ import torch
 from hoster.adapters import adapted_units, rows_context
 from hoster.batched import crop, step_batched
 from hoster.cache import CacheBudget, KVCache, SessionKV, enable_rows_attention
+from hoster.compile_auto import AutoCompile, Choices
 from hoster.compiled import CompiledDecode
 from hoster.prefix_cache import PrefixCache
 from hoster.scheduler import MIN_UNIT_SECONDS, UNIT_STEPS, TaskQueue, UnitPacer, forward_units
@@ -100,10 +98,12 @@ class _Task:
 
 class Backend:
     def __init__(self, span: BlockSpan, budget: CacheBudget | None = None, *, gather_window: float = 0.0,
-                 max_batch_rows: int = 64, align_wait: float | None = None, compile_decode: bool = False):
+                 max_batch_rows: int = 64, align_wait: float | None = None, compile_decode: bool | str = False):
         self.span = span
-        # hoster.compiled: one-session decode steps through a torch.compile'd span (after warm_up)
-        self.compiled = CompiledDecode(span) if compile_decode else None
+        # hoster.compiled: one-session decode steps through a torch.compile'd span (after warm_up); "auto":
+        # compiled in the background by `start_auto_compile` and used if it wins (hoster.compile_auto)
+        self.compiled = CompiledDecode(span) if compile_decode and compile_decode != "off" else None
+        self.auto: AutoCompile | None = None
         self.budget = budget
         self.gather_window = gather_window
         self.align_wait = align_wait  # None: adaptive (see _align_wait)
@@ -200,9 +200,21 @@ class Backend:
         self._queue.put(None)
         self._thread.join(timeout=30)
 
+    @property
+    def decode_path(self) -> str:
+        """`compiled`, `eager` or (auto, still in the background) `compiling`: announced and exported."""
+        ready = self.compiled is not None and self.compiled.ready
+        return "compiled" if ready else self.auto.path if self.auto is not None else "eager"
+
+    def start_auto_compile(self, key: str, choices: Choices, on_done=None) -> AutoCompile:
+        """Compile the decode step in the background; serve it once measured faster (hoster.compile_auto)."""
+        new_kv = lambda n: self._new_kv(self.span.start, self.span.end, 1, n)  # noqa: E731
+        self.auto = AutoCompile(self.compiled, key, choices, new_kv, KVCache, on_done)
+        return self.auto.start()
+
     def warm_up(self) -> float:
         """Compile the decode step if `compile_decode` (seconds taken, 0 otherwise); before serving."""
-        if self.compiled is None or self.compiled.ready:
+        if self.compiled is None or self.compiled.ready or self.auto is not None:
             return 0.0
         start, end = self.span.start, self.span.end
         return self.compiled.warm_up(lambda max_length: self._new_kv(start, end, 1, max_length), KVCache)
@@ -432,7 +444,6 @@ class Backend:
         return out
 
     def _step_batched(self, batch: list[_Task]) -> list[torch.Tensor]:
-        """Several sessions' steps (same range, same step length) as one batch (hoster.batched)."""
-        out = step_batched(self.span, batch)
+        out = step_batched(self.span, batch, self.auto.batches if self.auto else None)  # hoster.batched
         self.batches_run += 1
         return out

@@ -25,8 +25,9 @@ def crop(session, position: int, rows: int | None = None) -> None:
     session.length = session.cache.length
 
 
-def step_batched(span, batch: list) -> list[torch.Tensor]:
+def step_batched(span, batch: list, graphs=None) -> list[torch.Tensor]:
     """Run several sessions' steps (same range, same step length) as one batch; one output each.
+    `graphs`: a `hoster.compiled_batch.CompiledBatches` to take where it serves the step.
 
     Sorts `batch` in place by LoRA adapter (the caller pairs outputs with its list afterwards):
     each adapter's rows are then one slice of the batch (hoster.adapters)."""
@@ -34,6 +35,11 @@ def step_batched(span, batch: list) -> list[torch.Tensor]:
     for task in batch:
         crop(task.session, task.position, task.hidden.shape[0])
     start, end = batch[0].start, batch[0].end
+    if graphs is not None and graphs.serves(batch):
+        x = torch.cat([t.hidden.to(span.device, span.dtype) for t in batch], dim=0)
+        out = graphs.run(x, [t.session.cache for t in batch])
+        if out is not None:
+            return _results(batch, [t.session.cache for t in batch], [1] * len(batch), 1, out)
     n = batch[0].hidden.shape[1]
     kvs = [t.session.cache for t in batch]
     for kv in kvs:
@@ -57,6 +63,11 @@ def step_batched(span, batch: list) -> list[torch.Tensor]:
     cache = RowsCache(kvs, start, end, mask_free)
     with rows_context(span, [(t.session.adapter, t.hidden.shape[0]) for t in batch]):  # per-row LoRA (if any)
         out = span(x, position_ids=position_ids, cache=cache, attention_mask=mask, start=start, end=end)
+    return _results(batch, kvs, rows, n, out)
+
+
+def _results(batch: list, kvs: list, rows: list[int], n: int, out: torch.Tensor) -> list[torch.Tensor]:
+    """Commit the step's `n` positions in every session; each session's rows of `out`, on the CPU."""
     results, r = [], 0
     for task, kv, b in zip(batch, kvs, rows):
         kv.length += n

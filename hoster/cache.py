@@ -170,15 +170,19 @@ class SessionKV:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
 
     def _reallocate(self, capacity: int) -> None:
+        """New buffers of `capacity` positions, the committed ones copied. Always ordinary tensors, even
+        when called inside inference mode: a compiled step's graph (hoster.compiled) guards on the
+        buffers' dispatch keys, and a buffer grown in inference mode would miss it every step."""
         shape = (self.batch_size, self.kv_heads, capacity, self.head_dim)
         keep = min(self.length, capacity)
-        for store in (self.keys, self.values):
-            for i, old in enumerate(store):
-                new = torch.empty(shape, dtype=self.dtype, device=self.device)
-                if old is not None and keep:
-                    new[:, :, :keep].copy_(old[:, :, :keep])
-                store[i] = new
-                del old  # one layer at a time: the peak is one layer's old + new buffers
+        with torch.inference_mode(False):
+            for store in (self.keys, self.values):
+                for i, old in enumerate(store):
+                    new = torch.empty(shape, dtype=self.dtype, device=self.device)
+                    if old is not None and keep:
+                        new[:, :, :keep].copy_(old[:, :, :keep])
+                    store[i] = new
+                    del old  # one layer at a time: the peak is one layer's old + new buffers
         self.capacity = capacity
 
 

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 REQUIRED_KERNEL = "torch"
 RECOMPILE_LIMIT = 64  # graphs per code object before dynamo gives up compiling (its default is 8)
+SLACK = 2  # positions a compiled step reserves: its own plus one spare (see `serves`)
 MAX_FALLBACKS = 8  # steps refused by the compiled graph before the hoster stops trying it
 # torch raises a plain RuntimeError for a refused recompilation; its message is the only marker
 RECOMPILE_REFUSED = "Detected recompile when torch.compile stance is 'fail_on_recompile'"
@@ -74,16 +75,19 @@ class CompiledDecode:
         self.ready = False  # warmed up: from now on a new compilation is refused
         self.fallbacks = 0  # steps that would have needed a new compilation and ran eagerly instead
         self.steps = 0  # steps run compiled (observability, tests)
+        self.prepare_only = False  # warm_up compiles but leaves `ready` to the caller (hoster.compile_auto)
 
     def serves(self, hidden: torch.Tensor, kv, start: int, end: int) -> bool:
-        """Whether this step takes the compiled path (lengths 0 and 1 would specialise the graph)."""
-        return (self.ready and hidden.shape[0] == 1 and hidden.shape[1] == 1
-                and start == self.span.start and end == self.span.end and kv.length >= 2 and kv.capacity >= 4)
+        """Whether this step takes the compiled path (lengths 0 and 1 would specialise the graph; the
+        buffer keeps one spare position, so the step's view never covers all of it: see `warm_up`)."""
+        return (self.ready and hidden.shape[0] == 1 and hidden.shape[1] == 1 and start == self.span.start
+                and end == self.span.end and kv.length >= 2 and kv.length + SLACK <= kv.max_length)
 
     def __call__(self, hidden: torch.Tensor, cache, start: int, end: int) -> torch.Tensor | None:
         """The step's output, or None when it would need a new compilation (the caller runs it eagerly)."""
         try:
-            with torch.inference_mode(), torch.compiler.set_stance("fail_on_recompile"):
+            cache.kv.reserve(cache.kv.length + SLACK)  # a view of part of the buffer: the warmed-up graph
+            with torch.inference_mode(), torch.compiler.set_stance("fail_on_recompile"), _no_duck_shapes():
                 out = self._fn(_uniform(hidden), None, cache, None, start, end)
             self.steps += 1
             return out
@@ -98,6 +102,11 @@ class CompiledDecode:
                   fallbacks=self.fallbacks, compiled_path="off" if not self.ready else "on")
             return None
 
+    def run_unchecked(self, hidden: torch.Tensor, cache) -> torch.Tensor:
+        """A whole-span step through the graph with no stance or counters (timing it: hoster.compile_auto)."""
+        with torch.inference_mode(), _no_duck_shapes():
+            return self._fn(_uniform(hidden), None, cache, None, self.span.start, self.span.end)
+
     def warm_up(self, new_kv, new_cache) -> float:
         """Compile for dynamic lengths and capacities (blocking, seconds taken); call before serving.
 
@@ -105,7 +114,7 @@ class CompiledDecode:
         """
         t0 = time.perf_counter()
         event(log, "compile_started", blocks=f"{self.span.start}:{self.span.end}")
-        kv = new_kv(128)
+        kv = new_kv(4096)
         cache = new_cache(kv)
         gen = torch.Generator().manual_seed(0)
 
@@ -114,19 +123,28 @@ class CompiledDecode:
 
         kv.reserve(4)
         self.span(hidden(4), cache=cache)  # eager prefill: the compiled path starts at length >= 2
-        # lengths 4, 5: the length becomes dynamic; 15: the step fills the buffer exactly (a view of
-        # all of it: its own graph); 16 after growing: the capacity becomes dynamic; 47 fills a
-        # larger buffer: the full-buffer graph's capacity becomes dynamic too; 63 checks it. The
-        # positions skipped hold garbage, which is fine for compiling.
-        for length, capacity in ((4, 16), (5, 16), (15, 16), (16, 40), (20, 40), (47, 48), (63, 64)):
+        # One graph for every length and capacity: every size is its own symbol (no "duck" sizing,
+        # which would assume that a length equal to a capacity stays equal), and a step never views
+        # its whole buffer (`SLACK`: a full-buffer view is another graph). Positions skipped hold
+        # garbage, which is fine for compiling.
+        for length, capacity in ((35, 48), (20, 40)):  # the second call checks the first graph covers it
             kv.reserve(capacity)  # before moving the length: growing copies [0, length)
             kv.length = length
-            with torch.inference_mode():
+            with torch.inference_mode(), _no_duck_shapes():
                 self._fn(_uniform(hidden(1)), None, cache, None, self.span.start, self.span.end)
+        if self.prepare_only:
+            return time.perf_counter() - t0
         self.ready = True
         seconds = time.perf_counter() - t0
         event(log, "compile_done", blocks=f"{self.span.start}:{self.span.end}", seconds=round(seconds, 1))
         return seconds
+
+
+def _no_duck_shapes():
+    """Compile with one symbol per size (see `CompiledDecode.warm_up`)."""
+    import torch.fx.experimental._config as fx_config
+
+    return fx_config.patch(use_duck_shape=False)
 
 
 def _uniform(hidden: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ Names follow Prometheus conventions (`mesh_hoster_*`, `_total`, `_seconds`, `_by
     mesh_hoster_kv_tokens_budget, mesh_hoster_kv_bytes, mesh_hoster_queue_depth,
     mesh_hoster_forward_queue_depth (when the compute queue has a separate forward lane),
     mesh_hoster_blocks_served, mesh_hoster_throughput_tokens_per_second, mesh_hoster_state{state},
-    mesh_hoster_info{model,peer_id,start,end}, mesh_hoster_batched_steps_total,
+    mesh_hoster_decode_path{path}, mesh_hoster_info{model,peer_id,start,end}, mesh_hoster_batched_steps_total,
     mesh_hoster_push_rejected_total, mesh_hoster_positions_computed_total,
     mesh_hoster_prefix_{entries,tokens} (gauges),
     mesh_hoster_prefix_{hits,misses,evictions,stored,reused_positions}_total,
@@ -94,6 +94,11 @@ class _HosterState(Collector):
         yield _gauge("mesh_hoster_blocks_served", "blocks in the served span", backend.end - backend.start)
         yield _gauge("mesh_hoster_throughput_tokens_per_second", "announced decode throughput",
                      float(getattr(h, "throughput", 0.0) or 0.0))
+        path = GaugeMetricFamily("mesh_hoster_decode_path", "1 for how one-session decode steps run "
+                                 "(hoster/compile_auto.py)", labels=["path"])
+        for p in ("eager", "compiling", "compiled"):
+            path.add_metric([p], 1 if getattr(backend, "decode_path", "eager") == p else 0)
+        yield path
         kv_bytes = 0
         for s in sessions:
             try:

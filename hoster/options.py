@@ -53,7 +53,8 @@ class HosterOptions:
     rebalance_interval: float | None = None  # None or 0: never move
     throughput: float | None = None  # None: measured at start-up
     linear_kernel: str | None = None  # subnet.model.kernels; None = MESH_LINEAR_KERNEL or onednn
-    compile_decode: bool = False  # hoster.compiled: torch.compile one-session decode steps
+    compile_decode: bool = False  # --compile: always compile the decode step, before announcing (mode "on")
+    compile_mode: str | None = None  # auto|on|off (hoster.compile_auto); None: MESH_NODE_COMPILE or auto
     adapters: str | None = None  # "a,b": LoRA adapters (PEFT dirs or hub ids) sessions may pick (hoster/adapters.py)
     progress: bool = True
 
@@ -97,8 +98,14 @@ class HosterOptions:
                "MESH_LINEAR_KERNEL or onednn, best under concurrent sessions; blas is faster for one "
                "sequence at a time)")
         a("--compile", dest="compile_decode", action="store_true", default=d.compile_decode,
-          help="torch.compile one-session decode steps (hoster/compiled.py): ~1.2x faster steps for a lone "
-               "session after a start-up compile; uses the torch linear kernel")
+          help="always torch.compile one-session decode steps (hoster/compiled.py), before announcing; "
+               "uses the torch linear kernel (same as --compile-mode on)")
+        a("--no-compile", dest="compile_mode", action="store_const", const="off", default=None,
+          help="never compile: eager steps only (same as --compile-mode off)")
+        a("--compile-mode", dest="compile_mode", default=None, choices=("auto", "on", "off"),
+          help="auto (default; MESH_NODE_COMPILE): compile the decode step in the background after start-up, "
+               "with a persistent cache, and serve it where measured faster (hoster/compile_auto.py); "
+               "on: like --compile; off: like --no-compile")
         a("--adapters", default=None,
           help="comma-separated LoRA adapters in the PEFT format (directories or hub ids) to serve on the blocks; "
                "a request picks one as model \"<model>:<adapter>\" (adapter name: the directory's name, or the "
@@ -137,11 +144,14 @@ class HosterOptions:
         from subnet.model.kernels import linear_kernel  # deferred: imports torch
 
         linear_kernel(self.linear_kernel)  # also checks MESH_LINEAR_KERNEL
-        if self.compile_decode:
+        from hoster.compile_auto import compile_mode  # deferred: imports torch
+
+        forced = compile_mode(self.compile_mode, self.compile_decode) == "on"
+        if forced:
             kernel_for_compile(self.linear_kernel)
         from subnet.model.adapters import parse_adapter_list  # deferred: imports torch
 
-        if parse_adapter_list(self.adapters) and self.compile_decode:
+        if parse_adapter_list(self.adapters) and forced:
             raise ValueError("--compile does not support --adapters (adapter rows run the eager path)")
         if self.quant != "none":
             import torch  # deferred: mesh-node builds this parser without importing torch

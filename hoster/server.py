@@ -25,6 +25,13 @@ from hoster.adapters import check_sources, load_span_adapters, served
 from hoster.announce import Announcer
 from hoster.backend import Backend
 from hoster.cache import CacheBudget
+from hoster.compile_auto import (
+    Choices,
+    auto_compiles,
+    compile_mode as resolve_compile_mode,
+    shape_key,
+    use_persistent_cache,
+)
 from hoster.compiled import kernel_for_compile
 from hoster.options import (
     DEFAULT_CACHE_TOKENS,
@@ -82,6 +89,7 @@ class Hoster:
                  rebalance_interval: float | None = _D.rebalance_interval, max_length: int = 8192,
                  throughput: float | None = _D.throughput, progress: bool = _D.progress,
                  linear_kernel: str | None = _D.linear_kernel, compile_decode: bool = _D.compile_decode,
+                 compile_mode: str | None = _D.compile_mode,
                  network: NetworkOptions | None = None, quant: str = _D.quant,
                  adapters: str | Sequence[str] | None = _D.adapters):
         if dht is not None and node_key is None:
@@ -106,10 +114,11 @@ class Hoster:
         self.rebalance_interval = rebalance_interval
         self.progress = progress
         self.linear_kernel = linear_kernel  # subnet.model.kernels; None = MESH_LINEAR_KERNEL or onednn
-        self.compile_decode = compile_decode  # hoster.compiled: one-session decode steps torch.compile'd
-        if compile_decode and self.adapter_sources:
+        # hoster.compile_auto: on (compiled before announcing), auto (in the background, if faster), off
+        self.compile_mode = resolve_compile_mode(compile_mode, compile_decode)
+        if self.compile_mode == "on" and self.adapter_sources:
             raise ValueError("--compile does not support --adapters (adapter rows run the eager path)")
-        if compile_decode:
+        if self.compile_mode == "on":
             self.linear_kernel = kernel_for_compile(linear_kernel)  # ValueError on a conflicting choice
         self.state = "joining"
         self.servicer_hooks: list[Callable[[BlockServicer], None]] = []  # run on the servicer before it serves
@@ -169,7 +178,7 @@ class Hoster:
             cache_tokens_free=budget.free_tokens + (self.backend.prefix.tokens if self.backend.prefix else 0),
             cache_tokens_total=budget.total_tokens,  # cached prefixes give way to sessions: they count as free
             version=f"mesh-node/{version()}", state=self.state, relayed=bool(self.network.use_auto_relay),
-            quant=self.quant, adapters=tuple(served(self.backend.span)),
+            quant=self.quant, adapters=tuple(served(self.backend.span)), decode_path=self.backend.decode_path,
         ).to_payload()
 
     def run_span(self, hidden: torch.Tensor, start: int | None = None, end: int | None = None) -> torch.Tensor:
@@ -218,7 +227,8 @@ class Hoster:
         if self.rebalance_interval:
             threading.Thread(target=self._rebalance_loop, name="hoster-rebalance", daemon=True).start()
         event(log, "hoster_ready", peer=self.peer_id, model=self.model_uid, blocks=f"{start}:{end}",
-              dtype=dtype_name(self.dtype), quant=self.quant, cache_tokens=self.backend.budget.total_tokens)
+              dtype=dtype_name(self.dtype), quant=self.quant, cache_tokens=self.backend.budget.total_tokens,
+              decode_path=self.backend.decode_path)
 
     def _choose_range(self) -> tuple[int, int]:
         n_layers = self.config.num_hidden_layers
@@ -237,8 +247,15 @@ class Hoster:
         return start, end
 
     def _make_backend(self, start: int, end: int) -> Backend:
+        key, choices, kernel = shape_key(self.config, start, end, self.dtype), Choices(), self.linear_kernel
+        auto = self.compile_mode == "auto" and auto_compiles(
+            "auto", linear_kernel=kernel, device=self.device, quant=self.quant, adapters=bool(self.adapter_sources),
+            cached=choices.get(key))
+        if auto or self.compile_mode == "on":
+            kernel = "torch"  # what the compiled graph multiplies with (hoster.compiled)
+            use_persistent_cache()
         span = load_blocks(self.model_path, start, end, self.dtype, self.device, progress=self.progress,
-                           linear_kernel=self.linear_kernel, quant=self.quant)
+                           linear_kernel=kernel, quant=self.quant)
         load_span_adapters(span, self.adapter_sources, self.model_path, self.model_name, log)  # AdapterError: 1 line
         if self.cache_bytes is not None:
             budget = CacheBudget.from_bytes(self.cache_bytes, span.kv_bytes_per_token())
@@ -246,9 +263,22 @@ class Hoster:
             budget = CacheBudget(self.cache_tokens or DEFAULT_CACHE_TOKENS)
         event(log, "blocks_loaded", blocks=f"{start}:{end}", weight_mb=round(span.weight_bytes() / 2**20, 1),
               cache_tokens=budget.total_tokens)
-        backend = Backend(span, budget, gather_window=self.gather_window, compile_decode=self.compile_decode)
-        backend.warm_up()  # compiles before the hoster measures its throughput and announces
+        backend = Backend(span, budget, gather_window=self.gather_window,
+                          compile_decode="auto" if auto else self.compile_mode == "on")
+        if auto:  # serves eagerly until the compiled step is ready and measured faster
+            backend.start_auto_compile(key, choices, on_done=lambda record: self._compiled(backend, record))
+        backend.warm_up()  # "on": compiles before the hoster measures its throughput and announces
         return backend
+
+    def _compiled(self, backend: Backend, record: dict) -> None:
+        """The background compile chose a path: re-measure the announced throughput on it, re-announce."""
+        if backend is not self.backend or self._stopped.is_set():
+            return
+        if record.get("path") == "compiled" and self.fixed_throughput is None:
+            self.throughput = backend.measure_throughput()
+            event(log, "throughput_measured", tokens_per_s=round(self.throughput, 1), decode_path="compiled")
+        if self.announcer is not None:
+            self.announcer.publish()
 
     def _throughput(self, backend: Backend) -> float:
         if self.fixed_throughput is not None:

@@ -14,6 +14,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # ever talk over 127.0.0.1 (or namespaces they create, whose nodes pass --host-maddrs explicitly).
 # `mesh-node` and `python -m hoster` both read this default from the environment.
 os.environ.setdefault("MESH_NODE_HOST_MADDRS", "/ip4/127.0.0.1/tcp/0")
+# Hosters compile their decode step in the background by default (hoster/compile_auto.py): tests pin the
+# eager path, so a compiler never competes with the suite for the cores; tests of the default set "auto".
+os.environ.setdefault("MESH_NODE_COMPILE", "off")
 
 
 class _WithFields:

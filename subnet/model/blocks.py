@@ -45,6 +45,8 @@ from subnet.model.names import DTYPE_NAMES
 from subnet.model.quant import module_bytes, parse_quant, quantize_module
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
+# attention implementations whose causal mask for one new position without padding is None
+_SDPA_KINDS = ("sdpa", "mesh_rows_sdpa")
 
 
 # ----------------------------------------------------------------------------- identity
@@ -222,6 +224,9 @@ class BlockSpan(nn.Module):
         if cache is not None:
             kwargs["layer_idx"] = start
         kinds = {layer_type(self.config, i) for i in range(start, end)}
+        if (hidden.shape[1] == 1 and attention_mask is None and kinds == {"full_attention"}
+                and self.config._attn_implementation in _SDPA_KINDS):
+            return {"full_attention": None}  # what create_causal_mask returns here (sdpa skips it), ~0.1 ms sooner
         masks = {}
         if "full_attention" in kinds:
             masks["full_attention"] = create_causal_mask(**kwargs)

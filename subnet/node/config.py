@@ -309,7 +309,8 @@ TEMPLATE = """\
 # adapters = "./lora-a,org/lora-b"  # LoRA adapters (PEFT format) requests pick as "<model>:<adapter>"
 # cache_tokens = 8192        # KV cache budget in tokens
 # linear_kernel = "onednn"   # onednn (best under concurrent sessions) | blas (one sequence at a time) | torch
-# compile_decode = false     # torch.compile one-session decode steps (faster lone sessions; torch kernel)
+# compile_mode = "auto"      # auto: compile the decode step in the background, serve it where faster | on | off
+# compile_decode = false     # true: same as compile_mode = "on" (compiled before announcing)
 
 [api]
 # host = "127.0.0.1"          # use 0.0.0.0 to listen on every interface

@@ -77,6 +77,10 @@ class DevnetOptions:
     workdir: str | None = None
     dtype: str = "float32"
     spot_checks: bool = False  # every validator also runs spot-check sessions (validator/spot_checks.py)
+    # the hosters' --compile-mode (hoster/compile_auto.py). "off" by default here, unlike a lone hoster's
+    # "auto": a devnet runs every hoster and validator on one machine, and N background compiles at once
+    # would take the cores from the first epochs' probe deadlines.
+    compile_mode: str = "off"
     stake: int = 100
     timeout: float | None = None
     restart: bool = False  # start a child node again when it exits
@@ -190,7 +194,7 @@ class Devnet:
             "--host-maddrs", *LOOPBACK, "--initial-peers", *initial_peers,
         )
         if m.role == "hoster":
-            argv[3:3] = hoster_flags(m.blocks)
+            argv[3:3] = [*hoster_flags(m.blocks), "--compile-mode", self.opts.compile_mode]
         if self.opts.spot_checks:
             argv.append("--spot-checks")
         return argv

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import hivemind
@@ -75,6 +75,8 @@ class Announcement:
     relayed: bool = False
     quant: str = "none"  # weight-only quantization of the blocks (consensus.precision; older writers: none)
     adapters: tuple[str, ...] = ()  # LoRA adapters a session may pick on this hoster (older writers: none)
+    # how its one-session decode steps run (hoster.compile_auto): informational, never trusted for routing
+    decode_path: str = "eager"
     expiration: float = math.inf
 
     def to_payload(self) -> dict[str, Any]:
@@ -129,16 +131,20 @@ class Announcement:
             num_blocks=integer("num_blocks", 1), hidden_size=integer("hidden_size", 1), dtype=text("dtype", 20),
             quant=text("quant", 10) if "quant" in payload else "none", expiration=float(expiration),
             adapters=_adapters(payload.get("adapters", [])),
+            decode_path=text("decode_path", 20) if "decode_path" in payload else "eager",
         )
         if not ann.start < ann.end <= ann.num_blocks:
             raise ValueError(f"announced blocks [{ann.start}, {ann.end}) invalid for {ann.num_blocks} blocks")
         if ann.quant not in QUANT_MODES:
             raise ValueError(f"unknown announced quantization {ann.quant!r}")
+        if ann.decode_path not in DECODE_PATHS:  # informational: a newer writer's path must not hide the hoster
+            ann = replace(ann, decode_path="other")
         if ann.state not in STATES:
             raise ValueError(f"unknown announcement state {ann.state!r}")
         return ann
 
 
+DECODE_PATHS = ("eager", "compiling", "compiled", "other")  # "other": a path this version does not know
 MAX_ADAPTERS = 32  # per announcement; each name a model-uid-like string (subnet.model.adapters)
 
 

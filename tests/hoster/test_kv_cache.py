@@ -85,6 +85,20 @@ def test_capacity_growth_is_bounded():
         assert cap + 1 <= new <= max(cap + cap // 8, cap + 1) + 16
 
 
+def test_buffers_grown_in_inference_mode_are_ordinary_tensors():
+    """A compiled step's graph guards on the K/V buffers' dispatch keys: a buffer allocated inside
+    inference mode (an inference tensor) would miss the graph on every step (hoster.compiled)."""
+    kv = SessionKV(0, 2, 1, 64, 2, 8, torch.float32, "cpu")
+    with torch.inference_mode():
+        kv.reserve(5)
+        kv.keys[0][:, :, :5] = 1.0
+        kv.length = 5
+        kv.reserve(40)  # grown (copied) inside inference mode too
+    assert kv.capacity >= 40
+    assert not any(t.is_inference() for t in kv.keys + kv.values)
+    assert torch.equal(kv.keys[0][:, :, :5], torch.ones(1, 2, 5, 8))
+
+
 async def test_batched_steps_equal_unbatched_with_sliding_window(sliding_span):
     span = sliding_span
     be = Backend(span, CacheBudget(1000), gather_window=0.05)

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--spot-checks", action="store_true",
                         help="every validator also spot-checks hosters through ordinary inference sessions")
+    parser.add_argument("--compile-mode", default="off", choices=("auto", "on", "off"),
+                        help="the hosters' decode-step compile mode (default off here: N compiles at once on one "
+                             "machine slow the first epochs; a lone hoster's default is auto)")
     parser.add_argument("--timeout", type=float, default=None, help="give up on --epochs after this many seconds")
     parser.add_argument("--restart", action="store_true",
                         help="start a node again (same keys and arguments) when it exits; without it the rest "
@@ -49,5 +52,6 @@ def run(args: argparse.Namespace) -> int:
                          block_time=args.block_time, epoch_length=args.epoch_length, api_host=args.api_host,
                          api_port=args.api_port, chain_port=args.chain_port, workdir=args.workdir, dtype=args.dtype,
                          timeout=args.timeout, spot_checks=args.spot_checks, restart=args.restart,
+                         compile_mode=args.compile_mode,
                          max_restarts=args.max_restarts)
     return run_devnet(opts)

@@ -63,3 +63,24 @@ def test_devnet_serves_api_and_stops_cleanly(tmp_path):
         proc.kill()
     log = (tmp_path / "devnet.log").read_text()
     assert "devnet_stopped" in log and "Traceback" not in log
+
+
+@pytest.mark.parametrize("mode", [None, "auto", "on"])
+def test_devnet_hosters_get_its_compile_mode(tmp_path, mode):
+    """A devnet's hosters run `--compile-mode off` unless the devnet is told otherwise: N background
+    compiles at once on one machine would take the cores from the first epochs (a lone hoster: auto)."""
+    from types import SimpleNamespace
+
+    from subnet.node.assembly import NodeOptions
+    from subnet.node.cli import _build_parser, apply_node_config
+    from subnet.node.devnet import Devnet, DevnetOptions, _Member
+
+    d = Devnet(DevnetOptions(workdir=str(tmp_path), **({"compile_mode": mode} if mode else {})))
+    d.model_path, d.subnet_id, d.chain_proc = "m", 1, SimpleNamespace(url="http://127.0.0.1:1")
+    hoster = _Member("hoster-1", "hoster", None, None, None, tmp_path, blocks=(0, 4))
+    validator = _Member("validator-1", "validator", None, None, None, tmp_path)
+    argv = d._node_argv(hoster, ["/ip4/127.0.0.1/tcp/1/p2p/x"])[3:]
+    parser = _build_parser()
+    opts = NodeOptions.from_args(apply_node_config(parser, parser.parse_known_args(argv)[0], argv))
+    assert opts.hoster and opts.compile_mode == (mode or "off")
+    assert "--compile-mode" not in d._node_argv(validator, [])

@@ -1,0 +1,230 @@
+"""Compiled decode by default: the compile mode, the persistent caches, the measured choice.
+
+`--compile-mode auto` (the default; MESH_NODE_COMPILE sets it per process) serves eagerly at
+once and compiles the one-session decode step (`hoster.compiled`) on a background thread, so
+start-up to `hoster_ready` does not wait for a compiler. When the graph is ready, the thread
+times compiled and eager steps of the span interleaved on a scratch cache and switches to the
+compiled path only if it is faster on this machine; the choice goes in the hoster's
+announcement and metrics (`decode_path`) and in a small JSON file per model shape, so a
+machine where compiling does not win never pays for it again. Inductor's FX-graph and AOT
+caches live in a persistent directory (`cache_root()/inductor`), so a second start of the
+same shape loads the compiled graph instead of generating and building C++ again.
+
+`on` (`--compile`) compiles before announcing and always serves compiled (`hoster.compiled`);
+`off` (`--no-compile`) never compiles. Auto compiles only what the compiled path can serve:
+CPU, no quantization, no adapters, and the `torch` linear kernel (chosen by auto unless a
+kernel was asked for explicitly, which then wins and keeps the eager path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from subnet.logs import event
+from subnet.model.kernels import ENV_KERNEL
+
+log = logging.getLogger(__name__)
+
+ENV_COMPILE = "MESH_NODE_COMPILE"
+ENV_CACHE = "MESH_NODE_CACHE_DIR"
+ENV_BUCKETS = "MESH_NODE_COMPILE_BUCKETS"  # "1": also compile batched buckets (hoster.compiled_batch)
+MODES = ("auto", "on", "off")
+CHOICES_FILE = "decode_choices.json"
+MAX_CHOICES = 256  # model shapes remembered per machine (oldest dropped)
+MEASURE_STEPS = 24  # interleaved compiled/eager steps timed after compiling
+MIN_GAIN = 1.03  # compiled must be at least this much faster to be chosen (timing noise)
+
+
+def compile_mode(requested: str | None = None, force: bool = False) -> str:
+    """The effective mode: `on` when forced (`--compile`), else `requested`, MESH_NODE_COMPILE or auto."""
+    if force:
+        return "on"
+    mode = (requested or os.environ.get(ENV_COMPILE) or "auto").strip().lower()
+    if mode not in MODES:
+        raise ValueError(f"unknown compile mode {mode!r} (from {'--compile-mode' if requested else ENV_COMPILE}); "
+                         f"choose one of {', '.join(MODES)}")
+    return mode
+
+
+def cache_root() -> Path:
+    """The hoster's cache directory: MESH_NODE_CACHE_DIR, else $XDG_CACHE_HOME/mesh-node (~/.cache)."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mesh-node"
+
+
+def use_persistent_cache(root: Path | None = None) -> Path:
+    """Point inductor's on-disk caches (FX graphs, AOT autograd) at `root/inductor` unless the operator
+    chose a directory (TORCHINDUCTOR_CACHE_DIR); inductor reads it when it first compiles."""
+    directory = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or (root or cache_root()) / "inductor")
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory)
+    import torch._functorch.config as functorch_config  # deferred: loads the compiler stack
+    import torch._inductor.config as inductor_config  # deferred: loads the compiler stack
+
+    inductor_config.fx_graph_cache = True
+    functorch_config.enable_autograd_cache = True
+    return directory
+
+
+def shape_key(config, start: int, end: int, dtype: torch.dtype) -> str:
+    """What a compiled step's speed depends on: model shape, span, dtype, torch, threads, CPU."""
+    fields = {k: getattr(config, k, None) for k in ("model_type", "hidden_size", "intermediate_size",
+                                                     "num_attention_heads", "num_key_value_heads", "head_dim")}
+    cpu = ""
+    try:
+        cpu = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    raw = json.dumps([fields, start, end, str(dtype), torch.__version__, torch.get_num_threads(), cpu], sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+class Choices:
+    """The measured decode path per shape key, in a small JSON file (atomic writes, bounded)."""
+
+    def __init__(self, root: Path | None = None):
+        self.path = (root or cache_root()) / CHOICES_FILE
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> dict | None:
+        record = self._read().get(key)
+        return record if isinstance(record, dict) and record.get("path") in ("eager", "compiled") else None
+
+    def put(self, key: str, record: dict) -> None:
+        with self._lock:
+            data = self._read()
+            data.pop(key, None)
+            data[key] = record
+            data = dict(list(data.items())[-MAX_CHOICES:])
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(data, indent=1))
+            tmp.replace(self.path)
+
+    def _read(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+
+def auto_compiles(mode: str, *, linear_kernel: str | None, device: str, quant: str, adapters: bool,
+                  cached: dict | None) -> bool:
+    """Whether a hoster in `mode` compiles its decode step (for auto: where it can, unless measured slower)."""
+    if mode != "auto":
+        return mode == "on"
+    requested = linear_kernel or os.environ.get(ENV_KERNEL)
+    if requested and requested.strip().lower() != "torch":
+        return False  # an explicit kernel choice wins over compiling
+    if torch.device(device).type != "cpu" or quant != "none" or adapters:
+        return False
+    return cached is None or cached.get("path") == "compiled"
+
+
+def time_paths(span, compiled, new_kv: Callable[[int], object], new_cache: Callable[[object], object],
+               steps: int = MEASURE_STEPS) -> tuple[float, float]:
+    """Median seconds of an eager and a compiled one-position step of the whole span, interleaved on a
+    scratch cache (whatever else runs on the machine slows both alike)."""
+    kv = new_kv(4096)
+    cache = new_cache(kv)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 16, span.hidden_size, generator=gen).to(span.device, span.dtype)
+    kv.reserve(16)
+    span(x, cache=cache)
+    kv.length = 16
+    x = x[:, -1:]
+    eager, comp = [], []
+    for i in range(steps + 2):
+        for path, times in (("eager", eager), ("compiled", comp)):
+            t0 = time.perf_counter()
+            kv.reserve(kv.length + 2)
+            if path == "eager":
+                span(x, cache=cache)
+            else:
+                compiled.run_unchecked(x, cache)
+            kv.length += 1
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+    return sorted(eager)[len(eager) // 2], sorted(comp)[len(comp) // 2]
+
+
+class AutoCompile:
+    """Compile on a background thread, measure, switch `compiled.ready` on if it wins, remember the choice."""
+
+    def __init__(self, compiled, key: str, choices: Choices, new_kv, new_cache,
+                 on_done: Callable[[dict], None] | None = None):
+        self.compiled, self.key, self.choices = compiled, key, choices
+        self.new_kv, self.new_cache, self.on_done = new_kv, new_cache, on_done
+        self.path = "compiling"
+        self.batches = None  # hoster.compiled_batch.CompiledBatches, once the decode step compiled and won
+        self.record: dict = {}
+        self.done = threading.Event()
+        compiled.prepare_only = True
+        self._thread = threading.Thread(target=self._run, name="hoster-compile", daemon=True)
+
+    def start(self) -> AutoCompile:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        span = self.compiled.span
+        cached = self.choices.get(self.key) or {}
+        try:
+            seconds = self.compiled.warm_up(self.new_kv, self.new_cache)
+            eager, comp = time_paths(span, self.compiled, self.new_kv, self.new_cache)
+        except Exception as e:  # a compiler failure must never take the hoster down: stay eager
+            self.record = {"path": "eager", "error": repr(e)[:200]}
+            self.path = "eager"
+            event(log, "compile_failed", level=logging.WARNING, error=repr(e)[:200])
+        else:
+            wins = eager >= comp * MIN_GAIN
+            self.path = "compiled" if wins else "eager"
+            self.record = {"path": self.path, "eager_ms": round(eager * 1e3, 3), "compiled_ms": round(comp * 1e3, 3),
+                           "compile_s": round(seconds, 1), "measured_at": round(time.time())}
+            self.compiled.ready = wins
+            event(log, "decode_path_chosen", blocks=f"{span.start}:{span.end}", **self.record)
+            if self.on_done is not None:
+                self.on_done(self.record)
+            if wins and os.environ.get(ENV_BUCKETS) == "1":  # not yet verified under load: opt-in for now
+                self._buckets(cached.get("buckets"))
+        try:
+            self.choices.put(self.key, self.record)
+        except OSError as e:
+            event(log, "compile_choice_not_saved", level=logging.WARNING, error=repr(e)[:200])
+        self.done.set()
+
+    def _buckets(self, cached: list | None) -> None:
+        """Compile and time the batched buckets (hoster.compiled_batch); serve those measured faster.
+        A bucket measured slower on an earlier start of this shape is not compiled again."""
+        from hoster.compiled_batch import BUCKETS, CompiledBatches  # deferred: only once decode compiled
+
+        try:
+            batches = CompiledBatches(self.compiled)
+            self.batches = batches
+            won, timings = [], {}
+            for bucket in BUCKETS:
+                if isinstance(cached, list) and bucket not in cached:
+                    continue
+                seconds = batches.warm_up(bucket)
+                eager, comp = batches.time_bucket(bucket)
+                timings[str(bucket)] = {"eager_ms": round(eager * 1e3, 3), "compiled_ms": round(comp * 1e3, 3),
+                                        "compile_s": round(seconds, 1)}
+                if eager >= comp * MIN_GAIN:
+                    won.append(bucket)
+                    batches.ready.add(bucket)
+            self.record.update(buckets=won, bucket_timings=timings)
+            event(log, "batch_buckets_chosen", buckets=",".join(map(str, won)) or "none")
+        except Exception as e:  # batched steps stay eager
+            self.record["buckets"] = []
+            event(log, "compile_failed", level=logging.WARNING, what="batch buckets", error=repr(e)[:200])

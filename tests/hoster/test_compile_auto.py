@@ -1,0 +1,212 @@
+"""The default compile mode (hoster/compile_auto.py): decode steps compiled in the background, used
+where measured faster, the choice and inductor's graphs kept on disk per model shape.
+
+The suite pins MESH_NODE_COMPILE=off (tests/conftest.py); these tests set the default back.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+
+import pytest
+import torch
+
+from hoster import compile_auto
+from hoster.backend import Backend, _Task
+from hoster.compile_auto import Choices, auto_compiles, compile_mode, shape_key
+from subnet.model.blocks import load_blocks
+
+pytestmark = pytest.mark.slow
+
+
+def _step(backend: Backend, session, hidden: torch.Tensor, position: int) -> torch.Tensor:
+    task = _Task(concurrent.futures.Future(), hidden, session.start, session.end, session, position)
+    backend._queue.put(task)
+    return task.future.result(timeout=60)
+
+
+def _h(*shape, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_default_mode_is_auto_and_the_flags_override_it(monkeypatch):
+    from hoster.__main__ import build_parser
+    from hoster.options import HosterOptions
+
+    monkeypatch.delenv("MESH_NODE_COMPILE", raising=False)
+    assert compile_mode(None) == "auto"
+    assert compile_mode(None, force=True) == "on" and compile_mode("off") == "off"
+    monkeypatch.setenv("MESH_NODE_COMPILE", "off")
+    assert compile_mode(None) == "off" and compile_mode("auto") == "auto"
+    monkeypatch.setenv("MESH_NODE_COMPILE", "fast")
+    with pytest.raises(ValueError, match="unknown compile mode 'fast'"):
+        compile_mode(None)
+    parse = build_parser().parse_args
+    assert HosterOptions.from_args(parse(["--model", "m", "--no-compile"])).compile_mode == "off"
+    assert HosterOptions.from_args(parse(["--model", "m", "--compile-mode", "on"])).compile_mode == "on"
+    assert HosterOptions.from_args(parse(["--model", "m"])).compile_mode is None
+
+
+def test_auto_compiles_where_the_compiled_path_can_serve(monkeypatch):
+    monkeypatch.delenv("MESH_LINEAR_KERNEL", raising=False)
+    ok = dict(linear_kernel=None, device="cpu", quant="none", adapters=False, cached=None)
+    assert auto_compiles("auto", **ok)
+    assert auto_compiles("auto", **{**ok, "cached": {"path": "compiled"}})
+    assert not auto_compiles("auto", **{**ok, "cached": {"path": "eager"}})  # measured slower here before
+    assert not auto_compiles("auto", **{**ok, "linear_kernel": "onednn"})  # an explicit kernel wins
+    assert not auto_compiles("auto", **{**ok, "quant": "int8"})
+    assert not auto_compiles("auto", **{**ok, "adapters": True})
+    assert not auto_compiles("off", **ok) and auto_compiles("on", **{**ok, "cached": {"path": "eager"}})
+    monkeypatch.setenv("MESH_LINEAR_KERNEL", "blas")
+    assert not auto_compiles("auto", **ok)
+
+
+def test_choices_file_is_bounded_and_survives_garbage(tmp_path, monkeypatch):
+    monkeypatch.setattr(compile_auto, "MAX_CHOICES", 3)
+    choices = Choices(tmp_path)
+    (tmp_path / compile_auto.CHOICES_FILE).write_text("not json")
+    assert choices.get("k") is None
+    for i in range(5):
+        choices.put(f"k{i}", {"path": "compiled" if i % 2 else "eager"})
+    data = json.loads((tmp_path / compile_auto.CHOICES_FILE).read_text())
+    assert list(data) == ["k2", "k3", "k4"]
+    assert choices.get("k3") == {"path": "compiled"} and choices.get("k0") is None
+
+
+def test_announced_decode_path_is_informational_and_forward_compatible():
+    """Older writers announce no decode path (eager); a path this version does not know reads as
+    "other" instead of hiding the hoster; anything not a short string is still malformed."""
+    from subnet.swarm.announcements import Announcement
+
+    payload = Announcement(peer_id="p", model="m", start=0, end=4, throughput=10.0, cache_tokens_free=8,
+                           cache_tokens_total=8, version="v", state="online", num_blocks=8, hidden_size=64,
+                           dtype="float32", decode_path="compiled").to_payload()
+    assert Announcement.from_payload(payload).decode_path == "compiled"
+    assert Announcement.from_payload({**payload, "decode_path": "fused_v2"}).decode_path == "other"
+    assert Announcement.from_payload({k: v for k, v in payload.items() if k != "decode_path"}).decode_path == "eager"
+    with pytest.raises(ValueError, match="decode_path"):
+        Announcement.from_payload({**payload, "decode_path": ["compiled"]})
+
+
+_SECOND_START = """
+import json, sys
+from torch._dynamo.utils import counters
+from hoster import compile_auto
+from hoster.backend import Backend
+from hoster.compile_auto import Choices, shape_key
+from subnet.model.blocks import load_blocks
+compile_auto.use_persistent_cache()
+span = load_blocks(sys.argv[1], 0, 8, progress=False, linear_kernel="torch")
+job = Backend(span, compile_decode="auto").start_auto_compile(shape_key(span.config, 0, 8, span.dtype), Choices())
+job.done.wait(600)
+print(json.dumps(dict(counters["inductor"])))
+"""
+
+
+def test_background_compile_serves_compiled_steps_and_the_disk_cache_is_reused(tiny_llama, tmp_path, monkeypatch):
+    """Auto: steps are served eagerly while compiling; once the compiled path is measured faster it
+    serves the decode steps (equal to eager within float32 rounding); a second start of the same
+    shape (another process) loads inductor's graph from the persistent cache instead of generating it."""
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("MESH_NODE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(compile_auto, "MIN_GAIN", 0.0)  # the choice itself: test_slower_compiled_path_*
+    directory = compile_auto.use_persistent_cache()
+    assert directory == tmp_path / "inductor"
+    eager = Backend(load_blocks(tiny_llama, 0, 8, progress=False, linear_kernel="torch"))
+    span = load_blocks(tiny_llama, 0, 8, progress=False, linear_kernel="torch")
+    key = shape_key(span.config, 0, 8, span.dtype)
+    auto = Backend(span, compile_decode="auto")
+    try:
+        choices = Choices()
+        job = auto.start_auto_compile(key, choices)
+        s, e = auto.open_session(0, 8, 1, 256), eager.open_session(0, 8, 1, 256)
+        x = _h(1, 5, 64, seed=0)
+        torch.testing.assert_close(_step(auto, s, x, 0), _step(eager, e, x, 0), rtol=0, atol=0)
+        assert job.done.wait(900) and auto.decode_path == "compiled"
+        assert choices.get(key)["path"] == "compiled"
+        n0 = auto.compiled.steps
+        for i in range(12):
+            y = _h(1, 1, 64, seed=100 + i)
+            torch.testing.assert_close(_step(auto, s, y, s.length), _step(eager, e, y, e.length), rtol=1e-4, atol=1e-4)
+        assert auto.compiled.steps - n0 == 12 and auto.compiled.fallbacks == 0
+        auto.close_session(s)
+        eager.close_session(e)
+    finally:
+        auto.shutdown()
+        eager.shutdown()
+    assert any(directory.rglob("*")) and (tmp_path / compile_auto.CHOICES_FILE).exists()
+    env = {**os.environ, "MESH_NODE_CACHE_DIR": str(tmp_path), "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    out = subprocess.run([sys.executable, "-c", _SECOND_START, tiny_llama], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    stats = json.loads(out.stdout.strip().splitlines()[-1])
+    assert stats.get("fxgraph_cache_hit", 0) >= 1 and not stats.get("fxgraph_cache_miss")
+
+
+def test_slower_compiled_path_stays_eager_and_is_remembered(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setenv("MESH_NODE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(compile_auto, "MIN_GAIN", 1e9)  # compiled can never be "faster" enough
+    span = load_blocks(tiny_llama, 0, 8, progress=False, linear_kernel="torch")
+    key = shape_key(span.config, 0, 8, span.dtype)
+    auto = Backend(span, compile_decode="auto")
+    try:
+        job = auto.start_auto_compile(key, Choices())
+        assert job.done.wait(900)
+        assert auto.decode_path == "eager" and not auto.compiled.ready
+        record = Choices().get(key)
+        assert record["path"] == "eager" and record["eager_ms"] > 0 and record["compiled_ms"] > 0
+        assert not auto_compiles("auto", linear_kernel="torch", device="cpu", quant="none", adapters=False,
+                                 cached=record)
+    finally:
+        auto.shutdown()
+
+
+def test_default_hoster_generates_the_local_tokens(tiny_llama, tmp_path, monkeypatch):
+    """A hoster with no compile flag at all (auto) behind the real client: it announces at once,
+    switches to the compiled step in the background, and greedy tokens equal local transformers
+    before and after the switch."""
+    from transformers import AutoModelForCausalLM
+
+    from hoster.server import Hoster
+    from subnet.client import DistributedModelForCausalLM
+    from subnet.swarm.announcements import read_announcements
+
+    monkeypatch.delenv("MESH_NODE_COMPILE", raising=False)
+    monkeypatch.delenv("MESH_LINEAR_KERNEL", raising=False)
+    monkeypatch.setenv("MESH_NODE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(compile_auto, "MIN_GAIN", 0.0)  # the tiny model: choose compiled whatever the timing
+    h = Hoster(tiny_llama, progress=False, model_name="auto-llama").start()
+    model = None
+    try:
+        assert h.compile_mode == "auto" and h.backend.auto is not None
+        model = DistributedModelForCausalLM.from_pretrained(tiny_llama, initial_peers=h.maddrs,
+                                                            model_name="auto-llama", request_timeout=30.0)
+        model.wait_until_servable(60)
+        local = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+        ids = model.tokenizer("The quick brown fox", return_tensors="pt")["input_ids"]
+        expected = local.generate(ids, max_new_tokens=24, do_sample=False).tolist()
+        assert model.generate(ids, max_new_tokens=24, speculative=0).tolist() == expected  # eager or compiling
+        assert h.backend.auto.done.wait(900) and h.backend.decode_path == "compiled"
+        before = h.backend.compiled.steps
+        assert model.generate(ids, max_new_tokens=24, speculative=0).tolist() == expected
+        assert h.backend.compiled.steps - before >= 20 and h.backend.compiled.fallbacks == 0
+        assert h.info()["decode_path"] == "compiled"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # re-announced with the path it chose
+            anns = [a for a in read_announcements(h.dht, "auto-llama") if a.peer_id == h.peer_id]
+            if anns and anns[0].decode_path == "compiled":
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the announcement never said decode_path=compiled")
+    finally:
+        if model is not None:
+            model.close()
+        h.shutdown()
