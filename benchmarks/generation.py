@@ -260,7 +260,8 @@ def report(key: str, r: dict) -> str:
              f"mv {b['bandwidth']['mv_GBps']:.1f}, copy {b['bandwidth']['copy_GBps']:.1f}; best of "
              f"{len(r['bandwidth_all'])} passes) / MB read per token ({parts})"]
     if r.get("decode_paths"):
-        lines.append("hosters' decode paths: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in r["decode_paths"].items()))
+        paths = "; ".join(f"{k}: {', '.join(v)}" for k, v in r["decode_paths"].items())
+        lines.append(f"hosters' decode paths: {paths}")
     c = r.get("concurrency")
     if c:
         n = c["sessions"]

@@ -16,8 +16,8 @@ benchmark row asks, so that all rows make the same number of tokens). No
 
 `LeanLocal(path, compiled=True)` runs one-position steps through the hosters' compiled decode
 step (`hoster.compiled.CompiledDecode`, compiled before the first call; its blocks on the
-`torch` linear kernel the graph multiplies with, the head on the client's), as a hoster does once `--compile-mode auto` chose it: the local row
-to hold compiled hosters against.
+`torch` linear kernel the graph multiplies with, the head on the client's), as a hoster does
+once `--compile-mode auto` chose it: the local row to hold compiled hosters against.
 """
 
 from __future__ import annotations

@@ -197,7 +197,7 @@ class SequenceManager:
         while True:
             try:
                 servers = await self.servers(force=force)
-            except asyncio.TimeoutError:  # the DHT read stalled (a frozen peer): route with what we know
+            except TimeoutError:  # the DHT read stalled (a frozen peer): route with what we know
                 event(log, "dht_read_slow", logging.WARNING, model=self.model_uid,
                       timeout_s=self.config.dht_timeout)
                 servers = self._servers

@@ -6,29 +6,21 @@ The suite pins MESH_NODE_COMPILE=off (tests/conftest.py); these tests set the de
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import time
 
 import pytest
 import torch
+from backend_steps import seeded, step
 
 from hoster import compile_auto
-from hoster.backend import Backend, _Task
+from hoster.backend import Backend
 from hoster.compile_auto import Choices, auto_compiles, compile_mode, shape_key
 from subnet.model.blocks import load_blocks
 
 pytestmark = pytest.mark.slow
 
 
-def _step(backend: Backend, session, hidden: torch.Tensor, position: int) -> torch.Tensor:
-    task = _Task(concurrent.futures.Future(), hidden, session.start, session.end, session, position)
-    backend._queue.put(task)
-    return task.future.result(timeout=60)
-
-
-def _h(*shape, seed):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def test_the_default_mode_is_auto_and_the_flags_override_it(monkeypatch):
@@ -126,14 +118,14 @@ def test_background_compile_serves_compiled_steps_and_the_disk_cache_is_reused(t
         choices = Choices()
         job = auto.start_auto_compile(key, choices)
         s, e = auto.open_session(0, 8, 1, 256), eager.open_session(0, 8, 1, 256)
-        x = _h(1, 5, 64, seed=0)
-        torch.testing.assert_close(_step(auto, s, x, 0), _step(eager, e, x, 0), rtol=0, atol=0)
+        x = seeded(1, 5, 64, seed=0)
+        torch.testing.assert_close(step(auto, s, x, 0), step(eager, e, x, 0), rtol=0, atol=0)
         assert job.done.wait(900) and auto.decode_path == "compiled"
         assert choices.get(key)["path"] == "compiled"
         n0 = auto.compiled.steps
         for i in range(12):
-            y = _h(1, 1, 64, seed=100 + i)
-            torch.testing.assert_close(_step(auto, s, y, s.length), _step(eager, e, y, e.length), rtol=1e-4, atol=1e-4)
+            y = seeded(1, 1, 64, seed=100 + i)
+            torch.testing.assert_close(step(auto, s, y, s.length), step(eager, e, y, e.length), rtol=1e-4, atol=1e-4)
         assert auto.compiled.steps - n0 == 12 and auto.compiled.fallbacks == 0
         auto.close_session(s)
         eager.close_session(e)

@@ -7,12 +7,11 @@ compiling again after warm-up; everything else must stay eager.
 
 from __future__ import annotations
 
-import concurrent.futures
-
 import pytest
 import torch
+from backend_steps import seeded, step
 
-from hoster.backend import Backend, _Task
+from hoster.backend import Backend
 from hoster.compiled import kernel_for_compile
 from subnet.model.blocks import load_blocks
 
@@ -29,15 +28,6 @@ def backends(tiny_llama):
     eager.shutdown()
 
 
-def _step(backend: Backend, session, hidden: torch.Tensor, position: int) -> torch.Tensor:
-    """One step on the backend's compute thread, as the servicer runs it."""
-    task = _Task(concurrent.futures.Future(), hidden, session.start, session.end, session, position)
-    backend._queue.put(task)
-    return task.future.result(timeout=60)
-
-
-def _h(*shape, seed):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def test_compiled_steps_equal_eager_across_sessions_lengths_and_growth(backends):
@@ -46,11 +36,11 @@ def test_compiled_steps_equal_eager_across_sessions_lengths_and_growth(backends)
     for trial, (prompt, steps, max_length) in enumerate([(5, 40, 2048), (2, 150, 2048), (9, 30, 40)]):
         sc = compiled.open_session(0, 8, 1, max_length)
         se = eager.open_session(0, 8, 1, max_length)
-        x = _h(1, prompt, 64, seed=trial)
-        torch.testing.assert_close(_step(compiled, sc, x, 0), _step(eager, se, x, 0), rtol=0, atol=0)  # eager prefill
+        x = seeded(1, prompt, 64, seed=trial)
+        torch.testing.assert_close(step(compiled, sc, x, 0), step(eager, se, x, 0), rtol=0, atol=0)  # eager prefill
         for i in range(steps - prompt + 1 if max_length < 64 else steps):
-            x = _h(1, 1, 64, seed=100 * trial + i)
-            got, want = _step(compiled, sc, x, sc.length), _step(eager, se, x, se.length)
+            x = seeded(1, 1, 64, seed=100 * trial + i)
+            got, want = step(compiled, sc, x, sc.length), step(eager, se, x, se.length)
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
         compiled.close_session(sc)
         eager.close_session(se)
@@ -63,13 +53,13 @@ def test_rollback_then_decode_stays_compiled_and_correct(backends):
     compiled, eager = backends
     fallbacks = compiled.compiled.fallbacks
     sc, se = compiled.open_session(0, 8, 1, 256), eager.open_session(0, 8, 1, 256)
-    x = _h(1, 6, 64, seed=7)
-    _step(compiled, sc, x, 0), _step(eager, se, x, 0)
+    x = seeded(1, 6, 64, seed=7)
+    step(compiled, sc, x, 0), step(eager, se, x, 0)
     for i in range(5):
-        y = _h(1, 1, 64, seed=70 + i)
-        _step(compiled, sc, y, 6 + i), _step(eager, se, y, 6 + i)
-    y = _h(1, 1, 64, seed=99)  # rewind to position 4 (a client retrying a step elsewhere)
-    torch.testing.assert_close(_step(compiled, sc, y, 4), _step(eager, se, y, 4), rtol=1e-4, atol=1e-4)
+        y = seeded(1, 1, 64, seed=70 + i)
+        step(compiled, sc, y, 6 + i), step(eager, se, y, 6 + i)
+    y = seeded(1, 1, 64, seed=99)  # rewind to position 4 (a client retrying a step elsewhere)
+    torch.testing.assert_close(step(compiled, sc, y, 4), step(eager, se, y, 4), rtol=1e-4, atol=1e-4)
     assert compiled.compiled.fallbacks == fallbacks
 
 
@@ -77,16 +67,16 @@ def test_other_steps_stay_eager(backends):
     compiled, _ = backends
     n0 = compiled.compiled.steps
     pair = compiled.open_session(0, 8, 2, 128)  # two rows
-    _step(compiled, pair, _h(2, 4, 64, seed=1), 0)
-    _step(compiled, pair, _h(2, 1, 64, seed=2), 4)
+    step(compiled, pair, seeded(2, 4, 64, seed=1), 0)
+    step(compiled, pair, seeded(2, 1, 64, seed=2), 4)
     part = compiled.open_session(2, 6, 1, 128)  # a sub-range of the span
-    _step(compiled, part, _h(1, 4, 64, seed=3), 0)
-    _step(compiled, part, _h(1, 1, 64, seed=4), 4)
+    step(compiled, part, seeded(1, 4, 64, seed=3), 0)
+    step(compiled, part, seeded(1, 1, 64, seed=4), 4)
     lone = compiled.open_session(0, 8, 1, 128)
-    _step(compiled, lone, _h(1, 3, 64, seed=5), 0)  # a prompt
-    _step(compiled, lone, _h(1, 2, 64, seed=6), 3)  # two positions at once
+    step(compiled, lone, seeded(1, 3, 64, seed=5), 0)  # a prompt
+    step(compiled, lone, seeded(1, 2, 64, seed=6), 3)  # two positions at once
     assert compiled.compiled.steps == n0
-    _step(compiled, lone, _h(1, 1, 64, seed=7), 5)  # the only kind of step that is compiled
+    step(compiled, lone, seeded(1, 1, 64, seed=7), 5)  # the only kind of step that is compiled
     assert compiled.compiled.steps == n0 + 1
     for s in (pair, part, lone):
         compiled.close_session(s)
@@ -96,13 +86,13 @@ def test_a_step_the_graph_does_not_cover_runs_eagerly_instead_of_compiling(backe
     compiled, _ = backends
     decode = compiled.compiled
     session = compiled.open_session(0, 8, 1, 128)
-    _step(compiled, session, _h(1, 4, 64, seed=1), 0)
+    step(compiled, session, seeded(1, 4, 64, seed=1), 0)
     kv = session.cache
     from hoster.cache import KVCache
 
     before = decode.fallbacks
     kv.reserve(kv.length + 1)
-    odd = _h(1, 1, 64, seed=2).double()  # another dtype: a guard the warm-up did not compile for
+    odd = seeded(1, 1, 64, seed=2).double()  # another dtype: a guard the warm-up did not compile for
     with torch.inference_mode():
         assert decode(odd, KVCache(kv), 0, 8) is None
     assert decode.fallbacks == before + 1 and decode.ready
