@@ -116,5 +116,10 @@ class LocalTransformersBackend(BatchedBackend):
             return embed_batches(inputs, base.get_input_embeddings(), lambda h: h,
                                  lambda h: base(inputs_embeds=h, use_cache=False).last_hidden_state)
 
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Block until no forward step runs or waits: a request that ended (a stop string, a client
+        that went away) may still have one step in the worker thread, which cannot be interrupted."""
+        self._executor.submit(lambda: None).result(timeout=timeout)
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -24,6 +24,9 @@ def client(local_backend):
 
 def test_n4_is_one_batch_with_the_samples_of_four_seeded_requests(client, local_backend):
     kw = dict(model=MODEL, messages=CHAT, max_tokens=12, temperature=1.0, top_p=0.95)
+    # an earlier test's request may have ended with its last step still in the worker thread (a random
+    # order once ran the stop-string test just before: 13 steps counted for this request's 12)
+    local_backend.wait_idle()
     before = local_backend.steps_total
     batched = client.chat.completions.create(n=4, seed=40, **kw)
     steps = local_backend.steps_total - before
@@ -62,3 +65,22 @@ def test_n_batched_with_json_schema_and_stop_strings(client):
     stop = free.choices[0].message.content[2:4]
     cut = client.chat.completions.create(model=MODEL, messages=CHAT, n=2, temperature=0, max_tokens=20, stop=[stop])
     assert all(c.finish_reason == "stop" and stop not in c.message.content for c in cut.choices)
+
+
+def test_wait_idle_waits_for_a_step_left_in_the_worker(local_backend):
+    """What the step count above relies on: a step still running for a request that already ended
+    is over once `wait_idle` returns."""
+    import threading
+    import time
+
+    started, done = threading.Event(), []
+
+    def leftover_step():
+        started.set()
+        time.sleep(0.5)
+        done.append(True)
+
+    local_backend._executor.submit(leftover_step)
+    assert started.wait(10)
+    local_backend.wait_idle()
+    assert done == [True]
