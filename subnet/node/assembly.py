@@ -16,7 +16,6 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,11 @@ from prometheus_client import CollectorRegistry
 from chain import connect
 from hoster.duty import HosterDuty
 from hoster.metrics import HosterMetrics, MetricsServer
-from hoster.options import HosterOptions, network_options
 from keys import AccountKey, NodeKey
 from subnet.logs import event
 from subnet.model.blocks import model_uid
-from subnet.node.checks import check_adapters, check_blocks, check_device, check_initial_peers, check_model
 from subnet.node.errors import NodeConfigError, UserError
+from subnet.node.node_options import NodeOptions, check_node_options
 from subnet.swarm.addresses import NetworkOptions
 from subnet.swarm.announcements import AnnouncementValidator
 from subnet.swarm.chain_view import ChainRegistry
@@ -39,7 +37,7 @@ from subnet.swarm.discovery import peers_from_chain
 from subnet.swarm.evidence_records import EvidencePolicy, EvidenceRecordValidator
 from subnet.swarm.key_caps import KeyCapValidator
 from subnet.swarm.record_admission import make_record_validator
-from validator.class_reference import check_reference_precisions, reference_publisher
+from validator.class_reference import reference_publisher
 from validator.duty import ValidatorDuty
 from validator.evidence import EvidenceChecker
 from validator.journal import ValidatorJournal, journal_path
@@ -53,48 +51,12 @@ JOIN_ATTEMPTS = 3  # starts with peers from the chain before starting as the fir
 JOIN_RETRY_PAUSE = 2.0  # seconds between them
 
 
-@dataclass
-class NodeOptions(HosterOptions):
-    """The hoster options (hoster/options.py, their one home, shared with `python -m hoster`;
-    `model` and `model_name` also serve the validator and the API) plus the node's own."""
-
-    hoster: bool = False
-    validator: bool = False
-    api: bool = False
-    initial_peers: list[str] = field(default_factory=list)
-    host_maddrs: list[str] | None = None  # None: every interface (subnet.swarm.addresses)
-    announce_maddrs: list[str] | None = None
-    public_ip: str | None = None
-    relay: bool | None = None
-    use_auto_relay: bool | None = None
-    relay_peers: list[str] | None = None
-    node_key: str | None = None
-    account_key: str | None = None
-    data_dir: str | None = None  # restart state (validator journal); default: the node key's directory
-    chain: str | None = None
-    subnet_id: int | None = None
-    api_host: str = "127.0.0.1"
-    api_port: int = 0
-    api_keys: list[str] = field(default_factory=list)
-    metrics_port: int | None = None  # None: no separate metrics endpoint
-    metrics_host: str = "127.0.0.1"
-    reference: bool = True  # a validator whose --model has the weights publishes reference outputs
-    spot_checks: bool = False  # validators: spot-check sessions indistinguishable from traffic
-    reference_precisions: str | None = None  # validator: reference classes, comma-separated (default: --dtype)
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> NodeOptions:
-        known = {f for f in cls.__dataclass_fields__}
-        values = {k: v for k, v in vars(args).items() if k in known and v is not None}
-        return cls(**values)
-
-
 class Node:
     """One running node; `start()` returns once every role serves, `stop()` is idempotent."""
 
     def __init__(self, opts: NodeOptions):
         self.opts = opts
-        self._check()
+        self.network: NetworkOptions = check_node_options(opts)
         self.node_key: NodeKey | None = None
         self.chain: Any = None
         self.dht: Any = None
@@ -110,41 +72,6 @@ class Node:
         self.metrics_server: MetricsServer | None = None
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
-
-    def _check(self) -> None:
-        o = self.opts
-        if not (o.hoster or o.validator):
-            raise NodeConfigError("choose a role: --hoster and/or --validator")
-        if o.hoster and not o.model:
-            raise NodeConfigError("--hoster needs --model (a model directory or hub id)")
-        if o.validator and not (o.chain and o.subnet_id is not None and o.account_key and o.model):
-            raise NodeConfigError("--validator needs --chain, --subnet-id, --account-key (hotkey) and --model")
-        if o.chain and o.subnet_id is None:
-            raise NodeConfigError("--chain needs --subnet-id")
-        if o.hoster:
-            try:
-                o.validate()  # blocks, kernel (also MESH_LINEAR_KERNEL), --compile, cache sizes
-            except ValueError as e:
-                raise NodeConfigError(str(e)) from None
-        # The common mistakes, caught here in one line rather than as a traceback mid-start-up.
-        if o.model:
-            check_model(o.model)
-        if o.hoster and o.blocks and o.model:
-            check_blocks(o.blocks, o.block_range()[1], o.model)  # block_range() parsed by validate() above
-        if o.hoster:
-            check_device(o.device)
-        if o.hoster and o.adapters and o.model:
-            check_adapters(o.adapters, o.model, o.model_name)
-        check_initial_peers(o.initial_peers)
-        if o.validator and o.reference_precisions:
-            try:
-                check_reference_precisions(o.reference_precisions, o.dtype)
-            except ValueError as e:  # QuantError is a ValueError
-                raise NodeConfigError(str(e)) from None
-        try:
-            self.network: NetworkOptions = network_options(argparse.Namespace(**vars(o)))
-        except ValueError as e:
-            raise NodeConfigError(str(e)) from None
 
     # ------------------------------------------------------------------ start
     def start(self) -> Node:

@@ -82,6 +82,9 @@ def test_announced_decode_path_is_informational_and_forward_compatible():
         Announcement.from_payload({**payload, "decode_path": ["compiled"]})
 
 
+# Two blocks: the same one-graph compile as a whole span, at a quarter of the inductor time of 8.
+SPAN_END = 2
+
 _SECOND_START = """
 import json, sys
 from torch._dynamo.utils import counters
@@ -90,10 +93,11 @@ from hoster.backend import Backend
 from hoster.compile_auto import Choices, shape_key
 from subnet.model.blocks import load_blocks
 compile_auto.use_persistent_cache()
-span = load_blocks(sys.argv[1], 0, 8, progress=False, linear_kernel="torch")
-job = Backend(span, compile_decode="auto").start_auto_compile(shape_key(span.config, 0, 8, span.dtype), Choices())
+end = int(sys.argv[2])
+span = load_blocks(sys.argv[1], 0, end, progress=False, linear_kernel="torch")
+job = Backend(span, compile_decode="auto").start_auto_compile(shape_key(span.config, 0, end, span.dtype), Choices())
 job.done.wait(600)
-print(json.dumps(dict(counters["inductor"])))
+print(json.dumps({"inductor": dict(counters["inductor"]), "record": job.record}))
 """
 
 
@@ -110,14 +114,14 @@ def test_background_compile_serves_compiled_steps_and_the_disk_cache_is_reused(t
     monkeypatch.setattr(compile_auto, "MIN_GAIN", 0.0)  # the choice itself: test_slower_compiled_path_*
     directory = compile_auto.use_persistent_cache()
     assert directory == tmp_path / "inductor"
-    eager = Backend(load_blocks(tiny_llama, 0, 8, progress=False, linear_kernel="torch"))
-    span = load_blocks(tiny_llama, 0, 8, progress=False, linear_kernel="torch")
-    key = shape_key(span.config, 0, 8, span.dtype)
+    eager = Backend(load_blocks(tiny_llama, 0, SPAN_END, progress=False, linear_kernel="torch"))
+    span = load_blocks(tiny_llama, 0, SPAN_END, progress=False, linear_kernel="torch")
+    key = shape_key(span.config, 0, SPAN_END, span.dtype)
     auto = Backend(span, compile_decode="auto")
     try:
         choices = Choices()
         job = auto.start_auto_compile(key, choices)
-        s, e = auto.open_session(0, 8, 1, 256), eager.open_session(0, 8, 1, 256)
+        s, e = auto.open_session(0, SPAN_END, 1, 256), eager.open_session(0, SPAN_END, 1, 256)
         x = seeded(1, 5, 64, seed=0)
         torch.testing.assert_close(step(auto, s, x, 0), step(eager, e, x, 0), rtol=0, atol=0)
         assert job.done.wait(900) and auto.decode_path == "compiled"
@@ -135,11 +139,13 @@ def test_background_compile_serves_compiled_steps_and_the_disk_cache_is_reused(t
     assert any(directory.rglob("*")) and (tmp_path / compile_auto.CHOICES_FILE).exists()
     env = {**os.environ, "MESH_NODE_CACHE_DIR": str(tmp_path), "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop("TORCHINDUCTOR_CACHE_DIR", None)
-    out = subprocess.run([sys.executable, "-c", _SECOND_START, tiny_llama], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", _SECOND_START, tiny_llama, str(SPAN_END)], env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    stats = json.loads(out.stdout.strip().splitlines()[-1])
-    assert stats.get("fxgraph_cache_hit", 0) >= 1 and not stats.get("fxgraph_cache_miss")
+    second = json.loads(out.stdout.strip().splitlines()[-1])
+    stats = second["inductor"]
+    assert second["record"] and "error" not in second["record"], second  # the compile itself worked
+    assert stats.get("fxgraph_cache_hit", 0) >= 1 and not stats.get("fxgraph_cache_miss"), (second, out.stderr[-2000:])
 
 
 def test_slower_compiled_path_stays_eager_and_is_remembered(tiny_llama, tmp_path, monkeypatch):

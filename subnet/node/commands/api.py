@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 
-from chain import connect
-from subnet.api import create_app
-from subnet.api.subnet_view import ChainSubnetView
 from subnet.logs import event
 from subnet.node.checks import check_initial_peers, check_model
 from subnet.node.config import resolve
 from subnet.node.errors import UserError
-from subnet.swarm.chain_view import ChainRegistry
+
+# The app, the chain client and the swarm pull in torch, hivemind and FastAPI (seconds): each is
+# imported where it is used, after check_args, so a mistake in the flags ends in one line at once.
 
 log = logging.getLogger("mesh_node.api")
 
@@ -84,7 +83,9 @@ def build_backend(args: argparse.Namespace):
         from subnet.api.local_backend import LocalTransformersBackend  # deferred: torch (~2 s), after the checks
 
         return LocalTransformersBackend(args.model, name=args.model_name, dtype=getattr(torch, args.dtype)), None
+    from chain import connect
     from subnet.api.swarm_backend import SwarmBackend  # deferred: torch + hivemind (~2 s), after the checks
+    from subnet.swarm.chain_view import ChainRegistry
 
     peers = list(args.initial_peers)
     if not peers:  # --chain without --initial-peers: the subnet's bootnodes and registered nodes
@@ -105,6 +106,9 @@ def build_subnet_view(args: argparse.Namespace, dht, model_ids):
         return None
     if args.subnet_id is None:
         raise UserError("--chain needs --subnet-id")
+    from chain import connect
+    from subnet.api.subnet_view import ChainSubnetView
+
     return ChainSubnetView(connect(args.chain), args.subnet_id, dht=dht, models=model_ids)
 
 
@@ -137,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
 
             model_ids = [default_model_name(args.model)]
         view = build_subnet_view(args, dht, model_ids)
+        from subnet.api import create_app
+
         app = create_app(backend, subnet_view=view, api_keys=args.api_keys,
                          max_concurrent_streams=args.max_concurrent_streams,
                          max_prompt_tokens=args.max_prompt_tokens, max_tokens_limit=args.max_tokens_limit)

@@ -46,6 +46,9 @@ def wants_node(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from subnet.node.node_options import NodeOptions, check_node_options
+
+    check_node_options(NodeOptions.from_args(args))  # a mistake ends in one line before torch + hivemind load
     from subnet.node.assembly import run_node  # deferred: torch + hivemind; `mesh-node --help` builds this parser
 
     return run_node(args)
