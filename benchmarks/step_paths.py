@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import time
 
@@ -44,17 +43,14 @@ CONFIGS = {"before (--no-compile)": ["--no-compile"], "after (default)": []}
 
 
 def wait_chosen(procs: HosterProcs, timeout: float = 900.0) -> list[str]:
-    """Each auto hoster's logged choice (it compiles after `hoster_ready`): the decode path's line, and
-    with batched buckets on (MESH_NODE_COMPILE_BUCKETS=1) the buckets' line once the decode step won."""
-    buckets = os.environ.get("MESH_NODE_COMPILE_BUCKETS") == "1"
+    """Each auto hoster's logged choice (it compiles after `hoster_ready`): the background job's last
+    line (`compile_job_done`: the decode path and the batched buckets it serves)."""
     deadline, lines = time.monotonic() + timeout, {}
     while time.monotonic() < deadline and len(lines) < len(procs.procs):
         for p in procs.procs:
             path = procs.log_dir / f"{p.name}.log"
             with contextlib.suppress(OSError):
-                text = path.read_text().splitlines()
-                done = [ln for ln in text if "compile_failed" in ln or "batch_buckets_chosen" in ln
-                        or ("decode_path_chosen" in ln and ("path=eager" in ln or not buckets))]
+                done = [ln for ln in path.read_text().splitlines() if "compile_job_done" in ln]
                 if done:
                     lines[p.name] = done[-1][-200:]
         time.sleep(1.0)

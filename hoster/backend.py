@@ -203,8 +203,9 @@ class Backend:
     @property
     def decode_path(self) -> str:
         """`compiled`, `eager` or (auto, still in the background) `compiling`: announced and exported."""
-        ready = self.compiled is not None and self.compiled.ready
-        return "compiled" if ready else self.auto.path if self.auto is not None else "eager"
+        if self.auto is not None and not self.auto.done.is_set():
+            return "compiling"  # the background job (one-session graph, then batched buckets) still runs
+        return "compiled" if self.compiled is not None and self.compiled.ready else "eager"
 
     def start_auto_compile(self, key: str, choices: Choices, on_done=None) -> AutoCompile:
         """Compile the decode step in the background; serve it once measured faster (hoster.compile_auto)."""

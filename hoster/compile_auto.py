@@ -10,6 +10,12 @@ machine where compiling does not win never pays for it again. Inductor's FX-grap
 caches live in a persistent directory (`cache_root()/inductor`), so a second start of the
 same shape loads the compiled graph instead of generating and building C++ again.
 
+After the one-session graph wins, the same thread compiles and times the batched decode step in
+buckets of 2, 4 and 8 sessions (`hoster.compiled_batch`; MESH_NODE_COMPILE_BUCKETS=0 skips them)
+and serves each bucket that is faster. While it compiles it holds `hoster.compiled.COMPILE_LOCK`,
+so the compute thread runs those steps eagerly instead of taking a graph under torch's
+process-wide "fail_on_recompile" stance, which would refuse the compilation.
+
 `on` (`--compile`) compiles before announcing and always serves compiled (`hoster.compiled`);
 `off` (`--no-compile`) never compiles. Auto compiles only what the compiled path can serve:
 CPU, no quantization, no adapters, and the `torch` linear kernel (chosen by auto unless a
@@ -29,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from hoster.compiled import compiling
 from subnet.logs import event
 from subnet.model.kernels import ENV_KERNEL
 
@@ -36,12 +43,18 @@ log = logging.getLogger(__name__)
 
 ENV_COMPILE = "MESH_NODE_COMPILE"
 ENV_CACHE = "MESH_NODE_CACHE_DIR"
-ENV_BUCKETS = "MESH_NODE_COMPILE_BUCKETS"  # "1": also compile batched buckets (hoster.compiled_batch)
+ENV_BUCKETS = "MESH_NODE_COMPILE_BUCKETS"  # "0": no batched buckets (hoster.compiled_batch); default on
 MODES = ("auto", "on", "off")
 CHOICES_FILE = "decode_choices.json"
 MAX_CHOICES = 256  # model shapes remembered per machine (oldest dropped)
 MEASURE_STEPS = 24  # interleaved compiled/eager steps timed after compiling
 MIN_GAIN = 1.03  # compiled must be at least this much faster to be chosen (timing noise)
+
+
+def buckets_enabled() -> bool:
+    """Auto mode also compiles and times the batched buckets (2, 4, 8 sessions) unless
+    MESH_NODE_COMPILE_BUCKETS=0; each bucket is served only where it measured faster."""
+    return os.environ.get(ENV_BUCKETS, "1") != "0"
 
 
 def compile_mode(requested: str | None = None, force: bool = False) -> str:
@@ -181,8 +194,9 @@ class AutoCompile:
         span = self.compiled.span
         cached = self.choices.get(self.key) or {}
         try:
-            seconds = self.compiled.warm_up(self.new_kv, self.new_cache)
-            eager, comp = time_paths(span, self.compiled, self.new_kv, self.new_cache)
+            with compiling():  # no compiled step of another span may hold the process-wide stance meanwhile
+                seconds = self.compiled.warm_up(self.new_kv, self.new_cache)
+                eager, comp = time_paths(span, self.compiled, self.new_kv, self.new_cache)
         except Exception as e:  # a compiler failure must never take the hoster down: stay eager
             self.record = {"path": "eager", "error": repr(e)[:200]}
             self.path = "eager"
@@ -192,17 +206,20 @@ class AutoCompile:
             self.path = "compiled" if wins else "eager"
             self.record = {"path": self.path, "eager_ms": round(eager * 1e3, 3), "compiled_ms": round(comp * 1e3, 3),
                            "compile_s": round(seconds, 1), "measured_at": round(time.time())}
-            self.compiled.ready = wins
+            self.compiled.ready = wins  # between bucket compilations one-session steps take the graph
             event(log, "decode_path_chosen", blocks=f"{span.start}:{span.end}", **self.record)
-            if self.on_done is not None:
-                self.on_done(self.record)
-            if wins and os.environ.get(ENV_BUCKETS) == "1":  # not yet verified under load: opt-in for now
+            if wins and buckets_enabled():
                 self._buckets(cached.get("buckets"))
         try:
-            self.choices.put(self.key, self.record)
+            if "error" not in self.record:  # a failed compile is not a measured choice: the next start retries
+                self.choices.put(self.key, self.record)
         except OSError as e:
             event(log, "compile_choice_not_saved", level=logging.WARNING, error=repr(e)[:200])
-        self.done.set()
+        event(log, "compile_job_done", path=self.record.get("path"),
+              buckets=",".join(map(str, self.record.get("buckets") or [])) or "none")
+        self.done.set()  # the hoster now announces its path (Backend.decode_path: "compiling" until here)
+        if self.on_done is not None:
+            self.on_done(self.record)
 
     def _buckets(self, cached: list | None) -> None:
         """Compile and time the batched buckets (hoster.compiled_batch); serve those measured faster.
@@ -216,8 +233,9 @@ class AutoCompile:
             for bucket in BUCKETS:
                 if isinstance(cached, list) and bucket not in cached:
                     continue
-                seconds = batches.warm_up(bucket)
-                eager, comp = batches.time_bucket(bucket)
+                with compiling():  # the compute thread's compiled steps run eagerly meanwhile (COMPILE_LOCK)
+                    seconds = batches.warm_up(bucket)
+                    eager, comp = batches.time_bucket(bucket)
                 timings[str(bucket)] = {"eager_ms": round(eager * 1e3, 3), "compiled_ms": round(comp * 1e3, 3),
                                         "compile_s": round(seconds, 1)}
                 if eager >= comp * MIN_GAIN:
@@ -225,6 +243,6 @@ class AutoCompile:
                     batches.ready.add(bucket)
             self.record.update(buckets=won, bucket_timings=timings)
             event(log, "batch_buckets_chosen", buckets=",".join(map(str, won)) or "none")
-        except Exception as e:  # batched steps stay eager
-            self.record["buckets"] = []
+        except Exception as e:  # batched steps stay eager; not remembered as "no bucket wins": the next start retries
+            self.record["bucket_error"] = repr(e)[:200]
             event(log, "compile_failed", level=logging.WARNING, what="batch buckets", error=repr(e)[:200])

@@ -30,8 +30,10 @@ validator probes never use it, so consensus outputs stay the eager ones.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 import time
 
 import torch
@@ -48,6 +50,20 @@ SLACK = 2  # positions a compiled step reserves: its own plus one spare (see `se
 MAX_FALLBACKS = 8  # steps refused by the compiled graph before the hoster stops trying it
 # torch raises a plain RuntimeError for a refused recompilation; its message is the only marker
 RECOMPILE_REFUSED = "Detected recompile when torch.compile stance is 'fail_on_recompile'"
+
+# torch.compiler.set_stance is process-wide, not per thread: while the compute thread runs a compiled
+# step under "fail_on_recompile", a compilation on any other thread (the background compile of
+# hoster.compile_auto) is refused as well. So a compiled step and a compilation never overlap: a step
+# takes the graph only if it gets this lock at once (else it runs eagerly, a few ms); a background
+# compilation holds it throughout (tens of seconds, while steps run eagerly).
+COMPILE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def compiling():
+    """Hold off compiled steps while this thread compiles or times graphs (waits for a step in flight)."""
+    with COMPILE_LOCK:
+        yield
 
 
 def kernel_for_compile(requested: str | None) -> str:
@@ -75,6 +91,7 @@ class CompiledDecode:
         self.ready = False  # warmed up: from now on a new compilation is refused
         self.fallbacks = 0  # steps that would have needed a new compilation and ran eagerly instead
         self.steps = 0  # steps run compiled (observability, tests)
+        self.busy = 0  # steps run eagerly because another thread held COMPILE_LOCK
         self.prepare_only = False  # warm_up compiles but leaves `ready` to the caller (hoster.compile_auto)
 
     def serves(self, hidden: torch.Tensor, kv, start: int, end: int) -> bool:
@@ -85,6 +102,9 @@ class CompiledDecode:
 
     def __call__(self, hidden: torch.Tensor, cache, start: int, end: int) -> torch.Tensor | None:
         """The step's output, or None when it would need a new compilation (the caller runs it eagerly)."""
+        if not COMPILE_LOCK.acquire(blocking=False):
+            self.busy += 1  # another thread is compiling: its compilation would be refused (see COMPILE_LOCK)
+            return None
         try:
             cache.kv.reserve(cache.kv.length + SLACK)  # a view of part of the buffer: the warmed-up graph
             with torch.inference_mode(), torch.compiler.set_stance("fail_on_recompile"), _no_duck_shapes():
@@ -101,6 +121,8 @@ class CompiledDecode:
             event(log, "compiled_step_fallback", level=logging.WARNING, guard=reason[:200],
                   fallbacks=self.fallbacks, compiled_path="off" if not self.ready else "on")
             return None
+        finally:
+            COMPILE_LOCK.release()
 
     def run_unchecked(self, hidden: torch.Tensor, cache) -> torch.Tensor:
         """A whole-span step through the graph with no stance or counters (timing it: hoster.compile_auto)."""

@@ -24,7 +24,7 @@ import time
 import torch
 
 from hoster.cache import RowsCache, SessionKV
-from hoster.compiled import RECOMPILE_REFUSED, SLACK, _no_duck_shapes
+from hoster.compiled import COMPILE_LOCK, RECOMPILE_REFUSED, SLACK, _no_duck_shapes
 from subnet.logs import event
 from subnet.model.blocks import layer_type
 
@@ -51,7 +51,7 @@ class CompiledBatches:
             kv.reserve(SCRATCH_LENGTH + SLACK)
             kv.length = SCRATCH_LENGTH
         self.ready: set[int] = set()
-        self.steps = self.fallbacks = 0
+        self.steps = self.fallbacks = self.busy = 0
 
     def _new_kv(self, max_length: int) -> SessionKV:
         s = self.span
@@ -69,6 +69,16 @@ class CompiledBatches:
     def run(self, x: torch.Tensor, kvs: list[SessionKV], *, checked: bool = True) -> torch.Tensor | None:
         """Outputs of the real rows of `x` [sessions, 1, hidden] (K/V written, lengths not moved), or
         None when the bucket's graph does not cover the step (the caller runs it eagerly)."""
+        if checked and not COMPILE_LOCK.acquire(blocking=False):
+            self.busy += 1  # another thread is compiling (hoster.compiled.COMPILE_LOCK): run this step eagerly
+            return None
+        try:
+            return self._run(x, kvs, checked)
+        finally:
+            if checked:
+                COMPILE_LOCK.release()
+
+    def _run(self, x: torch.Tensor, kvs: list[SessionKV], checked: bool) -> torch.Tensor | None:
         n = len(kvs)
         pad = bucket_of(n) - n
         all_kvs = kvs + self.scratch[:pad]

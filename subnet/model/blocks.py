@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import types
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,33 @@ def layer_type(config, layer_idx: int) -> str:
 # ----------------------------------------------------------------------------- blocks
 
 
+def unwrap_hub_kernel_forwards(root: nn.Module) -> int:
+    """Give every module that transformers decorated with the `kernels` package's
+    `use_kernelized_func` its undecorated `forward` (number of modules changed).
+
+    That wrapper routes hub kernels swapped in by `kernels.kernelize`, which nothing here calls, so
+    it only costs a dict copy and a context-variable set/reset per call. Worse, once any thread has
+    compiled, the variable is one process-wide global: a decode step compiled in the background
+    (hoster.compile_auto) while the compute thread serves eager steps traces a value the other
+    thread keeps changing, and dynamo gives up (SpeculationLogDivergence). Without the wrapper the
+    functions it routes (e.g. `apply_rotary_pos_emb`) run their plain code, as they do unkernelized.
+    """
+    changed = 0
+    for module in root.modules():
+        forward = type(module).forward
+        if is_hub_kernel_wrapper(forward):
+            module.forward = types.MethodType(forward.__wrapped__, module)
+            changed += 1
+    return changed
+
+
+def is_hub_kernel_wrapper(forward) -> bool:
+    """Whether `forward` is the `kernels` package's `use_kernelized_func` wrapper of a forward."""
+    code = getattr(forward, "__code__", None)
+    return (getattr(forward, "__wrapped__", None) is not None and code is not None
+            and code.co_name == "new_forward" and "kernels" in code.co_filename)
+
+
 class BlockSpan(nn.Module):
     """Decoder layers [start, end) of a model plus its rotary embedding module.
 
@@ -182,6 +210,7 @@ class BlockSpan(nn.Module):
         self.hidden_size: int = config.hidden_size
         self.num_kv_heads: int = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         self.head_dim: int = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        unwrap_hub_kernel_forwards(self)
 
     @property
     def num_blocks(self) -> int:

@@ -109,9 +109,11 @@ def test_background_compile_serves_compiled_steps_and_the_disk_cache_is_reused(t
     import subprocess
     import sys
 
+    torch.compiler.reset()  # a graph of this shape compiled earlier in this process is reused, writing nothing
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.setenv("MESH_NODE_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(compile_auto, "MIN_GAIN", 0.0)  # the choice itself: test_slower_compiled_path_*
+    monkeypatch.setenv(compile_auto.ENV_BUCKETS, "0")  # the batched buckets: tests/hoster/test_compiled_batch.py
     directory = compile_auto.use_persistent_cache()
     assert directory == tmp_path / "inductor"
     eager = Backend(load_blocks(tiny_llama, 0, SPAN_END, progress=False, linear_kernel="torch"))
@@ -180,6 +182,7 @@ def test_default_hoster_generates_the_local_tokens(tiny_llama, tmp_path, monkeyp
     monkeypatch.delenv("MESH_LINEAR_KERNEL", raising=False)
     monkeypatch.setenv("MESH_NODE_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(compile_auto, "MIN_GAIN", 0.0)  # the tiny model: choose compiled whatever the timing
+    monkeypatch.setenv(compile_auto.ENV_BUCKETS, "0")  # 8 blocks: three more graphs (test_compiled_batch.py)
     h = Hoster(tiny_llama, progress=False, model_name="auto-llama").start()
     model = None
     try:
@@ -208,3 +211,24 @@ def test_default_hoster_generates_the_local_tokens(tiny_llama, tmp_path, monkeyp
         if model is not None:
             model.close()
         h.shutdown()
+
+
+def test_a_failed_compile_serves_eagerly_and_is_not_remembered(tiny_llama, tmp_path, monkeypatch):
+    """A compiler failure (e.g. a trace broken by another thread) leaves the hoster eager for this run
+    only: the choices file keeps no record of it, so the next start compiles again."""
+    from hoster.compiled import CompiledDecode
+
+    def broken(self, new_kv, new_cache):
+        raise RuntimeError("SpeculationLogDivergence")
+
+    monkeypatch.setattr(CompiledDecode, "warm_up", broken)
+    span = load_blocks(tiny_llama, 0, 2, progress=False, linear_kernel="torch")
+    auto = Backend(span, compile_decode="auto")
+    try:
+        choices, key = Choices(tmp_path), shape_key(span.config, 0, 2, span.dtype)
+        job = auto.start_auto_compile(key, choices)
+        assert job.done.wait(60) and auto.decode_path == "eager"
+        assert "SpeculationLogDivergence" in job.record["error"]
+        assert choices.get(key) is None
+    finally:
+        auto.shutdown()

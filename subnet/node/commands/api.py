@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 
+from chain import connect
 from subnet.logs import event
 from subnet.node.checks import check_initial_peers, check_model
 from subnet.node.config import resolve
 from subnet.node.errors import UserError
 
-# The app, the chain client and the swarm pull in torch, hivemind and FastAPI (seconds): each is
+# The app and the swarm pull in torch, hivemind and FastAPI (seconds): each is
 # imported where it is used, after check_args, so a mistake in the flags ends in one line at once.
 
 log = logging.getLogger("mesh_node.api")
@@ -83,9 +84,8 @@ def build_backend(args: argparse.Namespace):
         from subnet.api.local_backend import LocalTransformersBackend  # deferred: torch (~2 s), after the checks
 
         return LocalTransformersBackend(args.model, name=args.model_name, dtype=getattr(torch, args.dtype)), None
-    from chain import connect
     from subnet.api.swarm_backend import SwarmBackend  # deferred: torch + hivemind (~2 s), after the checks
-    from subnet.swarm.chain_view import ChainRegistry
+    from subnet.swarm.chain_view import ChainRegistry  # deferred: hivemind, after the checks
 
     peers = list(args.initial_peers)
     if not peers:  # --chain without --initial-peers: the subnet's bootnodes and registered nodes
@@ -106,8 +106,7 @@ def build_subnet_view(args: argparse.Namespace, dht, model_ids):
         return None
     if args.subnet_id is None:
         raise UserError("--chain needs --subnet-id")
-    from chain import connect
-    from subnet.api.subnet_view import ChainSubnetView
+    from subnet.api.subnet_view import ChainSubnetView  # deferred: hivemind + FastAPI, after the checks
 
     return ChainSubnetView(connect(args.chain), args.subnet_id, dht=dht, models=model_ids)
 
@@ -141,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
             model_ids = [default_model_name(args.model)]
         view = build_subnet_view(args, dht, model_ids)
-        from subnet.api import create_app
+        from subnet.api import create_app  # deferred: FastAPI + torch (~2 s), after the checks
 
         app = create_app(backend, subnet_view=view, api_keys=args.api_keys,
                          max_concurrent_streams=args.max_concurrent_streams,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hoster.options import HosterOptions, add_network_arguments
+from subnet.node.node_options import NodeOptions, check_node_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +47,6 @@ def wants_node(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from subnet.node.node_options import NodeOptions, check_node_options
 
     check_node_options(NodeOptions.from_args(args))  # a mistake ends in one line before torch + hivemind load
     from subnet.node.assembly import run_node  # deferred: torch + hivemind; `mesh-node --help` builds this parser
