@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 ENV_COMPILE = "MESH_NODE_COMPILE"
 ENV_CACHE = "MESH_NODE_CACHE_DIR"
-ENV_BUCKETS = "MESH_NODE_COMPILE_BUCKETS"  # "0": no batched buckets (hoster.compiled_batch); default on
+ENV_BUCKETS = "MESH_NODE_COMPILE_BUCKETS"  # "0"/"off": no batched buckets (hoster.compiled_batch); default on
+BUCKET_SWITCH = {"1": True, "on": True, "true": True, "0": False, "off": False, "false": False}
 MODES = ("auto", "on", "off")
 CHOICES_FILE = "decode_choices.json"
 MAX_CHOICES = 256  # model shapes remembered per machine (oldest dropped)
@@ -53,8 +54,12 @@ MIN_GAIN = 1.03  # compiled must be at least this much faster to be chosen (timi
 
 def buckets_enabled() -> bool:
     """Auto mode also compiles and times the batched buckets (2, 4, 8 sessions) unless
-    MESH_NODE_COMPILE_BUCKETS=0; each bucket is served only where it measured faster."""
-    return os.environ.get(ENV_BUCKETS, "1") != "0"
+    MESH_NODE_COMPILE_BUCKETS=0 (or off/false); each bucket is served only where it measured faster.
+    Any other value is a ValueError: a typo must not silently leave the buckets on."""
+    raw = os.environ.get(ENV_BUCKETS, "1").strip().lower()
+    if raw not in BUCKET_SWITCH:
+        raise ValueError(f"{ENV_BUCKETS}={raw!r}: use one of {', '.join(BUCKET_SWITCH)}")
+    return BUCKET_SWITCH[raw]
 
 
 def compile_mode(requested: str | None = None, force: bool = False) -> str:

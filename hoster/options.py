@@ -144,9 +144,10 @@ class HosterOptions:
         from subnet.model.kernels import linear_kernel  # deferred: imports torch
 
         linear_kernel(self.linear_kernel)  # also checks MESH_LINEAR_KERNEL
-        from hoster.compile_auto import compile_mode  # deferred: imports torch
+        from hoster.compile_auto import buckets_enabled, compile_mode  # deferred: imports torch
 
         forced = compile_mode(self.compile_mode, self.compile_decode) == "on"
+        buckets_enabled()  # MESH_NODE_COMPILE_BUCKETS: refused here, not in the background compile
         if forced:
             kernel_for_compile(self.linear_kernel)
         from subnet.model.adapters import parse_adapter_list  # deferred: imports torch

@@ -28,6 +28,7 @@ from hoster.cache import CacheBudget
 from hoster.compile_auto import (
     Choices,
     auto_compiles,
+    buckets_enabled,
     compile_mode as resolve_compile_mode,
     shape_key,
     use_persistent_cache,
@@ -116,6 +117,7 @@ class Hoster:
         self.linear_kernel = linear_kernel  # subnet.model.kernels; None = MESH_LINEAR_KERNEL or onednn
         # hoster.compile_auto: on (compiled before announcing), auto (in the background, if faster), off
         self.compile_mode = resolve_compile_mode(compile_mode, compile_decode)
+        buckets_enabled()  # a bad MESH_NODE_COMPILE_BUCKETS fails the start, not the background compile
         if self.compile_mode == "on" and self.adapter_sources:
             raise ValueError("--compile does not support --adapters (adapter rows run the eager path)")
         if self.compile_mode == "on":

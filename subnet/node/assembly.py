@@ -10,7 +10,6 @@ announcement and ends sessions, the DHT goes last.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import logging
 import signal
@@ -54,9 +53,11 @@ JOIN_RETRY_PAUSE = 2.0  # seconds between them
 class Node:
     """One running node; `start()` returns once every role serves, `stop()` is idempotent."""
 
-    def __init__(self, opts: NodeOptions):
+    def __init__(self, opts: NodeOptions, network: NetworkOptions | None = None):
+        """`network`: what `check_node_options(opts)` returned, when the caller already ran the checks
+        (the CLI runs them before importing this module); otherwise they run here."""
         self.opts = opts
-        self.network: NetworkOptions = check_node_options(opts)
+        self.network: NetworkOptions = network if network is not None else check_node_options(opts)
         self.node_key: NodeKey | None = None
         self.chain: Any = None
         self.dht: Any = None
@@ -298,9 +299,10 @@ class Node:
         return self._stopped.wait(timeout)
 
 
-def run_node(args: argparse.Namespace) -> int:
-    """CLI entry: start the node, print `READY <peer_id> <maddr> [api_url]`, run until SIGINT/SIGTERM."""
-    node = Node(NodeOptions.from_args(args))  # a NodeConfigError is a UserError: one line from the CLI
+def run_node(opts: NodeOptions, network: NetworkOptions) -> int:
+    """CLI entry, with the options `check_node_options` accepted and what it returned: start the node,
+    print `READY <peer_id> <maddr> [api_url]`, run until SIGINT/SIGTERM."""
+    node = Node(opts, network)
     stop = threading.Event()
 
     def on_signal(signum, _frame):

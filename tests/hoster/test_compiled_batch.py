@@ -121,6 +121,7 @@ def test_background_compilation_beside_serving_steps_of_the_same_span(span, back
                     span(x, cache=cache)
             kv.length += 1
             steps += 1
+            time.sleep(0.002)  # leave the compiler a core: the race needs overlap, not a saturated loop
         t.join(timeout=600)
         assert done.is_set() and steps > 0
         return errors
@@ -144,18 +145,33 @@ def test_spans_carry_no_hub_kernel_wrappers(span):
 
 
 def test_buckets_are_on_by_default_and_a_failed_compile_is_not_remembered(tiny_llama, tmp_path, monkeypatch):
-    """Auto mode compiles and times the batched buckets after the one-session graph wins (no flag);
-    a bucket compile that fails leaves batched steps eager and the next start tries again."""
+    """Auto mode compiles and times the batched buckets after the one-session graph wins (no flag),
+    and the hoster says `compiling` until they are done; a bucket compile that fails leaves batched
+    steps eager and the next start tries again; the switch takes on/off and refuses anything else."""
     monkeypatch.delenv(compile_auto.ENV_BUCKETS, raising=False)
     monkeypatch.setattr(compile_auto, "MIN_GAIN", 0.0)  # the tiny model: the choice itself is tested elsewhere
     monkeypatch.setattr(compiled_batch, "BUCKETS", (2,))  # one bucket is enough to see the mechanism
     span = load_blocks(tiny_llama, 0, END, progress=False, linear_kernel="torch")
     auto = Backend(span, compile_decode="auto")
+    bucket_started, release = threading.Event(), threading.Event()
+    real_warm_up = CompiledBatches.warm_up
+
+    def held_warm_up(self, bucket):
+        bucket_started.set()
+        assert release.wait(300)
+        return real_warm_up(self, bucket)
+
+    monkeypatch.setattr(CompiledBatches, "warm_up", held_warm_up)
     try:
         choices = Choices(tmp_path)
         key = shape_key(span.config, 0, END, span.dtype)
         job = auto.start_auto_compile(key, choices)
+        assert bucket_started.wait(900), job.record
+        # the one-session graph already serves, but the announced path waits for the whole job
+        assert auto.compiled.ready and auto.decode_path == "compiling"
+        release.set()
         assert job.done.wait(900) and job.record["path"] == "compiled", job.record
+        assert auto.decode_path == "compiled"
         assert job.record["buckets"] == [2] and job.batches.ready == {2}, job.record
         assert choices.get(key)["buckets"] == [2]
 
@@ -166,7 +182,11 @@ def test_buckets_are_on_by_default_and_a_failed_compile_is_not_remembered(tiny_l
         job.record = {"path": "compiled"}
         job._buckets(None)
         assert "buckets" not in job.record and "inductor fell over" in job.record["bucket_error"]
-        monkeypatch.setenv(compile_auto.ENV_BUCKETS, "0")
-        assert not compile_auto.buckets_enabled()
+        for off in ("0", "off", "False"):
+            monkeypatch.setenv(compile_auto.ENV_BUCKETS, off)
+            assert not compile_auto.buckets_enabled()
+        monkeypatch.setenv(compile_auto.ENV_BUCKETS, "no")
+        with pytest.raises(ValueError, match="MESH_NODE_COMPILE_BUCKETS='no'"):
+            compile_auto.buckets_enabled()
     finally:
         auto.shutdown()

@@ -47,8 +47,8 @@ def wants_node(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-
-    check_node_options(NodeOptions.from_args(args))  # a mistake ends in one line before torch + hivemind load
+    opts = NodeOptions.from_args(args)
+    network = check_node_options(opts)  # a mistake ends in one line (NodeConfigError) before torch + hivemind load
     from subnet.node.assembly import run_node  # deferred: torch + hivemind; `mesh-node --help` builds this parser
 
-    return run_node(args)
+    return run_node(opts, network)

@@ -113,3 +113,25 @@ def test_hoster_adapter_that_is_not_a_peft_adapter(tiny_model_factory, tmp_path)
     r = _mesh_node("--hoster", "--model", tiny_model_factory("llama"), "--adapters", str(not_adapter),
                    "--initial-peers", PEER)
     _assert_one_line_error(r, "adapter", "my-lora", "adapter_config.json")
+
+
+def test_a_bad_compile_buckets_switch_is_refused(tiny_llama):
+    env = {**ENV, "MESH_NODE_COMPILE_BUCKETS": "maybe"}
+    r = subprocess.run([sys.executable, "-m", "subnet.node.cli", "--hoster", "--model", tiny_llama, "--blocks", "0:2"],
+                       capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+    _assert_one_line_error(r, "MESH_NODE_COMPILE_BUCKETS='maybe'", "off")
+
+
+def test_flag_mistakes_are_found_before_torch_and_hivemind_load(tmp_path):
+    """The checks that need neither run first, so a typo costs a fraction of a second, not the
+    seconds those imports take (subnet/node/node_options.py)."""
+    probe = (
+        "import sys\n"
+        "from subnet.node import cli\n"
+        f"code = cli.main(['--hoster', '--model', {str(tmp_path / 'typo')!r}])\n"
+        "print(code, sorted(m for m in ('torch', 'hivemind', 'transformers') if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=ENV,
+                       stdin=subprocess.DEVNULL)
+    assert "no such directory" in r.stderr, r.stderr
+    assert r.stdout.split(None, 1)[1].strip() == "[]", r.stdout
