@@ -85,6 +85,25 @@ class DevnetProcess:
             self.proc.kill()
             self.proc.wait(10)
 
+    def hold_blocks(self, timeout: float = 10.0) -> int:
+        """Stop block production (the chain keeps answering); returns the block it stays at."""
+        return self._set_hold(signal.SIGUSR1, True, timeout)
+
+    def resume_blocks(self, timeout: float = 10.0) -> int:
+        """Produce blocks again, the next one `block_time` from now."""
+        return self._set_hold(signal.SIGUSR2, False, timeout)
+
+    def _set_hold(self, sig: signal.Signals, held: bool, timeout: float) -> int:
+        assert self.proc is not None and self.alive(), "devnet chain not running"
+        self.proc.send_signal(sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            health = httpx.get(self.url + "/health", timeout=5.0).json()
+            if health.get("held") is held:
+                return int(health["block"])
+            time.sleep(0.05)
+        raise RuntimeError(f"devnet chain at {self.url} did not {'hold' if held else 'resume'} blocks")
+
     def restart(self, timeout: float = 30.0) -> None:
         """Start again on the same database and port (after stop or kill)."""
         self.stop()

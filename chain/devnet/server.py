@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -59,12 +60,36 @@ def _error(err: ChainError) -> JSONResponse:
     return JSONResponse({"error": {"reason": err.reason, "message": message}}, status_code=_status(err))
 
 
-async def _produce_blocks(state: ChainState) -> None:
-    """One block every `block_time` seconds of wall time (no catch-up bursts)."""
+class BlockHold:
+    """Block production can be held and resumed (SIGUSR1 / SIGUSR2 to the devnet process): a test
+    that restarts a node mid-epoch freezes chain time meanwhile, so a slow machine cannot make the
+    node miss its window (`DevnetProcess.hold_blocks`). Reads and transactions keep being served."""
+
+    def __init__(self) -> None:
+        self.resumed = asyncio.Event()
+        self.resumed.set()
+
+    @property
+    def held(self) -> bool:
+        return not self.resumed.is_set()
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals on this loop
+            loop.add_signal_handler(signal.SIGUSR1, self.resumed.clear)
+            loop.add_signal_handler(signal.SIGUSR2, self.resumed.set)
+
+
+async def _produce_blocks(state: ChainState, hold: BlockHold) -> None:
+    """One block every `block_time` seconds of wall time (no catch-up bursts, none after a hold)."""
     interval = state.config.block_time
     next_at = time.monotonic() + interval
     while True:
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        if hold.held:
+            await hold.resumed.wait()
+            next_at = time.monotonic() + interval
+            continue
         next_at = max(next_at + interval, time.monotonic())
         try:
             await asyncio.to_thread(state.produce_block)
@@ -73,9 +98,12 @@ async def _produce_blocks(state: ChainState) -> None:
 
 
 def create_app(state: ChainState, *, produce: bool = True) -> FastAPI:
+    hold = BlockHold()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        task = asyncio.create_task(_produce_blocks(state)) if produce else None
+        hold.install()
+        task = asyncio.create_task(_produce_blocks(state, hold)) if produce else None
         try:
             yield
         finally:
@@ -101,7 +129,7 @@ def create_app(state: ChainState, *, produce: bool = True) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict:
-        return {"ok": True, "block": state.block(), "chain_id": state.chain_id}
+        return {"ok": True, "block": state.block(), "chain_id": state.chain_id, "held": hold.held}
 
     @app.get("/chain")
     def chain_info() -> dict:

@@ -151,6 +151,19 @@ def test_previous_epoch_records_still_readable():
     assert p.check(rec, VAL.peer_id).kind == "validator_commit"
 
 
+def test_a_late_read_still_sees_the_epoch_before_the_previous():
+    """A validator scoring e reads e-1's commits; if the chain moved on to e+1 meanwhile (a loaded
+    machine), the read (which names its epoch) still admits them, while a store would not."""
+    p = policy(at(7, 1))
+    rec = seal(VAL, "validator_commit", {"subnet": SUBNET, "epoch": 5, "block": 5 * BPE + 14, "commit": "cd" * 32,
+                                         "parts": 1})
+    assert p.check(rec, VAL.peer_id, expected=(5, "validator_commit")).kind == "validator_commit"
+    with pytest.raises(ConsensusRecordError, match="chain is at epoch 7"):
+        p.check(rec, VAL.peer_id)
+    with pytest.raises(ConsensusRecordError, match="chain is at epoch 8"):
+        policy(at(8, 1)).check(rec, VAL.peer_id, expected=(5, "validator_commit"))
+
+
 def test_probe_rules():
     view = at(5, 1)
     spec = make_probe_spec(bytes(range(32)), SUBNET, 5, hidden=16, num_blocks=4)
