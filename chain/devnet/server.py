@@ -68,10 +68,12 @@ class BlockHold:
     def __init__(self) -> None:
         self.resumed = asyncio.Event()
         self.resumed.set()
+        self.producing = False  # a block in production when the hold came still lands
 
     @property
     def held(self) -> bool:
-        return not self.resumed.is_set()
+        """Held and quiet: no block is being produced, so the chain's block number stays put."""
+        return not self.resumed.is_set() and not self.producing
 
     def install(self) -> None:
         loop = asyncio.get_running_loop()
@@ -86,15 +88,18 @@ async def _produce_blocks(state: ChainState, hold: BlockHold) -> None:
     next_at = time.monotonic() + interval
     while True:
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-        if hold.held:
+        if not hold.resumed.is_set():
             await hold.resumed.wait()
             next_at = time.monotonic() + interval
             continue
         next_at = max(next_at + interval, time.monotonic())
+        hold.producing = True  # set before any await: a hold signal is handled between loop steps
         try:
             await asyncio.to_thread(state.produce_block)
         except Exception:  # keep producing; a failed block is retried next tick
             log.exception("block production failed")
+        finally:
+            hold.producing = False
 
 
 def create_app(state: ChainState, *, produce: bool = True) -> FastAPI:
