@@ -21,6 +21,11 @@ from keys.node_key import NodeKey
 from subnet.swarm import lifetime
 
 LOOPBACK_MADDRS = ("/ip4/127.0.0.1/tcp/0",)
+READY_TIMEOUT = 180.0  # seconds for a DHT process to start p2pd and join (a loaded 2-core machine: ~20)
+
+
+class DHTStartError(RuntimeError):
+    """The DHT process did not come up (start_dht)."""
 IDENTITY_DIR_PREFIX = "mesh-node-id-"
 
 
@@ -112,6 +117,7 @@ def start_dht(
     record_validators: Sequence = (),
     client_mode: bool = False,
     check_if_identity_free: bool = False,
+    ready_timeout: float = READY_TIMEOUT,
     **kwargs,
 ) -> NodeDHT:
     """Start a DHT whose libp2p peer id is `key.peer_id`.
@@ -125,6 +131,10 @@ def start_dht(
     `host_maddrs` defaults to loopback, except in client mode, where the daemon listens on no
     address at all: a client only dials out (its streams ride its own outbound connections).
     Node roles pick their addresses with `subnet.swarm.addresses.NetworkOptions`.
+
+    hivemind waits for the DHT process without a deadline; here a process not ready within
+    `ready_timeout` is stopped and `DHTStartError` raised (one real cause: a process forked from
+    this one was killed while it held hivemind's MPFuture lock, and every later one hangs on it).
     """
     key = key or NodeKey.generate()
     identity_dir = None
@@ -135,8 +145,9 @@ def start_dht(
         identity_dir = identity_path.parent
     if host_maddrs is None and client_mode:
         kwargs.setdefault("no_listen", True)
+    await_ready = kwargs.pop("await_ready", True)
     try:
-        return NodeDHT(
+        dht = NodeDHT(
             initial_peers=list(initial_peers),
             host_maddrs=list(host_maddrs if host_maddrs is not None else LOOPBACK_MADDRS),
             announce_maddrs=list(announce_maddrs) if announce_maddrs else None,
@@ -145,12 +156,20 @@ def start_dht(
             client_mode=client_mode,
             check_if_identity_free=check_if_identity_free,
             identity_dir=identity_dir,
-            start=True,
+            start=False,
             **kwargs,
         )
+        dht.run_in_background(await_ready=False)
+        if await_ready:
+            try:
+                dht.wait_until_ready(ready_timeout)
+            except TimeoutError:
+                dht.shutdown()
+                raise DHTStartError(f"the DHT process was not ready within {ready_timeout:.0f} s") from None
+        return dht
     finally:
         # the DHT is ready (or failed): p2pd has read its identity and never reads it again
-        if kwargs.get("await_ready", True):
+        if await_ready:
             lifetime.remove_dir(identity_dir)
 
 

@@ -148,13 +148,52 @@ def test_p2pd_dies_with_its_dht_process():
     """kill -9 of the DHT process itself takes its p2pd along (parent-death signal on the daemon)."""
     from subnet.swarm.dht import start_dht
 
+    from hivemind.utils.mpfuture import MPFuture
+
     dht = start_dht()
     daemons = p2pd_of(dht.pid)
     assert daemons
-    os.kill(dht.pid, signal.SIGKILL)
+    # hivemind's MPFuture._update_lock is one semaphore shared by every process this one forks. A DHT
+    # process killed while it holds it (it had just sent "ready") leaves it held for good, and the next
+    # DHT started in this pytest worker hung at its first result (stress-test, random order). Holding
+    # the lock here across the kill makes sure the victim does not.
+    with MPFuture._update_lock:
+        os.kill(dht.pid, signal.SIGKILL)
+        dht.join(5)
     took = wait_for(lambda: not any(alive(p) for p in daemons), 10, "p2pd to exit after its DHT process")
     print(f"p2pd exited {took:.2f} s after its DHT process was killed")
     dht.join(5)
+
+
+STUCK_LOCK = """
+import os, signal, sys, time
+from hivemind.utils.mpfuture import MPFuture
+from subnet.swarm.dht import DHTStartError, start_dht
+
+pid = os.fork()
+if pid == 0:  # a forked process killed while it holds the lock every forked process shares
+    MPFuture._update_lock.acquire()
+    time.sleep(60)
+    os._exit(0)
+time.sleep(0.5)
+os.kill(pid, signal.SIGKILL)
+os.waitpid(pid, 0)
+t0 = time.monotonic()
+try:
+    start_dht(ready_timeout=3)
+except DHTStartError as e:
+    print("refused", round(time.monotonic() - t0), e, flush=True)
+os._exit(0)
+"""
+
+
+def test_a_dht_that_never_gets_ready_is_an_error_not_a_hang():
+    """hivemind waits for its DHT process without a deadline; start_dht gives up (DHTStartError) and
+    stops the process. In its own interpreter: the stuck lock would hang every later DHT here."""
+    r = subprocess.run([sys.executable, "-c", STUCK_LOCK], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                       capture_output=True, text=True, timeout=120)
+    assert r.stdout.startswith("refused "), (r.stdout, r.stderr[-2000:])
+    assert "not ready within 3 s" in r.stdout
 
 
 FAKE_P2PD_PARENT = """
