@@ -146,9 +146,9 @@ def test_a_key_file_is_handed_to_the_daemon_directly(private_tmp, tmp_path):
 
 def test_p2pd_dies_with_its_dht_process():
     """kill -9 of the DHT process itself takes its p2pd along (parent-death signal on the daemon)."""
-    from subnet.swarm.dht import start_dht
-
     from hivemind.utils.mpfuture import MPFuture
+
+    from subnet.swarm.dht import start_dht
 
     dht = start_dht()
     daemons = p2pd_of(dht.pid)
