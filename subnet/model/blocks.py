@@ -173,6 +173,9 @@ def unwrap_hub_kernel_forwards(root: nn.Module) -> int:
     (hoster.compile_auto) while the compute thread serves eager steps traces a value the other
     thread keeps changing, and dynamo gives up (SpeculationLogDivergence). Without the wrapper the
     functions it routes (e.g. `apply_rotary_pos_emb`) run their plain code, as they do unkernelized.
+    Those functions are `kernels` `Func` modules that still read the variable, so a compile must not
+    overlap an eager forward of a still-wrapped transformers model in the same process (a hoster runs
+    none; tests/hoster/test_compile_auto.py computes its reference before the hoster compiles).
     """
     changed = 0
     for module in root.modules():

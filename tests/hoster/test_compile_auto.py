@@ -172,7 +172,7 @@ def test_default_hoster_generates_the_local_tokens(tiny_llama, tmp_path, monkeyp
     """A hoster with no compile flag at all (auto) behind the real client: it announces at once,
     switches to the compiled step in the background, and greedy tokens equal local transformers
     before and after the switch."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hoster.server import Hoster
     from subnet.client import DistributedModelForCausalLM
@@ -183,6 +183,13 @@ def test_default_hoster_generates_the_local_tokens(tiny_llama, tmp_path, monkeyp
     monkeypatch.setenv("MESH_NODE_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(compile_auto, "MIN_GAIN", 0.0)  # the tiny model: choose compiled whatever the timing
     monkeypatch.setenv(compile_auto.ENV_BUCKETS, "0")  # 8 blocks: three more graphs (test_compiled_batch.py)
+    # The local reference runs before the hoster starts compiling: transformers' own attention forwards
+    # set the `kernels` context variable that (once anything compiled) is one process-wide global, which
+    # the span's rotary `Func` reads; run beside the background trace, it made dynamo diverge
+    # (SpeculationLogDivergence, stress-test random order). A hoster process runs no such model.
+    local = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    ids = AutoTokenizer.from_pretrained(tiny_llama)("The quick brown fox", return_tensors="pt")["input_ids"]
+    expected = local.generate(ids, max_new_tokens=24, do_sample=False).tolist()
     h = Hoster(tiny_llama, progress=False, model_name="auto-llama").start()
     model = None
     try:
@@ -190,9 +197,7 @@ def test_default_hoster_generates_the_local_tokens(tiny_llama, tmp_path, monkeyp
         model = DistributedModelForCausalLM.from_pretrained(tiny_llama, initial_peers=h.maddrs,
                                                             model_name="auto-llama", request_timeout=30.0)
         model.wait_until_servable(60)
-        local = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
-        ids = model.tokenizer("The quick brown fox", return_tensors="pt")["input_ids"]
-        expected = local.generate(ids, max_new_tokens=24, do_sample=False).tolist()
+        assert model.tokenizer("The quick brown fox", return_tensors="pt")["input_ids"].tolist() == ids.tolist()
         assert model.generate(ids, max_new_tokens=24, speculative=0).tolist() == expected  # eager or compiling
         assert h.backend.auto.done.wait(900) and h.backend.decode_path == "compiled"
         before = h.backend.compiled.steps
