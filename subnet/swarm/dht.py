@@ -22,11 +22,11 @@ from subnet.swarm import lifetime
 
 LOOPBACK_MADDRS = ("/ip4/127.0.0.1/tcp/0",)
 READY_TIMEOUT = 180.0  # seconds for a DHT process to start p2pd and join (a loaded 2-core machine: ~20)
+IDENTITY_DIR_PREFIX = "mesh-node-id-"
 
 
 class DHTStartError(RuntimeError):
     """The DHT process did not come up (start_dht)."""
-IDENTITY_DIR_PREFIX = "mesh-node-id-"
 
 
 def write_identity(key: NodeKey, directory: str | os.PathLike | None = None) -> Path:
