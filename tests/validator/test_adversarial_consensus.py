@@ -27,7 +27,10 @@ from validator.duty import ValidatorDuty
 
 pytestmark = pytest.mark.slow
 
-BLOCK_TIME = 0.4
+# 12 s epochs. With 8 s ones (0.4 s blocks) an honest hoster whose probe fetch waited on a slow DHT
+# missed a whole commit window now and then (quiet file-order run: KeyError on its status), and an
+# elected validator its 1.2 s propose window (stress-test).
+BLOCK_TIME = 0.6
 EPOCH_LENGTH = 20
 RANGES = [(0, 5), (3, 8), (0, 8)]
 
