@@ -5,15 +5,13 @@ future. The compute thread takes the next task plus everything else already queu
 (optionally waiting `gather_window` seconds for more) and runs inference steps of
 different sessions that have the same block range and step length as ONE batch.
 
-Every session keeps its K/V in a `hoster.cache.SessionKV`: per layer one buffer with
-spare capacity, new positions written in place (no per-step concatenation). A batched
-step runs the linear layers on all rows at once, writes each session's new K/V into its
-own buffers and runs attention per session on views of them (`rows_attention`): no
-session's past is copied into a batch tensor (hoster.batched). Long prompts run in
-chunks of `PREFILL_CHUNK` positions (same results, bounded activation memory).
+Every session keeps its K/V in a `hoster.cache.SessionKV`: per layer one buffer with spare
+capacity, new positions written in place (no per-step concatenation). A batched step runs the
+linear layers on all rows at once, writes each session's new K/V into its own buffers and runs
+attention per session on views of them (`rows_attention`): no session's past is copied into a
+batch tensor (hoster.batched). Long prompts run in chunks of `PREFILL_CHUNK` positions.
 
-`run_span` is the probes' thread-safe stateless forward: the `forward` RPC's own path.
-What runs when is `hoster.scheduler`'s.
+`run_span` is the probes' thread-safe stateless forward (the `forward` RPC's); hoster.scheduler: what runs when.
 """
 
 from __future__ import annotations
@@ -195,6 +193,8 @@ class Backend:
         if self._closed:
             return
         self._closed = True
+        if self.auto is not None:
+            self.auto.stop()  # no more re-timing of the decode path
         for s in list(self.sessions.values()):
             self.close_session(s)
         self._queue.put(None)

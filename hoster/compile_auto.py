@@ -6,7 +6,10 @@ start-up to `hoster_ready` does not wait for a compiler. When the graph is ready
 times compiled and eager steps of the span interleaved on a scratch cache and switches to the
 compiled path only if it is faster on this machine; the choice goes in the hoster's
 announcement and metrics (`decode_path`) and in a small JSON file per model shape, so a
-machine where compiling does not win never pays for it again. Inductor's FX-graph and AOT
+machine where compiling does not win never pays for it again. Only a quiet timing is final:
+one taken while other processes kept the cores busy (hoster.cpu_contention; say, three more
+hosters compiling on the same two cores) is timed again after a pause while serving, and if no
+quiet timing comes, the next start compiles and times it again. Inductor's FX-graph and AOT
 caches live in a persistent directory (`cache_root()/inductor`), so a second start of the
 same shape loads the compiled graph instead of generating and building C++ again.
 
@@ -35,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from hoster import cpu_contention
 from hoster.compiled import compiling
 from subnet.logs import event
 from subnet.model.kernels import ENV_KERNEL
@@ -50,6 +54,7 @@ CHOICES_FILE = "decode_choices.json"
 MAX_CHOICES = 256  # model shapes remembered per machine (oldest dropped)
 MEASURE_STEPS = 24  # interleaved compiled/eager steps timed after compiling
 MIN_GAIN = 1.03  # compiled must be at least this much faster to be chosen (timing noise)
+RETIME_DELAYS = (30.0, 90.0, 270.0)  # seconds before each new timing of a choice made under load
 
 
 def buckets_enabled() -> bool:
@@ -80,10 +85,24 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mesh-node"
 
 
+def _chosen_inductor_dir() -> str | None:
+    """TORCHINDUCTOR_CACHE_DIR if an operator set it. Importing torch._dynamo sets it to torch's default
+    (/tmp/torchinductor_<user>) in os.environ, which must not count as a choice: the graphs would
+    then land in /tmp, shared by every process on the machine and gone at the next reboot."""
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir  # deferred: private, may move
+    except ImportError:
+        return chosen
+    if chosen and os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
+        return None
+    return chosen
+
+
 def use_persistent_cache(root: Path | None = None) -> Path:
     """Point inductor's on-disk caches (FX graphs, AOT autograd) at `root/inductor` unless the operator
     chose a directory (TORCHINDUCTOR_CACHE_DIR); inductor reads it when it first compiles."""
-    directory = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or (root or cache_root()) / "inductor")
+    directory = Path(_chosen_inductor_dir() or (root or cache_root()) / "inductor")
     directory.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory)
     import torch._functorch.config as functorch_config  # deferred: loads the compiler stack
@@ -147,7 +166,8 @@ def auto_compiles(mode: str, *, linear_kernel: str | None, device: str, quant: s
         return False  # an explicit kernel choice wins over compiling
     if torch.device(device).type != "cpu" or quant != "none" or adapters:
         return False
-    return cached is None or cached.get("path") == "compiled"
+    # a choice timed while other processes kept the cores busy (or by an older version) is timed again
+    return cached is None or cached.get("path") == "compiled" or not cached.get("quiet")
 
 
 def time_paths(span, compiled, new_kv: Callable[[int], object], new_cache: Callable[[object], object],
@@ -178,7 +198,11 @@ def time_paths(span, compiled, new_kv: Callable[[int], object], new_cache: Calla
 
 
 class AutoCompile:
-    """Compile on a background thread, measure, switch `compiled.ready` on if it wins, remember the choice."""
+    """Compile on a background thread, measure, switch `compiled.ready` on if it wins, remember the choice.
+
+    A timing taken while other processes kept the cores busy (hoster.cpu_contention) decides what is
+    served for now but is not final: it is timed again after each of RETIME_DELAYS until a quiet
+    timing settles it, and a choice never timed quietly is timed again at the next start."""
 
     def __init__(self, compiled, key: str, choices: Choices, new_kv, new_cache,
                  on_done: Callable[[dict], None] | None = None):
@@ -188,6 +212,8 @@ class AutoCompile:
         self.batches = None  # hoster.compiled_batch.CompiledBatches, once the decode step compiled and won
         self.record: dict = {}
         self.done = threading.Event()
+        self._stop = threading.Event()
+        self._compiled_buckets: set[int] = set()
         compiled.prepare_only = True
         self._thread = threading.Thread(target=self._run, name="hoster-compile", daemon=True)
 
@@ -195,59 +221,111 @@ class AutoCompile:
         self._thread.start()
         return self
 
+    def stop(self) -> None:
+        """The hoster shuts down: no more re-timing (a compilation under way ends on its own)."""
+        self._stop.set()
+
+    @property
+    def settled(self) -> bool:
+        """Whether the choice rests on quiet timings (or a failure): nothing is left to time again."""
+        r = self.record
+        return "error" in r or (r.get("quiet", False) and r.get("buckets_quiet", True))
+
     def _run(self) -> None:
-        span = self.compiled.span
         cached = self.choices.get(self.key) or {}
         try:
             with compiling():  # no compiled step of another span may hold the process-wide stance meanwhile
                 seconds = self.compiled.warm_up(self.new_kv, self.new_cache)
-                eager, comp = time_paths(span, self.compiled, self.new_kv, self.new_cache)
+            self.record = {"compile_s": round(seconds, 1)}
+            self._time_decode()
+            if self.compiled.ready and buckets_enabled():
+                self._buckets(cached.get("buckets") if cached.get("buckets_quiet") else None)
         except Exception as e:  # a compiler failure must never take the hoster down: stay eager
+            self.compiled.ready = False
             self.record = {"path": "eager", "error": repr(e)[:200]}
             self.path = "eager"
             event(log, "compile_failed", level=logging.WARNING, error=repr(e)[:200])
-        else:
-            wins = eager >= comp * MIN_GAIN
-            self.path = "compiled" if wins else "eager"
-            self.record = {"path": self.path, "eager_ms": round(eager * 1e3, 3), "compiled_ms": round(comp * 1e3, 3),
-                           "compile_s": round(seconds, 1), "measured_at": round(time.time())}
-            self.compiled.ready = wins  # between bucket compilations one-session steps take the graph
-            event(log, "decode_path_chosen", blocks=f"{span.start}:{span.end}", **self.record)
-            if wins and buckets_enabled():
-                self._buckets(cached.get("buckets"))
+        self._save()
+        event(log, "compile_job_done", path=self.record.get("path"), quiet=self.record.get("quiet"),
+              buckets=",".join(map(str, self.record.get("buckets") or [])) or "none")
+        self.done.set()  # the hoster now announces its path (Backend.decode_path: "compiling" until here)
+        if self.on_done is not None:
+            self.on_done(self.record)
+        self._retime()
+
+    def _time_decode(self) -> None:
+        """Time both one-session paths and serve the faster; the record says how busy the machine was."""
+        before = cpu_contention.sample()
+        with compiling():
+            eager, comp = time_paths(self.compiled.span, self.compiled, self.new_kv, self.new_cache)
+        load = cpu_contention.others_load(before, cpu_contention.sample())
+        wins = eager >= comp * MIN_GAIN
+        self.path = "compiled" if wins else "eager"
+        self.record.update(path=self.path, eager_ms=round(eager * 1e3, 3), compiled_ms=round(comp * 1e3, 3),
+                           others_load=round(load, 2), quiet=load <= cpu_contention.MAX_OTHER_LOAD,
+                           measured_at=round(time.time()))
+        self.compiled.ready = wins  # between bucket compilations one-session steps take the graph
+        span = self.compiled.span
+        event(log, "decode_path_chosen", blocks=f"{span.start}:{span.end}",
+              **{k: v for k, v in self.record.items() if k != "bucket_timings"})
+
+    def _retime(self) -> None:
+        """Time a choice made under load again after a pause; stop at the first quiet timing."""
+        for delay in RETIME_DELAYS:
+            if self.settled or self._stop.wait(delay):
+                return
+            was = (self.path, sorted(self.batches.ready) if self.batches else [])
+            try:
+                self._time_decode()
+                if self.compiled.ready and buckets_enabled():
+                    self._buckets(None)
+            except Exception as e:  # keep serving what was chosen; the next start times it again
+                event(log, "compile_retime_failed", level=logging.WARNING, error=repr(e)[:200])
+                return
+            self._save()
+            event(log, "decode_path_retimed", path=self.path, quiet=self.record.get("quiet"),
+                  others_load=self.record.get("others_load"))
+            if self.on_done is not None and was != (self.path, sorted(self.batches.ready) if self.batches else []):
+                self.on_done(self.record)
+
+    def _save(self) -> None:
         try:
             if "error" not in self.record:  # a failed compile is not a measured choice: the next start retries
                 self.choices.put(self.key, self.record)
         except OSError as e:
             event(log, "compile_choice_not_saved", level=logging.WARNING, error=repr(e)[:200])
-        event(log, "compile_job_done", path=self.record.get("path"),
-              buckets=",".join(map(str, self.record.get("buckets") or [])) or "none")
-        self.done.set()  # the hoster now announces its path (Backend.decode_path: "compiling" until here)
-        if self.on_done is not None:
-            self.on_done(self.record)
 
     def _buckets(self, cached: list | None) -> None:
-        """Compile and time the batched buckets (hoster.compiled_batch); serve those measured faster.
-        A bucket measured slower on an earlier start of this shape is not compiled again."""
+        """Compile (once) and time the batched buckets (hoster.compiled_batch); serve those measured faster.
+        A bucket measured slower on a quiet earlier start of this shape is not compiled again."""
         from hoster.compiled_batch import BUCKETS, CompiledBatches  # deferred: only once decode compiled
 
         try:
-            batches = CompiledBatches(self.compiled)
-            self.batches = batches
-            won, timings = [], {}
+            if self.batches is None:
+                self.batches = CompiledBatches(self.compiled)
+            batches, won, timings = self.batches, [], {}
+            before = cpu_contention.sample()
             for bucket in BUCKETS:
                 if isinstance(cached, list) and bucket not in cached:
                     continue
                 with compiling():  # the compute thread's compiled steps run eagerly meanwhile (COMPILE_LOCK)
-                    seconds = batches.warm_up(bucket)
+                    seconds = 0.0 if bucket in self._compiled_buckets else batches.warm_up(bucket)
+                    self._compiled_buckets.add(bucket)
                     eager, comp = batches.time_bucket(bucket)
                 timings[str(bucket)] = {"eager_ms": round(eager * 1e3, 3), "compiled_ms": round(comp * 1e3, 3),
                                         "compile_s": round(seconds, 1)}
                 if eager >= comp * MIN_GAIN:
                     won.append(bucket)
                     batches.ready.add(bucket)
-            self.record.update(buckets=won, bucket_timings=timings)
-            event(log, "batch_buckets_chosen", buckets=",".join(map(str, won)) or "none")
+                else:
+                    batches.ready.discard(bucket)
+            load = cpu_contention.others_load(before, cpu_contention.sample())  # compiling is this process's own
+            self.record.update(buckets=won, bucket_timings=timings,
+                               buckets_quiet=load <= cpu_contention.MAX_OTHER_LOAD)
+            self.record.pop("bucket_error", None)
+            event(log, "batch_buckets_chosen", buckets=",".join(map(str, won)) or "none",
+                  quiet=self.record["buckets_quiet"])
         except Exception as e:  # batched steps stay eager; not remembered as "no bucket wins": the next start retries
             self.record["bucket_error"] = repr(e)[:200]
+            self.record["buckets_quiet"] = False
             event(log, "compile_failed", level=logging.WARNING, what="batch buckets", error=repr(e)[:200])

@@ -126,6 +126,7 @@ class Hoster:
         self.servicer_hooks: list[Callable[[BlockServicer], None]] = []  # run on the servicer before it serves
         self.fixed_throughput = throughput  # operator/test override of the start-up measurement
         self.throughput = 0.0
+        self._throughput_path = "eager"  # the decode path `throughput` was measured on
         self.backend: Backend | None = None
         self.servicer: BlockServicer | None = None
         self.announcer: Announcer | None = None
@@ -276,13 +277,15 @@ class Hoster:
         """The background compile chose a path: re-measure the announced throughput on it, re-announce."""
         if backend is not self.backend or self._stopped.is_set():
             return
-        if record.get("path") == "compiled" and self.fixed_throughput is None:
-            self.throughput = backend.measure_throughput()
-            event(log, "throughput_measured", tokens_per_s=round(self.throughput, 1), decode_path="compiled")
+        path = record.get("path")
+        if path != self._throughput_path and self.fixed_throughput is None:  # a re-timing may switch back
+            self.throughput, self._throughput_path = backend.measure_throughput(), path
+            event(log, "throughput_measured", tokens_per_s=round(self.throughput, 1), decode_path=path)
         if self.announcer is not None:
             self.announcer.publish()
 
     def _throughput(self, backend: Backend) -> float:
+        self._throughput_path = "compiled" if backend.compiled is not None and backend.compiled.ready else "eager"
         if self.fixed_throughput is not None:
             return float(self.fixed_throughput)
         return backend.measure_throughput()

@@ -151,6 +151,7 @@ def test_buckets_are_on_by_default_and_a_failed_compile_is_not_remembered(tiny_l
     monkeypatch.delenv(compile_auto.ENV_BUCKETS, raising=False)
     monkeypatch.setattr(compile_auto, "MIN_GAIN", 0.0)  # the tiny model: the choice itself is tested elsewhere
     monkeypatch.setattr(compiled_batch, "BUCKETS", (2,))  # one bucket is enough to see the mechanism
+    monkeypatch.setattr(compile_auto, "RETIME_DELAYS", ())  # timed again under load: test_compile_retime
     span = load_blocks(tiny_llama, 0, END, progress=False, linear_kernel="torch")
     auto = Backend(span, compile_decode="auto")
     bucket_started, release = threading.Event(), threading.Event()
@@ -180,6 +181,7 @@ def test_buckets_are_on_by_default_and_a_failed_compile_is_not_remembered(tiny_l
 
         monkeypatch.setattr(CompiledBatches, "warm_up", broken)
         job.record = {"path": "compiled"}
+        job._compiled_buckets.clear()  # as on a new start: compile the bucket again
         job._buckets(None)
         assert "buckets" not in job.record and "inductor fell over" in job.record["bucket_error"]
         for off in ("0", "off", "False"):
