@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -114,6 +115,22 @@ def save_results(name: str, data: dict) -> Path:
 # ----------------------------------------------------------------------------- hoster processes
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def scrape_metrics(url: str) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} of one Prometheus /metrics page."""
+    import httpx  # deferred: only benchmarks that read hosters' metrics
+    from prometheus_client.parser import text_string_to_metric_families  # deferred: as above
+
+    text = httpx.get(url, timeout=10).text
+    return {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
+            for fam in text_string_to_metric_families(text) for smp in fam.samples}
+
+
 class HosterProcs:
     """Real `python -m hoster` processes on 127.0.0.1; the first one bootstraps the DHT."""
 
@@ -121,19 +138,25 @@ class HosterProcs:
         self.procs: list = []
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="mesh-bench-logs-"))
         self.initial_peers: list[str] = []
+        self.metrics_urls: dict[str, str] = {}  # hoster name -> its /metrics (started with metrics=True)
 
     def start(self, model: Path, blocks: tuple[int, int], *, model_name: str | None = None,
-              extra: Sequence[str] = (), wait: bool = True, launcher: str = "hoster"):
-        """`launcher`: the module run with the hoster's arguments (`benchmarks.traced_hoster` wraps it)."""
+              extra: Sequence[str] = (), wait: bool = True, launcher: str = "hoster", metrics: bool = False):
+        """`launcher`: the module run with the hoster's arguments (`benchmarks.traced_hoster` wraps it);
+        `metrics`: serve /metrics on a free loopback port (`self.metrics_urls[proc.name]`)."""
         from subnet.node.procs import ManagedProcess
 
         argv = [sys.executable, "-m", launcher, "--model", str(model), "--blocks", f"{blocks[0]}:{blocks[1]}",
                 "--no-progress", "--log-level", "WARNING", "--throughput", "100", *extra]
+        name = f"hoster{len(self.procs)}-{blocks[0]}-{blocks[1]}"
+        if metrics:
+            port = free_port()
+            argv += ["--metrics-port", str(port)]
+            self.metrics_urls[name] = f"http://127.0.0.1:{port}/metrics"
         if model_name:
             argv += ["--model-name", model_name]
         if self.initial_peers:
             argv += ["--initial-peers", *self.initial_peers]
-        name = f"hoster{len(self.procs)}-{blocks[0]}-{blocks[1]}"
         proc = ManagedProcess(name, argv, log_path=self.log_dir / f"{name}.log", env=CHILD_ENV)
         self.procs.append(proc)
         if wait:

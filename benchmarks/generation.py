@@ -49,6 +49,7 @@ import argparse
 import contextlib
 import dataclasses
 import sys
+from collections import Counter
 
 if not __package__:  # also runnable as `python benchmarks/<name>.py`
     import pathlib as _pathlib
@@ -69,6 +70,7 @@ from benchmarks.common import (  # noqa: E402
     load_avg,
     median,
     save_results,
+    scrape_metrics,
     wait_decode_paths,
 )
 from benchmarks.concurrency import run_round  # noqa: E402
@@ -118,10 +120,12 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
         names = {}
         first = True
         alt_chains = [(k, variant) for k in chains if k > 1 for variant in chain_variants]
+        chain_hosters: dict[int, list[str]] = {}  # chain -> its hosters' names (their /metrics: step paths)
         for k in chains:
             names[k] = f"{spec.name}-{k}h"
             for span in chain_spans(spec.num_layers, k):
-                procs.start(path, span, model_name=names[k], wait=first)
+                proc = procs.start(path, span, model_name=names[k], wait=first, metrics=sessions > 1)
+                chain_hosters.setdefault(k, []).append(proc.name)
                 first = False
         for k, variant in alt_chains:  # the same chain another way: what the kernel / compiling does there
             for span in chain_spans(spec.num_layers, k):
@@ -186,6 +190,7 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
 
             conc_rows = _chain_rows(chains) if sessions > 1 else {}
             conc: dict[str, dict[int, list[float]]] = {name: {1: [], sessions: []} for name in conc_rows}
+            step_paths: dict[str, dict[str, Counter]] = {}  # row -> hoster -> metric deltas over the N-session rounds
             for k in conc_rows.values():  # warm-up of the concurrent path
                 run_round(clients[k], fresh(prompt_len, sessions), 4)
             for i in range(runs):
@@ -204,20 +209,42 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
                     ttft[name].append(time.perf_counter() - t0)
                 for name, k in conc_rows.items():
                     for count in (1, sessions):
+                        hosters = {h: procs.metrics_urls[h] for h in chain_hosters[k]} if count > 1 else {}
+                        before = {h: scrape_metrics(url) for h, url in hosters.items()}
                         secs = run_round(clients[k], fresh(prompt_len, count), session_tokens)
                         conc[name][count].append(count * session_tokens / secs)
+                        for h, url in hosters.items():
+                            step_paths.setdefault(name, {}).setdefault(h, Counter()).update(
+                                _step_path_delta(before[h], scrape_metrics(url)))
             best = max(bandwidths, key=lambda b: b.read)
             results["ceiling"] = ceiling_row(path, best)
             results["bandwidth_all"] = [b.as_dict() for b in bandwidths]
             results["concurrency"] = None if not conc else {
                 "sessions": sessions, "new_tokens_per_session": session_tokens,
                 "aggregate_tokens_per_s": {c: {str(n): median(v) for n, v in d.items()} for c, d in conc.items()},
-                "aggregate_all": {c: {str(n): v for n, v in d.items()} for c, d in conc.items()}}
+                "aggregate_all": {c: {str(n): v for n, v in d.items()} for c, d in conc.items()},
+                "step_paths": {c: {h: dict(sorted(d.items())) for h, d in hs.items()} for c, hs in step_paths.items()}}
             results["tokens_per_s"] = {c: {str(n): median(v) for n, v in d.items()} for c, d in tps.items()}
             results["tokens_per_s_all"] = {c: {str(n): v for n, v in d.items()} for c, d in tps.items()}
             results["ttft_s"] = {c: median(v) for c, v in ttft.items()}
             results["ttft_all"] = ttft
     return results
+
+
+def _step_path_delta(before: dict, after: dict) -> Counter:
+    """How a hoster ran the decode steps between two scrapes: rounds by sessions batched ("rounds of N"),
+    and steps by compiled graph and outcome ("bucket compiled", "one_session busy", ...)."""
+    out: Counter = Counter()
+    for (name, labels), v in after.items():
+        d = v - before.get((name, labels), 0.0)
+        if not d:
+            continue
+        lab = dict(labels)
+        if name == "mesh_hoster_decode_rounds_total":
+            out[f"rounds of {int(lab['sessions']):d}"] += int(d)
+        elif name == "mesh_hoster_compiled_steps_total":
+            out[f"{lab['graph']} {lab['outcome']}"] += int(d)
+    return out
 
 
 def _chain_rows(chains: list[int]) -> dict[str, int]:
@@ -269,6 +296,9 @@ def report(key: str, r: dict) -> str:
                 for name, d in c["aggregate_tokens_per_s"].items()]
         lines.append(fmt_table([f"model {key}, {c['new_tokens_per_session']} tokens/session", "1 session tok/s",
                                 f"{n} sessions aggregate tok/s", f"{n} vs 1"], crow))
+        for row, hosters in (c.get("step_paths") or {}).items():  # how the hosters ran the N-session rounds
+            for h, d in hosters.items():
+                lines.append(f"{row}, {n} sessions, {h}: " + ", ".join(f"{k} {v}" for k, v in d.items()))
     return "\n\n".join(lines)
 
 

@@ -23,6 +23,7 @@ import queue
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -110,6 +111,7 @@ class Backend:
         self.max_batch_rows = max_batch_rows
         self.sessions: dict[str, Session] = {}
         self.batches_run = 0  # number of multi-session batched steps (observability, tests)
+        self.decode_rounds: Counter[int] = Counter()  # one-position step rounds by sessions in them (metrics)
         self._rows = enable_rows_attention(span.config)  # batched steps need per-session attention
         self._queue = TaskQueue()  # hoster.scheduler: step lane + per-peer forward lane
         self._pacer = UnitPacer(self._unit_budget)  # size of forward units between step rounds
@@ -129,11 +131,8 @@ class Backend:
         return self.span.end
 
     def run_span(self, hidden: torch.Tensor, start: int | None = None, end: int | None = None) -> torch.Tensor:
-        """Blocking, thread-safe stateless forward of blocks [start, end) (positions 0..seq-1).
-
-        Input is cast to the served dtype, output returned in the input dtype: the `forward` RPC path.
-        Must not be called from the compute thread.
-        """
+        """Blocking, thread-safe stateless forward of blocks [start, end) (positions 0..seq-1): the `forward`
+        RPC path. Input is cast to the served dtype, output returned in the input dtype; not on the compute thread."""
         return self._submit(_Task(concurrent.futures.Future(), hidden, *self._range(start, end))).result()
 
     async def forward(self, hidden: torch.Tensor, start: int | None = None, end: int | None = None, *,
@@ -380,6 +379,7 @@ class Backend:
                 decode = batch[0].hidden.shape[1] == 1
                 if decode:  # only one-position steps: prompt lengths vary, decode keys do not
                     self._last_batch[batch[0].key()] = tuple(t.session.id for t in batch)
+                    self.decode_rounds[len(batch)] += 1
                 if len(batch) == 1:
                     t0 = time.perf_counter()
                     self._guard(batch[0], self._step_one, batch[0])

@@ -17,6 +17,9 @@ Names follow Prometheus conventions (`mesh_hoster_*`, `_total`, `_seconds`, `_by
     mesh_hoster_blocks_served, mesh_hoster_throughput_tokens_per_second, mesh_hoster_state{state},
     mesh_hoster_decode_path{path}, mesh_hoster_info{model,peer_id,start,end}, mesh_hoster_batched_steps_total,
     mesh_hoster_push_rejected_total, mesh_hoster_positions_computed_total,
+    mesh_hoster_decode_rounds_total{sessions}  one-position step rounds by the sessions batched in them,
+    mesh_hoster_compiled_steps_total{graph,outcome}  graph: one_session | bucket; outcome: compiled (served
+        by the graph) | busy (eager: a compilation held the lock) | fallback (eager: not covered),
     mesh_hoster_prefix_{entries,tokens} (gauges),
     mesh_hoster_prefix_{hits,misses,evictions,stored,reused_positions}_total,
     mesh_hoster_requests_total{rpc,outcome}  rpc: forward | inference_open | inference_step;
@@ -119,6 +122,7 @@ class _HosterState(Collector):
         c = CounterMetricFamily("mesh_hoster_batched_steps", "multi-session batched steps run by the current span")
         c.add_metric([], getattr(backend, "batches_run", 0))
         yield c
+        yield from _step_path_metrics(backend)
         yield from _prefix_metrics(backend)
         if servicer is not None:
             yield _gauge("mesh_hoster_open_streams", "open inference streams", getattr(servicer, "open_streams", 0))
@@ -127,6 +131,25 @@ class _HosterState(Collector):
                 c = CounterMetricFamily("mesh_hoster_push_rejected", "pushed inputs rejected")
                 c.add_metric([], getattr(inbox, "rejected", 0))
                 yield c
+
+
+def _step_path_metrics(backend: Any):
+    """How decode steps ran: rounds by batch size, and what the compiled graphs served (hoster.compile_auto):
+    the numbers that say whether concurrent sessions really batch and take the compiled buckets."""
+    c = CounterMetricFamily("mesh_hoster_decode_rounds", "one-position step rounds by sessions batched in them",
+                            labels=["sessions"])
+    for n, count in sorted(dict(getattr(backend, "decode_rounds", {})).items()):
+        c.add_metric([str(n)], count)
+    yield c
+    auto = getattr(backend, "auto", None)
+    graphs = {"one_session": getattr(backend, "compiled", None), "bucket": getattr(auto, "batches", None)}
+    c = CounterMetricFamily("mesh_hoster_compiled_steps", "decode steps by compiled graph and outcome",
+                            labels=["graph", "outcome"])
+    for graph, g in graphs.items():
+        if g is not None:
+            for outcome, attr in (("compiled", "steps"), ("busy", "busy"), ("fallback", "fallbacks")):
+                c.add_metric([graph, outcome], getattr(g, attr, 0))
+    yield c
 
 
 def _prefix_metrics(backend: Any):

@@ -75,6 +75,7 @@ async def test_hoster_metrics_move_with_sessions_and_forwards(tiny_llama, tmp_pa
         assert value(after, "mesh_hoster_requests_total", rpc="forward", outcome="out_of_range") == 1
         assert value(after, "mesh_hoster_step_seconds_count", kind="prefill") == 1
         assert value(after, "mesh_hoster_step_seconds_count", kind="decode") == 1
+        assert value(after, "mesh_hoster_decode_rounds_total", sessions="1") == 1  # the one decode step, alone
         assert value(after, "mesh_hoster_forward_seconds_count") == 1
         # 3 + 1 positions in, 3 + 1 positions out, float32 x 64: the tensors dominate the byte counts
         assert value(after, "mesh_hoster_received_bytes_total", rpc="inference") > 4 * 64 * 4
@@ -90,3 +91,31 @@ async def test_hoster_metrics_move_with_sessions_and_forwards(tiny_llama, tmp_pa
         proc.stop()
     log = (tmp_path / "hoster.log").read_text()
     assert f"metrics_serving url=http://127.0.0.1:{port}/metrics" in log and "Traceback" not in log
+
+
+def test_step_path_metrics_say_how_decode_steps_ran():
+    """Rounds by batch size and each compiled graph's outcomes, read from the backend at scrape time."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from hoster.metrics import _HosterState
+
+    one = SimpleNamespace(steps=40, busy=3, fallbacks=1)
+    backend = SimpleNamespace(start=0, end=8, decode_rounds=Counter({1: 5, 8: 12}), compiled=one,
+                              auto=SimpleNamespace(batches=SimpleNamespace(steps=9, busy=2, fallbacks=0)))
+    registry = CollectorRegistry()
+    registry.register(_HosterState(SimpleNamespace(backend=backend, model_uid="m", peer_id="p")))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(generate_latest(registry).decode()) for s in fam.samples}
+    assert value(samples, "mesh_hoster_decode_rounds_total", sessions="8") == 12
+    assert value(samples, "mesh_hoster_decode_rounds_total", sessions="1") == 5
+    assert value(samples, "mesh_hoster_compiled_steps_total", graph="one_session", outcome="compiled") == 40
+    assert value(samples, "mesh_hoster_compiled_steps_total", graph="one_session", outcome="busy") == 3
+    assert value(samples, "mesh_hoster_compiled_steps_total", graph="bucket", outcome="compiled") == 9
+    backend.auto = None  # eager hoster: no bucket samples
+    samples = {(s.name, tuple(sorted(s.labels.items())))
+               for fam in text_string_to_metric_families(generate_latest(registry).decode()) for s in fam.samples}
+    assert not any(name == "mesh_hoster_compiled_steps_total" and ("graph", "bucket") in labels
+                   for name, labels in samples)
