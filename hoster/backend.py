@@ -209,7 +209,7 @@ class Backend:
     def start_auto_compile(self, key: str, choices: Choices, on_done=None) -> AutoCompile:
         """Compile the decode step in the background; serve it once measured faster (hoster.compile_auto)."""
         new_kv = lambda n: self._new_kv(self.span.start, self.span.end, 1, n)  # noqa: E731
-        self.auto = AutoCompile(self.compiled, key, choices, new_kv, KVCache, on_done)
+        self.auto = AutoCompile(self.compiled, key, choices, new_kv, KVCache, on_done, idle=lambda: not self.sessions)
         return self.auto.start()
 
     def warm_up(self) -> float:

@@ -55,6 +55,7 @@ MAX_CHOICES = 256  # model shapes remembered per machine (oldest dropped)
 MEASURE_STEPS = 24  # interleaved compiled/eager steps timed after compiling
 MIN_GAIN = 1.03  # compiled must be at least this much faster to be chosen (timing noise)
 RETIME_DELAYS = (30.0, 90.0, 270.0)  # seconds before each new timing of a choice made under load
+IDLE_POLL = 2.0  # seconds between checks for an idle hoster before such a timing
 
 
 def buckets_enabled() -> bool:
@@ -201,12 +202,12 @@ class AutoCompile:
     """Compile on a background thread, measure, switch `compiled.ready` on if it wins, remember the choice.
 
     A timing taken while other processes kept the cores busy (hoster.cpu_contention) decides what is
-    served for now but is not final: it is timed again after each of RETIME_DELAYS until a quiet
-    timing settles it, and a choice never timed quietly is timed again at the next start."""
+    served for now but is not final: it is timed again after each of RETIME_DELAYS (once no session
+    is open) until a quiet timing settles it, and a choice never timed quietly is timed again at the next start."""
 
     def __init__(self, compiled, key: str, choices: Choices, new_kv, new_cache,
-                 on_done: Callable[[dict], None] | None = None):
-        self.compiled, self.key, self.choices = compiled, key, choices
+                 on_done: Callable[[dict], None] | None = None, idle: Callable[[], bool] = lambda: True):
+        self.compiled, self.key, self.choices, self.idle = compiled, key, choices, idle
         self.new_kv, self.new_cache, self.on_done = new_kv, new_cache, on_done
         self.path = "compiling"
         self.batches = None  # hoster.compiled_batch.CompiledBatches, once the decode step compiled and won
@@ -270,10 +271,14 @@ class AutoCompile:
               **{k: v for k, v in self.record.items() if k != "bucket_timings"})
 
     def _retime(self) -> None:
-        """Time a choice made under load again after a pause; stop at the first quiet timing."""
+        """Time a choice made under load again after a pause, once the hoster is idle (no open session:
+        timing competes with serving and holds the compiled steps off meanwhile); stop at a quiet timing."""
         for delay in RETIME_DELAYS:
             if self.settled or self._stop.wait(delay):
                 return
+            while not self.idle():
+                if self._stop.wait(IDLE_POLL):
+                    return
             was = (self.path, sorted(self.batches.ready) if self.batches else [])
             try:
                 self._time_decode()

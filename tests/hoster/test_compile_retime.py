@@ -58,7 +58,8 @@ class FakeCompiled:
         return 1.5
 
 
-def _job(monkeypatch, tmp_path, timings: list[tuple[float, float]], loads: list[float], delays=(0.01, 0.01, 0.01)):
+def _job(monkeypatch, tmp_path, timings: list[tuple[float, float]], loads: list[float], delays=(0.01, 0.01, 0.01),
+         idle=lambda: True):
     """An AutoCompile whose timings (eager s, compiled s) and machine loads come from these lists, in order."""
     monkeypatch.setenv(compile_auto.ENV_BUCKETS, "0")  # the batched buckets: tests/hoster/test_compiled_batch.py
     monkeypatch.setattr(compile_auto, "RETIME_DELAYS", delays)
@@ -66,7 +67,9 @@ def _job(monkeypatch, tmp_path, timings: list[tuple[float, float]], loads: list[
     monkeypatch.setattr(cpu_contention, "sample", lambda: None)
     monkeypatch.setattr(cpu_contention, "others_load", lambda before, after: loads.pop(0))
     calls: list[dict] = []
-    job = AutoCompile(FakeCompiled(), "k", Choices(tmp_path), None, None, on_done=lambda r: calls.append(dict(r)))
+    monkeypatch.setattr(compile_auto, "IDLE_POLL", 0.01)
+    job = AutoCompile(FakeCompiled(), "k", Choices(tmp_path), None, None, on_done=lambda r: calls.append(dict(r)),
+                      idle=idle)
     return job, calls
 
 
@@ -112,3 +115,18 @@ def test_a_quiet_first_timing_is_final_and_stop_ends_the_retiming(monkeypatch, t
     threading.Timer(0.2, lambda: (job.stop(), stopped.set())).start()
     job._thread.join(10)
     assert stopped.is_set() and not job._thread.is_alive()  # a 60 s pause ended by the hoster's shutdown
+
+
+def test_the_timing_again_waits_until_no_session_is_open(monkeypatch, tmp_path):
+    """Timing competes with serving (and holds the compiled steps off): it waits for an idle hoster."""
+    sessions_open = threading.Event()
+    sessions_open.set()
+    job, calls = _job(monkeypatch, tmp_path, [(0.05, 0.049), (0.035, 0.0245)], [1.4, 0.0],
+                      idle=lambda: not sessions_open.is_set())
+    job.start()
+    assert job.done.wait(10)
+    time.sleep(0.3)  # many pauses and idle polls later: still busy serving, so not timed again
+    assert [c["path"] for c in calls] == ["eager"] and job._thread.is_alive()
+    sessions_open.clear()
+    job._thread.join(10)
+    assert [c["path"] for c in calls] == ["eager", "compiled"] and job.settled
