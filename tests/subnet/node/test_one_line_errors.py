@@ -84,21 +84,36 @@ def test_cuda_device_without_cuda_torch(tiny_llama, device):
                            f"--device {device}", "no usable CUDA")
 
 
+# Every command that takes --initial-peers, and every kind of bad peer, once each (not the 3 x 3 cross
+# product: the commands share one parser, and each case is a process that imports torch and hivemind).
 @pytest.mark.parametrize(
-    "command",
-    [["--hoster", "--blocks", "0:2"], ["api"], ["chat"]],
-)
-@pytest.mark.parametrize(
-    "peer,message",
+    "command,peer,message",
     [
-        ("garbage", "'garbage' is not a multiaddr"),
-        ("/ip4/1.2.3/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN", "is not a multiaddr"),
-        ("/ip4/127.0.0.1/tcp/31337", "'/ip4/127.0.0.1/tcp/31337' has no /p2p/<peer id>"),
+        (["--hoster", "--blocks", "0:2"], "garbage", "'garbage' is not a multiaddr"),
+        (["api"], "/ip4/1.2.3/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN", "is not a multiaddr"),
+        (["chat"], "/ip4/127.0.0.1/tcp/31337", "'/ip4/127.0.0.1/tcp/31337' has no /p2p/<peer id>"),
     ],
 )
 def test_bad_initial_peers(tiny_llama, command, peer, message):
     r = _mesh_node(*command, "--model", tiny_llama, "--initial-peers", PEER, peer)
     _assert_one_line_error(r, "--initial-peers: ", message)
+
+
+@pytest.mark.parametrize("peer,message", [
+    ("garbage", "'garbage' is not a multiaddr"),
+    ("/ip4/1.2.3/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN", "is not a multiaddr"),
+    ("/ip4/127.0.0.1/tcp/31337", "has no /p2p/<peer id>"),
+    ("/ip4/127.0.0.1/tcp/31337/p2p/not-a-peer-id", "is not a multiaddr"),
+])
+def test_every_kind_of_bad_peer_in_process(peer, message):
+    """The shared check itself, on every kind of bad peer (the CLI cases above run one each)."""
+    from subnet.node.checks import check_initial_peers
+    from subnet.node.errors import UserError
+
+    check_initial_peers([PEER])
+    with pytest.raises(UserError) as err:
+        check_initial_peers([PEER, peer])
+    assert str(err.value).startswith("--initial-peers: ") and message in str(err.value) and "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("value", ["1.5", "-0.1"])
