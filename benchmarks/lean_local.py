@@ -28,7 +28,7 @@ import torch
 
 from hoster.backend import PREFILL_CHUNK
 from hoster.cache import KVCache, SessionKV, enable_rows_attention
-from hoster.compiled import REQUIRED_KERNEL, SLACK, CompiledDecode
+from hoster.compiled import SLACK, CompiledDecode
 from subnet.client.generation import ClientHead
 from subnet.model.blocks import load_blocks, load_client_parts, load_config
 
@@ -40,10 +40,8 @@ class LeanLocal:
                  compiled: bool = False):
         parts = load_client_parts(path, dtype, linear_kernel=linear_kernel)
         self.head = ClientHead(parts.embed_tokens, parts.norm, parts.lm_head, parts.config.vocab_size)
-        # compiled: the blocks multiply with the kernel the graph is built on, the head keeps the
-        # client's, as in a chain of compiled hosters
         self.span = load_blocks(path, 0, parts.config.num_hidden_layers, dtype, progress=False,
-                                linear_kernel=REQUIRED_KERNEL if compiled else linear_kernel)
+                                linear_kernel=linear_kernel)
         enable_rows_attention(self.span.config)  # what every hoster's Backend does at start
         self.eos_ids = _eos_ids(path)
         self.compiled = None

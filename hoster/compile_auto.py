@@ -39,9 +39,9 @@ from pathlib import Path
 import torch
 
 from hoster import cpu_contention
-from hoster.compiled import compiling
+from hoster.compiled import COMPILE_KERNELS, compiling
 from subnet.logs import event
-from subnet.model.kernels import ENV_KERNEL
+from subnet.model.kernels import ENV_KERNEL, linear_kernel
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,8 @@ def use_persistent_cache(root: Path | None = None) -> Path:
     return directory
 
 
-def shape_key(config, start: int, end: int, dtype: torch.dtype) -> str:
-    """What a compiled step's speed depends on: model shape, span, dtype, torch, threads, CPU."""
+def shape_key(config, start: int, end: int, dtype: torch.dtype, kernel: str | None = None) -> str:
+    """What a compiled step's speed depends on: model shape, span, dtype, linear kernel, torch, threads, CPU."""
     fields = {k: getattr(config, k, None) for k in ("model_type", "hidden_size", "intermediate_size",
                                                      "num_attention_heads", "num_key_value_heads", "head_dim")}
     cpu = ""
@@ -123,7 +123,8 @@ def shape_key(config, start: int, end: int, dtype: torch.dtype) -> str:
         cpu = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), "")
     except OSError:
         pass
-    raw = json.dumps([fields, start, end, str(dtype), torch.__version__, torch.get_num_threads(), cpu], sort_keys=True)
+    raw = [fields, start, end, str(dtype), torch.__version__, torch.get_num_threads(), cpu]
+    raw = json.dumps(raw + [linear_kernel(kernel)] if linear_kernel(kernel) != "torch" else raw, sort_keys=True)
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 
@@ -163,8 +164,8 @@ def auto_compiles(mode: str, *, linear_kernel: str | None, device: str, quant: s
     if mode != "auto":
         return mode == "on"
     requested = linear_kernel or os.environ.get(ENV_KERNEL)
-    if requested and requested.strip().lower() != "torch":
-        return False  # an explicit kernel choice wins over compiling
+    if requested and requested.strip().lower() not in COMPILE_KERNELS:
+        return False  # an explicit choice of a kernel a graph cannot call wins over compiling
     if torch.device(device).type != "cpu" or quant != "none" or adapters:
         return False
     # a choice timed while other processes kept the cores busy (or by an older version) is timed again

@@ -22,8 +22,9 @@ What is compiled, and when:
   cover) raises instead of compiling for tens of seconds on the compute thread, and runs
   eagerly; nothing was written to the cache when that happens (guards run first).
 
-Needs the `torch` linear kernel: inductor cannot lower oneDNN's packed weights, and the
-OpenBLAS kernel calls numpy (a graph break per product). Results differ from the eager
+Works with the `onednn` (default) and `torch` linear kernels: oneDNN's packed weights enter the
+graph as one opaque op each (`subnet.model.kernels.packed_linear`), which inductor calls while it
+fuses everything around them; the OpenBLAS kernel calls numpy (a graph break per product). Results differ from the eager
 path by float32 rounding only (fused loops sum in another order); the `forward` RPC and
 validator probes never use it, so consensus outputs stay the eager ones.
 """
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 
@@ -40,11 +40,11 @@ import torch
 
 from subnet.logs import event
 from subnet.model.blocks import BlockSpan
-from subnet.model.kernels import ENV_KERNEL, linear_kernel
+from subnet.model.kernels import linear_kernel
 
 log = logging.getLogger(__name__)
 
-REQUIRED_KERNEL = "torch"
+COMPILE_KERNELS = ("onednn", "torch")  # linear kernels a compiled graph can call (see the module docstring)
 RECOMPILE_LIMIT = 64  # graphs per code object before dynamo gives up compiling (its default is 8)
 SLACK = 2  # positions a compiled step reserves: its own plus one spare (see `serves`)
 MAX_FALLBACKS = 8  # steps refused by the compiled graph before the hoster stops trying it
@@ -67,12 +67,10 @@ def compiling():
 
 
 def kernel_for_compile(requested: str | None) -> str:
-    """The linear kernel of a compiled hoster: `torch` unless chosen otherwise, which is an error."""
-    if requested is None and not os.environ.get(ENV_KERNEL):
-        return REQUIRED_KERNEL
+    """The linear kernel of a compiled hoster (the default one unless chosen); `blas` is an error."""
     kernel = linear_kernel(requested)
-    if kernel != REQUIRED_KERNEL:
-        raise ValueError(f"--compile needs the {REQUIRED_KERNEL!r} linear kernel, not {kernel!r}")
+    if kernel not in COMPILE_KERNELS:
+        raise ValueError(f"--compile needs the {' or '.join(map(repr, COMPILE_KERNELS))} linear kernel, not {kernel!r}")
     return kernel
 
 

@@ -250,12 +250,12 @@ class Hoster:
         return start, end
 
     def _make_backend(self, start: int, end: int) -> Backend:
-        key, choices, kernel = shape_key(self.config, start, end, self.dtype), Choices(), self.linear_kernel
+        kernel, choices = self.linear_kernel, Choices()
+        key = shape_key(self.config, start, end, self.dtype, kernel)
         auto = self.compile_mode == "auto" and auto_compiles(
             "auto", linear_kernel=kernel, device=self.device, quant=self.quant, adapters=bool(self.adapter_sources),
             cached=choices.get(key))
         if auto or self.compile_mode == "on":
-            kernel = "torch"  # what the compiled graph multiplies with (hoster.compiled)
             use_persistent_cache()
         span = load_blocks(self.model_path, start, end, self.dtype, self.device, progress=self.progress,
                            linear_kernel=kernel, quant=self.quant)

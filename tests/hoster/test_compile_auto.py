@@ -47,7 +47,8 @@ def test_auto_compiles_where_the_compiled_path_can_serve(monkeypatch):
     assert auto_compiles("auto", **ok)
     assert auto_compiles("auto", **{**ok, "cached": {"path": "compiled"}})
     assert not auto_compiles("auto", **{**ok, "cached": {"path": "eager", "quiet": True}})  # slower here before
-    assert not auto_compiles("auto", **{**ok, "linear_kernel": "onednn"})  # an explicit kernel wins
+    assert auto_compiles("auto", **{**ok, "linear_kernel": "onednn"})  # its packed products are graph ops
+    assert not auto_compiles("auto", **{**ok, "linear_kernel": "blas"})  # an explicit kernel a graph cannot call
     assert not auto_compiles("auto", **{**ok, "quant": "int8"})
     assert not auto_compiles("auto", **{**ok, "adapters": True})
     assert not auto_compiles("off", **ok) and auto_compiles("on", **{**ok, "cached": {"path": "eager", "quiet": True}})

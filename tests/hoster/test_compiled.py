@@ -20,9 +20,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def backends(tiny_llama):
-    compiled = Backend(load_blocks(tiny_llama, 0, 8, progress=False, linear_kernel="torch"), compile_decode=True)
+    """The default linear kernel (onednn: its packed products enter the graph as one op each); the `torch`
+    kernel's graphs: tests/hoster/test_compile_auto.py."""
+    compiled = Backend(load_blocks(tiny_llama, 0, 8, progress=False, linear_kernel="onednn"), compile_decode=True)
     assert compiled.warm_up() > 0 and compiled.compiled.ready
-    eager = Backend(load_blocks(tiny_llama, 0, 8, progress=False, linear_kernel="torch"))
+    eager = Backend(load_blocks(tiny_llama, 0, 8, progress=False, linear_kernel="onednn"))
     yield compiled, eager
     compiled.shutdown()
     eager.shutdown()
@@ -99,11 +101,11 @@ def test_a_step_the_graph_does_not_cover_runs_eagerly_instead_of_compiling(backe
     compiled.close_session(session)
 
 
-def test_compile_needs_the_torch_kernel(monkeypatch):
+def test_compile_takes_the_onednn_and_torch_kernels(monkeypatch):
     monkeypatch.delenv("MESH_LINEAR_KERNEL", raising=False)
-    assert kernel_for_compile(None) == "torch" and kernel_for_compile("torch") == "torch"
-    with pytest.raises(ValueError, match="--compile needs the 'torch' linear kernel, not 'onednn'"):
-        kernel_for_compile("onednn")
+    assert kernel_for_compile(None) == "onednn" and kernel_for_compile("torch") == "torch"
+    with pytest.raises(ValueError, match="--compile needs the 'onednn' or 'torch' linear kernel, not 'blas'"):
+        kernel_for_compile("blas")
     monkeypatch.setenv("MESH_LINEAR_KERNEL", "blas")
     with pytest.raises(ValueError, match="not 'blas'"):
         kernel_for_compile(None)
@@ -133,3 +135,27 @@ def test_compiled_hoster_generates_the_local_tokens(tiny_llama):
         if model is not None:
             model.close()
         h.shutdown()
+
+
+def test_packed_weights_are_compiled_as_one_op_and_go_with_their_module():
+    """A graph calls `mesh_node::packed_linear` by handle (no graph break: dynamo cannot trace oneDNN's
+    blocked tensor itself), equal to the eager product; the handle's weight is freed with its module."""
+    import gc
+
+    from torch._dynamo.utils import counters
+
+    from subnet.model import kernels
+
+    lin = torch.nn.Linear(64, 96)
+    packed = kernels.PackedLinear(lin)
+    handle = packed.handle
+    assert kernels._PACKED[handle][0] is packed.packed
+    x = torch.randn(3, 1, 64)
+    counters.clear()
+    with torch.inference_mode():
+        got = torch.compile(packed, fullgraph=True, dynamic=True)(x)
+        torch.testing.assert_close(got, lin(x), rtol=1e-5, atol=1e-5)
+    assert not counters["graph_break"]
+    del packed
+    gc.collect()
+    assert handle not in kernels._PACKED

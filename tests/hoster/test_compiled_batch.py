@@ -32,7 +32,7 @@ END = 2
 
 @pytest.fixture(scope="module")
 def span(tiny_llama):
-    return load_blocks(tiny_llama, 0, END, progress=False, linear_kernel="torch")
+    return load_blocks(tiny_llama, 0, END, progress=False, linear_kernel="onednn")  # the default kernel
 
 
 @pytest.fixture(scope="module")

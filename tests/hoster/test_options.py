@@ -90,7 +90,7 @@ def test_kernel_choices_are_the_kernel_modules_list():
     (HosterOptions(rebalance_interval=-1), "--rebalance-interval"),
     (HosterOptions(dtype="int8"), "unsupported --dtype"),
     (HosterOptions(linear_kernel="fastest"), "unknown linear kernel 'fastest'"),
-    (HosterOptions(compile_decode=True, linear_kernel="blas"), "--compile needs the 'torch' linear kernel"),
+    (HosterOptions(compile_decode=True, linear_kernel="blas"), "--compile needs the 'onednn' or 'torch' linear kernel"),
 ])
 def test_validate_names_the_mistake(opts, message, monkeypatch):
     monkeypatch.delenv("MESH_LINEAR_KERNEL", raising=False)

@@ -39,10 +39,10 @@ def test_hoster_entry_point_sets_the_openblas_timeout_before_numpy_loads():
 
 def test_compile_with_another_kernel_is_a_one_line_error(tiny_llama):
     out = _run(["-m", "hoster", "--model", str(tiny_llama), "--blocks", "0:1", "--no-progress", "--compile",
-                "--linear-kernel", "onednn"])
+                "--linear-kernel", "blas"])
     assert out.returncode == 2
     errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and "--compile needs the 'torch' linear kernel, not 'onednn'" in errors[0]
+    assert len(errors) == 1 and "--compile needs the 'onednn' or 'torch' linear kernel, not 'blas'" in errors[0]
     assert "Traceback" not in out.stderr
 
 

@@ -41,7 +41,7 @@ def test_compile_with_another_kernel_is_one_line(capsys, monkeypatch):
     monkeypatch.delenv("MESH_LINEAR_KERNEL", raising=False)
     code, out = _run(capsys, "--hoster", "--model", "x", "--compile", "--linear-kernel", "blas")
     assert code == 1 and out.err.strip().count("\n") == 0
-    assert "--compile needs the 'torch' linear kernel, not 'blas'" in out.err
+    assert "--compile needs the 'onednn' or 'torch' linear kernel, not 'blas'" in out.err
 
 
 def test_compile_option_reaches_the_hoster(tmp_path):
