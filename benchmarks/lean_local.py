@@ -15,8 +15,8 @@ benchmark row asks, so that all rows make the same number of tokens). No
     ids = loop.generate(prompt_ids, new_tokens)   # [1, prompt + new] like transformers generate
 
 `LeanLocal(path, compiled=True)` runs one-position steps through the hosters' compiled decode
-step (`hoster.compiled.CompiledDecode`, compiled before the first call; its blocks on the
-`torch` linear kernel the graph multiplies with, the head on the client's), as a hoster does
+step (`hoster.compiled.CompiledDecode`, compiled before the first call; blocks and head on the
+same linear kernel as the eager loop), as a hoster does
 once `--compile-mode auto` chose it: the local row to hold compiled hosters against.
 """
 

@@ -21,8 +21,8 @@ process-wide "fail_on_recompile" stance, which would refuse the compilation.
 
 `on` (`--compile`) compiles before announcing and always serves compiled (`hoster.compiled`);
 `off` (`--no-compile`) never compiles. Auto compiles only what the compiled path can serve:
-CPU, no quantization, no adapters, and the `torch` linear kernel (chosen by auto unless a
-kernel was asked for explicitly, which then wins and keeps the eager path).
+CPU, no quantization, no adapters, and the `onednn` (default) or `torch` linear kernel (an
+explicit `blas`, which a graph cannot call, wins and keeps the eager path).
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ class HosterOptions:
                "sequence at a time)")
         a("--compile", dest="compile_decode", action="store_true", default=d.compile_decode,
           help="always torch.compile one-session decode steps (hoster/compiled.py), before announcing; "
-               "uses the torch linear kernel (same as --compile-mode on)")
+               "needs the onednn (default) or torch linear kernel (same as --compile-mode on)")
         a("--no-compile", dest="compile_mode", action="store_const", const="off", default=None,
           help="never compile: eager steps only (same as --compile-mode off)")
         a("--compile-mode", dest="compile_mode", default=None, choices=("auto", "on", "off"),
