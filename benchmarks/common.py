@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -115,20 +114,13 @@ def save_results(name: str, data: dict) -> Path:
 # ----------------------------------------------------------------------------- hoster processes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def scrape_metrics(url: str) -> dict[tuple[str, tuple], float]:
-    """{(sample name, sorted labels): value} of one Prometheus /metrics page."""
+    """{(sample name, sorted labels): value} of one Prometheus /metrics page (a hoster's)."""
     import httpx  # deferred: only benchmarks that read hosters' metrics
-    from prometheus_client.parser import text_string_to_metric_families  # deferred: as above
 
-    text = httpx.get(url, timeout=10).text
-    return {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
-            for fam in text_string_to_metric_families(text) for smp in fam.samples}
+    from hoster.metrics import parse_samples  # deferred: as above
+
+    return parse_samples(httpx.get(url, timeout=10).text)
 
 
 class HosterProcs:
@@ -150,6 +142,8 @@ class HosterProcs:
                 "--no-progress", "--log-level", "WARNING", "--throughput", "100", *extra]
         name = f"hoster{len(self.procs)}-{blocks[0]}-{blocks[1]}"
         if metrics:
+            from chain.devnet.process import free_port  # deferred: only hosters serving /metrics
+
             port = free_port()
             argv += ["--metrics-port", str(port)]
             self.metrics_urls[name] = f"http://127.0.0.1:{port}/metrics"

@@ -133,6 +133,14 @@ class _HosterState(Collector):
                 yield c
 
 
+def parse_samples(text: str) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} of a /metrics page: what benchmarks and tests read back."""
+    from prometheus_client.parser import text_string_to_metric_families  # deferred: only readers parse
+
+    return {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
+            for fam in text_string_to_metric_families(text) for smp in fam.samples}
+
+
 def _step_path_metrics(backend: Any):
     """How decode steps ran: rounds by batch size, and what the compiled graphs served (hoster.compile_auto):
     the numbers that say whether concurrent sessions really batch and take the compiled buckets."""

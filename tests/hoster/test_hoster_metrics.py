@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-import socket
-
 import hoster_rpc as rh
 import httpx
 import pytest
 import torch
-from prometheus_client.parser import text_string_to_metric_families
 
+from chain.devnet.process import free_port
+from hoster.metrics import parse_samples
 from hoster.server import own_p2p_replica
 from subnet.node.procs import ManagedProcess, python_module_argv
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
-    """{(sample name, sorted labels): value} of one /metrics page."""
-    text = httpx.get(url, timeout=10).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return parse_samples(httpx.get(url, timeout=10).text)
 
 
 def value(samples: dict, name: str, **labels) -> float:
@@ -107,15 +97,13 @@ def test_step_path_metrics_say_how_decode_steps_ran():
                               auto=SimpleNamespace(batches=SimpleNamespace(steps=9, busy=2, fallbacks=0)))
     registry = CollectorRegistry()
     registry.register(_HosterState(SimpleNamespace(backend=backend, model_uid="m", peer_id="p")))
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for fam in text_string_to_metric_families(generate_latest(registry).decode()) for s in fam.samples}
+    samples = parse_samples(generate_latest(registry).decode())
     assert value(samples, "mesh_hoster_decode_rounds_total", sessions="8") == 12
     assert value(samples, "mesh_hoster_decode_rounds_total", sessions="1") == 5
     assert value(samples, "mesh_hoster_compiled_steps_total", graph="one_session", outcome="compiled") == 40
     assert value(samples, "mesh_hoster_compiled_steps_total", graph="one_session", outcome="busy") == 3
     assert value(samples, "mesh_hoster_compiled_steps_total", graph="bucket", outcome="compiled") == 9
     backend.auto = None  # eager hoster: no bucket samples
-    samples = {(s.name, tuple(sorted(s.labels.items())))
-               for fam in text_string_to_metric_families(generate_latest(registry).decode()) for s in fam.samples}
+    samples = parse_samples(generate_latest(registry).decode())
     assert not any(name == "mesh_hoster_compiled_steps_total" and ("graph", "bucket") in labels
                    for name, labels in samples)
