@@ -8,8 +8,8 @@ compiled path only if it is faster on this machine; the choice goes in the hoste
 announcement and metrics (`decode_path`) and in a small JSON file per model shape, so a
 machine where compiling does not win never pays for it again. Only a quiet timing is final:
 one taken while other processes kept the cores busy (hoster.cpu_contention; say, three more
-hosters compiling on the same two cores) is timed again after a pause while serving, and if no
-quiet timing comes, the next start compiles and times it again. Inductor's FX-graph and AOT
+hosters compiling on the same two cores) is timed again after a pause, once no session is
+open, and if no quiet timing comes, the next start compiles and times it again. Inductor's FX-graph and AOT
 caches live in a persistent directory (`cache_root()/inductor`), so a second start of the
 same shape loads the compiled graph instead of generating and building C++ again.
 
@@ -123,8 +123,8 @@ def shape_key(config, start: int, end: int, dtype: torch.dtype, kernel: str | No
         cpu = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), "")
     except OSError:
         pass
-    raw = [fields, start, end, str(dtype), torch.__version__, torch.get_num_threads(), cpu]
-    raw = json.dumps(raw + [linear_kernel(kernel)] if linear_kernel(kernel) != "torch" else raw, sort_keys=True)
+    raw = json.dumps([fields, start, end, str(dtype), linear_kernel(kernel), torch.__version__,
+                      torch.get_num_threads(), cpu], sort_keys=True)
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 

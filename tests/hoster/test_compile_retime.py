@@ -14,6 +14,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from hoster import compile_auto, cpu_contention
 from hoster.compile_auto import AutoCompile, Choices, auto_compiles
@@ -130,3 +131,13 @@ def test_the_timing_again_waits_until_no_session_is_open(monkeypatch, tmp_path):
     sessions_open.clear()
     job._thread.join(10)
     assert [c["path"] for c in calls] == ["eager", "compiled"] and job.settled
+
+
+def test_the_choice_is_kept_per_linear_kernel(tiny_llama):
+    """A choice timed on one kernel's graph says nothing about another's: the key includes the kernel."""
+    from hoster.compile_auto import shape_key
+    from subnet.model.blocks import load_config
+
+    config = load_config(tiny_llama)
+    keys = {k: shape_key(config, 0, 8, torch.float32, k) for k in ("onednn", "torch")}
+    assert keys["onednn"] != keys["torch"] and shape_key(config, 0, 8, torch.float32, "torch") == keys["torch"]
