@@ -137,3 +137,17 @@ def test_cli_keygen_errors_are_one_line(tmp_path, case):
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("mesh-node: error:")
+
+
+def test_hosters_and_clients_without_a_chain_do_not_import_substrate_interface():
+    """Node keys are pure pynacl; substrate-interface (about 0.25 s of CPU) loads only when an account is used,
+    so `python -m hoster` and the client start without it. `keys.AccountKey` still works, loaded on first use."""
+    code = ("import sys; import hoster.__main__, hoster.server, subnet.client; "
+            "before = 'substrateinterface' in sys.modules; from keys import AccountKey; "
+            "print(before, 'substrateinterface' in sys.modules, AccountKey.__module__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["False", "True", "keys.account"], r.stderr[-2000:]
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        import keys
+
+        keys.Nope  # noqa: B018
