@@ -66,7 +66,7 @@ class LocalTransformersBackend(BatchedBackend):
 
     def _step(self, input_ids: torch.Tensor, cache: Any) -> torch.Tensor:
         with self._lock, torch.inference_mode():
-            out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+            out = self.model(input_ids=input_ids, cache=cache, use_cache=True)
             self.steps_total += 1
             return out.logits[:, -1]
 

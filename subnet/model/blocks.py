@@ -252,7 +252,7 @@ class BlockSpan(nn.Module):
         from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
         kwargs = dict(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask,
-                      past_key_values=cache, position_ids=position_ids)
+                      cache=cache, position_ids=position_ids)
         if cache is not None:
             kwargs["layer_idx"] = start
         kinds = {layer_type(self.config, i) for i in range(start, end)}
@@ -291,7 +291,7 @@ class BlockSpan(nn.Module):
                 attention_mask=masks[kind],
                 position_embeddings=embeddings[kind],
                 position_ids=position_ids,
-                past_key_values=cache,
+                cache=cache,
                 use_cache=cache is not None,
             )
         return hidden

@@ -100,7 +100,7 @@ class LocalChain:
             self.rollbacks += 1
         self.steps += 1
         self.positions += hidden.shape[1]
-        out = self.model.model(inputs_embeds=hidden, past_key_values=self.cache, use_cache=True)
+        out = self.model.model(inputs_embeds=hidden, cache=self.cache, use_cache=True)
         return out.last_hidden_state  # normed: the head below has an identity norm
 
 
