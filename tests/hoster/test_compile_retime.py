@@ -141,3 +141,25 @@ def test_the_choice_is_kept_per_linear_kernel(tiny_llama):
     config = load_config(tiny_llama)
     keys = {k: shape_key(config, 0, 8, torch.float32, k) for k in ("onednn", "torch")}
     assert keys["onednn"] != keys["torch"] and shape_key(config, 0, 8, torch.float32, "torch") == keys["torch"]
+
+
+def test_each_change_of_the_served_path_re_measures_the_announced_throughput():
+    """A re-timing can switch a hoster from compiled back to eager: the throughput it announces (what clients
+    route by) is measured again on every change of path, never on a repeat, and never over an operator's
+    fixed value; each choice is re-announced."""
+    from hoster.server import Hoster
+
+    speeds = iter([50.0, 30.0])
+    backend = SimpleNamespace(measure_throughput=lambda: next(speeds))
+    published = []
+    hoster = SimpleNamespace(backend=backend, _stopped=threading.Event(), _throughput_path="eager",
+                             fixed_throughput=None, throughput=20.0,
+                             announcer=SimpleNamespace(publish=lambda: published.append(1)))
+    for path in ("compiled", "compiled", "eager"):
+        Hoster._compiled(hoster, backend, {"path": path})
+    assert (hoster.throughput, hoster._throughput_path, len(published)) == (30.0, "eager", 3)
+    hoster.fixed_throughput = 99.0
+    Hoster._compiled(hoster, backend, {"path": "compiled"})  # would raise StopIteration if it measured
+    assert hoster.throughput == 30.0 and len(published) == 4
+    Hoster._compiled(hoster, SimpleNamespace(), {"path": "eager"})  # a backend replaced by a rebalance: ignored
+    assert len(published) == 4
