@@ -194,7 +194,7 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32 or x.device.type != "cpu":
             raise TypeError(f"PackedLinear serves float32 CPU inputs, got {x.dtype} on {x.device}")
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():  # ~0.3 us a call eagerly: 24 us of a model (a) step's 84 products
             return packed_linear(x, self.handle, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")  # no op dispatch
 
