@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -26,6 +25,7 @@ from subnet.swarm.record_admission import ConsensusRecordPolicy, ConsensusRecord
 from subnet.swarm.record_store import fetch_records, store_record
 from subnet.swarm.records import seal
 from tests.validator.support import ChainNet
+from tests.waiting import wait_until
 
 SUBNET = 7
 BPE = 20
@@ -277,15 +277,6 @@ def held(dht: hivemind.DHT, key: str) -> set[str]:
 
 async def _routing_peers(_dht, node) -> set[str]:
     return {str(peer) for peer in node.protocol.routing_table.peer_id_to_uid}
-
-
-def wait_until(condition, what: str, timeout: float = 60.0, interval: float = 0.2):
-    """Poll `condition()` until it returns something truthy (returned), or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting until {what}"
-        time.sleep(interval)
-    return result
 
 
 @pytest.mark.slow

@@ -11,6 +11,8 @@ import openai
 import pytest
 from api_support import MODEL
 
+from tests.waiting import wait_until
+
 CHAT = [{"role": "user", "content": "Hello"}]
 
 
@@ -112,13 +114,6 @@ def _metric(url: str, name: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def _wait(pred, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
-
-
 def _settled_steps(backend, timeout: float = 10.0) -> int:
     """The step count once it stops moving. A cancelled request's step that was already running
     in the backend's thread finishes (a thread can't be interrupted), so the count may move by one
@@ -160,8 +155,8 @@ def test_concurrency_limit_429_and_disconnect_cancels(local_backend, serve):
                     model=MODEL, messages=CHAT)
             steps_before_close = local_backend.steps_total
     # the client went away: generation stops and the slot frees
-    _wait(lambda: _metric(url, "mesh_api_active_generations") == 0)
-    _wait(lambda: _metric(url, "mesh_api_generations_cancelled_total") == 1)
+    wait_until(lambda: _metric(url, "mesh_api_active_generations") == 0)
+    wait_until(lambda: _metric(url, "mesh_api_generations_cancelled_total") == 1)
     settled = _settled_steps(local_backend)
     time.sleep(0.5)
     assert local_backend.steps_total == settled  # nothing runs on
@@ -179,8 +174,8 @@ def test_non_streaming_disconnect_cancels(local_backend, serve):
     body = {"model": MODEL, "prompt": "Hello", "max_tokens": 50000, "temperature": 0.8, "seed": 7}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(url + "/v1/completions", json=body, timeout=1.0)
-    _wait(lambda: _metric(url, "mesh_api_generations_cancelled_total") == 1)
-    _wait(lambda: _metric(url, "mesh_api_active_generations") == 0)
+    wait_until(lambda: _metric(url, "mesh_api_generations_cancelled_total") == 1)
+    wait_until(lambda: _metric(url, "mesh_api_active_generations") == 0)
     settled = _settled_steps(local_backend)
     time.sleep(0.5)
     assert local_backend.steps_total == settled

@@ -7,13 +7,14 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 from api_support import MODEL
+
+from tests.waiting import wait_until
 
 MESH_NODE = str(Path(sys.executable).with_name("mesh-node"))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -23,13 +24,6 @@ def _metric(url: str, name: str) -> float:
     text = httpx.get(url + "/metrics").text
     m = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M)
     return float(m.group(1)) if m else 0.0
-
-
-def _wait(pred, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -54,8 +48,8 @@ def test_chat_cli_streams_keeps_history_and_clears(chat_server, local_backend):
             before = _metric(url, "mesh_api_prompt_tokens_total")
             proc.stdin.write(line + "\n")
             proc.stdin.flush()
-            _wait(lambda: _metric(url, "mesh_api_generation_sessions_total") > sessions
-                  and _metric(url, "mesh_api_active_generations") == 0)
+            wait_until(lambda: _metric(url, "mesh_api_generation_sessions_total") > sessions
+                       and _metric(url, "mesh_api_active_generations") == 0)
             prompts.append(_metric(url, "mesh_api_prompt_tokens_total") - before)
 
         turn("hello")
@@ -106,7 +100,7 @@ def test_api_command_serves_local_model_with_config_file(long_llama, tmp_path):
             except httpx.HTTPError:
                 return False
 
-        _wait(up, 90)
+        wait_until(up, "the API answers", timeout=90)
         client = openai.OpenAI(base_url=url + "/v1", api_key="k1", max_retries=0)
         assert [m.id for m in client.models.list().data] == ["cfg-model"]
         r = client.chat.completions.create(model="cfg-model", messages=[{"role": "user", "content": "hi"}],
