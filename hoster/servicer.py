@@ -250,10 +250,10 @@ class BlockServicer(ServicerBase):
                                                          f"the step announced {length}")
                     out = await self.backend.step(session, hidden, position)
                     extra = {}
+                    if "push_to" in meta:  # first: the next hoster waits for it, nobody waits for the receipt
+                        extra.update(await self._push_onward(meta, out))
                     if self.receipts is not None:
                         extra["receipt"] = await self._receipt(session, hidden, position, out)
-                    if "push_to" in meta:
-                        extra.update(await self._push_onward(meta, out))
                     reply = self._ok(out, position=position + hidden.shape[1], **extra)
                     # the generator frame outlives the step: keep no prompt-sized buffers alive until
                     # the next request (measured: ~16 MB per open stream after a 1024-position step)
