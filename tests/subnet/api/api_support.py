@@ -25,8 +25,10 @@ class Proposer:
 
     Without it the fixture's chain keeps running epochs nobody proposes in, the nodes' reputations
     fall and the chain removes them: a test's view then depends on how long ago the fixture
-    started. With `omit_first`, the first proposal leaves out one node (`victim`), so the chain
-    records a "missing_from_scores" reputation cut.
+    started. With `omit_first`, proposals leave out one node (`victim`) until an epoch with the
+    omission is accepted (`omitted_epoch`), so the chain records one "missing_from_scores" reputation
+    cut. On a loaded machine a proposal or an attestation can miss its window: the omission is then
+    proposed again in a later epoch, never twice in accepted epochs.
     """
 
     def __init__(self, subnet, omit_first: bool = False):
@@ -39,7 +41,8 @@ class Proposer:
         self.scores = {nid: (i + 2) * UNIT // 5 for i, nid in enumerate(sorted(self.ops))}
         self.omit_first = omit_first
         self.victim: int | None = None
-        self.omitted_epoch: int | None = None
+        self.omitted_epoch: int | None = None  # the accepted epoch whose scores left out the victim
+        self._omitting: int | None = None  # the epoch proposed without the victim, not yet settled
         self.cut: tuple[float, float] = (1.0, 0.75)  # reputation before/after the omission (set from the chain)
         self.accepted: set[int] = set()  # epochs whose proposal went out and was attested
         self.stop = threading.Event()
@@ -56,14 +59,19 @@ class Proposer:
                 if e in done:
                     continue
                 done.add(e)
+                if self._omitting is not None and not self._omission_settled():
+                    done.discard(e)  # its outcome is not on chain yet: ask again before proposing
+                    continue
                 elected = self.owner.get_elected_validator(self.sid, e)
                 if elected not in self.ops:
                     continue
                 scores = dict(self.scores)
-                if self.omit_first and self.victim is None:
-                    self.victim = next(n for n in sorted(self.ops) if n != elected)
-                    self.omitted_epoch = e
+                omit = self.omit_first and self.omitted_epoch is None
+                if omit:
+                    if self.victim is None:
+                        self.victim = next(n for n in sorted(self.ops) if n != elected)
                     del scores[self.victim]
+                    self._omitting = e  # before proposing: a failed call may still have reached the chain
                 self.ops[elected].propose_attestation(self.sid, [ScoreEntry(n, s) for n, s in sorted(scores.items())])
                 for nid, c in self.ops.items():
                     if nid != elected:
@@ -71,6 +79,17 @@ class Proposer:
                 self.accepted.add(e)
             except ChainError:
                 continue
+
+    def _omission_settled(self) -> bool:
+        """Whether the epoch proposed without the victim has an outcome; if it was accepted, it is
+        `omitted_epoch`, else the omission is proposed again."""
+        result = self.owner.get_epoch_result(self.sid, self._omitting)
+        if result is None or not result.get("outcome"):
+            return False
+        if result["outcome"] == "accepted":
+            self.omitted_epoch = self._omitting
+        self._omitting = None
+        return True
 
     def wait_accepted(self, n: int = 1, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
