@@ -34,7 +34,7 @@ if not __package__:  # also runnable as `python benchmarks/<name>.py`
 
 import torch  # noqa: E402
 
-from benchmarks.common import MODELS, exit_on_sigterm, fmt_table, load_avg, median, save_results  # noqa: E402
+from benchmarks.common import MODELS, exit_on_sigterm, fmt_table, load_avg, median, save_results, timed_runs  # noqa: E402
 
 PREFILL = 512
 
@@ -161,13 +161,7 @@ def per_message_work(nbytes: int, n: int) -> dict[str, float]:
     for name, fn in (("wire encode+decode", codec), ("output hash", lambda: output_hash(x)),
                      ("Ed25519 sign", lambda: key.sign(message)),
                      ("Ed25519 verify", lambda: verify(key.public_key, message, sig))):
-        fn()
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        out[name] = median(times)
+        out[name] = median(timed_runs(fn, n))
     return out
 
 
