@@ -12,9 +12,12 @@ reader can keep only the calls inside a measured window. Recorded:
                     top-level op intervals of a `torch.profiler` trace of that call, compute thread),
           span_inner  and the wall of the same call inside the profiler (ops / inner: the op share)
           receipt   signing the step's receipt; push  sending the output to the next hoster
+          open / fork_open   opening a session (checks, KV reservation) / the prefix cache's fork
   both    encode / decode   `subnet.swarm.wire` tensor (de)serialisation
   client  wait      `InferenceStream.receive_step` (waiting for a hoster's answer)
           head / embed      the client's LM head (+ final norm) and embedding calls
+          open      `InferenceSession.open` (route, one stream per hoster)
+          verify / history  checking a hop's receipt / keeping its input for replays
           head_ops / embed_ops (+ _inner)   their op time and wall, in profiling mode
 
 Profiling mode is on while the file `<trace dir>/profile` exists; a hoster writes its
@@ -128,6 +131,8 @@ def install_hoster() -> None:
         _wrap(BlockSpan, "forward", "span", ops=True)
     _wrap(servicer.BlockServicer, "_receipt", "receipt")
     _wrap(servicer.BlockServicer, "_push_onward", "push")
+    _wrap(servicer.BlockServicer, "_open", "open")
+    _wrap(servicer, "fork_open", "fork_open")
     _wrap_wire()
     if _trace_dir() is not None:
         threading.Thread(target=_dump_loop, name="chain-trace-dump", daemon=True).start()
@@ -135,10 +140,14 @@ def install_hoster() -> None:
 
 def install_client() -> None:
     """Wrap the client's waits, head and embeddings (in the process that runs `generate`)."""
+    from subnet.client import session
     from subnet.client.generation import ClientHead
     from subnet.client.transport import InferenceStream
 
     _wrap(InferenceStream, "receive_step", "wait")
+    _wrap(session.InferenceSession, "open", "open")
+    _wrap(session, "mirror_and_verify", "verify")
+    _wrap(session, "_record_history", "history")
     _wrap(ClientHead, "_head", "head", ops=True)
     _wrap(ClientHead, "embed_ids", "embed", ops=True)
     _wrap_wire()
