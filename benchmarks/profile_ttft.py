@@ -84,8 +84,8 @@ def lean_prefill(lean: LeanLocal, prompt: torch.Tensor) -> dict[str, float]:
     t0 = time.perf_counter()
     lean.generate(prompt, 1)
     total = (time.perf_counter() - t0) * 1000
-    parts = {name: sum((b - a) * 1000 for n, a, b in take_records() if n == name)
-             for name in ("embed", "lean_step", "head")}
+    records = take_records()
+    parts = {name: sum((b - a) * 1000 for n, a, b in records if n == name) for name in ("embed", "lean_step", "head")}
     return {"total": total, **parts}
 
 

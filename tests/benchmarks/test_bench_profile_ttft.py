@@ -28,3 +28,22 @@ def test_median_timeline_orders_by_start_and_counts_passes() -> None:
     assert [r[:3] for r in rows] == [("client", "wait", 0), ("hoster 0:4", "span", 0), ("hoster 0:4", "push", 0)]
     assert rows[0][3:] == (6.0, 60.0, 3)
     assert rows[2][3:] == (44.0, 45.0, 1)
+
+
+def test_lean_prefill_splits_one_generate_into_embedding_blocks_and_head() -> None:
+    import time
+
+    from benchmarks.chain_trace import timed
+    from benchmarks.profile_ttft import lean_prefill
+
+    class FakeLean:
+        embed = staticmethod(timed("embed", lambda: time.sleep(0.002)))
+        step = staticmethod(timed("lean_step", lambda: time.sleep(0.02)))
+        head = staticmethod(timed("head", lambda: time.sleep(0.004)))
+
+        def generate(self, prompt, n):
+            self.embed(), self.step(), self.head()
+
+    parts = lean_prefill(FakeLean(), None)
+    assert parts["lean_step"] >= 20 and parts["head"] >= 4 and parts["embed"] >= 2  # ms, each from one reading
+    assert parts["total"] >= parts["embed"] + parts["lean_step"] + parts["head"]
