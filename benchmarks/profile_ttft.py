@@ -14,6 +14,10 @@ decode, span forward, push, receipt and encode. Each row is the median over pass
 part's start and end. Next to it, the lean local loop's prefill of the same prompt
 (`benchmarks/lean_local.py`: the same block code in one process) split the same way.
 
+`--delay MS` puts every hoster behind a userspace delay proxy (as `benchmarks.wan` does): each
+link, client to hoster and hoster to hoster, then carries MS one way, and the timeline shows
+which parts wait on the network (how many one-way trips lie on the critical path).
+
 Reading it: a part that starts only after another one ends is on the critical path; parts
 that overlap run side by side (on this 2-core machine they still share the cores).
 """
@@ -37,7 +41,6 @@ import torch  # noqa: E402
 from benchmarks.chain_trace import TRACE_ENV, install_client, take_records, timed  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     MODELS,
-    HosterProcs,
     chain_spans,
     client,
     ensure_model,
@@ -49,6 +52,8 @@ from benchmarks.common import (  # noqa: E402
 )
 from benchmarks.lean_local import LeanLocal  # noqa: E402
 from benchmarks.profile_chain import collect  # noqa: E402
+from benchmarks.wan import start_chain  # noqa: E402
+from subnet.swarm.delay_proxy import ProxyThread  # noqa: E402
 
 Records = list[tuple[str, float, float]]
 Timeline = dict[tuple[str, str, int], tuple[float, float]]  # (process, part, k-th call) -> (start, end) ms
@@ -95,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hosters", type=int, default=3)
     p.add_argument("--prompt-len", type=int, default=512)
     p.add_argument("--runs", type=int, default=5, help="passes, each with a fresh prompt")
+    p.add_argument("--delay", type=float, default=0.0, help="one-way delay (ms) on every link to a hoster")
     p.add_argument("--quick", action="store_true", help="small model, 64-token prompt, two passes")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -115,34 +121,37 @@ def main(argv: list[str] | None = None) -> int:
     chain_passes: list[Timeline] = []
     totals: list[float] = []
     lean_passes: list[dict[str, float]] = []
-    with HosterProcs() as procs:
-        for i, s in enumerate(spans):
-            procs.start(path, s, model_name=f"{spec.name}-ttft", wait=i == 0, launcher="benchmarks.traced_hoster")
-        for pr in procs.procs:
-            procs.wait(pr)
-        pids = [pr.proc.pid for pr in procs.procs]
-        names = {str(pid): f"hoster {a}:{b}" for pid, (a, b) in zip(pids, spans)}
-        with client(path, procs.initial_peers, f"{spec.name}-ttft") as m:
-            m.generate(prompts[-1], max_new_tokens=1)  # warm-up (its own prompt)
-            lean.generate(prompts[-1], 1)
-            collect(trace, pids, "warm")
-            take_records()
-            for i in range(args.runs):
-                t0 = time.perf_counter()
-                m.generate(prompts[i], max_new_tokens=1)
-                t1 = time.perf_counter()
-                totals.append((t1 - t0) * 1000)
-                processes = {"client": take_records()}
-                for pid, recs in collect(trace, pids, f"r{i}").items():
-                    processes[names[str(pid)]] = recs
-                chain_passes.append(timeline(processes, t0, t1))
-                lean_passes.append(lean_prefill(lean, prompts[i]))
+    proxies = ProxyThread()
+    try:
+        with start_chain(path, spans, proxies, model_name=f"{spec.name}-ttft", launcher="benchmarks.traced_hoster") \
+                as procs:
+            proxies.set_delay(args.delay / 1000)
+            pids = [pr.proc.pid for pr in procs.procs]
+            names = {str(pid): f"hoster {a}:{b}" for pid, (a, b) in zip(pids, spans)}
+            with client(path, procs.initial_peers, f"{spec.name}-ttft") as m:
+                m.generate(prompts[-1], max_new_tokens=1)  # warm-up (its own prompt)
+                lean.generate(prompts[-1], 1)
+                collect(trace, pids, "warm")
+                take_records()
+                for i in range(args.runs):
+                    t0 = time.perf_counter()
+                    m.generate(prompts[i], max_new_tokens=1)
+                    t1 = time.perf_counter()
+                    totals.append((t1 - t0) * 1000)
+                    processes = {"client": take_records()}
+                    for pid, recs in collect(trace, pids, f"r{i}").items():
+                        processes[names[str(pid)]] = recs
+                    chain_passes.append(timeline(processes, t0, t1))
+                    lean_passes.append(lean_prefill(lean, prompts[i]))
+    finally:
+        proxies.close()
     rows = median_timeline(chain_passes)
     ttft, lean_ttft = median(totals), median([lp["total"] for lp in lean_passes])
     table = [[proc, part if k == 0 else f"{part} #{k + 1}", f"{s:.1f}", f"{e:.1f}", f"{e - s:.1f}",
               "" if n == len(chain_passes) else f"{n}/{len(chain_passes)}"] for proc, part, k, s, e, n in rows]
     lean_parts = {k: median([lp[k] for lp in lean_passes]) for k in lean_passes[0]}
     print(f"model {args.model}, {args.hosters} hosters (default flags), {args.prompt_len}-token prompt, "
+          f"one-way delay {args.delay:g} ms per link, "
           f"medians of {args.runs} passes; load {start_load} -> {load_avg()}")
     print(f"TTFT {ttft:.1f} ms through the chain, {lean_ttft:.1f} ms in the lean local loop "
           f"({ttft / lean_ttft:.2f}x): lean embed {lean_parts['embed']:.1f}, blocks {lean_parts['lean_step']:.1f}, "
@@ -150,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     print(fmt_table(["process", "part", "start ms", "end ms", "ms", "passes"], table))
     out = save_results(args.out or f"profile_ttft-{args.model}-{args.hosters}h", {
         "load_avg_at_start": start_load, "load_avg_at_end": load_avg(), "model": spec.__dict__,
-        "hosters": args.hosters, "prompt_len": args.prompt_len, "ttft_ms": totals, "lean": lean_passes,
+        "hosters": args.hosters, "delay_ms": args.delay, "prompt_len": args.prompt_len, "ttft_ms": totals,
+        "lean": lean_passes,
         "timeline": [list(r) for r in rows],
         "passes": [[[*k, s, e] for k, (s, e) in p.items()] for p in chain_passes]})
     print(f"wrote {out}")

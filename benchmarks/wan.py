@@ -55,14 +55,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_chain(path, spans, proxies: ProxyThread) -> HosterProcs:
-    """One hoster per span, each behind its own delay proxy (announced instead of its real port)."""
+def start_chain(path, spans, proxies: ProxyThread, **start_kw) -> HosterProcs:
+    """One hoster per span, each behind its own delay proxy (announced instead of its real port);
+    `start_kw` goes to `HosterProcs.start` (e.g. `launcher`, `model_name`)."""
     procs = HosterProcs()
     for span in spans:
         real = free_port()
         proxy = proxies.add(("127.0.0.1", real))
         procs.start(path, span, extra=["--host-maddrs", f"/ip4/127.0.0.1/tcp/{real}",
-                                       "--announce-maddrs", f"/ip4/127.0.0.1/tcp/{proxy.port}"])
+                                       "--announce-maddrs", f"/ip4/127.0.0.1/tcp/{proxy.port}"], **start_kw)
     return procs
 
 

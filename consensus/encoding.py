@@ -44,6 +44,13 @@ class EncodingError(ValueError):
 
 def encode_tensor(t: torch.Tensor) -> bytes:
     """Canonical bytes of a CPU tensor of a whitelisted dtype."""
+    header, data = tensor_parts(t)
+    return header + data.tobytes()
+
+
+def tensor_parts(t: torch.Tensor) -> tuple[bytes, np.ndarray]:
+    """`encode_tensor(t)` in two parts, header bytes and a C-contiguous little-endian array of the
+    data, for hashing without the copy into one bytes object (`sha256(header); update(data)`)."""
     name = _NAME_OF.get(t.dtype)
     if name is None:
         raise EncodingError(f"dtype {t.dtype} is not allowed")
@@ -52,10 +59,10 @@ def encode_tensor(t: torch.Tensor) -> bytes:
     t = t.detach().to("cpu").contiguous()
     le = _DTYPES[name][1]
     arr = t.view(torch.int16).numpy() if name == "bfloat16" else t.numpy()
-    data = np.ascontiguousarray(arr).astype(le, copy=False).tobytes()
+    data = np.ascontiguousarray(arr).astype(le, copy=False)
     header = bytes([TENSOR_VERSION, len(name)]) + name.encode() + bytes([t.dim()])
     header += b"".join(struct.pack("<I", d) for d in t.shape)
-    return header + data
+    return header, data
 
 
 def decode_tensor(data: bytes, *, max_elements: int = MAX_ELEMENTS, expected_shape: tuple[int, ...] | None = None

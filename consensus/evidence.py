@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from consensus.encoding import EncodingError, decode_tensor, encode_tensor, tensor_to_float64
+from consensus.encoding import EncodingError, decode_tensor, encode_tensor, tensor_parts, tensor_to_float64
 
 RECEIPT_DOMAIN = b"mesh-node/receipt/v1\0"
 CHAIN_DOMAIN = b"mesh-node/receipt-input/v1\0"
@@ -56,26 +56,31 @@ def chain_seed(dtype: torch.dtype, batch: int, hidden: int) -> bytes:
     return hashlib.sha256(CHAIN_DOMAIN + name.encode() + struct.pack(">II", batch, hidden)).digest()
 
 
-def _row_bytes(x: torch.Tensor) -> list[bytes]:
-    """Little-endian bytes of `x[:, k, :]` for every k (bfloat16 as its raw 16-bit pattern)."""
+def _rows(x: torch.Tensor) -> np.ndarray:
+    """Little-endian `x[:, k, :]` for every k as one C-contiguous byte array `[positions, row bytes]`
+    (bfloat16 as its raw 16-bit pattern); a row is hashed straight from it, no copy per row."""
     x = x.detach().to("cpu")
     arr = x.view(torch.int16).numpy() if x.dtype == torch.bfloat16 else x.numpy()
     le = {torch.float32: "<f4", torch.float16: "<f2", torch.bfloat16: "<i2"}[x.dtype]
     arr = np.ascontiguousarray(np.swapaxes(arr, 0, 1)).astype(le, copy=False)  # [positions, batch, hidden]
-    return [arr[k].tobytes() for k in range(arr.shape[0])]
+    return arr.reshape(arr.shape[0], -1).view(np.uint8)
 
 
 def extend_chain(states: bytearray, x: torch.Tensor, position: int) -> None:
     """Rows of `x` `[batch, n, hidden]` at positions `position..`: `states` holds the chain states
     `c_0..c_m` (32 bytes each, `c_0` the seed); it is cut to `c_0..c_position` (a rollback) and
-    one state per row is appended."""
+    one state per row is appended: `c_{k+1} = sha256(c_k || u32 BE k || row k)`."""
     have = len(states) // 32 - 1
     if not 0 <= position <= have:
         raise EvidenceError(f"position {position} is beyond the chained prefix ({have})")
     del states[32 * (position + 1):]
     c = bytes(states[-32:])
-    for k, row in enumerate(_row_bytes(x), start=position):
-        c = hashlib.sha256(c + struct.pack(">I", k) + row).digest()
+    sha256, pack = hashlib.sha256, struct.Struct(">I").pack
+    for k, row in enumerate(_rows(x), start=position):
+        h = sha256(c)
+        h.update(pack(k))
+        h.update(row)
+        c = h.digest()
         states += c
 
 
@@ -92,8 +97,12 @@ def chain_of(prefix: torch.Tensor) -> bytes:
 
 
 def output_hash(out: torch.Tensor) -> bytes:
-    """sha256 of the canonical tensor bytes (`consensus.encoding`) of a step's output."""
-    return hashlib.sha256(encode_tensor(out)).digest()
+    """sha256 of the canonical tensor bytes (`consensus.encoding`) of a step's output (hashed in two
+    parts: the same digest without copying a prefill-sized output into one bytes object)."""
+    header, data = tensor_parts(out)
+    h = hashlib.sha256(header)
+    h.update(data.reshape(-1).view(np.uint8))
+    return h.digest()
 
 
 # ---------------------------------------------------------------------------- receipts

@@ -66,6 +66,26 @@ def test_one_changed_row_changes_the_chain():
     assert chain_of(x[:, :3]) == chain_of(y[:, :3])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_hashes_follow_their_definitions(dtype):
+    """The digests other nodes recompute: the output hash is sha256 of the canonical tensor bytes, the
+    chain c_{k+1} = sha256(c_k || u32 BE k || row k, little-endian, batch-major); written out here
+    independently of the (copy-free) implementation, so a faster hashing cannot change them."""
+    import hashlib
+    import struct
+
+    from consensus.encoding import encode_tensor
+
+    x = torch.randn(3, 5, H).to(dtype).transpose(0, 1).contiguous().transpose(0, 1)  # non-contiguous input
+    assert output_hash(x) == hashlib.sha256(encode_tensor(x)).digest()
+    raw = x.contiguous().view(torch.int16) if dtype == torch.bfloat16 else x.contiguous()
+    c = chain_seed(dtype, 3, H)
+    for k in range(5):
+        row = b"".join(raw[b, k].numpy().astype(raw.numpy().dtype.newbyteorder("<")).tobytes() for b in range(3))
+        c = hashlib.sha256(c + struct.pack(">I", k) + row).digest()
+    assert chain_of(x) == c
+
+
 def test_receipt_message_is_canonical_and_bound_to_every_field():
     prefix, out = torch.randn(1, 5, H), torch.randn(1, 2, H)
     r = _receipt(prefix, out, 3)
