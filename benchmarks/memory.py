@@ -84,29 +84,33 @@ def runtime_baseline_mb() -> float:
 
 
 def fill_cache(initial_peers: list[str], model_uid: str, k: int, hidden: int, cache_tokens: int,
-               seq: int, after_each=None) -> int:
+               seq: int, after_each=None, decode_path: list | None = None, compile_timeout: float = 900.0) -> int:
     """Open sessions of `seq` positions and prefill them until the budget is used; returns tokens held.
 
-    `after_each()` is called after every prefilled session (to sample the hoster's memory).
+    Waits first until the hoster announced the decode path it serves (with default flags it compiles in
+    the background after start: the memory measured is then the compiled hoster's, compiler included);
+    that path is appended to `decode_path`. `after_each()` is called after every prefilled session.
     """
+    decode_path = [] if decode_path is None else decode_path
     from subnet.client.runtime import ClientRuntime
     from subnet.client.transport import InferenceStream
 
     rt = ClientRuntime(None, initial_peers)
     streams = []
     try:
+        import time
+
         from subnet.swarm.announcements import read_announcements
 
-        peer = None
-        for _ in range(100):
+        peer, path, t_end = None, None, time.monotonic() + compile_timeout
+        while time.monotonic() < t_end:  # announced, and done choosing its decode path (compile_auto)
             anns = read_announcements(rt.dht, model_uid)
-            if anns:
-                peer = anns[0].peer_id
+            if anns and anns[0].decode_path != "compiling":
+                peer, path = anns[0].peer_id, anns[0].decode_path
                 break
-            import time
-
             time.sleep(0.3)
-        assert peer is not None, "hoster not announced"
+        assert peer is not None, f"hoster not announced with a decode path within {compile_timeout:g}s"
+        decode_path.append(path)
         held = 0
         gen = torch.Generator().manual_seed(0)
         while held + seq <= cache_tokens:
@@ -158,13 +162,15 @@ def measure(path: Path, spec, k: int, cache_tokens: int, seq: int) -> dict:
         def sample() -> None:
             fills.append({f: _status_kb(pid, f) / 1024 for f in ("VmRSS", "RssAnon", "RssFile", "VmHWM")})
 
-        held = fill_cache(procs.initial_peers, name, k, config.hidden_size, cache_tokens, seq, sample)
+        paths: list[str] = []
+        held = fill_cache(procs.initial_peers, name, k, config.hidden_size, cache_tokens, seq, sample, paths)
         peak = _status_kb(pid, "VmHWM") / 1024
         _settle(pid)  # the hoster frees a session's cache when it sees the stream close
         after = _status_kb(pid, "VmRSS") / 1024
         after_parts = {f: _status_kb(pid, f) / 1024 for f in ("RssAnon", "RssFile")}
         kids = {c: _status_kb(c, "VmHWM") / 1024 for c in _children(pid)}
-    return {"k": k, "n": spec.num_layers, "weights_mb": weight_bytes / 2**20, "cache_tokens": cache_tokens,
+    return {"k": k, "n": spec.num_layers, "decode_path": paths[0], "weights_mb": weight_bytes / 2**20,
+            "cache_tokens": cache_tokens,
             "cache_mb": cache_bytes / 2**20, "tokens_filled": held, "idle_rss_mb": idle_rss,
             "idle_rss_parts_mb": idle_parts,
             "load_peak_rss_mb": load_peak, "peak_rss_mb": peak, "rss_after_close_parts_mb": after_parts,
@@ -199,13 +205,14 @@ def main(argv: list[str] | None = None) -> int:
         r["ratio_without_runtime"] = (r["peak_rss_mb"] - base) / budget
         r["ratio_to_budget_plus_runtime"] = r["peak_rss_mb"] / (budget + base)  # issue 22's goal: <= 1.15x
         results.append(r)
-        rows.append([f"{k} of {r['n']}", f"{r['weights_mb']:.0f}", f"{r['cache_mb']:.0f} ({r['cache_tokens']} tok)",
+        rows.append([f"{k} of {r['n']}", r["decode_path"], f"{r['weights_mb']:.0f}",
+                     f"{r['cache_mb']:.0f} ({r['cache_tokens']} tok)",
                      f"{r['idle_rss_mb']:.0f}", f"{r['peak_rss_mb']:.0f}", f"{r['rss_after_close_mb']:.0f}",
                      f"{r['ratio']:.2f}x", f"{r['ratio_without_runtime']:.2f}x",
                      f"{r['ratio_to_budget_plus_runtime']:.2f}x",
                      " + ".join(f"{x:.0f}" for x in r["child_peak_rss_mb"])])
     print(f"model {args.model}; python+torch+transformers+hivemind runtime alone: {base:.0f} MB peak RSS")
-    print(fmt_table(["blocks", "weights MB", "cache budget MB", "RSS after load MB", "peak RSS MB",
+    print(fmt_table(["blocks", "decode path", "weights MB", "cache budget MB", "RSS after load MB", "peak RSS MB",
                      "RSS after sessions closed MB", "ratio", "ratio minus runtime",
                      "vs weights + budget + runtime",
                      "DHT/p2pd children MB"], rows))

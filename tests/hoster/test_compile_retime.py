@@ -163,3 +163,15 @@ def test_each_change_of_the_served_path_re_measures_the_announced_throughput():
     assert hoster.throughput == 30.0 and len(published) == 4
     Hoster._compiled(hoster, SimpleNamespace(), {"path": "eager"})  # a backend replaced by a rebalance: ignored
     assert len(published) == 4
+
+
+def test_every_compile_and_timing_hands_the_freed_memory_back(monkeypatch, tmp_path):
+    """The compiler's temporaries and the timings' caches are freed (gc + malloc_trim) after the first
+    choice, before it is announced, and after every timing again (measured: 78 MB on 12 blocks of b)."""
+    job, calls = _job(monkeypatch, tmp_path, [(0.0881, 0.0869), (0.050, 0.049), (0.035, 0.0245)], [1.4, 1.1, 0.1])
+    released: list[bool] = []
+    monkeypatch.setattr(compile_auto, "release_compiler_memory", lambda: released.append(job.done.is_set()))
+    job.start()
+    job._thread.join(10)
+    assert not job._thread.is_alive() and job.settled
+    assert released == [False, True, True]  # before the first announcement, then after each of the 2 re-timings
