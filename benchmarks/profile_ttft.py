@@ -49,6 +49,7 @@ from benchmarks.common import (  # noqa: E402
     load_avg,
     median,
     save_results,
+    wait_decode_paths,
 )
 from benchmarks.lean_local import LeanLocal  # noqa: E402
 from benchmarks.profile_chain import collect  # noqa: E402
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             pids = [pr.proc.pid for pr in procs.procs]
             names = {str(pid): f"hoster {a}:{b}" for pid, (a, b) in zip(pids, spans)}
             with client(path, procs.initial_peers, f"{spec.name}-ttft") as m:
+                paths = wait_decode_paths(m)  # hosters compile in the background after start: not beside us
                 m.generate(prompts[-1], max_new_tokens=1)  # warm-up (its own prompt)
                 lean.generate(prompts[-1], 1)
                 collect(trace, pids, "warm")
@@ -153,13 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {args.model}, {args.hosters} hosters (default flags), {args.prompt_len}-token prompt, "
           f"one-way delay {args.delay:g} ms per link, "
           f"medians of {args.runs} passes; load {start_load} -> {load_avg()}")
+    print(f"decode paths the hosters chose: {', '.join(sorted(paths.values()))}")
     print(f"TTFT {ttft:.1f} ms through the chain, {lean_ttft:.1f} ms in the lean local loop "
           f"({ttft / lean_ttft:.2f}x): lean embed {lean_parts['embed']:.1f}, blocks {lean_parts['lean_step']:.1f}, "
           f"head {lean_parts['head']:.1f} ms")
     print(fmt_table(["process", "part", "start ms", "end ms", "ms", "passes"], table))
     out = save_results(args.out or f"profile_ttft-{args.model}-{args.hosters}h", {
         "load_avg_at_start": start_load, "load_avg_at_end": load_avg(), "model": spec.__dict__,
-        "hosters": args.hosters, "delay_ms": args.delay, "prompt_len": args.prompt_len, "ttft_ms": totals,
+        "hosters": args.hosters, "decode_paths": sorted(paths.values()), "delay_ms": args.delay,
+        "prompt_len": args.prompt_len, "ttft_ms": totals,
         "lean": lean_passes,
         "timeline": [list(r) for r in rows],
         "passes": [[[*k, s, e] for k, (s, e) in p.items()] for p in chain_passes]})
