@@ -52,11 +52,10 @@ from benchmarks.common import (  # noqa: E402
     wait_decode_paths,
 )
 from benchmarks.lean_local import LeanLocal  # noqa: E402
-from benchmarks.profile_chain import collect  # noqa: E402
+from benchmarks.profile_chain import Records, collect  # noqa: E402
 from benchmarks.wan import start_chain  # noqa: E402
 from subnet.swarm.delay_proxy import ProxyThread  # noqa: E402
 
-Records = list[tuple[str, float, float]]
 Timeline = dict[tuple[str, str, int], tuple[float, float]]  # (process, part, k-th call) -> (start, end) ms
 
 

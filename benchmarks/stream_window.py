@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import sys
 import time
 
@@ -26,15 +25,10 @@ if not __package__:  # also runnable as `python benchmarks/<name>.py`
     sys.path.insert(0, str(_pathlib.Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import exit_on_sigterm, fmt_table, load_avg, median, save_results  # noqa: E402
+from chain.devnet.process import free_port  # noqa: E402
 from subnet.swarm.delay_proxy import DelayProxy  # noqa: E402
 
 REUSES = 3  # messages a stream carries before it counts as "reused"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _ack_each(_info, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -52,7 +46,7 @@ async def measure(delay_ms: float, size: int, passes: int) -> dict[str, list[flo
     """Seconds per acknowledged message, per mode, one sample per pass."""
     from hivemind.p2p import P2P
 
-    real = _free_port()
+    real = free_port()
     proxy = await DelayProxy(("127.0.0.1", real), delay_up=delay_ms / 1000).start()
     receiver = sender = None
     try:

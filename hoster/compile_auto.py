@@ -27,6 +27,7 @@ explicit `blas`, which a graph cannot call, wins and keeps the eager path).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -207,8 +208,6 @@ def release_compiler_memory() -> None:
     1334 -> 1256 MB (malloc_trim alone: 1327 MB); the graphs in use stay. The collection holds the GIL
     (1.6 s for 166k objects after compiling 12 blocks of model a, on a loaded machine): small next to
     the compilation just done, and Python's own collector would do the same pass at a random time."""
-    import gc
-
     gc.collect()
     trim()
 
