@@ -2,13 +2,13 @@
 
 A node process spends about 2.5 s of CPU importing torch, transformers and hivemind before it does
 anything else (2 cores here). A local subnet starts many of them: `mesh-node devnet` one per node,
-the test suite about 400 hosters per run (measured in the eleventh session: ~1100 s of CPU, over a
-third of the suite's). A fork server pays the imports once. A template process (`python -m
-subnet.node.forkserver`) imports the modules every node needs (`PRELOAD`), then forks one child per
-request. Each child is a real OS process in a new session (its own process group, as
-`subprocess.Popen(start_new_session=True)` gives), with the requested environment, working directory
-and output pipe, and runs the module as `python -m` would (`runpy`); its exit status, or the signal
-that killed it, comes back to the requester through a pipe of its own.
+the test suite ~140 hosters and ~60 `mesh-node` processes per run (eleventh session: the hoster
+processes alone took 737 s of the suite's ~2200 s of CPU). A fork server pays the imports once: a
+template process (`python -m subnet.node.forkserver`) imports the modules every node needs
+(`PRELOAD`), then forks one child per request. Each child is a real OS process in a new session
+(its own process group, as `subprocess.Popen(start_new_session=True)` gives), with the requested
+environment, working directory and output pipe, and runs the module as `python -m` would (`runpy`);
+its exit status, or the signal that killed it, comes back to the requester through a pipe of its own.
 
 What a forked child cannot change is what its libraries read while being imported (thread-pool
 variables, PYTHONPATH, the Hugging Face cache paths, ...). So the template is started with the
@@ -177,6 +177,13 @@ class Template:
             self.close()
             raise RuntimeError(f"fork server did not start: {e!r}") from e
         ours.settimeout(None)
+        self.children: list[ForkedProcess] = []
+        self.last_used = time.monotonic()
+
+    def busy(self) -> bool:
+        """Whether a child of this template still runs (its status will come through the template)."""
+        self.children = [c for c in self.children if c.poll() is None]
+        return bool(self.children)
 
     def spawn(self, module: str, args: list[str], env: Mapping[str, str], cwd: str | None = None) -> ForkedProcess:
         """Fork a child that runs `python -m module *args`; its stdout and stderr go to one text pipe."""
@@ -202,7 +209,10 @@ class Template:
             os.close(status_r)
             raise OSError(f"fork server could not start {module}: {reply.get('error', 'no reply')}")
         stdout = open(out_r, encoding="utf-8", errors="replace")  # text lines, as Popen(text=True) gives
-        return ForkedProcess([sys.executable, "-m", module, *args], reply["pid"], status_r, stdout)
+        child = ForkedProcess([sys.executable, "-m", module, *args], reply["pid"], status_r, stdout)
+        self.children.append(child)
+        self.last_used = time.monotonic()
+        return child
 
     def close(self) -> None:
         """Let the template exit (children keep running: they are in sessions of their own)."""
@@ -220,8 +230,9 @@ _templates_lock = threading.Lock()
 
 
 def template_for(env: Mapping[str, str]) -> Template | None:
-    """The template serving `env`'s import-time environment (started on first use), or None when this
-    process already runs MAX_TEMPLATES others (each holds ~0.5 GB of imported modules)."""
+    """The template serving `env`'s import-time environment (started on first use; at MAX_TEMPLATES, the
+    least recently used idle one makes room), or None when MAX_TEMPLATES others all have children
+    running (each template holds ~0.5 GB of imported modules)."""
     key = tuple(import_env(env).items())
     with _templates_lock:
         template = _templates.get(key)
@@ -230,7 +241,10 @@ def template_for(env: Mapping[str, str]) -> Template | None:
             template = None
         if template is None:
             if len(_templates) >= MAX_TEMPLATES:
-                return None
+                idle = sorted((t.last_used, k) for k, t in _templates.items() if not t.busy())
+                if not idle:
+                    return None
+                _templates.pop(idle[0][1]).close()  # the least recently used one with no child running
             try:
                 template = _templates[key] = Template(env)
             except RuntimeError as e:  # the caller starts a fresh interpreter instead

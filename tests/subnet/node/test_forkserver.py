@@ -75,9 +75,9 @@ def test_tmpdir_is_the_childs_own(tmp_path):
 
 
 def test_a_different_import_time_environment_gets_its_own_template():
-    one, two = _env(OMP_NUM_THREADS="1"), _env(OMP_NUM_THREADS="2")
+    one, two = _env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"), _env(OMP_NUM_THREADS="2", MKL_NUM_THREADS="2")
     assert forkserver.template_for(one) is not forkserver.template_for(two)
-    assert forkserver.template_for(one) is forkserver.template_for(_env(OMP_NUM_THREADS="1", MESH_X="runtime only"))
+    assert forkserver.template_for(one) is forkserver.template_for({**one, "MESH_X": "runtime only"})
     r1, _ = _report(_spawn("report", env=one))
     r2, _ = _report(_spawn("report", env=two))
     assert (r1["threads"], r2["threads"]) == (1, 2)
@@ -114,6 +114,22 @@ def test_managed_process_forks_when_enabled_and_stops_cleanly(tmp_path):
         codes = fresh.stop(), forked.stop()
     assert codes == (-signal.SIGTERM, -signal.SIGTERM)
     assert not forked.alive
+
+
+def test_idle_templates_make_room_and_busy_ones_stay(monkeypatch):
+    monkeypatch.setattr(forkserver, "MAX_TEMPLATES", 1)
+    forkserver.shutdown()
+    first = _env(LANG="C")
+    busy = _spawn("sleep", env=first)
+    assert busy.stdout.readline().strip() == "sleeping"
+    assert forkserver.template_for(_env(LANG="C.UTF-8")) is None  # the only slot runs a child
+    busy.kill()
+    assert busy.wait(30) == -signal.SIGKILL
+    old = forkserver.template_for(first)
+    new = forkserver.template_for(_env(LANG="C.UTF-8"))  # the idle one made room
+    assert new is not None and new is not old and old.proc.poll() is not None
+    report, _ = _report(new.spawn(CHILD, ["report"], _env(LANG="C.UTF-8"), REPO))
+    assert report["env"]["LANG"] == "C.UTF-8"
 
 
 def test_a_child_outlives_its_template_and_is_still_waited_for():
