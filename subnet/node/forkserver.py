@@ -23,7 +23,8 @@ The template never runs a parallel op itself, so no OpenMP pool exists when it f
 the calling thread), and it exits when its requester does (its stdin is the requester's pipe): children
 then live on, as children started with `start_new_session=True` do. `ForkedProcess` gives the
 requester the part of the `subprocess.Popen` interface that `subnet.node.procs.ManagedProcess` uses.
-Opt in with MESH_NODE_FORKSERVER=1 (the test suite does); without it nodes start as fresh interpreters.
+`mesh-node devnet` starts its nodes this way unless MESH_NODE_FORKSERVER=0; elsewhere it is opt-in with
+MESH_NODE_FORKSERVER=1 (the test suite sets it).
 """
 
 from __future__ import annotations
@@ -54,9 +55,15 @@ MAX_TEMPLATES = 4  # import-time environments with a template per requester; oth
 START_TIMEOUT = 180.0  # seconds for a template to import its modules
 
 
-def enabled() -> bool:
-    """Whether node processes start from a template (MESH_NODE_FORKSERVER=1/on/true)."""
-    return os.environ.get(ENV_SWITCH, "").strip().lower() in ("1", "on", "true")
+def enabled(default: bool = False) -> bool:
+    """Whether node processes start from a template: MESH_NODE_FORKSERVER=1/on/true or 0/off/false,
+    else `default` (`mesh-node devnet` defaults to on; a lone `ManagedProcess` to off)."""
+    raw = os.environ.get(ENV_SWITCH, "").strip().lower()
+    if raw in ("1", "on", "true"):
+        return True
+    if raw in ("0", "off", "false"):
+        return False
+    return default
 
 
 def module_of(argv: Sequence[str]) -> tuple[str, list[str]] | None:

@@ -44,6 +44,15 @@ def test_module_of_recognises_only_this_interpreter_running_a_module():
     assert forkserver.module_of(["mesh-node", "devnet"]) is None
 
 
+def test_the_switch_overrides_each_callers_default(monkeypatch):
+    monkeypatch.delenv(forkserver.ENV_SWITCH, raising=False)
+    assert forkserver.enabled(default=True) and not forkserver.enabled()
+    monkeypatch.setenv(forkserver.ENV_SWITCH, "0")
+    assert not forkserver.enabled(default=True)
+    monkeypatch.setenv(forkserver.ENV_SWITCH, "on")
+    assert forkserver.enabled()
+
+
 def test_a_forked_child_is_its_own_process_with_the_requested_env_cwd_and_output(tmp_path):
     env = _env(FORK_TEST_VAR="yes", PYTHONPATH=REPO)
     env.pop("FORK_TEST_ONLY_IN_PARENT", None)
