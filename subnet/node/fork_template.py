@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from subnet.model.process_env import set_thread_pool_defaults
 
 MAX_REQUEST = 1 << 20  # bytes of one request (argv + environment)
+MAX_READY = 4096  # bytes of the "ready" message (b"ready " + the preload failures as JSON)
 # modules every node process imports (torch, transformers' model base, hivemind, the hoster and the
 # node assembly); an import error leaves that module to the child
 PRELOAD = ("subnet.node.cli", "subnet.node.assembly", "hoster.server", "hoster.backend", "hoster.options",
@@ -29,19 +30,22 @@ PRELOAD = ("subnet.node.cli", "subnet.node.assembly", "hoster.server", "hoster.b
            "transformers.models.llama.modeling_llama")
 
 
-def _preload() -> None:
+def _preload() -> list[str]:
+    """Import PRELOAD; returns the failures (`name: error`), which the requester logs."""
     set_thread_pool_defaults()
     import importlib
 
+    failed = []
     for name in PRELOAD:
         try:
             importlib.import_module(name)
         except Exception as e:  # the child imports it itself (and reports the error where it matters)
-            print(f"forkserver: preload {name} failed: {e!r}", file=sys.stderr)
+            failed.append(f"{name}: {e!r}"[:300])
     import gc
 
     gc.collect()
     gc.freeze()  # the preloaded heap is never garbage: keep collections (and copy-on-write) off it
+    return failed
 
 
 def _exit_code(code) -> int:
@@ -136,7 +140,7 @@ def _reseed() -> None:
         sys.modules["torch"].seed()
 
 
-def serve(ctl: socket.socket) -> None:
+def serve(ctl: socket.socket, preload_failures: Sequence[str] = ()) -> None:
     """The template's loop: fork a child per request, report each child's pid and, later, its status."""
     status_fds: dict[int, int] = {}
     wake_r, wake_w = os.pipe()
@@ -145,7 +149,7 @@ def serve(ctl: socket.socket) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the select through the wakeup fd
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the requester's Ctrl-C is the requester's to handle
-    ctl.sendall(b"ready")
+    ctl.sendall(b"ready " + json.dumps(list(preload_failures)).encode()[:MAX_READY - 6])
     lifeline = sys.stdin.fileno()
     while True:
         ready, _, _ = select.select([ctl, wake_r, lifeline], [], [], 5.0)
@@ -210,8 +214,7 @@ def _reap(status_fds: dict[int, int]) -> None:
 
 def main() -> None:
     ctl = socket.socket(fileno=int(sys.argv[1]))
-    _preload()
-    serve(ctl)
+    serve(ctl, _preload())
 
 
 if __name__ == "__main__":

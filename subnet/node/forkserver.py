@@ -42,7 +42,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from subnet.model.process_env import DEFAULTS as THREAD_POOL_DEFAULTS
-from subnet.node.fork_template import MAX_REQUEST
+from subnet.node.fork_template import MAX_READY, MAX_REQUEST
 
 log = logging.getLogger(__name__)
 
@@ -169,16 +169,22 @@ class Template:
         self._lock = threading.Lock()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "subnet.node.fork_template", str(theirs.fileno())], env=dict(env),
-            stdin=subprocess.PIPE, pass_fds=(theirs.fileno(),), start_new_session=True)
+            stdin=subprocess.PIPE, pass_fds=(theirs.fileno(),), start_new_session=True,
+            # what the imports print (torchao's missing CUDA kernels, ...) is not the requester's output
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         theirs.close()
         ours.settimeout(START_TIMEOUT)
         try:
-            if ours.recv(16) != b"ready":
-                raise RuntimeError("fork server did not start")
-        except (OSError, RuntimeError) as e:
+            ready = ours.recv(MAX_READY)
+            if not ready.startswith(b"ready "):
+                raise RuntimeError("no ready message")
+            failed = json.loads(ready[6:])
+        except (OSError, RuntimeError, ValueError) as e:
             self.close()
             raise RuntimeError(f"fork server did not start: {e!r}") from e
         ours.settimeout(None)
+        if failed:  # its children import those modules themselves
+            log.warning("forkserver_preload_failed modules=%s", "; ".join(map(str, failed))[:1000])
         self.children: list[ForkedProcess] = []
         self.last_used = time.monotonic()
 
