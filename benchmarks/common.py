@@ -123,6 +123,22 @@ def scrape_metrics(url: str) -> dict[tuple[str, tuple], float]:
     return parse_samples(httpx.get(url, timeout=10).text)
 
 
+def wait_buckets(metrics_urls: dict[str, str], timeout: float = 900.0) -> dict[str, dict[str, str]]:
+    """Wait until no hoster is compiling a batched bucket (`mesh_hoster_batch_bucket`); hoster -> bucket -> state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = {}
+        for h, url in metrics_urls.items():
+            samples = scrape_metrics(url)
+            states[h] = {dict(lab)["bucket"]: dict(lab)["state"] for (name, lab), v in samples.items()
+                         if name == "mesh_hoster_batch_bucket" and v == 1}
+        if not any(st == "compiling" for s in states.values() for st in s.values()):
+            return states
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"hosters still compiling batched buckets after {timeout:g}s: {states}")
+        time.sleep(1.0)
+
+
 class HosterProcs:
     """Real `python -m hoster` processes on 127.0.0.1; the first one bootstraps the DHT."""
 

@@ -49,6 +49,7 @@ import argparse
 import contextlib
 import dataclasses
 import sys
+import time
 from collections import Counter
 
 if not __package__:  # also runnable as `python benchmarks/<name>.py`
@@ -71,10 +72,12 @@ from benchmarks.common import (  # noqa: E402
     median,
     save_results,
     scrape_metrics,
+    wait_buckets,
     wait_decode_paths,
 )
 from benchmarks.concurrency import run_round  # noqa: E402
 from benchmarks.lean_local import LeanLocal  # noqa: E402
+from hoster.compiled_batch import DEMAND_STEPS  # noqa: E402
 
 CEILING, LEAN = "ceiling (bandwidth)", "local, lean loop"
 LEAN_COMPILED = "local, lean loop, compiled"
@@ -178,8 +181,6 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
                 fn(prompt, 4)
                 fn(long_prompt, 1)
 
-            import time
-
             tps: dict[str, dict[int, list[float]]] = {c: {n: [] for n in new_tokens} for c in configs}
             ttft: dict[str, list[float]] = {c: [] for c in configs}
             bandwidths = []
@@ -191,8 +192,12 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
             conc_rows = _chain_rows(chains) if sessions > 1 else {}
             conc: dict[str, dict[int, list[float]]] = {name: {1: [], sessions: []} for name in conc_rows}
             step_paths: dict[str, dict[str, Counter]] = {}  # row -> hoster -> metric deltas over the N-session rounds
-            for k in conc_rows.values():  # warm-up of the concurrent path
-                run_round(clients[k], fresh(prompt_len, sessions), 4)
+            for k in conc_rows.values():  # warm-up of the concurrent path; the hosters compile the
+                # batched buckets it asks for (on demand: hoster/compile_auto.py) before anything is timed
+                run_round(clients[k], fresh(prompt_len, sessions), DEMAND_STEPS + 8)
+                states = wait_buckets({h: procs.metrics_urls[h] for h in chain_hosters[k]})
+                shown = (f"{h}: " + ", ".join(f"{b} {st}" for b, st in sorted(s.items())) for h, s in states.items())
+                print(f"{k} hoster(s), batched buckets after the warm-up: " + "; ".join(shown))
             for i in range(runs):
                 bandwidths.append(measure_bandwidth(runs=5))
                 prompt, long_prompt = fresh(prompt_len)[0], fresh(ttft_prompt)[0]  # the same for every row

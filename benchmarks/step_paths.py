@@ -36,8 +36,10 @@ from benchmarks.common import (  # noqa: E402
     load_avg,
     median,
     save_results,
+    wait_buckets,
 )
 from benchmarks.concurrency import run_round  # noqa: E402
+from hoster.compiled_batch import DEMAND_STEPS  # noqa: E402
 
 CONFIGS = {"before (--no-compile)": ["--no-compile"], "after (default)": []}
 
@@ -82,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         for (config, k), name in setups.items():
             hp = stack.enter_context(HosterProcs())
             for a, b in chain_spans(spec.num_layers, k):
-                hp.start(path, (a, b), model_name=name, extra=[*CONFIGS[config], "--log-level", "INFO",
-                                                                "--cache-tokens", str(64 * 1024)])
+                hp.start(path, (a, b), model_name=name, metrics=True, extra=[*CONFIGS[config], "--log-level", "INFO",
+                                                                              "--cache-tokens", str(64 * 1024)])
             procs[(config, k)] = hp
         print(f"hosters ready (load {load_avg()}); waiting for the auto hosters' compile choice", flush=True)
         for (config, _k), hp in procs.items():
@@ -113,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
 
         for m in models.values():  # warm-up (sessions, routes)
             one(m)
+        for (config, k), m in models.items():  # the batched buckets these rounds ask for (compiled on demand)
+            run_round(m, prompts, DEMAND_STEPS + 8)
+            print(f"{k} hoster(s), {config}: buckets {wait_buckets(procs[(config, k)].metrics_urls)}", flush=True)
         local_gen()
         for r in range(args.rounds):
             times.setdefault("local transformers generate", []).append(n / local_gen())

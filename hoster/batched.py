@@ -40,6 +40,8 @@ def step_batched(span, batch: list, graphs=None) -> list[torch.Tensor]:
         out = graphs.run(x, [t.session.cache for t in batch])
         if out is not None:
             return _results(batch, [t.session.cache for t in batch], [1] * len(batch), 1, out)
+    elif graphs is not None:
+        graphs.note_eager(batch)  # a bucket graph could serve this: compiled once enough such steps come
     n = batch[0].hidden.shape[1]
     kvs = [t.session.cache for t in batch]
     for kv in kvs:

@@ -15,7 +15,11 @@ same shape loads the compiled graph instead of generating and building C++ again
 
 After the one-session graph wins, the same thread compiles and times the batched decode step in
 buckets of 2, 4 and 8 sessions (`hoster.compiled_batch`; MESH_NODE_COMPILE_BUCKETS=0 skips them)
-and serves each bucket that is faster. While it compiles it holds `hoster.compiled.COMPILE_LOCK`,
+and serves each bucket that is faster, each bucket on demand: only once the hoster has served
+`compiled_batch.DEMAND_STEPS` eager batched steps of that size, because every bucket graph stays in
+memory for the life of the process (12 blocks of model b: +47 / +56 / +108 MB) and a hoster that
+never batches should not pay for one. A bucket measured slower on a quiet start is never compiled
+again for that shape. While it compiles it holds `hoster.compiled.COMPILE_LOCK`,
 so the compute thread runs those steps eagerly instead of taking a graph under torch's
 process-wide "fail_on_recompile" stance, which would refuse the compilation.
 
@@ -201,6 +205,14 @@ def time_paths(span, compiled, new_kv: Callable[[int], object], new_cache: Calla
     return sorted(eager)[len(eager) // 2], sorted(comp)[len(comp) // 2]
 
 
+def _lost(timing) -> bool:
+    """Whether a remembered bucket timing ({"eager_ms", "compiled_ms"}) says the graph was not faster."""
+    try:
+        return float(timing["eager_ms"]) < float(timing["compiled_ms"]) * MIN_GAIN
+    except (KeyError, TypeError, ValueError):
+        return False  # unreadable: compile it again when asked for
+
+
 def release_compiler_memory() -> None:
     """After a compilation and its timings: collect the compiler's cyclic garbage (dynamo and inductor
     leave reference cycles that Python's generational collector may not reach for a long time) and hand
@@ -228,7 +240,9 @@ class AutoCompile:
         self.record: dict = {}
         self.done = threading.Event()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a bucket was asked for, or stop
         self._compiled_buckets: set[int] = set()
+        self._failed_buckets: set[int] = set()  # their compile failed: eager until the next start
         compiled.prepare_only = True
         self._thread = threading.Thread(target=self._run, name="hoster-compile", daemon=True)
 
@@ -239,6 +253,7 @@ class AutoCompile:
     def stop(self) -> None:
         """The hoster shuts down: no more re-timing (a compilation under way ends on its own)."""
         self._stop.set()
+        self._wake.set()
 
     @property
     def settled(self) -> bool:
@@ -254,7 +269,7 @@ class AutoCompile:
             self.record = {"compile_s": round(seconds, 1)}
             self._time_decode()
             if self.compiled.ready and buckets_enabled():
-                self._buckets(cached.get("buckets") if cached.get("buckets_quiet") else None)
+                self._prepare_buckets(cached)
         except Exception as e:  # a compiler failure must never take the hoster down: stay eager
             self.compiled.ready = False
             self.record = {"path": "eager", "error": repr(e)[:200]}
@@ -267,7 +282,7 @@ class AutoCompile:
         self.done.set()  # the hoster now announces its path (Backend.decode_path: "compiling" until here)
         if self.on_done is not None:
             self.on_done(self.record)
-        self._retime()
+        self._serve_later()
 
     def _time_decode(self) -> None:
         """Time both one-session paths and serve the faster; the record says how busy the machine was."""
@@ -285,29 +300,86 @@ class AutoCompile:
         event(log, "decode_path_chosen", blocks=f"{span.start}:{span.end}",
               **{k: v for k, v in self.record.items() if k != "bucket_timings"})
 
-    def _retime(self) -> None:
-        """Time a choice made under load again after a pause, once the hoster is idle (no open session:
-        timing competes with serving and holds the compiled steps off meanwhile); stop at a quiet timing."""
-        for delay in RETIME_DELAYS:
-            if self.settled or self._stop.wait(delay):
-                return
-            while not self.idle():
-                if self._stop.wait(IDLE_POLL):
-                    return
-            was = (self.path, sorted(self.batches.ready) if self.batches else [])
-            try:
-                self._time_decode()
-                if self.compiled.ready and buckets_enabled():
-                    self._buckets(None)
-            except Exception as e:  # keep serving what was chosen; the next start times it again
-                event(log, "compile_retime_failed", level=logging.WARNING, error=repr(e)[:200])
-                return
-            self._save()
-            release_compiler_memory()
-            event(log, "decode_path_retimed", path=self.path, quiet=self.record.get("quiet"),
-                  others_load=self.record.get("others_load"))
-            if self.on_done is not None and was != (self.path, sorted(self.batches.ready) if self.batches else []):
-                self.on_done(self.record)
+    def _serve_later(self) -> None:
+        """After the first choice: compile the batched buckets asked for (hoster.compiled_batch: after
+        DEMAND_STEPS eager batched steps of a bucket's size), and time a choice made under load again
+        after each of RETIME_DELAYS, once the hoster is idle (no open session: timing competes with
+        serving and holds the compiled steps off meanwhile) until a quiet timing settles it."""
+        delays = list(RETIME_DELAYS)
+        due = time.monotonic() + delays.pop(0) if delays and not self.settled else None
+        while not self._stop.is_set():
+            self._wake.clear()  # a bucket asked for from here on wakes the wait below
+            wanted = (sorted(self.batches.requested - self._compiled_buckets - self._failed_buckets)
+                      if self.batches is not None else [])
+            if wanted and self.compiled.ready:
+                if not self._changed(lambda wanted=wanted: self._buckets(wanted), "batch_buckets_compiled"):
+                    self._failed_buckets.update(wanted)  # never a loop of failing compilations
+                continue
+            if due is not None and time.monotonic() >= due:
+                if self.settled:
+                    due = None
+                elif not self.idle():
+                    due = time.monotonic() + IDLE_POLL
+                elif not self._changed(self._retime_once, "decode_path_retimed"):
+                    return  # keep serving what was chosen; the next start times it again
+                else:
+                    due = time.monotonic() + delays.pop(0) if delays and not self.settled else None
+                continue
+            if due is None and not self._may_want():
+                return  # nothing left to time or to compile
+            self._wake.wait(None if due is None else max(0.0, due - time.monotonic()))
+
+    def bucket_states(self) -> dict[int, str]:
+        """Each batched bucket's state, for metrics and benchmarks: `served` (its graph won), `slower`
+        (timed, or remembered, as not faster), `compiling` (asked for, not timed yet), `failed` (its compile
+        failed: eager until the next start), `eager` (not asked for: fewer than DEMAND_STEPS batched steps
+        of its size so far), `off` (no graphs for batches here)."""
+        from hoster.compiled_batch import BUCKETS  # deferred: light, but only metrics ask
+
+        batches = self.batches
+        out = {}
+        for b in BUCKETS:
+            if batches is None:
+                out[b] = "off" if self.done.is_set() else "eager"
+            elif b in batches.ready:
+                out[b] = "served"
+            elif b in batches.skip or b in self._compiled_buckets:
+                out[b] = "slower"  # compiled and timed, and not served
+            elif b in self._failed_buckets:
+                out[b] = "failed"
+            elif b in batches.requested:
+                out[b] = "compiling"
+            else:
+                out[b] = "eager"
+        return out
+
+    def _may_want(self) -> bool:
+        """Whether a bucket may still be asked for (not compiled, not known slower, decode compiled)."""
+        from hoster.compiled_batch import BUCKETS  # deferred: only once decode compiled
+
+        return (self.batches is not None and self.compiled.ready
+                and bool(set(BUCKETS) - self._compiled_buckets - self.batches.skip))
+
+    def _retime_once(self) -> None:
+        self._time_decode()
+        if self.compiled.ready and self._compiled_buckets:
+            self._buckets(sorted(self._compiled_buckets))
+
+    def _changed(self, work: Callable[[], None], what: str) -> bool:
+        """Run `work` (a timing or a compilation), save the record, tell the hoster if what it serves changed."""
+        was = (self.path, sorted(self.batches.ready) if self.batches else [])
+        try:
+            work()
+        except Exception as e:
+            event(log, "compile_retime_failed", level=logging.WARNING, what=what, error=repr(e)[:200])
+            return False
+        self._save()
+        release_compiler_memory()
+        event(log, what, path=self.path, quiet=self.record.get("quiet"), others_load=self.record.get("others_load"),
+              buckets=",".join(map(str, self.record.get("buckets") or [])) or "none")
+        if self.on_done is not None and was != (self.path, sorted(self.batches.ready) if self.batches else []):
+            self.on_done(self.record)
+        return True
 
     def _save(self) -> None:
         try:
@@ -316,19 +388,29 @@ class AutoCompile:
         except OSError as e:
             event(log, "compile_choice_not_saved", level=logging.WARNING, error=repr(e)[:200])
 
-    def _buckets(self, cached: list | None) -> None:
-        """Compile (once) and time the batched buckets (hoster.compiled_batch); serve those measured faster.
-        A bucket measured slower on a quiet earlier start of this shape is not compiled again."""
-        from hoster.compiled_batch import BUCKETS, CompiledBatches  # deferred: only once decode compiled
+    def _prepare_buckets(self, cached: dict) -> None:
+        """The one-session graph won: batched steps may take bucket graphs, each compiled on demand
+        (hoster.compiled_batch.DEMAND_STEPS). A bucket measured slower on a quiet earlier start of this
+        shape is never compiled again."""
+        from hoster.compiled_batch import CompiledBatches  # deferred: only once decode compiled
 
+        batches = CompiledBatches(self.compiled)
+        batches.on_demand = lambda bucket: self._wake.set()
+        self.record.update(buckets=[], buckets_quiet=True)
+        timings = cached.get("bucket_timings") if cached.get("buckets_quiet") else None
+        if isinstance(timings, dict):  # what a quiet start measured stays known (and saved)
+            batches.skip = {int(b) for b, t in timings.items() if str(b).isdigit() and _lost(t)}
+            self.record["bucket_timings"] = timings
+        self.batches = batches  # from here on the compute thread counts batched steps for it
+
+    def _buckets(self, buckets: list[int]) -> None:
+        """Compile (once) and time `buckets` (hoster.compiled_batch); serve those measured faster."""
+        batches = self.batches
+        won, timings = set(self.record.get("buckets") or []), dict(self.record.get("bucket_timings") or {})
+        bucket = None
         try:
-            if self.batches is None:
-                self.batches = CompiledBatches(self.compiled)
-            batches, won, timings = self.batches, [], {}
             before = cpu_contention.sample()
-            for bucket in BUCKETS:
-                if isinstance(cached, list) and bucket not in cached:
-                    continue
+            for bucket in buckets:
                 with compiling():  # the compute thread's compiled steps run eagerly meanwhile (COMPILE_LOCK)
                     seconds = 0.0 if bucket in self._compiled_buckets else batches.warm_up(bucket)
                     self._compiled_buckets.add(bucket)
@@ -336,17 +418,20 @@ class AutoCompile:
                 timings[str(bucket)] = {"eager_ms": round(eager * 1e3, 3), "compiled_ms": round(comp * 1e3, 3),
                                         "compile_s": round(seconds, 1)}
                 if eager >= comp * MIN_GAIN:
-                    won.append(bucket)
+                    won.add(bucket)
                     batches.ready.add(bucket)
                 else:
+                    won.discard(bucket)
                     batches.ready.discard(bucket)
             load = cpu_contention.others_load(before, cpu_contention.sample())  # compiling is this process's own
-            self.record.update(buckets=won, bucket_timings=timings,
+            self.record.update(buckets=sorted(won), bucket_timings=timings,
                                buckets_quiet=load <= cpu_contention.MAX_OTHER_LOAD)
             self.record.pop("bucket_error", None)
-            event(log, "batch_buckets_chosen", buckets=",".join(map(str, won)) or "none",
-                  quiet=self.record["buckets_quiet"])
+            event(log, "batch_buckets_chosen", buckets=",".join(map(str, sorted(won))) or "none",
+                  timed=",".join(map(str, buckets)), quiet=self.record["buckets_quiet"])
         except Exception as e:  # batched steps stay eager; not remembered as "no bucket wins": the next start retries
+            if bucket is not None and bucket not in self._compiled_buckets:
+                self._failed_buckets.add(bucket)
             self.record["bucket_error"] = repr(e)[:200]
             self.record["buckets_quiet"] = False
             event(log, "compile_failed", level=logging.WARNING, what="batch buckets", error=repr(e)[:200])

@@ -13,6 +13,11 @@ of session lengths.
 Served: one-position steps of 2-8 one-row sessions over the whole span, full attention only
 (no mask), no adapters, every session at length >= 2 with a spare position. Anything else,
 or a step whose guards fail, runs eagerly (never compiles on the compute thread).
+
+A bucket is compiled on demand: once DEMAND_STEPS eager batched steps of its size were served
+(`note_eager`), hoster.compile_auto compiles and times it on its own thread. Each bucket graph
+costs memory for the life of the process (12 blocks of model b: +47 / +56 / +108 MB for buckets
+2 / 4 / 8), so a hoster that never batches never pays for one.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -31,6 +37,7 @@ from subnet.model.blocks import layer_type
 log = logging.getLogger(__name__)
 
 BUCKETS = (2, 4, 8)
+DEMAND_STEPS = 16  # eager batched steps of a bucket's size before that bucket is compiled (hoster.compile_auto)
 SCRATCH_LENGTH = 4  # where the padding sessions' K/V is written every step
 MAX_FALLBACKS = 8
 
@@ -52,6 +59,12 @@ class CompiledBatches:
             kv.length = SCRATCH_LENGTH
         self.ready: set[int] = set()
         self.steps = self.fallbacks = self.busy = 0
+        # compiled on demand (hoster.compile_auto): eager batched steps seen per bucket, buckets asked for,
+        # buckets not to ask for (measured slower on a quiet start of this shape)
+        self.demand: dict[int, int] = {}
+        self.requested: set[int] = set()
+        self.skip: set[int] = set()
+        self.on_demand: Callable[[int], None] | None = None
 
     def _new_kv(self, max_length: int) -> SessionKV:
         s = self.span
@@ -59,8 +72,24 @@ class CompiledBatches:
 
     def serves(self, batch: list) -> bool:
         """Whether a batch of tasks (hoster.backend._Task) takes a compiled bucket."""
+        return bucket_of(len(batch)) in self.ready and self.fits(batch)
+
+    def note_eager(self, batch: list) -> None:
+        """A batched step ran eagerly: count it for its bucket if a graph could serve it. The bucket is
+        asked for (`on_demand(bucket)`, hoster.compile_auto) after DEMAND_STEPS such steps, unless it is
+        compiled already or measured slower (`skip`)."""
         b = bucket_of(len(batch))
-        return (b in self.ready and self.full_attention and batch[0].hidden.shape[1] == 1
+        if b is None or b in self.ready or b in self.skip or b in self.requested or not self.fits(batch):
+            return
+        self.demand[b] = self.demand.get(b, 0) + 1
+        if self.demand[b] >= DEMAND_STEPS:
+            self.requested.add(b)
+            if self.on_demand is not None:
+                self.on_demand(b)
+
+    def fits(self, batch: list) -> bool:
+        """Whether a batch has the shape a bucket graph serves (whether or not that bucket is compiled)."""
+        return (bucket_of(len(batch)) is not None and self.full_attention and batch[0].hidden.shape[1] == 1
                 and batch[0].start == self.span.start and batch[0].end == self.span.end
                 and all(t.hidden.shape[0] == 1 and t.session.cache.batch_size == 1 and not t.session.adapter
                         and getattr(t.session, "fork", None) is None and 2 <= t.position == t.session.cache.length

@@ -16,6 +16,8 @@ Names follow Prometheus conventions (`mesh_hoster_*`, `_total`, `_seconds`, `_by
     mesh_hoster_forward_queue_depth (when the compute queue has a separate forward lane),
     mesh_hoster_blocks_served, mesh_hoster_throughput_tokens_per_second, mesh_hoster_state{state},
     mesh_hoster_decode_path{path}, mesh_hoster_info{model,peer_id,start,end}, mesh_hoster_batched_steps_total,
+    mesh_hoster_batch_bucket{bucket,state}  (auto compile mode) each batched bucket: served | slower |
+        compiling | failed | eager (not asked for yet) | off (compiled on demand: hoster/compile_auto.py),
     mesh_hoster_push_rejected_total, mesh_hoster_positions_computed_total,
     mesh_hoster_decode_rounds_total{sessions}  one-position step rounds by the sessions batched in them,
     mesh_hoster_compiled_steps_total{graph,outcome}  graph: one_session | bucket; outcome: compiled (served
@@ -102,6 +104,15 @@ class _HosterState(Collector):
         for p in ("eager", "compiling", "compiled"):
             path.add_metric([p], 1 if getattr(backend, "decode_path", "eager") == p else 0)
         yield path
+        auto = getattr(backend, "auto", None)
+        if auto is not None:  # batched buckets, compiled on demand (hoster/compile_auto.py)
+            buckets = GaugeMetricFamily("mesh_hoster_batch_bucket", "1 for each batched bucket's state: served, "
+                                        "slower, compiling, failed, eager (not asked for yet), off",
+                                        labels=["bucket", "state"])
+            for bucket, state in auto.bucket_states().items():
+                for st in ("served", "slower", "compiling", "failed", "eager", "off"):
+                    buckets.add_metric([str(bucket), st], 1 if state == st else 0)
+            yield buckets
         kv_bytes = 0
         for s in sessions:
             try:

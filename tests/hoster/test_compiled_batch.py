@@ -1,7 +1,7 @@
 """Batched decode steps through compiled bucket graphs (hoster/compiled_batch.py), on by default in
-auto mode: equal to the eager batched step (padding included), never overlapping a compilation on
-another thread (torch's compile stance is process-wide: hoster.compiled.COMPILE_LOCK), and a failed
-bucket compile is not remembered as "no bucket wins".
+auto mode and compiled on demand: equal to the eager batched step (padding included), never
+overlapping a compilation on another thread (torch's compile stance is process-wide:
+hoster.compiled.COMPILE_LOCK), and a failed bucket compile is not remembered as "no bucket wins".
 
 Two blocks of the tiny Llama: the same graphs as a whole span at a fraction of inductor's time.
 """
@@ -144,10 +144,12 @@ def test_spans_carry_no_hub_kernel_wrappers(span):
     assert unwrap_hub_kernel_forwards(span) == len(wrapped)  # idempotent
 
 
-def test_buckets_are_on_by_default_and_a_failed_compile_is_not_remembered(tiny_llama, tmp_path, monkeypatch):
-    """Auto mode compiles and times the batched buckets after the one-session graph wins (no flag),
-    and the hoster says `compiling` until they are done; a bucket compile that fails leaves batched
-    steps eager and the next start tries again; the switch takes on/off and refuses anything else."""
+def test_buckets_compile_on_demand_and_a_failed_compile_is_not_remembered(tiny_llama, tmp_path, monkeypatch):
+    """Auto mode (no flag) serves the one-session graph and announces its path without compiling any
+    bucket; a bucket is compiled and timed once DEMAND_STEPS eager batched steps of its size were
+    served, then batched steps take it. A bucket measured slower on a quiet start is never asked for
+    again; a bucket compile that fails leaves batched steps eager and is not remembered; the switch
+    takes on/off and refuses anything else."""
     monkeypatch.delenv(compile_auto.ENV_BUCKETS, raising=False)
     monkeypatch.setattr(compile_auto, "MIN_GAIN", 0.0)  # the tiny model: the choice itself is tested elsewhere
     monkeypatch.setattr(compiled_batch, "BUCKETS", (2,))  # one bucket is enough to see the mechanism
@@ -167,23 +169,50 @@ def test_buckets_are_on_by_default_and_a_failed_compile_is_not_remembered(tiny_l
         choices = Choices(tmp_path)
         key = shape_key(span.config, 0, END, span.dtype)
         job = auto.start_auto_compile(key, choices)
-        assert bucket_started.wait(900), job.record
-        # the one-session graph already serves, but the announced path waits for the whole job
-        assert auto.compiled.ready and auto.decode_path == "compiling"
-        release.set()
         assert job.done.wait(900) and job.record["path"] == "compiled", job.record
-        assert auto.decode_path == "compiled"
+        assert auto.decode_path == "compiled" and job.record["buckets"] == [] and not job.batches.ready
+        assert job.bucket_states() == {2: "eager"}
+        sessions = _sessions(auto, [5, 7])
+
+        def batched_step(i: int) -> None:
+            step_batched(span, _tasks(sessions, [seeded(1, 1, 64, seed=100 + 2 * i + j) for j in range(2)]),
+                         job.batches)
+
+        for i in range(compiled_batch.DEMAND_STEPS - 1):
+            batched_step(i)
+        time.sleep(0.5)
+        assert not bucket_started.is_set() and job.batches.demand == {2: compiled_batch.DEMAND_STEPS - 1}
+        batched_step(99)  # the DEMAND_STEPS-th eager batched step of 2 sessions asks for bucket 2
+        assert bucket_started.wait(300), job.record
+        assert auto.decode_path == "compiled"  # the announced path never waits for a bucket
+        assert job.bucket_states() == {2: "compiling"}
+        release.set()
+        deadline = time.monotonic() + 900
+        while job.record.get("buckets") != [2] and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert job.record["buckets"] == [2] and job.batches.ready == {2}, job.record
         assert choices.get(key)["buckets"] == [2]
+        batched_step(100)
+        assert job.batches.steps == 1 and job.bucket_states() == {2: "served"}  # now the graph serves it
+
+        monkeypatch.setattr(compile_auto, "MIN_GAIN", 1.03)
+        job.record["bucket_timings"]["2"] = {"eager_ms": 1.0, "compiled_ms": 2.0}  # as if slower, measured quietly
+        job._prepare_buckets(dict(job.record, buckets=[], buckets_quiet=True))
+        assert job.batches.skip == {2} and job.bucket_states() == {2: "slower"}
+        for i in range(compiled_batch.DEMAND_STEPS + 1):
+            job.batches.note_eager(_tasks(sessions, [seeded(1, 1, 64, seed=i)] * 2))
+        assert not job.batches.requested and not job.batches.demand
 
         def broken(self, bucket):
             raise RuntimeError("inductor fell over")
 
         monkeypatch.setattr(CompiledBatches, "warm_up", broken)
-        job.record = {"path": "compiled"}
+        job.record = {"path": "compiled", "buckets": []}
         job._compiled_buckets.clear()  # as on a new start: compile the bucket again
-        job._buckets(None)
-        assert "buckets" not in job.record and "inductor fell over" in job.record["bucket_error"]
+        job._buckets([2])
+        assert job.record["buckets"] == [] and "inductor fell over" in job.record["bucket_error"]
+        job.batches.skip.clear()
+        assert job.bucket_states() == {2: "failed"}
         for off in ("0", "off", "False"):
             monkeypatch.setenv(compile_auto.ENV_BUCKETS, off)
             assert not compile_auto.buckets_enabled()

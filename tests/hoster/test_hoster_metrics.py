@@ -94,7 +94,8 @@ def test_step_path_metrics_say_how_decode_steps_ran():
 
     one = SimpleNamespace(steps=40, busy=3, fallbacks=1)
     backend = SimpleNamespace(start=0, end=8, decode_rounds=Counter({1: 5, 8: 12}), compiled=one,
-                              auto=SimpleNamespace(batches=SimpleNamespace(steps=9, busy=2, fallbacks=0)))
+                              auto=SimpleNamespace(batches=SimpleNamespace(steps=9, busy=2, fallbacks=0),
+                                                   bucket_states=lambda: {2: "served", 4: "compiling", 8: "eager"}))
     registry = CollectorRegistry()
     registry.register(_HosterState(SimpleNamespace(backend=backend, model_uid="m", peer_id="p")))
     samples = parse_samples(generate_latest(registry).decode())
@@ -103,6 +104,9 @@ def test_step_path_metrics_say_how_decode_steps_ran():
     assert value(samples, "mesh_hoster_compiled_steps_total", graph="one_session", outcome="compiled") == 40
     assert value(samples, "mesh_hoster_compiled_steps_total", graph="one_session", outcome="busy") == 3
     assert value(samples, "mesh_hoster_compiled_steps_total", graph="bucket", outcome="compiled") == 9
+    assert value(samples, "mesh_hoster_batch_bucket", bucket="4", state="compiling") == 1
+    assert value(samples, "mesh_hoster_batch_bucket", bucket="4", state="served") == 0
+    assert value(samples, "mesh_hoster_batch_bucket", bucket="2", state="served") == 1
     backend.auto = None  # eager hoster: no bucket samples
     samples = parse_samples(generate_latest(registry).decode())
     assert not any(name == "mesh_hoster_compiled_steps_total" and ("graph", "bucket") in labels
