@@ -193,9 +193,14 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
             conc: dict[str, dict[int, list[float]]] = {name: {1: [], sessions: []} for name in conc_rows}
             step_paths: dict[str, dict[str, Counter]] = {}  # row -> hoster -> metric deltas over the N-session rounds
             for k in conc_rows.values():  # warm-up of the concurrent path; the hosters compile the
-                # batched buckets it asks for (on demand: hoster/compile_auto.py) before anything is timed
-                run_round(clients[k], fresh(prompt_len, sessions), DEMAND_STEPS + 8)
-                states = wait_buckets({h: procs.metrics_urls[h] for h in chain_hosters[k]})
+                # batched buckets it asks for (on demand: hoster/compile_auto.py) before anything is timed:
+                # rounds until a round asks for no new bucket (the steady state of a hoster under this load)
+                states = None
+                for _ in range(4):
+                    run_round(clients[k], fresh(prompt_len, sessions), DEMAND_STEPS + 8)
+                    before, states = states, wait_buckets({h: procs.metrics_urls[h] for h in chain_hosters[k]})
+                    if states == before:
+                        break
                 shown = (f"{h}: " + ", ".join(f"{b} {st}" for b, st in sorted(s.items())) for h, s in states.items())
                 print(f"{k} hoster(s), batched buckets after the warm-up: " + "; ".join(shown))
             for i in range(runs):

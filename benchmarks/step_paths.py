@@ -116,8 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         for m in models.values():  # warm-up (sessions, routes)
             one(m)
         for (config, k), m in models.items():  # the batched buckets these rounds ask for (compiled on demand)
-            run_round(m, prompts, DEMAND_STEPS + 8)
-            print(f"{k} hoster(s), {config}: buckets {wait_buckets(procs[(config, k)].metrics_urls)}", flush=True)
+            states = None
+            for _ in range(4):  # until a round asks for no new bucket
+                run_round(m, prompts, DEMAND_STEPS + 8)
+                before, states = states, wait_buckets(procs[(config, k)].metrics_urls)
+                if states == before:
+                    break
+            print(f"{k} hoster(s), {config}: buckets {states}", flush=True)
         local_gen()
         for r in range(args.rounds):
             times.setdefault("local transformers generate", []).append(n / local_gen())

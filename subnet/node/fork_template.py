@@ -171,6 +171,18 @@ def serve(ctl: socket.socket, preload_failures: Sequence[str] = ()) -> None:
         _reap(status_fds)
 
 
+def _checked(request) -> dict:
+    """A request's shape, checked before anything forks: module, args, env (str -> str) and cwd."""
+    def strs(xs) -> bool:
+        return isinstance(xs, list) and all(isinstance(x, str) for x in xs)
+
+    if not (isinstance(request, dict) and isinstance(request.get("module"), str) and strs(request.get("args"))
+            and isinstance(request.get("cwd"), str) and isinstance(request.get("env"), dict)
+            and strs(list(request["env"])) and strs(list(request["env"].values()))):
+        raise ValueError("a request is {module: str, args: [str], env: {str: str}, cwd: str}")
+    return request
+
+
 def _fork_one(ctl: socket.socket, data: bytes, fds: list[int], status_fds: dict[int, int],
               own_fds: list[int]) -> None:
     if len(fds) != 2:
@@ -180,7 +192,7 @@ def _fork_one(ctl: socket.socket, data: bytes, fds: list[int], status_fds: dict[
         return
     out_fd, status_fd = fds
     try:
-        request = json.loads(data)
+        request = _checked(json.loads(data))
         pid = os.fork()
     except Exception as e:
         os.close(out_fd)

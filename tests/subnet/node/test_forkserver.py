@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -90,6 +91,22 @@ def test_a_different_import_time_environment_gets_its_own_template():
     r1, _ = _report(_spawn("report", env=one))
     r2, _ = _report(_spawn("report", env=two))
     assert (r1["threads"], r2["threads"]) == (1, 2)
+
+
+def test_a_malformed_request_is_refused_without_forking():
+    template = forkserver.template_for(_env())
+    r, w = os.pipe()
+    s_r, s_w = os.pipe()
+    try:
+        with template._lock:
+            socket.send_fds(template._sock, [json.dumps({"module": "x", "args": [1], "env": {}, "cwd": "/"}).encode()],
+                            [w, s_w])
+            reply = json.loads(template._sock.recv(4096))
+    finally:
+        for fd in (r, w, s_r, s_w):
+            os.close(fd)
+    assert "pid" not in reply and "a request is" in reply["error"]
+    assert _spawn("exit", "0").wait(60) == 0  # the template still serves
 
 
 def test_exit_statuses_are_those_of_a_fresh_interpreter():
