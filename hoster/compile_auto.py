@@ -229,7 +229,8 @@ class AutoCompile:
 
     A timing taken while other processes kept the cores busy (hoster.cpu_contention) decides what is
     served for now but is not final: it is timed again after each of RETIME_DELAYS (once no session
-    is open) until a quiet timing settles it, and a choice never timed quietly is timed again at the next start."""
+    is open) until a quiet timing settles it, and a choice never timed quietly is timed again at the next start.
+    The same thread compiles and times each batched bucket once it is asked for (`_serve_later`)."""
 
     def __init__(self, compiled, key: str, choices: Choices, new_kv, new_cache,
                  on_done: Callable[[dict], None] | None = None, idle: Callable[[], bool] = lambda: True):
