@@ -40,17 +40,19 @@ class ManagedProcess:
         self._log = open(self.log_path, "a", buffering=1) if self.log_path else None
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         module = forkserver.module_of(self.argv)
-        template = None
+        proc: subprocess.Popen | forkserver.ForkedProcess | None = None
         if module is not None and (forkserver.enabled() if fork is None else fork):
             template = forkserver.template_for(full_env)
-        if template is not None:
-            # forked from a template that already imported torch & co. (subnet.node.forkserver); also a new session
-            self.proc: subprocess.Popen | forkserver.ForkedProcess = template.spawn(*module, env=full_env)
-        else:
-            self.proc = subprocess.Popen(
+            try:  # forked from a template that imported torch & co. once (subnet.node.forkserver); a new session
+                proc = template.spawn(*module, env=full_env) if template is not None else None
+            except OSError:  # the template died under us: start this one fresh (the next request restarts it)
+                proc = None
+        if proc is None:
+            proc = subprocess.Popen(
                 self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env,
                 start_new_session=True,  # Ctrl-C in the parent's terminal is handled by the parent
             )
+        self.proc: subprocess.Popen | forkserver.ForkedProcess = proc
         self._reader = threading.Thread(target=self._pump, name=f"{name}-stdout", daemon=True)
         self._reader.start()
 

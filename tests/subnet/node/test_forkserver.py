@@ -158,6 +158,28 @@ def test_idle_templates_make_room_and_busy_ones_stay(monkeypatch):
     assert report["env"]["LANG"] == "C.UTF-8"
 
 
+def test_a_dead_template_is_replaced_and_a_failed_fork_starts_a_fresh_process(tmp_path, monkeypatch):
+    env = _env(LC_ALL="C")  # a template of its own
+    template = forkserver.template_for(env)
+    template.proc.kill()
+    template.proc.wait(30)
+    argv = python_module_argv(CHILD, "sleep")
+    forked = ManagedProcess("a", argv, log_path=tmp_path / "a.log", env=env, ready_prefix="sleeping", fork=True)
+
+    def broken(*args, **kwargs):
+        raise BrokenPipeError("the template died under us")
+
+    monkeypatch.setattr(forkserver.Template, "spawn", broken)
+    fresh = ManagedProcess("b", argv, log_path=tmp_path / "b.log", env=env, ready_prefix="sleeping", fork=True)
+    try:
+        assert forked.wait_ready(60) == fresh.wait_ready(60) == "sleeping"
+        assert isinstance(forked.proc, forkserver.ForkedProcess)  # from a new template
+        assert forkserver.template_for(env) is not template
+        assert isinstance(fresh.proc, subprocess.Popen)
+    finally:
+        forked.stop(), fresh.stop()
+
+
 def test_a_child_outlives_its_template_and_is_still_waited_for():
     env = _env(FORK_TEST_TEMPLATE="own")  # not an import-time variable: same template as others
     env["LC_CTYPE"] = "C.UTF-8" if os.environ.get("LC_CTYPE") != "C.UTF-8" else "C"  # its own template
