@@ -63,6 +63,8 @@ def enabled(default: bool = False) -> bool:
         return True
     if raw in ("0", "off", "false"):
         return False
+    if raw:  # a typo must not silently pick the default
+        raise ValueError(f"{ENV_SWITCH}={raw!r}: use 1/on/true or 0/off/false")
     return default
 
 

@@ -52,6 +52,9 @@ def test_the_switch_overrides_each_callers_default(monkeypatch):
     assert not forkserver.enabled(default=True)
     monkeypatch.setenv(forkserver.ENV_SWITCH, "on")
     assert forkserver.enabled()
+    monkeypatch.setenv(forkserver.ENV_SWITCH, "yes")
+    with pytest.raises(ValueError, match="MESH_NODE_FORKSERVER='yes'"):
+        forkserver.enabled()
 
 
 def test_a_forked_child_is_its_own_process_with_the_requested_env_cwd_and_output(tmp_path):
