@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,6 +86,11 @@ class NodeDHT(hivemind.DHT):
         super().__init__(*args, **kwargs)
 
     def run(self) -> None:  # in the DHT process
+        # Forked after the node installed its stop handler: with it, a SIGTERM sent to the whole group
+        # (`timeout`, a service manager) only set an event in this process's copy of the node, and the
+        # DHT's own `terminate()` was swallowed too, so the node hung at exit joining this process.
+        # SIGINT (a terminal's Ctrl-C) hivemind already ignores here: the node shuts the DHT down.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         lifetime.p2pd_dies_with_its_parent(self._spawned_daemons)
         lifetime.watch_parent(self._owner_pid, self._on_owner_exit)
         _static_relays_only()

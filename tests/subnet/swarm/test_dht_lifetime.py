@@ -7,6 +7,7 @@ polls a condition.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing.util
 import os
 import shutil
@@ -249,12 +250,13 @@ def test_clean_shutdown_stops_dht_and_p2pd():
 class NodeProcess:
     """`python -m hoster` with a generated key and a private TMPDIR."""
 
-    def __init__(self, model: str, tmpdir: Path, timeout: float = 120.0):
+    def __init__(self, model: str, tmpdir: Path, timeout: float = 120.0, new_session: bool = False):
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", TMPDIR=str(tmpdir))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hoster", "--no-progress", "--model", model, "--blocks", "0:2",
              "--cache-tokens", "64"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=new_session,
         )  # fmt: skip
         self.stderr: list[str] = []
         threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
@@ -307,3 +309,28 @@ def test_clean_stop_leaves_no_identity_and_no_children(tiny_llama, short_tmp):
         assert "announcement_withdrawn" in "".join(node.stderr)  # the clean path still withdraws
     finally:
         node.reap_leftovers()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_whole_process_group_stops_the_node(tiny_llama, short_tmp, sig):
+    """What `timeout`, a service manager's group stop and a terminal's Ctrl-C do: the signal reaches
+    the node, its DHT process and p2pd at once. The DHT process is forked after the node installed
+    its stop handler; had it kept that handler, SIGTERM would only set an event in the DHT's copy of
+    the node, the DHT's `terminate()` would be swallowed too, and the node hung at exit joining it."""
+    node = NodeProcess(tiny_llama, short_tmp, new_session=True)
+    try:
+        os.killpg(node.proc.pid, sig)
+        try:
+            code = node.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the node did not exit after a group {sig.name}: "
+                                 + "".join(node.stderr[-20:])) from None
+        assert code == 0, "".join(node.stderr[-30:])
+        wait_for(lambda: not alive(node.dht_pid) and not any(alive(p) for p in node.p2pd), 10,
+                 f"the DHT process and p2pd to exit after a group {sig.name}")  # fmt: skip
+        assert not list(short_tmp.glob(IDENTITY_GLOB)), "the key copy outlived the node"
+    finally:
+        node.reap_leftovers()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(node.proc.pid, signal.SIGKILL)
