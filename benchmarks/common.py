@@ -139,6 +139,20 @@ def wait_buckets(metrics_urls: dict[str, str], timeout: float = 900.0) -> dict[s
         time.sleep(1.0)
 
 
+def warm_buckets(run_round: Callable[[], object], metrics_urls: dict[str, str],
+                 max_rounds: int = 4) -> dict[str, dict[str, str]]:
+    """Run `run_round` (concurrent sessions of the load to be timed) until a round asks the hosters
+    for no new batched bucket, waiting out each round's compiles: the steady state of a hoster under
+    this load, so nothing compiles in the middle of a measurement. Hoster -> bucket -> state."""
+    states = None
+    for _ in range(max_rounds):
+        run_round()
+        before, states = states, wait_buckets(metrics_urls)
+        if states == before:
+            break
+    return states
+
+
 class HosterProcs:
     """Real `python -m hoster` processes on 127.0.0.1; the first one bootstraps the DHT."""
 

@@ -72,8 +72,8 @@ from benchmarks.common import (  # noqa: E402
     median,
     save_results,
     scrape_metrics,
-    wait_buckets,
     wait_decode_paths,
+    warm_buckets,
 )
 from benchmarks.concurrency import run_round  # noqa: E402
 from benchmarks.lean_local import LeanLocal  # noqa: E402
@@ -195,12 +195,8 @@ def bench_model(key: str, *, new_tokens: list[int], prompt_len: int, ttft_prompt
             for k in conc_rows.values():  # warm-up of the concurrent path; the hosters compile the
                 # batched buckets it asks for (on demand: hoster/compile_auto.py) before anything is timed:
                 # rounds until a round asks for no new bucket (the steady state of a hoster under this load)
-                states = None
-                for _ in range(4):
-                    run_round(clients[k], fresh(prompt_len, sessions), DEMAND_STEPS + 8)
-                    before, states = states, wait_buckets({h: procs.metrics_urls[h] for h in chain_hosters[k]})
-                    if states == before:
-                        break
+                states = warm_buckets(lambda k=k: run_round(clients[k], fresh(prompt_len, sessions), DEMAND_STEPS + 8),
+                                      {h: procs.metrics_urls[h] for h in chain_hosters[k]})
                 shown = (f"{h}: " + ", ".join(f"{b} {st}" for b, st in sorted(s.items())) for h, s in states.items())
                 print(f"{k} hoster(s), batched buckets after the warm-up: " + "; ".join(shown))
             for i in range(runs):

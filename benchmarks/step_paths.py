@@ -36,7 +36,7 @@ from benchmarks.common import (  # noqa: E402
     load_avg,
     median,
     save_results,
-    wait_buckets,
+    warm_buckets,
 )
 from benchmarks.concurrency import run_round  # noqa: E402
 from hoster.compiled_batch import DEMAND_STEPS  # noqa: E402
@@ -116,12 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in models.values():  # warm-up (sessions, routes)
             one(m)
         for (config, k), m in models.items():  # the batched buckets these rounds ask for (compiled on demand)
-            states = None
-            for _ in range(4):  # until a round asks for no new bucket
-                run_round(m, prompts, DEMAND_STEPS + 8)
-                before, states = states, wait_buckets(procs[(config, k)].metrics_urls)
-                if states == before:
-                    break
+            states = warm_buckets(lambda m=m: run_round(m, prompts, DEMAND_STEPS + 8), procs[(config, k)].metrics_urls)
             print(f"{k} hoster(s), {config}: buckets {states}", flush=True)
         local_gen()
         for r in range(args.rounds):
