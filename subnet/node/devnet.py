@@ -126,6 +126,7 @@ class Devnet:
         if opts.hosters < 1 or opts.validators < 1:
             raise ValueError("a devnet needs at least one hoster and one validator")
         self.opts = opts
+        self.fork = forkserver.enabled(default=True)  # read once, before anything starts: a typo is a one-line error
         self.workdir = Path(opts.workdir or tempfile.mkdtemp(prefix="mesh-devnet-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.chain_proc = None
@@ -282,7 +283,7 @@ class Devnet:
     def _spawn(self, m: _Member) -> None:
         # forked from a template that imported torch & co. once (measured: 3 hosters + validator, 34 -> 12 s of CPU)
         m.proc = ManagedProcess(m.name, m.argv, log_path=self.workdir / f"{m.name}.log",
-                                fork=forkserver.enabled(default=True))
+                                fork=self.fork)
         self._procs.append(m.proc)
         m.ready = False
 

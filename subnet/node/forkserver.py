@@ -42,6 +42,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from subnet.model.process_env import DEFAULTS as THREAD_POOL_DEFAULTS
+from subnet.node.errors import ConfigError
 from subnet.node.fork_template import MAX_READY, MAX_REQUEST
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def enabled(default: bool = False) -> bool:
     if raw in ("0", "off", "false"):
         return False
     if raw:  # a typo must not silently pick the default
-        raise ValueError(f"{ENV_SWITCH}={raw!r}: use 1/on/true or 0/off/false")
+        raise ConfigError(f"{ENV_SWITCH}={raw!r}: use 1/on/true or 0/off/false")
     return default
 
 

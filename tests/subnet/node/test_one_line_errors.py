@@ -137,6 +137,14 @@ def test_a_bad_compile_buckets_switch_is_refused(tiny_llama):
     _assert_one_line_error(r, "MESH_NODE_COMPILE_BUCKETS='maybe'", "off")
 
 
+def test_a_bad_fork_server_switch_stops_the_devnet_before_it_starts(tmp_path):
+    env = {**ENV, "MESH_NODE_FORKSERVER": "yes"}
+    r = subprocess.run([sys.executable, "-m", "subnet.node.cli", "devnet", "--dir", str(tmp_path / "dn")],
+                       capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+    _assert_one_line_error(r, "MESH_NODE_FORKSERVER='yes'", "0/off/false")
+    assert not (tmp_path / "dn").exists()  # refused before the chain or any node started
+
+
 def test_flag_mistakes_are_found_before_torch_and_hivemind_load(tmp_path):
     """The checks that need neither run first, so a typo costs a fraction of a second, not the
     seconds those imports take (subnet/node/node_options.py)."""
