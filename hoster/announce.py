@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 STORE_TIMEOUT = 15.0  # seconds to wait for the DHT to store an announcement
 
 
+class DHTGone(RuntimeError):
+    """The node's DHT process has exited: nothing can be stored any more."""
+
+
 class Announcer:
     """A background thread that stores `payload()` under the model's servers key every `period` s."""
 
@@ -58,13 +62,27 @@ class Announcer:
             # Bounded wait: a dead DHT process would otherwise block shutdown forever.
             future = self.dht.store(servers_key(self.model_uid), seal(self.key, "announce", payload),
                                     expiration_time=expiration, subkey=self.key.peer_id, return_future=True)
-            ok = bool(future.result(timeout=STORE_TIMEOUT))
+            ok = bool(self._result(future))
             if ok:
                 self.last_expiration = expiration
                 self.stored += 1
         if not ok:
             event(log, "announce_not_stored", level=logging.WARNING, state=payload.get("state"))
         return ok
+
+    def _result(self, future) -> object:
+        """The store's result within STORE_TIMEOUT, or DHTGone as soon as the DHT process has died (a
+        signal to the node's whole process group kills it first: waiting out the timeout then only
+        delays the node's exit by 15 s)."""
+        deadline = time.monotonic() + STORE_TIMEOUT
+        while True:
+            try:
+                return future.result(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
+            except TimeoutError:  # concurrent.futures.TimeoutError is this one since 3.11
+                if not self.dht.is_alive():
+                    raise DHTGone("the DHT process has exited") from None
+                if time.monotonic() >= deadline:
+                    raise
 
     def start(self) -> None:
         self.publish()
@@ -95,5 +113,8 @@ class Announcer:
         try:
             self.publish(state="offline", ttl=5.0)
             event(log, "announcement_withdrawn", model=self.model_uid)
+        except DHTGone:
+            event(log, "withdraw_skipped", level=logging.WARNING, reason="dht_process_gone",
+                  expires_in=round(max(0.0, self.last_expiration - get_dht_time()), 1))
         except Exception as e:
             event(log, "withdraw_failed", level=logging.WARNING, error=repr(e))
