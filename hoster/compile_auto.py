@@ -275,7 +275,7 @@ class AutoCompile:
             self.compiled.ready = False
             self.record = {"path": "eager", "error": repr(e)[:200]}
             self.path = "eager"
-            event(log, "compile_failed", level=logging.WARNING, error=repr(e)[:200])
+            self._failed("decode step", e)
         self._save()
         release_compiler_memory()
         event(log, "compile_job_done", path=self.record.get("path"), quiet=self.record.get("quiet"),
@@ -382,6 +382,14 @@ class AutoCompile:
             self.on_done(self.record)
         return True
 
+    def _failed(self, what: str, error: BaseException) -> None:
+        """A compile that failed because the hoster is shutting down (the interpreter's exit refuses
+        the compiler's thread pools) is no operator's concern: INFO, not the WARNING of a real failure."""
+        if self._stop.is_set():
+            event(log, "compile_abandoned", what=what, reason="shutdown", error=repr(error)[:120])
+        else:
+            event(log, "compile_failed", level=logging.WARNING, what=what, error=repr(error)[:200])
+
     def _save(self) -> None:
         try:
             if "error" not in self.record:  # a failed compile is not a measured choice: the next start retries
@@ -435,4 +443,4 @@ class AutoCompile:
                 self._failed_buckets.add(bucket)
             self.record["bucket_error"] = repr(e)[:200]
             self.record["buckets_quiet"] = False
-            event(log, "compile_failed", level=logging.WARNING, what="batch buckets", error=repr(e)[:200])
+            self._failed("batch buckets", e)

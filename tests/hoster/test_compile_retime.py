@@ -175,3 +175,36 @@ def test_every_compile_and_timing_hands_the_freed_memory_back(monkeypatch, tmp_p
     job._thread.join(10)
     assert not job._thread.is_alive() and job.settled
     assert released == [False, True, True]  # before the first announcement, then after each of the 2 re-timings
+
+
+class FailingCompiled(FakeCompiled):
+    """A warm-up that fails the way inductor does when the interpreter's exit began meanwhile."""
+
+    def __init__(self):
+        super().__init__()
+        self.job: AutoCompile | None = None  # set: stop it from inside the warm-up
+
+    def warm_up(self, new_kv, new_cache) -> float:
+        if self.job is not None:
+            self.job.stop()  # the hoster's shutdown arrives during the compile
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+
+@pytest.mark.parametrize("stopping", [True, False], ids=["during-shutdown", "while-serving"])
+def test_a_compile_cut_off_by_shutdown_is_not_reported_as_a_failure(monkeypatch, tmp_path, caplog, stopping):
+    monkeypatch.setenv(compile_auto.ENV_BUCKETS, "0")
+    compiled = FailingCompiled()
+    job = AutoCompile(compiled, "k", Choices(tmp_path), None, None)
+    compiled.job = job if stopping else None
+    with caplog.at_level("INFO", logger="hoster.compile_auto"):
+        job.start()
+        assert job.done.wait(10)
+        job.stop()
+        job._thread.join(10)
+    events = [r.getMessage().split()[0] for r in caplog.records]
+    failures = [r for r in caplog.records if r.levelname == "WARNING"]
+    if stopping:
+        assert "compile_abandoned" in events and not failures, events
+    else:
+        assert "compile_failed" in events and failures, events
+    assert job.path == "eager" and Choices(tmp_path).get("k") is None  # nothing remembered either way
