@@ -40,6 +40,18 @@ class _SpanState:
     stream: InferenceStream | None = None
     open_error: BaseException | None = None  # from the concurrent open in `InferenceSession.open`
     check: SpanCheck = field(default_factory=SpanCheck)  # receipts and checks (subnet.client.verification)
+    sent: _Sent | None = None  # the direct step request whose answer is outstanding
+    resume: bool = False  # wait for `sent`'s answer instead of sending the step again
+
+
+@dataclass
+class _Sent:
+    """A direct step request in flight: enough to keep waiting for its answer after a missed deadline."""
+    position: int  # the session step it belongs to
+    need: int  # the first position sent
+    inp: torch.Tensor
+    timeout: float  # its outer bound, from `t0`
+    t0: float
 
 
 class InferenceSession:
@@ -58,6 +70,8 @@ class InferenceSession:
         self.reroutes = 0
         self.closed = False
         self._excluded: set[str] = set()  # hosters that refused this session's request (not banned)
+        self._patient: set[str] = set()  # sole hosters of their blocks that missed a deadline: no deadline
+        self.waited_late = 0  # times a late hoster with no replacement was waited for (observability, tests)
         self._precision: str | None = None  # the precision class of the first route; re-routes keep it
         self._step_id = 0  # pairs pushed inputs with their steps on the hosters
         self.pushed_steps = 0  # steps forwarded hoster to hoster end to end (observability, tests)
@@ -168,7 +182,8 @@ class InferenceSession:
                 try:
                     await self._replace(idx)
                 except SessionError as route_error:
-                    raise SessionError(f"{route_error} (after: {'; '.join(errors)})") from e
+                    if not self._wait_for_late(st, e, position):
+                        raise SessionError(f"{route_error} (after: {'; '.join(errors)})") from e
         self.position = position + n
         self.narrow = self.narrow and hidden.shape[0] == 1
         if self.verifier is not None and not await self.verifier.after_step(self, position, n):
@@ -241,7 +256,7 @@ class InferenceSession:
             t0 = time.perf_counter()
             try:
                 out, meta = await st.stream.receive_step(position, x.shape, timeout,
-                                                         times.deadline(peer, n, timeout), self._probe(peer))
+                                                         self._deadline(peer, n, timeout), self._probe(peer))
             except asyncio.CancelledError:
                 for later in self.spans[i:]:
                     later.stream.stale = later.stream.pending  # whatever they answer is nobody's
@@ -260,6 +275,7 @@ class InferenceSession:
                     return i, x, None  # its input never came (upstream trouble): send it directly
                 return i, x, e
             times.record(peer, n, time.perf_counter() - t0)
+            self._patient.discard(peer)
             st.server_pos = position + n
             self._receipt(st, x, position, out, meta, pushed=i > 0)
             x = out
@@ -287,14 +303,22 @@ class InferenceSession:
             inp = torch.cat([st.history[:, need:x_start].to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
         else:
             inp = x[:, need - x_start:]
-        _record_history(st, inp, need, self.max_length)
-        timeout = cfg.request_timeout * (1 + inp.shape[1] / 2048)
         peer, times = st.span.peer_id, self.manager.step_times
-        t0 = time.perf_counter()
-        st.stream.send_step(need, inp)
-        out, meta = await st.stream.receive_step(need, inp.shape, timeout,
-                                                 times.deadline(peer, inp.shape[1], timeout), self._probe(peer))
-        times.record(peer, inp.shape[1], time.perf_counter() - t0)
+        sent, resume, st.sent, st.resume = st.sent, st.resume, None, False
+        if resume and sent is not None and sent.position == position:  # its answer is still on its way
+            need, inp = sent.need, sent.inp
+            left = max(1.0, sent.timeout - (time.perf_counter() - sent.t0))
+            out, meta = await st.stream.receive_step(need, inp.shape, left)  # no deadline: it has no stand-in
+        else:
+            _record_history(st, inp, need, self.max_length)
+            timeout = cfg.request_timeout * (1 + inp.shape[1] / 2048)
+            st.sent = sent = _Sent(position, need, inp, timeout, time.perf_counter())
+            st.stream.send_step(need, inp)
+            out, meta = await st.stream.receive_step(need, inp.shape, timeout,
+                                                     self._deadline(peer, inp.shape[1], timeout), self._probe(peer))
+        st.sent = None
+        self._patient.discard(peer)  # answered: its measured step time sets the next deadline again
+        times.record(peer, inp.shape[1], time.perf_counter() - sent.t0)
         st.server_pos = position + n
         self._receipt(st, inp, need, out, meta)
         return out, need
@@ -317,6 +341,32 @@ class InferenceSession:
             event(log, "push_disabled", hoster=st.span.peer_id[-8:], position=position,
                   reason="receipt of a pushed step does not match the input the client saw")
 
+    def _deadline(self, peer_id: str, positions: int, timeout: float) -> float | None:
+        """The step deadline for this hoster, or None while it is a late sole hoster being waited for."""
+        if peer_id in self._patient:
+            return None
+        return self.manager.step_times.deadline(peer_id, positions, timeout)
+
+    def _wait_for_late(self, st: _SpanState, error: BaseException, position: int) -> bool:
+        """No other hoster serves the blocks of a hoster that missed its step deadline: a late hoster
+        beats none (a loaded machine, a long prefill), so it is forgiven and waited for up to the
+        request's own timeout. A direct request still in flight keeps its place (no recompute); a
+        pushed one is dropped and the step sent directly. False: not a missed deadline, or the
+        stream is gone, so the caller fails the step."""
+        if not isinstance(error, StepDeadline) or st.stream is None or st.stream.closed:
+            return False
+        peer = st.span.peer_id
+        self.manager.report_success(peer)  # lift the ban the missed deadline earned
+        self._patient.add(peer)
+        if st.sent is not None and st.sent.position == position:
+            st.resume = True
+        elif st.stream.pending > st.stream.stale:
+            st.stream.abandon()  # a pushed step's answer: nobody's now
+        self.waited_late += 1
+        event(log, "waiting_for_late_hoster", hoster=peer[-8:], blocks=f"{st.span.start}:{st.span.end}",
+              position=position, reason="no other hoster serves these blocks", level=logging.INFO)
+        return True
+
     def _probe(self, peer_id: str):
         """The liveness check `InferenceStream` runs when this hoster misses a step deadline."""
         return lambda: self.manager.alive(peer_id)
@@ -324,10 +374,10 @@ class InferenceSession:
     async def _replace(self, idx: int) -> None:
         """Swap the failed span at `idx` for a new route over its blocks, inheriting its history."""
         old = self.spans[idx]
+        route = await self._make_route(old.span.start, old.span.end)  # first: without one, `old` may be waited for
         if old.stream is not None:
             await old.stream.close()
         self.manager.stats.release([old.span])
-        route = await self._make_route(old.span.start, old.span.end)
         new = [_SpanState(s) for s in route]
         new[0].history = old.history  # replayed from position 0; later spans get it from new[0]'s outputs
         self.manager.stats.acquire(route)
