@@ -147,7 +147,7 @@ def install_client() -> None:
     _wrap(InferenceStream, "receive_step", "wait")
     _wrap(session.InferenceSession, "open", "open")
     _wrap(session, "mirror_and_verify", "verify")
-    _wrap(session, "_record_history", "history")
+    _wrap(session, "record_history", "history")
     _wrap(ClientHead, "_head", "head", ops=True)
     _wrap(ClientHead, "embed_ids", "embed", ops=True)
     _wrap_wire()

@@ -13,15 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 
 import torch
 
 from subnet.client.manager import SequenceManager
 from subnet.client.prefix import apply_reuse, plan_reuse, remember
 from subnet.client.routing import RouteError, Span
+from subnet.client.span_state import SentStep, SpanState, record_history
 from subnet.client.transport import InferenceStream, RemoteError, StepDeadline
-from subnet.client.verification import SpanCheck, mirror_and_verify
+from subnet.client.verification import mirror_and_verify
 from subnet.logs import event
 from subnet.model.adapters import session_model
 
@@ -30,28 +30,6 @@ log = logging.getLogger(__name__)
 
 class SessionError(RuntimeError):
     """Generation could not continue: retries exhausted or the model cannot be covered."""
-
-
-@dataclass
-class _SpanState:
-    span: Span
-    history: torch.Tensor | None = None  # [batch, max_length, hidden]: inputs sent to this span
-    server_pos: int = 0  # positions held in the hoster's KV cache
-    stream: InferenceStream | None = None
-    open_error: BaseException | None = None  # from the concurrent open in `InferenceSession.open`
-    check: SpanCheck = field(default_factory=SpanCheck)  # receipts and checks (subnet.client.verification)
-    sent: _Sent | None = None  # the direct step request whose answer is outstanding
-    resume: bool = False  # wait for `sent`'s answer instead of sending the step again
-
-
-@dataclass
-class _Sent:
-    """A direct step request in flight: enough to keep waiting for its answer after a missed deadline."""
-    position: int  # the session step it belongs to
-    need: int  # the first position sent
-    inp: torch.Tensor
-    timeout: float  # its outer bound, from `t0`
-    t0: float
 
 
 class InferenceSession:
@@ -66,7 +44,7 @@ class InferenceSession:
         self.max_length = max_length
         self.batch_size = batch_size
         self.position = 0
-        self.spans: list[_SpanState] = []
+        self.spans: list[SpanState] = []
         self.reroutes = 0
         self.closed = False
         self._excluded: set[str] = set()  # hosters that refused this session's request (not banned)
@@ -95,7 +73,7 @@ class InferenceSession:
         """Choose a route and open a stream on every hoster (failures re-route like in `step`)."""
         plan = await plan_reuse(self)
         route = plan.record.route if plan else await self._make_route(0, self.manager.num_blocks)
-        self.spans = [_SpanState(s) for s in route]
+        self.spans = [SpanState(s) for s in route]
         self.manager.stats.acquire(route)
         results = await asyncio.gather(*(self._open_stream(st, plan.offer(i) if plan else None)
                                          for i, st in enumerate(self.spans)), return_exceptions=True)
@@ -119,7 +97,7 @@ class InferenceSession:
         except RouteError as e:
             raise SessionError(str(e)) from None
 
-    async def _open_stream(self, st: _SpanState, prefix: list | None = None) -> None:
+    async def _open_stream(self, st: SpanState, prefix: list | None = None) -> None:
         cfg = self.manager.config
         st.stream = await InferenceStream.open(
             self.manager.p2p, st.span.peer_id, self.manager.model_uid, st.span.start, st.span.end,
@@ -249,7 +227,7 @@ class InferenceSession:
         x = hidden
         times = self.manager.step_times
         for i, st in enumerate(self.spans):
-            _record_history(st, x, position, self.max_length)
+            record_history(st, x, position, self.max_length)
             # Span i's deadline runs from when span i-1 answered: i-1 pushes before it answers, so
             # from then on only span i's own work (and the push in flight) is outstanding.
             peer = st.span.peer_id
@@ -287,7 +265,7 @@ class InferenceSession:
                 return i + 1, x, None
         return k, x, None
 
-    async def _run_span(self, st: _SpanState, x: torch.Tensor, x_start: int, position: int,
+    async def _run_span(self, st: SpanState, x: torch.Tensor, x_start: int, position: int,
                         n: int) -> tuple[torch.Tensor, int]:
         """Send this span what its hoster is missing; returns its outputs and their first position."""
         cfg = self.manager.config
@@ -310,9 +288,9 @@ class InferenceSession:
             left = max(1.0, sent.timeout - (time.perf_counter() - sent.t0))
             out, meta = await st.stream.receive_step(need, inp.shape, left)  # no deadline: it has no stand-in
         else:
-            _record_history(st, inp, need, self.max_length)
+            record_history(st, inp, need, self.max_length)
             timeout = cfg.request_timeout * (1 + inp.shape[1] / 2048)
-            st.sent = sent = _Sent(position, need, inp, timeout, time.perf_counter())
+            st.sent = sent = SentStep(position, need, inp, timeout, time.perf_counter())
             st.stream.send_step(need, inp)
             out, meta = await st.stream.receive_step(need, inp.shape, timeout,
                                                      self._deadline(peer, inp.shape[1], timeout), self._probe(peer))
@@ -323,7 +301,7 @@ class InferenceSession:
         self._receipt(st, inp, need, out, meta)
         return out, need
 
-    def _receipt(self, st: _SpanState, x: torch.Tensor, position: int, out: torch.Tensor, meta: dict, *,
+    def _receipt(self, st: SpanState, x: torch.Tensor, position: int, out: torch.Tensor, meta: dict, *,
                  pushed: bool = False) -> None:
         """Mirror the span's input chain and verify the hoster's signed receipt of this step.
 
@@ -347,7 +325,7 @@ class InferenceSession:
             return None
         return self.manager.step_times.deadline(peer_id, positions, timeout)
 
-    def _wait_for_late(self, st: _SpanState, error: BaseException, position: int) -> bool:
+    def _wait_for_late(self, st: SpanState, error: BaseException, position: int) -> bool:
         """No other hoster serves the blocks of a hoster that missed its step deadline: a late hoster
         beats none (a loaded machine, a long prefill), so it is forgiven and waited for up to the
         request's own timeout. A direct request still in flight keeps its place (no recompute); a
@@ -378,7 +356,7 @@ class InferenceSession:
         if old.stream is not None:
             await old.stream.close()
         self.manager.stats.release([old.span])
-        new = [_SpanState(s) for s in route]
+        new = [SpanState(s) for s in route]
         new[0].history = old.history  # replayed from position 0; later spans get it from new[0]'s outputs
         self.manager.stats.acquire(route)
         self.spans[idx:idx + 1] = new
@@ -394,26 +372,6 @@ class InferenceSession:
         self.closed = True  # background checks still finish (bounded by timeouts): a liar is still reported
         self.manager.stats.release([s.span for s in self.spans])
         await asyncio.gather(*(s.stream.close() for s in self.spans if s.stream is not None), return_exceptions=True)
-
-
-def _record_history(st: _SpanState, inp: torch.Tensor, start: int, max_length: int) -> None:
-    """Keep what span `st` was sent at positions `start..`: replayed to a replacement hoster."""
-    end = start + inp.shape[1]
-    st.history = _ensure_capacity(st.history, start, end, max_length, inp)
-    st.history[:, start:end] = inp
-
-
-def _ensure_capacity(history: torch.Tensor | None, keep: int, needed: int, max_length: int,
-                     like: torch.Tensor) -> torch.Tensor:
-    """A history buffer holding at least `needed` positions (grows by doubling, keeps `[:keep]`)."""
-    if history is not None and history.shape[1] >= needed and history.dtype == like.dtype \
-            and history.shape[0] == like.shape[0]:  # one shared row becomes a batch's rows (`narrow`)
-        return history
-    capacity = min(max_length, max(needed, 64, 2 * (history.shape[1] if history is not None else 0)))
-    grown = torch.empty(like.shape[0], capacity, like.shape[-1], dtype=like.dtype)
-    if history is not None and keep > 0:
-        grown[:, :keep] = history[:, :keep].to(like.dtype)
-    return grown
 
 
 class RemoteSession:

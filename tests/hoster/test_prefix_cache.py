@@ -154,12 +154,12 @@ def test_a_session_with_a_rejected_tail_is_remembered_up_to_its_valid_tokens():
     from types import SimpleNamespace
 
     from subnet.client.prefix import remember
-    from subnet.client.session import _SpanState
+    from subnet.client.span_state import SpanState
 
     store = PrefixStore()
     history = _x(80, 5)
     stream = SimpleNamespace(closed=False)
-    st = _SpanState(Span("peer", 0, 8), history=history, server_pos=80, stream=stream)
+    st = SpanState(Span("peer", 0, 8), history=history, server_pos=80, stream=stream)
     session = SimpleNamespace(manager=SimpleNamespace(prefix_store=store), position=80, spans=[st],
                               route=[st.span], adapter=None)
     remember(session, list(range(70)))  # 70 valid tokens, 10 rejected drafts after them
