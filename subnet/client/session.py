@@ -161,6 +161,8 @@ class InferenceSession:
                     await self._replace(idx)
                 except SessionError as route_error:
                     if not self._wait_for_late(st, e, position):
+                        if st.stream is not None:
+                            await st.stream.close()  # its answers, if any, are nobody's
                         raise SessionError(f"{route_error} (after: {'; '.join(errors)})") from e
         self.position = position + n
         self.narrow = self.narrow and hidden.shape[0] == 1
@@ -222,6 +224,7 @@ class InferenceSession:
                 meta["await_push"] = {"from": self.spans[i - 1].span.peer_id, "length": n,
                                       "timeout": min(timeout * i, 120.0)}
             st.stream.send_step(position, hidden if i == 0 else None, **meta)
+            st.sent = None  # a direct request of an earlier, failed attempt is not this step's
             if i == 0:
                 await asyncio.sleep(0)  # let the first hoster's request go out before the others
         x = hidden
@@ -252,7 +255,8 @@ class InferenceSession:
                 if isinstance(e, RemoteError) and e.type == "push_missing":
                     return i, x, None  # its input never came (upstream trouble): send it directly
                 return i, x, e
-            times.record(peer, n, time.perf_counter() - t0)
+            if peer not in self._patient:  # as in `_run_span`: a waited-for answer's time is no measurement
+                times.record(peer, n, time.perf_counter() - t0)
             self._patient.discard(peer)
             st.server_pos = position + n
             self._receipt(st, x, position, out, meta, pushed=i > 0)
@@ -285,7 +289,9 @@ class InferenceSession:
         sent, resume, st.sent, st.resume = st.sent, st.resume, None, False
         if resume and sent is not None and sent.position == position:  # its answer is still on its way
             need, inp = sent.need, sent.inp
-            left = max(1.0, sent.timeout - (time.perf_counter() - sent.t0))
+            # what is left of its own timeout, but never less than a third of it: the deadline, the probe
+            # and the search for a replacement were spent before we decided to wait
+            left = max(sent.timeout / 3, sent.timeout - (time.perf_counter() - sent.t0))
             out, meta = await st.stream.receive_step(need, inp.shape, left)  # no deadline: it has no stand-in
         else:
             record_history(st, inp, need, self.max_length)
@@ -295,8 +301,9 @@ class InferenceSession:
             out, meta = await st.stream.receive_step(need, inp.shape, timeout,
                                                      self._deadline(peer, inp.shape[1], timeout), self._probe(peer))
         st.sent = None
-        self._patient.discard(peer)  # answered: its measured step time sets the next deadline again
-        times.record(peer, inp.shape[1], time.perf_counter() - sent.t0)
+        if not resume and peer not in self._patient:  # a waited-for answer's time includes the wait itself:
+            times.record(peer, inp.shape[1], time.perf_counter() - sent.t0)  # it would inflate every deadline
+        self._patient.discard(peer)  # answered: its next step has a deadline again
         st.server_pos = position + n
         self._receipt(st, inp, need, out, meta)
         return out, need

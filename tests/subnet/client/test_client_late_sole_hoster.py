@@ -40,14 +40,17 @@ def swarms(swarm_factory, tiny_llama):
         model.close()
 
 
-def _greedy(model, ids, freeze=None):
-    """Greedy tokens step by step; `freeze(session)` runs before step FREEZE_AT. Returns tokens, session."""
+def _greedy(model, ids, freeze=None, after=None):
+    """Greedy tokens step by step; `freeze(session)` runs before step FREEZE_AT, `after(session)` right
+    after it. Returns tokens, session."""
     with model.inference_session(max_length=ids.shape[1] + NEW_TOKENS) as sess:
         hidden = sess.step(model.head.embed_ids(ids))
         tokens = [int(model.head.logits(hidden).argmax(-1))]
         for i in range(1, NEW_TOKENS):
             if i == FREEZE_AT and freeze is not None:
                 freeze(sess.session)
+            if i == FREEZE_AT + 1 and after is not None:
+                after(sess.session)
             hidden = sess.step(model.head.embed_ids(torch.tensor([[tokens[-1]]])))
             tokens.append(int(model.head.logits(hidden).argmax(-1)))
         return tokens, sess.session
@@ -60,6 +63,7 @@ def test_a_late_hoster_with_no_replacement_is_waited_for(swarms, layout, victim)
     baseline, _ = _greedy(model, ids)
     cfg = model.manager.config
     frozen: list = []
+    froze_for: list[float] = []
 
     def freeze(session):
         peer = session.route[victim].peer_id
@@ -70,12 +74,21 @@ def test_a_late_hoster_with_no_replacement_is_waited_for(swarms, layout, victim)
         proc = hosters[peer].proc.proc
         os.killpg(proc.pid, signal.SIGSTOP)
         frozen.append(proc)
+        froze_for.append(seconds)
         threading.Timer(seconds, os.killpg, (proc.pid, signal.SIGCONT)).start()
 
+    estimates: list = []
+
+    def after(session):
+        estimates.append(model.manager.step_times.estimate(session.route[victim].peer_id))
+
     try:
-        tokens, session = _greedy(model, ids, freeze)
+        tokens, session = _greedy(model, ids, freeze, after)
     finally:
         for proc in frozen:
             os.killpg(proc.pid, signal.SIGCONT)  # never leave a stopped hoster behind
     assert frozen and tokens == baseline
     assert session.waited_late >= 1 and session.reroutes == 0
+    # the wait is not taken for the hoster's speed: right after the frozen step, its step time (which
+    # sets every session's deadline for it, and its cost in routing) is still a step's, not the freeze's
+    assert estimates and estimates[0] is not None and estimates[0] < froze_for[0] / 10, (estimates, froze_for)
