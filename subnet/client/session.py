@@ -228,7 +228,6 @@ class InferenceSession:
             if i == 0:
                 await asyncio.sleep(0)  # let the first hoster's request go out before the others
         x = hidden
-        times = self.manager.step_times
         for i, st in enumerate(self.spans):
             record_history(st, x, position, self.max_length)
             # Span i's deadline runs from when span i-1 answered: i-1 pushes before it answers, so
@@ -255,9 +254,7 @@ class InferenceSession:
                 if isinstance(e, RemoteError) and e.type == "push_missing":
                     return i, x, None  # its input never came (upstream trouble): send it directly
                 return i, x, e
-            if peer not in self._patient:  # as in `_run_span`: a waited-for answer's time is no measurement
-                times.record(peer, n, time.perf_counter() - t0)
-            self._patient.discard(peer)
+            self._answered(peer, n, t0)
             st.server_pos = position + n
             self._receipt(st, x, position, out, meta, pushed=i > 0)
             x = out
@@ -285,7 +282,7 @@ class InferenceSession:
             inp = torch.cat([st.history[:, need:x_start].to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
         else:
             inp = x[:, need - x_start:]
-        peer, times = st.span.peer_id, self.manager.step_times
+        peer = st.span.peer_id
         sent, resume, st.sent, st.resume = st.sent, st.resume, None, False
         if resume and sent is not None and sent.position == position:  # its answer is still on its way
             need, inp = sent.need, sent.inp
@@ -301,9 +298,7 @@ class InferenceSession:
             out, meta = await st.stream.receive_step(need, inp.shape, timeout,
                                                      self._deadline(peer, inp.shape[1], timeout), self._probe(peer))
         st.sent = None
-        if not resume and peer not in self._patient:  # a waited-for answer's time includes the wait itself:
-            times.record(peer, inp.shape[1], time.perf_counter() - sent.t0)  # it would inflate every deadline
-        self._patient.discard(peer)  # answered: its next step has a deadline again
+        self._answered(peer, inp.shape[1], sent.t0, waited=resume)
         st.server_pos = position + n
         self._receipt(st, inp, need, out, meta)
         return out, need
@@ -325,6 +320,14 @@ class InferenceSession:
             self.push_off = True
             event(log, "push_disabled", hoster=st.span.peer_id[-8:], position=position,
                   reason="receipt of a pushed step does not match the input the client saw")
+
+    def _answered(self, peer_id: str, positions: int, t0: float, waited: bool = False) -> None:
+        """A hoster answered a step sent at `t0`: its time is its measured speed, unless the answer was
+        waited for past a deadline (that time includes the wait and would inflate every deadline for it);
+        either way its next step has a deadline again."""
+        if not waited and peer_id not in self._patient:
+            self.manager.step_times.record(peer_id, positions, time.perf_counter() - t0)
+        self._patient.discard(peer_id)
 
     def _deadline(self, peer_id: str, positions: int, timeout: float) -> float | None:
         """The step deadline for this hoster, or None while it is a late sole hoster being waited for."""
