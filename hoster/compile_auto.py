@@ -269,7 +269,7 @@ class AutoCompile:
                 seconds = self.compiled.warm_up(self.new_kv, self.new_cache)
             self.record = {"compile_s": round(seconds, 1)}
             self._time_decode()
-            if self.compiled.ready and buckets_enabled():
+            if buckets_enabled():  # each bucket is timed on its own, whatever the one-session verdict
                 self._prepare_buckets(cached)
         except Exception as e:  # a compiler failure must never take the hoster down: stay eager
             self.compiled.ready = False
@@ -312,7 +312,7 @@ class AutoCompile:
             self._wake.clear()  # a bucket asked for from here on wakes the wait below
             wanted = (sorted(self.batches.requested - self._compiled_buckets - self._failed_buckets)
                       if self.batches is not None else [])
-            if wanted and self.compiled.ready:
+            if wanted:
                 if not self._changed(lambda wanted=wanted: self._buckets(wanted), "batch_buckets_compiled"):
                     self._failed_buckets.update(wanted)  # never a loop of failing compilations
                 continue
@@ -355,15 +355,14 @@ class AutoCompile:
         return out
 
     def _may_want(self) -> bool:
-        """Whether a bucket may still be asked for (not compiled, not known slower, decode compiled)."""
+        """Whether a bucket may still be asked for (the span compiled; not compiled, not known slower)."""
         from hoster.compiled_batch import BUCKETS  # deferred: only once decode compiled
 
-        return (self.batches is not None and self.compiled.ready
-                and bool(set(BUCKETS) - self._compiled_buckets - self.batches.skip))
+        return self.batches is not None and bool(set(BUCKETS) - self._compiled_buckets - self.batches.skip)
 
     def _retime_once(self) -> None:
         self._time_decode()
-        if self.compiled.ready and self._compiled_buckets:
+        if self._compiled_buckets:
             self._buckets(sorted(self._compiled_buckets))
 
     def _changed(self, work: Callable[[], None], what: str) -> bool:
@@ -398,9 +397,11 @@ class AutoCompile:
             event(log, "compile_choice_not_saved", level=logging.WARNING, error=repr(e)[:200])
 
     def _prepare_buckets(self, cached: dict) -> None:
-        """The one-session graph won: batched steps may take bucket graphs, each compiled on demand
-        (hoster.compiled_batch.DEMAND_STEPS). A bucket measured slower on a quiet earlier start of this
-        shape is never compiled again."""
+        """The span compiled: batched steps may take bucket graphs, each compiled on demand
+        (hoster.compiled_batch.DEMAND_STEPS) and served only if its own timing wins, whether or not the
+        one-session graph won (a re-timing may turn that to eager after buckets were asked for: they
+        must still be compiled, not left `compiling` forever). A bucket measured slower on a quiet
+        earlier start of this shape is never compiled again."""
         from hoster.compiled_batch import CompiledBatches  # deferred: only once decode compiled
 
         batches = CompiledBatches(self.compiled)
