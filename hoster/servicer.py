@@ -382,7 +382,11 @@ class BlockServicer(ServicerBase):
         if stop.done():
             raise _Stopping()
         nxt = asyncio.ensure_future(anext(it))
-        done, _ = await asyncio.wait((nxt, stop), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait((nxt, stop), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # e.g. a read-ahead given up when its stream ends: never leave the
+            nxt.cancel()  # read pending (asyncio reported it destroyed while pending, and the stream's aclose
+            raise  # then failed with "asynchronous generator is already running")
         if nxt in done:
             try:
                 return nxt.result()
