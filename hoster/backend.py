@@ -33,8 +33,9 @@ from hoster.batched import crop, step_batched
 from hoster.cache import CacheBudget, KVCache, SessionKV, enable_rows_attention
 from hoster.compile_auto import AutoCompile, Choices
 from hoster.compiled import CompiledDecode
+from hoster.decode_threads import ThreadSwitch
 from hoster.prefix_cache import PrefixCache
-from hoster.scheduler import MIN_UNIT_SECONDS, UNIT_STEPS, TaskQueue, UnitPacer, forward_units
+from hoster.scheduler import MIN_UNIT_SECONDS, UNIT_STEPS, TaskQueue, UnitPacer, forward_units, run_forward_unit
 from hoster.throughput import measure_decode
 from subnet.logs import event
 from subnet.model.blocks import BlockSpan
@@ -113,6 +114,7 @@ class Backend:
         self.batches_run = 0  # number of multi-session batched steps (observability, tests)
         self.decode_rounds: Counter[int] = Counter()  # one-position step rounds by sessions in them (metrics)
         self._rows = enable_rows_attention(span.config)  # batched steps need per-session attention
+        self.threads = ThreadSwitch()  # small steps' thread count, once chosen (hoster.decode_threads)
         self._queue = TaskQueue()  # hoster.scheduler: step lane + per-peer forward lane
         self._pacer = UnitPacer(self._unit_budget)  # size of forward units between step rounds
         self._closed = False
@@ -209,7 +211,8 @@ class Backend:
     def start_auto_compile(self, key: str, choices: Choices, on_done=None) -> AutoCompile:
         """Compile the decode step in the background; serve it once measured faster (hoster.compile_auto)."""
         new_kv = lambda n: self._new_kv(self.span.start, self.span.end, 1, n)  # noqa: E731
-        self.auto = AutoCompile(self.compiled, key, choices, new_kv, KVCache, on_done, idle=lambda: not self.sessions)
+        self.auto = AutoCompile(self.compiled, key, choices, new_kv, KVCache, on_done, idle=lambda: not self.sessions,
+                                threads=self.threads)
         return self.auto.start()
 
     def warm_up(self) -> float:
@@ -266,27 +269,14 @@ class Backend:
                 if nxt.future.set_running_or_notify_cancel():
                     units = forward_units(self.span, nxt.hidden, nxt.start, nxt.end, self._new_kv, self._pacer)
                     job = (nxt, adapted_units(self.span, nxt.adapter, nxt.hidden.shape[0], units))
-            if job is not None and self._forward_unit(*job):
-                job = None
+            if job is not None:
+                self.threads.use(job[0].hidden.shape[0] * job[0].hidden.shape[1])
+                if run_forward_unit(*job, trim_after=TRIM_AFTER):
+                    job = None
         if job is not None:
             job[1].close()
             job[0].future.set_exception(BackendClosed("hoster is shutting down"))
         self._fail_pending()
-
-    @staticmethod
-    def _forward_unit(task: _Task, units) -> bool:
-        """Run one unit of a forward; True once it is finished (result or error delivered)."""
-        try:
-            next(units)
-        except StopIteration as done:
-            task.future.set_result(done.value)
-        except BaseException as e:  # delivered to the awaiting handler, never kills the thread
-            task.future.set_exception(e)
-        else:
-            return False
-        if task.hidden.numel() >= TRIM_AFTER * task.hidden.shape[-1]:
-            trim()  # its activations are freed: hand the pages back
-        return True
 
     def _gather(self, first: _Task, tasks: list[_Task]) -> None:
         """Collect more steps for this round: for `gather_window` seconds (only while other sessions
@@ -428,6 +418,7 @@ class Backend:
         s, kv = task.session, task.session.cache
         x = task.hidden.to(self.span.device, self.span.dtype)
         n = x.shape[1]
+        self.threads.use(x.shape[0] * n)
         kv.reserve(kv.length + n)  # once for the whole step: chunks never reallocate
         cache = KVCache(kv)
         outs = []
@@ -445,6 +436,7 @@ class Backend:
         return out
 
     def _step_batched(self, batch: list[_Task]) -> list[torch.Tensor]:
+        self.threads.use(sum(t.hidden.shape[0] * t.hidden.shape[1] for t in batch))
         out = step_batched(self.span, batch, self.auto.batches if self.auto else None)  # hoster.batched
         self.batches_run += 1
         return out

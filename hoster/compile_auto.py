@@ -13,20 +13,18 @@ open, and if no quiet timing comes, the next start compiles and times it again. 
 caches live in a persistent directory (`cache_root()/inductor`), so a second start of the
 same shape loads the compiled graph instead of generating and building C++ again.
 
-After the one-session graph wins, the same thread compiles and times the batched decode step in
-buckets of 2, 4 and 8 sessions (`hoster.compiled_batch`; MESH_NODE_COMPILE_BUCKETS=0 skips them)
-and serves each bucket that is faster, each bucket on demand: only once the hoster has served
-`compiled_batch.DEMAND_STEPS` eager batched steps of that size, because every bucket graph stays in
-memory for the life of the process (12 blocks of model b: +47 / +56 / +108 MB) and a hoster that
-never batches should not pay for one. A bucket measured slower on a quiet start is never compiled
-again for that shape. While it compiles it holds `hoster.compiled.COMPILE_LOCK`,
-so the compute thread runs those steps eagerly instead of taking a graph under torch's
-process-wide "fail_on_recompile" stance, which would refuse the compilation.
+Then the same thread compiles and times the batched decode step in buckets of 2, 4 and 8 sessions
+(`hoster.compiled_batch`; MESH_NODE_COMPILE_BUCKETS=0 skips them) and serves each bucket that is
+faster, each on demand: only once the hoster has served `compiled_batch.DEMAND_STEPS` eager batched
+steps of that size, because every bucket graph stays in memory for the life of the process (12
+blocks of model b: +47 / +56 / +108 MB). A bucket measured slower on a quiet start is never compiled
+again for that shape. While it compiles it holds `hoster.compiled.COMPILE_LOCK`, so the compute
+thread runs those steps eagerly (torch's process-wide "fail_on_recompile" stance would refuse it).
 
+Before compiling, the job chooses how many threads small steps use (hoster.decode_threads).
 `on` (`--compile`) compiles before announcing and always serves compiled (`hoster.compiled`);
 `off` (`--no-compile`) never compiles. Auto compiles only what the compiled path can serve:
-CPU, no quantization, no adapters, and the `onednn` (default) or `torch` linear kernel (an
-explicit `blas`, which a graph cannot call, wins and keeps the eager path).
+CPU, no quantization, no adapters, and the `onednn` (default) or `torch` linear kernel.
 """
 
 from __future__ import annotations
@@ -45,6 +43,7 @@ import torch
 
 from hoster import cpu_contention
 from hoster.compiled import COMPILE_KERNELS, compiling
+from hoster.decode_threads import ThreadSwitch, choose_threads, span_step
 from subnet.logs import event
 from subnet.model.kernels import ENV_KERNEL, linear_kernel
 from subnet.model.memory import trim
@@ -233,8 +232,10 @@ class AutoCompile:
     The same thread compiles and times each batched bucket once it is asked for (`_serve_later`)."""
 
     def __init__(self, compiled, key: str, choices: Choices, new_kv, new_cache,
-                 on_done: Callable[[dict], None] | None = None, idle: Callable[[], bool] = lambda: True):
+                 on_done: Callable[[dict], None] | None = None, idle: Callable[[], bool] = lambda: True,
+                 threads: ThreadSwitch | None = None):
         self.compiled, self.key, self.choices, self.idle = compiled, key, choices, idle
+        self.threads = threads  # the compute thread's small-step thread count, chosen first (hoster.decode_threads)
         self.new_kv, self.new_cache, self.on_done = new_kv, new_cache, on_done
         self.path = "compiling"
         self.batches = None  # hoster.compiled_batch.CompiledBatches, once the decode step compiled and won
@@ -264,10 +265,12 @@ class AutoCompile:
 
     def _run(self) -> None:
         cached = self.choices.get(self.key) or {}
-        try:
+        try:  # threads first: inductor builds the compiling thread's count into its code
+            threads = {} if self.threads is None else choose_threads(self.threads, cached, lambda: span_step(
+                self.compiled.span, self.new_kv, self.new_cache))
             with compiling():  # no compiled step of another span may hold the process-wide stance meanwhile
                 seconds = self.compiled.warm_up(self.new_kv, self.new_cache)
-            self.record = {"compile_s": round(seconds, 1)}
+            self.record = {"compile_s": round(seconds, 1), **threads}
             self._time_decode()
             if buckets_enabled():  # each bucket is timed on its own, whatever the one-session verdict
                 self._prepare_buckets(cached)

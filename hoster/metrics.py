@@ -15,7 +15,8 @@ Names follow Prometheus conventions (`mesh_hoster_*`, `_total`, `_seconds`, `_by
     mesh_hoster_kv_tokens_budget, mesh_hoster_kv_bytes, mesh_hoster_queue_depth,
     mesh_hoster_forward_queue_depth (when the compute queue has a separate forward lane),
     mesh_hoster_blocks_served, mesh_hoster_throughput_tokens_per_second, mesh_hoster_state{state},
-    mesh_hoster_decode_path{path}, mesh_hoster_info{model,peer_id,start,end}, mesh_hoster_batched_steps_total,
+    mesh_hoster_decode_path{path}, mesh_hoster_decode_threads, mesh_hoster_info{model,peer_id,start,end},
+    mesh_hoster_batched_steps_total,
     mesh_hoster_batch_bucket{bucket,state}  (auto compile mode) each batched bucket: served | slower |
         compiling | failed | eager (not asked for yet) | off (compiled on demand: hoster/compile_auto.py),
     mesh_hoster_push_rejected_total, mesh_hoster_positions_computed_total,
@@ -104,6 +105,10 @@ class _HosterState(Collector):
         for p in ("eager", "compiling", "compiled"):
             path.add_metric([p], 1 if getattr(backend, "decode_path", "eager") == p else 0)
         yield path
+        threads = getattr(backend, "threads", None)
+        if threads is not None:
+            yield _gauge("mesh_hoster_decode_threads", "intra-op threads of small (decode) steps "
+                         "(hoster/decode_threads.py)", threads.announced)
         auto = getattr(backend, "auto", None)
         if auto is not None:  # batched buckets, compiled on demand (hoster/compile_auto.py)
             buckets = GaugeMetricFamily("mesh_hoster_batch_bucket", "1 for each batched bucket's state: served, "

@@ -215,3 +215,19 @@ def forward_units(span, hidden: torch.Tensor, start: int, end: int,
             kv.clear()
             h, nxt = nxt, (buf if nxt is not buf else out[r:r + 1])
     return out.to("cpu", hidden.dtype)
+
+
+def run_forward_unit(task, units: Generator, trim_after: int) -> bool:
+    """Run one unit of a forward task (`hoster.backend._Task`); True once it is finished (result or error
+    delivered to its future). A large forward's freed activations go back to the OS."""
+    try:
+        next(units)
+    except StopIteration as done:
+        task.future.set_result(done.value)
+    except BaseException as e:  # delivered to the awaiting handler, never kills the thread
+        task.future.set_exception(e)
+    else:
+        return False
+    if task.hidden.numel() >= trim_after * task.hidden.shape[-1]:
+        trim()
+    return True

@@ -34,6 +34,7 @@ from hoster.compile_auto import (
     use_persistent_cache,
 )
 from hoster.compiled import kernel_for_compile
+from hoster.decode_threads import remembered
 from hoster.options import (
     DEFAULT_CACHE_TOKENS,
     HosterOptions,
@@ -182,6 +183,7 @@ class Hoster:
             cache_tokens_total=budget.total_tokens,  # cached prefixes give way to sessions: they count as free
             version=f"mesh-node/{version()}", state=self.state, relayed=bool(self.network.use_auto_relay),
             quant=self.quant, adapters=tuple(served(self.backend.span)), decode_path=self.backend.decode_path,
+            decode_threads=self.backend.threads.announced,
         ).to_payload()
 
     def run_span(self, hidden: torch.Tensor, start: int | None = None, end: int | None = None) -> torch.Tensor:
@@ -252,9 +254,10 @@ class Hoster:
     def _make_backend(self, start: int, end: int) -> Backend:
         kernel, choices = self.linear_kernel, Choices()
         key = shape_key(self.config, start, end, self.dtype, kernel)
+        cached = choices.get(key)
         auto = self.compile_mode == "auto" and auto_compiles(
             "auto", linear_kernel=kernel, device=self.device, quant=self.quant, adapters=bool(self.adapter_sources),
-            cached=choices.get(key))
+            cached=cached)
         if auto or self.compile_mode == "on":
             use_persistent_cache()
         span = load_blocks(self.model_path, start, end, self.dtype, self.device, progress=self.progress,
@@ -268,8 +271,10 @@ class Hoster:
               cache_tokens=budget.total_tokens)
         backend = Backend(span, budget, gather_window=self.gather_window,
                           compile_decode="auto" if auto else self.compile_mode == "on")
-        if auto:  # serves eagerly until the compiled step is ready and measured faster
+        if auto:  # serves eagerly until the compiled step is ready and measured faster (small steps' threads first)
             backend.start_auto_compile(key, choices, on_done=lambda record: self._compiled(backend, record))
+        elif self.compile_mode == "auto":  # measured eager on a quiet start: its thread count stands too
+            backend.threads.decode = remembered(cached, backend.threads.max_threads)
         backend.warm_up()  # "on": compiles before the hoster measures its throughput and announces
         return backend
 

@@ -77,6 +77,7 @@ class Announcement:
     adapters: tuple[str, ...] = ()  # LoRA adapters a session may pick on this hoster (older writers: none)
     # how its one-session decode steps run (hoster.compile_auto): informational, never trusted for routing
     decode_path: str = "eager"
+    decode_threads: int = 0  # intra-op threads of its small steps (hoster.decode_threads; 0: not said), informational
     expiration: float = math.inf
 
     def to_payload(self) -> dict[str, Any]:
@@ -132,6 +133,7 @@ class Announcement:
             quant=text("quant", 10) if "quant" in payload else "none", expiration=float(expiration),
             adapters=_adapters(payload.get("adapters", [])),
             decode_path=text("decode_path", 20) if "decode_path" in payload else "eager",
+            decode_threads=integer("decode_threads", 0, 4096) if "decode_threads" in payload else 0,
         )
         if not ann.start < ann.end <= ann.num_blocks:
             raise ValueError(f"announced blocks [{ann.start}, {ann.end}) invalid for {ann.num_blocks} blocks")

@@ -156,6 +156,7 @@ def test_buckets_compile_on_demand_and_a_failed_compile_is_not_remembered(tiny_l
     monkeypatch.setattr(compiled_batch, "BUCKETS", (2,))  # one bucket is enough to see the mechanism
     monkeypatch.setattr(compile_auto, "RETIME_DELAYS", ())  # timed again under load: test_compile_retime
     span = load_blocks(tiny_llama, 0, END, progress=False, linear_kernel="torch")
+    threads_before = torch.get_num_threads()
     auto = Backend(span, compile_decode="auto")
     bucket_started, release = threading.Event(), threading.Event()
     real_warm_up = CompiledBatches.warm_up
@@ -175,7 +176,8 @@ def test_buckets_compile_on_demand_and_a_failed_compile_is_not_remembered(tiny_l
         assert job.bucket_states() == {2: "eager"}
         sessions = _sessions(auto, [5, 7])
 
-        def batched_step(i: int) -> None:
+        def batched_step(i: int) -> None:  # at the count the graphs were built with, as the compute thread runs it
+            auto.threads.use(2)  # (hoster.decode_threads: a graph guards on its thread count)
             step_batched(span, _tasks(sessions, [seeded(1, 1, 64, seed=100 + 2 * i + j) for j in range(2)]),
                          job.batches)
 
@@ -222,4 +224,5 @@ def test_buckets_compile_on_demand_and_a_failed_compile_is_not_remembered(tiny_l
         with pytest.raises(ValueError, match="MESH_NODE_COMPILE_BUCKETS='no'"):
             compile_auto.buckets_enabled()
     finally:
+        torch.set_num_threads(threads_before)
         auto.shutdown()

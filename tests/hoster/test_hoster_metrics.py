@@ -84,7 +84,8 @@ async def test_hoster_metrics_move_with_sessions_and_forwards(tiny_llama, tmp_pa
 
 
 def test_step_path_metrics_say_how_decode_steps_ran():
-    """Rounds by batch size and each compiled graph's outcomes, read from the backend at scrape time."""
+    """Rounds by batch size, each compiled graph's outcomes and small steps' threads, read from the backend
+    at scrape time."""
     from collections import Counter
     from types import SimpleNamespace
 
@@ -95,7 +96,8 @@ def test_step_path_metrics_say_how_decode_steps_ran():
     one = SimpleNamespace(steps=40, busy=3, fallbacks=1)
     backend = SimpleNamespace(start=0, end=8, decode_rounds=Counter({1: 5, 8: 12}), compiled=one,
                               auto=SimpleNamespace(batches=SimpleNamespace(steps=9, busy=2, fallbacks=0),
-                                                   bucket_states=lambda: {2: "served", 4: "compiling", 8: "eager"}))
+                                                   bucket_states=lambda: {2: "served", 4: "compiling", 8: "eager"}),
+                              threads=SimpleNamespace(announced=1))
     registry = CollectorRegistry()
     registry.register(_HosterState(SimpleNamespace(backend=backend, model_uid="m", peer_id="p")))
     samples = parse_samples(generate_latest(registry).decode())
@@ -107,6 +109,7 @@ def test_step_path_metrics_say_how_decode_steps_ran():
     assert value(samples, "mesh_hoster_batch_bucket", bucket="4", state="compiling") == 1
     assert value(samples, "mesh_hoster_batch_bucket", bucket="4", state="served") == 0
     assert value(samples, "mesh_hoster_batch_bucket", bucket="2", state="served") == 1
+    assert value(samples, "mesh_hoster_decode_threads") == 1  # hoster.decode_threads
     backend.auto = None  # eager hoster: no bucket samples
     samples = parse_samples(generate_latest(registry).decode())
     assert not any(name == "mesh_hoster_compiled_steps_total" and ("graph", "bucket") in labels
