@@ -21,10 +21,10 @@ blocks of model b: +47 / +56 / +108 MB). A bucket measured slower on a quiet sta
 again for that shape. While it compiles it holds `hoster.compiled.COMPILE_LOCK`, so the compute
 thread runs those steps eagerly (torch's process-wide "fail_on_recompile" stance would refuse it).
 
-Before compiling, the job chooses how many threads small steps use (hoster.decode_threads).
-`on` (`--compile`) compiles before announcing and always serves compiled (`hoster.compiled`);
-`off` (`--no-compile`) never compiles. Auto compiles only what the compiled path can serve:
-CPU, no quantization, no adapters, and the `onednn` (default) or `torch` linear kernel.
+Before compiling, the job chooses how many threads small steps use (hoster.decode_threads). `on`
+(`--compile`) compiles before announcing and always serves compiled (`hoster.compiled`); `off` never
+compiles. Auto compiles only what the compiled path can serve: CPU, no quantization, no adapters,
+and the `onednn` (default) or `torch` linear kernel.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import torch
 
 from hoster import cpu_contention
 from hoster.compiled import COMPILE_KERNELS, compiling
-from hoster.decode_threads import ThreadSwitch, choose_threads, span_step
+from hoster.decode_threads import ThreadSwitch, choose_threads, retime_threads, span_step
 from subnet.logs import event
 from subnet.model.kernels import ENV_KERNEL, linear_kernel
 from subnet.model.memory import trim
@@ -261,7 +261,7 @@ class AutoCompile:
     def settled(self) -> bool:
         """Whether the choice rests on quiet timings (or a failure): nothing is left to time again."""
         r = self.record
-        return "error" in r or (r.get("quiet", False) and r.get("buckets_quiet", True))
+        return "error" in r or (r.get("quiet", False) and r.get("buckets_quiet", True) and r.get("threads_quiet", True))
 
     def _run(self) -> None:
         cached = self.choices.get(self.key) or {}
@@ -300,9 +300,8 @@ class AutoCompile:
                            others_load=round(load, 2), quiet=load <= cpu_contention.MAX_OTHER_LOAD,
                            measured_at=round(time.time()))
         self.compiled.ready = wins  # between bucket compilations one-session steps take the graph
-        span = self.compiled.span
-        event(log, "decode_path_chosen", blocks=f"{span.start}:{span.end}",
-              **{k: v for k, v in self.record.items() if k != "bucket_timings"})
+        event(log, "decode_path_chosen", blocks=f"{self.compiled.span.start}:{self.compiled.span.end}",
+              **{k: v for k, v in self.record.items() if k not in ("bucket_timings", "thread_timings")})
 
     def _serve_later(self) -> None:
         """After the first choice: compile the batched buckets asked for (hoster.compiled_batch: after
@@ -364,6 +363,8 @@ class AutoCompile:
         return self.batches is not None and bool(set(BUCKETS) - self._compiled_buckets - self.batches.skip)
 
     def _retime_once(self) -> None:
+        if self.threads is not None and not self.record.get("threads_quiet", True):  # chosen under load
+            self.record.update(retime_threads(self.threads, self.compiled, self.new_kv, self.new_cache))
         self._time_decode()
         if self._compiled_buckets:
             self._buckets(sorted(self._compiled_buckets))
@@ -385,8 +386,7 @@ class AutoCompile:
         return True
 
     def _failed(self, what: str, error: BaseException) -> None:
-        """A compile that failed because the hoster is shutting down (the interpreter's exit refuses
-        the compiler's thread pools) is no operator's concern: INFO, not the WARNING of a real failure."""
+        """A compile cut off by shutdown (the exiting interpreter refuses its pools) is INFO, not a WARNING."""
         if self._stop.is_set():
             event(log, "compile_abandoned", what=what, reason="shutdown", error=repr(error)[:120])
         else:

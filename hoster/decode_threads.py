@@ -116,6 +116,20 @@ def choose_threads(switch: ThreadSwitch, cached: dict | None, make_step: Callabl
     return {"decode_threads": chosen, "thread_timings": timings, "threads_quiet": quiet}
 
 
+def retime_threads(switch: ThreadSwitch, compiled, new_kv, new_cache) -> dict:
+    """Time a count chosen under load again (hoster.compile_auto's re-timing, once the hoster is idle). A new
+    count needs its own graph (dynamo guards on the count): compiled before the lock is released, while
+    the compute thread's steps run eagerly (hoster.compiled.COMPILE_LOCK)."""
+    from hoster.compiled import compiling  # deferred: only hosters that compile re-time
+
+    with compiling():
+        before = switch.decode
+        record = choose_threads(switch, None, lambda: span_step(compiled.span, new_kv, new_cache))
+        if switch.decode != before:
+            compiled.warm_up(new_kv, new_cache)
+    return record
+
+
 class ThreadSwitch:
     """The compute thread's intra-op thread count: `decode` for small steps once chosen, else all.
 

@@ -12,7 +12,7 @@ from hypothesis import given, strategies as st
 
 import hoster.backend as backend_module
 from hoster import compile_auto, cpu_contention, decode_threads
-from hoster.backend import Backend
+from hoster.backend import Backend, _Task
 from hoster.compile_auto import Choices, shape_key
 from hoster.compiled import CompiledDecode
 from hoster.decode_threads import ThreadSwitch, candidates, choose, remembered
@@ -71,7 +71,7 @@ def test_the_switch_sets_the_calling_threads_count_only_for_small_steps():
 def test_the_compute_thread_runs_decode_on_the_chosen_count_and_prefill_on_all(tiny_llama, monkeypatch):
     """One-session and batched decode steps on `decode` threads; a prompt on every thread."""
     span = load_blocks(tiny_llama, 0, 4, progress=False, linear_kernel="torch")
-    backend = Backend(span, gather_window=0.2)
+    backend = Backend(span)
     seen: list[tuple[str, int, int]] = []
     run, batched = backend._run, backend_module.step_batched
 
@@ -92,8 +92,10 @@ def test_the_compute_thread_runs_decode_on_the_chosen_count_and_prefill_on_all(t
         step(backend, a, seeded(1, 12, 64, seed=1), 0)
         step(backend, b, seeded(1, 12, 64, seed=2), 0)
         step(backend, a, seeded(1, 1, 64, seed=3), 12)
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:  # sent together: one batched round
-            list(pool.map(lambda s: step(backend, s, seeded(1, 1, 64, seed=len(s.id)), s.length), (a, b)))
+        tasks = [_Task(concurrent.futures.Future(), seeded(1, 1, 64, seed=4 + i), 0, 4, s, s.length)
+                 for i, s in enumerate((a, b))]
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a batched round, run by a thread of its own
+            pool.submit(backend._step_batched, tasks).result(60)  # (whether two steps meet in one round is timing)
     finally:
         backend.shutdown()
     assert ("one", 12, 2) in seen and ("one", 1, 1) in seen, seen
@@ -146,3 +148,37 @@ def test_announced_decode_threads_are_informational_and_optional():
     assert Announcement.from_payload({k: v for k, v in payload.items() if k != "decode_threads"}).decode_threads == 0
     with pytest.raises(ValueError, match="decode_threads"):
         Announcement.from_payload({**payload, "decode_threads": "1"})
+
+
+def test_a_count_chosen_under_load_is_timed_again_and_served_by_a_graph_of_its_own(tiny_llama, tmp_path,
+                                                                                  monkeypatch):
+    """Timed while other processes kept the cores busy, the count is timed again once the hoster is idle; a
+    new count gets its own graph before small steps switch to it (dynamo guards on the count: without it
+    every compiled step would fall back), and the quiet timing settles the choice."""
+    monkeypatch.setenv("MESH_NODE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv(compile_auto.ENV_BUCKETS, "0")
+    monkeypatch.setattr(compile_auto, "MIN_GAIN", 0.0)
+    monkeypatch.setattr(compile_auto, "RETIME_DELAYS", (0.01,))
+    monkeypatch.setattr(compile_auto, "IDLE_POLL", 0.01)
+    loads = [9.0]  # the first thread timing under load; every later timing quiet
+    monkeypatch.setattr(cpu_contention, "others_load", lambda before, after: loads.pop(0) if loads else 0.0)
+    timings = [{1: 0.0100, 2: 0.0100}, {1: 0.0200, 2: 0.0100}]  # a tie under load; quietly, 2 threads win
+    monkeypatch.setattr(decode_threads, "time_counts", lambda step, counts: timings.pop(0))
+    span = load_blocks(tiny_llama, 0, 2, progress=False, linear_kernel="torch")
+    backend = Backend(span, compile_decode="auto")
+    backend.threads = ThreadSwitch(max_threads=2)
+    try:
+        job = backend.start_auto_compile(shape_key(span.config, 0, 2, span.dtype), Choices())
+        assert job.done.wait(900)
+        job._thread.join(300)  # settled: the job ends (no buckets here); a re-timing under way holds the lock
+        assert not job._thread.is_alive() and job.settled, job.record
+        assert job.record["decode_threads"] == 2 and job.record["threads_quiet"], job.record
+        assert backend.threads.decode == 2 and not timings
+        s = backend.open_session(0, 2, 1, 64)
+        step(backend, s, seeded(1, 4, 64, seed=1), 0)
+        before = backend.compiled.steps
+        for i in range(4):
+            step(backend, s, seeded(1, 1, 64, seed=2 + i), s.length)
+        assert backend.compiled.steps - before == 4 and backend.compiled.fallbacks == 0
+    finally:
+        backend.shutdown()
