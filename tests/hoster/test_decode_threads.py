@@ -182,3 +182,20 @@ def test_a_count_chosen_under_load_is_timed_again_and_served_by_a_graph_of_its_o
         assert backend.compiled.steps - before == 4 and backend.compiled.fallbacks == 0
     finally:
         backend.shutdown()
+
+
+def test_a_hoster_whose_quiet_choice_was_eager_takes_the_remembered_count(tiny_llama, tmp_path, monkeypatch):
+    """No compile job runs where a quiet start measured eager faster; the count that start chose still
+    stands (and is announced), instead of every thread."""
+    from hoster.server import Hoster
+    from subnet.model.blocks import load_config
+
+    monkeypatch.setenv("MESH_NODE_CACHE_DIR", str(tmp_path))
+    key = shape_key(load_config(tiny_llama), 0, 8, torch.float32, None)
+    Choices().put(key, {"path": "eager", "quiet": True, "decode_threads": 1, "threads_quiet": True})
+    h = Hoster(tiny_llama, start=0, end=8, compile_mode="auto", throughput=10.0, progress=False).start()
+    try:
+        assert h.backend.auto is None and h.backend.threads.decode == 1
+        assert h.info()["decode_threads"] == 1
+    finally:
+        h.shutdown()
