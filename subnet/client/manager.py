@@ -22,6 +22,7 @@ from subnet.client.precision import route_in_one_class
 from subnet.client.prefix import PrefixStore
 from subnet.client.routing import BanList, RouteError, RouteStats, Span, find_route, has_adapter
 from subnet.client.runtime import ClientRuntime
+from subnet.client.send_align import SendAligner
 from subnet.client.verification import Publisher, StepVerifier
 from subnet.logs import event
 from subnet.swarm.announcements import Announcement
@@ -47,6 +48,9 @@ class ClientConfig:
     # seconds added per hop beyond its ping (serialization, queueing, one more failure point)
     hop_penalty: float = 0.002
     push: bool = True  # hosters forward a step's output to the next hoster directly (fewer hops per token)
+    # concurrent sessions on one route wait this long at most for each other to send a decode step
+    # together (subnet/client/send_align.py); 0: each sends at once
+    align_wait: float = 0.1
     wait_for_coverage: float = 0.0  # keep re-reading the DHT this long before a "cannot cover" error
     # Fast failure detection (subnet/client/deadlines.py): a step later than max(floor, factor x the
     # hoster's usual step time), scaled by positions, gets a liveness probe and then fails over;
@@ -96,6 +100,7 @@ class SequenceManager:
         self.evidence_publisher: Publisher | None = None
         if registry is not None and getattr(registry, "subnet_id", None) is not None:
             self.evidence_publisher = make_publisher(runtime.dht, registry.subnet_id)
+        self.aligner = SendAligner(self.config.align_wait)  # concurrent sessions' steps sent together
         self.prefix_store = PrefixStore() if self.config.prefix_reuse else None  # closed sessions, by content
 
     def make_verifier(self) -> StepVerifier | None:

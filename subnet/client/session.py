@@ -60,6 +60,7 @@ class InferenceSession:
         self.prefix_tokens = prefix_tokens  # the prompt's token ids: reuse hosters' cached KV (client.prefix)
         self.reused = 0  # positions the hosters already held at open (the caller starts there)
         self.narrow = batch_size > 1  # rows identical so far: a step may send one row for all
+        self._align_key: tuple | None = None  # the route this session last aligned its steps on
 
     @property
     def route(self) -> list[Span]:
@@ -212,6 +213,8 @@ class InferenceSession:
         Returns `(i, x, error)`: spans before `i` are done and `x` is span `i`'s input; the
         caller continues hop by hop from there (with `error` raised for span `i` if it failed).
         """
+        if n == 1:  # one hoster batches concurrent sessions well on its own (measured): only chains align
+            await self._aligned()
         self._step_id += 1
         k = len(self.spans)
         timeout = self.manager.config.request_timeout * (1 + n / 2048)
@@ -265,6 +268,14 @@ class InferenceSession:
                     later.stream.abandon()
                 return i + 1, x, None
         return k, x, None
+
+    async def _aligned(self) -> None:
+        """Wait for this route's other concurrent sessions, to send together (subnet.client.send_align)."""
+        key = tuple((st.span.peer_id, st.span.start, st.span.end) for st in self.spans)
+        if self._align_key is not None and self._align_key != key:
+            self.manager.aligner.leave(self._align_key, id(self))
+        self._align_key = key
+        await self.manager.aligner.ready(key, id(self))
 
     async def _run_span(self, st: SpanState, x: torch.Tensor, x_start: int, position: int,
                         n: int) -> tuple[torch.Tensor, int]:
@@ -380,6 +391,8 @@ class InferenceSession:
             return
         remember(self, tokens)
         self.closed = True  # background checks still finish (bounded by timeouts): a liar is still reported
+        if self._align_key is not None:
+            self.manager.aligner.leave(self._align_key, id(self))
         self.manager.stats.release([s.span for s in self.spans])
         await asyncio.gather(*(s.stream.close() for s in self.spans if s.stream is not None), return_exceptions=True)
 
