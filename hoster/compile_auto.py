@@ -246,7 +246,7 @@ class AutoCompile:
         self._compiled_buckets: set[int] = set()
         self._failed_buckets: set[int] = set()  # their compile failed: eager until the next start
         compiled.prepare_only = True
-        self._thread = threading.Thread(target=self._run, name="hoster-compile", daemon=True)
+        self._thread = threading.Thread(target=cpu_contention.in_background(self._run), name="compiler", daemon=True)
 
     def start(self) -> AutoCompile:
         self._thread.start()

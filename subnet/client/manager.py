@@ -50,7 +50,7 @@ class ClientConfig:
     push: bool = True  # hosters forward a step's output to the next hoster directly (fewer hops per token)
     # concurrent sessions on one route wait this long at most for each other to send a decode step
     # together (subnet/client/send_align.py); 0: each sends at once
-    align_wait: float = 0.1
+    align_wait: float = 0.25
     wait_for_coverage: float = 0.0  # keep re-reading the DHT this long before a "cannot cover" error
     # Fast failure detection (subnet/client/deadlines.py): a step later than max(floor, factor x the
     # hoster's usual step time), scaled by positions, gets a liveness probe and then fails over;

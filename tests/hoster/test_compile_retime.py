@@ -209,3 +209,21 @@ def test_a_compile_cut_off_by_shutdown_is_not_reported_as_a_failure(monkeypatch,
     else:
         assert "compile_failed" in events and failures, events
     assert job.path == "eager" and Choices(tmp_path).get("k") is None  # nothing remembered either way
+
+
+def test_the_compile_job_runs_at_a_lower_cpu_priority_than_serving(monkeypatch, tmp_path):
+    """Compiling and re-timing yield the cores to the compute thread's steps (per-thread niceness);
+    the rest of the process keeps its priority."""
+    import os
+
+    def nice_here() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    seen: list[int] = []
+    job, _ = _job(monkeypatch, tmp_path, [(0.035, 0.0245)], [0.0])
+    monkeypatch.setattr(compile_auto, "time_paths", lambda *a, **k: (seen.append(nice_here()), (0.035, 0.0245))[1])
+    before = nice_here()
+    job.start()
+    assert job.done.wait(10)
+    assert seen == [min(19, before + cpu_contention.BACKGROUND_NICE)]
+    assert nice_here() == before
