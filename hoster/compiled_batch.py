@@ -15,7 +15,11 @@ Served: one-position steps of 2-8 one-row sessions over the whole span, full att
 or a step whose guards fail, runs eagerly (never compiles on the compute thread).
 
 A bucket is compiled on demand: once DEMAND_STEPS eager batched steps of its size were served
-(`note_eager`), hoster.compile_auto compiles and times it on its own thread. Each bucket graph
+(`note_eager`), and they are at least DEMAND_SHARE of the batched steps seen, hoster.compile_auto
+compiles and times it on its own thread. The share keeps stragglers from asking: 8 sessions sent
+in rounds of 8 (subnet.client.send_align) still leave a few rounds of 4 or 2 at the ends of
+generations, and a compile started by them in the middle of serving took the hoster's cores and
+GIL for ~10 s (a benchmark's 8-session pass fell from ~120 to 16-33 tok/s). Each bucket graph
 costs memory for the life of the process (12 blocks of model b: +47 / +56 / +108 MB for buckets
 2 / 4 / 8), so a hoster that never batches never pays for one.
 """
@@ -38,6 +42,7 @@ log = logging.getLogger(__name__)
 
 BUCKETS = (2, 4, 8)
 DEMAND_STEPS = 16  # eager batched steps of a bucket's size before that bucket is compiled (hoster.compile_auto)
+DEMAND_SHARE = 0.1  # ... and the least share of all batched steps (compiled or eager) they must be
 SCRATCH_LENGTH = 4  # where the padding sessions' K/V is written every step
 MAX_FALLBACKS = 8
 
@@ -76,13 +81,14 @@ class CompiledBatches:
 
     def note_eager(self, batch: list) -> None:
         """A batched step ran eagerly: count it for its bucket if a graph could serve it. The bucket is
-        asked for (`on_demand(bucket)`, hoster.compile_auto) after DEMAND_STEPS such steps, unless it is
-        compiled already or measured slower (`skip`)."""
+        asked for (`on_demand(bucket)`, hoster.compile_auto) after DEMAND_STEPS such steps that are at least
+        DEMAND_SHARE of the batched steps seen, unless it is compiled already or measured slower (`skip`)."""
         b = bucket_of(len(batch))
         if b is None or b in self.ready or b in self.skip or b in self.requested or not self.fits(batch):
             return
         self.demand[b] = self.demand.get(b, 0) + 1
-        if self.demand[b] >= DEMAND_STEPS:
+        seen = self.steps + sum(self.demand.values())  # compiled and counted eager batched steps
+        if self.demand[b] >= max(DEMAND_STEPS, DEMAND_SHARE * seen):
             self.requested.add(b)
             if self.on_demand is not None:
                 self.on_demand(b)

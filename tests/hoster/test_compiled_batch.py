@@ -226,3 +226,29 @@ def test_buckets_compile_on_demand_and_a_failed_compile_is_not_remembered(tiny_l
     finally:
         torch.set_num_threads(threads_before)
         auto.shutdown()
+
+
+def test_a_bucket_is_asked_for_only_when_its_steps_are_a_real_share_of_the_batched_steps(monkeypatch):
+    """Stragglers (a few rounds of 4 among hundreds of compiled rounds of 8) do not start a compile in the
+    middle of serving; the same size asked for often enough does."""
+    def batches(compiled_steps: int) -> CompiledBatches:
+        cb = CompiledBatches.__new__(CompiledBatches)  # the demand counting only: no span, no graphs
+        cb.ready, cb.skip, cb.requested, cb.demand, cb.steps = {8}, set(), set(), {}, compiled_steps
+        cb.on_demand = asked.append
+        return cb
+
+    monkeypatch.setattr(CompiledBatches, "fits", lambda self, batch: True)
+    four = [object()] * 4
+    asked: list[int] = []
+    fresh = batches(0)
+    for _ in range(compiled_batch.DEMAND_STEPS):
+        fresh.note_eager(four)
+    assert asked == [4] and fresh.requested == {4}  # nothing else seen: DEMAND_STEPS decide
+    asked.clear()
+    busy = batches(200)  # 200 steps already served by the bucket-8 graph
+    for _ in range(compiled_batch.DEMAND_STEPS):
+        busy.note_eager(four)
+    assert asked == [] and busy.demand == {4: compiled_batch.DEMAND_STEPS}  # 16 of 216: stragglers
+    while not asked and busy.demand[4] < 100:
+        busy.note_eager(four)
+    assert asked == [4] and busy.demand[4] == 23  # 23 of 223 >= 10 %
