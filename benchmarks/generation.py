@@ -78,6 +78,7 @@ from benchmarks.common import (  # noqa: E402
 from benchmarks.concurrency import run_round  # noqa: E402
 from benchmarks.lean_local import LeanLocal  # noqa: E402
 from hoster.compiled_batch import DEMAND_STEPS  # noqa: E402
+from subnet.logs import setup_logging  # noqa: E402
 
 CEILING, LEAN = "ceiling (bandwidth)", "local, lean loop"
 LEAN_COMPILED = "local, lean loop, compiled"
@@ -342,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="generation")
     args = p.parse_args(argv)
     exit_on_sigterm()
+    setup_logging("WARNING")  # the client's warnings with their fields (Python's last resort printed bare names)
     if args.quick:
         args.models, args.new_tokens, args.runs, args.ttft_prompt, args.out = "quick", "16", 1, 64, "generation-quick"
         args.session_tokens, args.local_kernels = 8, "onednn"
