@@ -5,10 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 
-from subnet.client.send_align import SendAligner
+from subnet.client.send_align import SendAligner, _Route
 
 ROUTE = (("peerA", 0, 4), ("peerB", 4, 8))
 OTHER = (("peerC", 0, 8),)
+
+
+def _aligner(max_wait: float, *active: int) -> SendAligner:
+    """An aligner on which sessions `active` have stepped before (and are expected in the next round)."""
+    al = SendAligner(max_wait)
+    al._routes[ROUTE] = _Route(missed={s: False for s in active})
+    return al
 
 
 async def _arrive(al: SendAligner, key, sid: int, log: list, delay: float = 0.0) -> None:
@@ -27,9 +34,7 @@ async def test_a_lone_session_never_waits():
 
 
 async def test_sessions_stepping_apart_go_together_once_both_are_active():
-    al = SendAligner(1.0)
-    await al.ready(ROUTE, 1)
-    await al.ready(ROUTE, 2)  # first steps: each alone (the other was not active yet when it came)
+    al = _aligner(1.0, 1, 2)
     log: list = []
     t0 = time.monotonic()
     await asyncio.gather(_arrive(al, ROUTE, 1, log), _arrive(al, ROUTE, 2, log, delay=0.05))
@@ -38,9 +43,7 @@ async def test_sessions_stepping_apart_go_together_once_both_are_active():
 
 
 async def test_a_late_session_is_waited_for_once_then_not_until_it_steps_again():
-    al = SendAligner(0.1)
-    for sid in (1, 2, 3):
-        await al.ready(ROUTE, sid)
+    al = _aligner(0.1, 1, 2, 3)
     t0 = time.monotonic()
     await asyncio.gather(al.ready(ROUTE, 1), al.ready(ROUTE, 2))  # 3 does not come: one wait (<= 0.1 s)
     waited = time.monotonic() - t0
@@ -69,9 +72,7 @@ async def test_the_wait_is_one_step_cycle_and_capped():
 
 
 async def test_leaving_releases_a_round_waiting_for_that_session():
-    al = SendAligner(5.0)
-    await al.ready(ROUTE, 1)
-    await al.ready(ROUTE, 2)
+    al = _aligner(5.0, 1, 2)
     waiting = asyncio.ensure_future(al.ready(ROUTE, 1))
     await asyncio.sleep(0.02)
     assert not waiting.done()
@@ -82,9 +83,7 @@ async def test_leaving_releases_a_round_waiting_for_that_session():
 
 
 async def test_routes_are_independent_and_zero_turns_it_off():
-    al = SendAligner(5.0)
-    await al.ready(ROUTE, 1)
-    await al.ready(ROUTE, 2)
+    al = _aligner(5.0, 1, 2)
     await asyncio.wait_for(al.ready(OTHER, 1), 0.1)  # nobody else on OTHER: no wait
     off = SendAligner(0.0)
     await off.ready(ROUTE, 1)
@@ -94,9 +93,7 @@ async def test_routes_are_independent_and_zero_turns_it_off():
 
 
 async def test_a_cancelled_leader_lets_its_round_go():
-    al = SendAligner(5.0)
-    for sid in (1, 2, 3):
-        await al.ready(ROUTE, sid)
+    al = _aligner(5.0, 1, 2, 3)
     leader = asyncio.ensure_future(al.ready(ROUTE, 1))
     await asyncio.sleep(0.01)
     joiner = asyncio.ensure_future(al.ready(ROUTE, 2))  # 3 never comes
