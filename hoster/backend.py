@@ -51,6 +51,7 @@ PREFILL_CHUNK = 256
 # (`malloc_trim`, ~ms). Making every large buffer its own mapping instead (mallopt) did the same
 # for memory but page-faulted every activation: time to first token +25% (model b, 512 tokens).
 TRIM_AFTER = 64
+IDLE_QUIET = 5.0  # seconds without work before the hoster counts as idle (re-timings wait for that)
 
 
 class BackendClosed(RuntimeError):
@@ -118,6 +119,7 @@ class Backend:
         self._queue = TaskQueue()  # hoster.scheduler: step lane + per-peer forward lane
         self._pacer = UnitPacer(self._unit_budget)  # size of forward units between step rounds
         self._closed = False
+        self.last_active = time.monotonic()  # when work was last queued (steps, forwards): see `idle`
         self.prefix, self.positions_computed = PrefixCache.attach(budget), 0  # closed sessions' KV; rows x positions
         self._thread = threading.Thread(target=self._loop, name="hoster-compute", daemon=True)
         self._thread.start()
@@ -211,7 +213,7 @@ class Backend:
     def start_auto_compile(self, key: str, choices: Choices, on_done=None) -> AutoCompile:
         """Compile the decode step in the background; serve it once measured faster (hoster.compile_auto)."""
         new_kv = lambda n: self._new_kv(self.span.start, self.span.end, 1, n)  # noqa: E731
-        self.auto = AutoCompile(self.compiled, key, choices, new_kv, KVCache, on_done, idle=lambda: not self.sessions,
+        self.auto = AutoCompile(self.compiled, key, choices, new_kv, KVCache, on_done, idle=self.idle,
                                 threads=self.threads)
         return self.auto.start()
 
@@ -233,9 +235,15 @@ class Backend:
         return SessionKV(start, end, batch_size, max_length, self.span.num_kv_heads, self.span.head_dim,
                          self.span.dtype, self.span.device)
 
+    def idle(self) -> bool:
+        """No session open and nothing queued for IDLE_QUIET s: a re-timing now competes with nobody (a gap
+        between one client's requests, say a benchmark's passes, is not idle)."""
+        return not self.sessions and time.monotonic() - self.last_active >= IDLE_QUIET
+
     def _submit(self, task: _Task) -> concurrent.futures.Future:
         if self._closed:
             raise BackendClosed("hoster is shutting down")
+        self.last_active = time.monotonic()
         self._queue.put(task)
         return task.future
 

@@ -306,7 +306,7 @@ class AutoCompile:
     def _serve_later(self) -> None:
         """After the first choice: compile the batched buckets asked for (hoster.compiled_batch: after
         DEMAND_STEPS eager batched steps of a bucket's size), and time a choice made under load again
-        after each of RETIME_DELAYS, once the hoster is idle (no open session: timing competes with
+        after each of RETIME_DELAYS, once the hoster is idle (`Backend.idle`: timing competes with
         serving and holds the compiled steps off meanwhile) until a quiet timing settles it."""
         delays = list(RETIME_DELAYS)
         due = time.monotonic() + delays.pop(0) if delays and not self.settled else None

@@ -199,3 +199,25 @@ def test_a_hoster_whose_quiet_choice_was_eager_takes_the_remembered_count(tiny_l
         assert h.info()["decode_threads"] == 1
     finally:
         h.shutdown()
+
+
+def test_the_hoster_is_idle_for_re_timings_only_after_a_quiet_while(tiny_llama, monkeypatch):
+    """A gap between one client's requests is not idle: re-timings (which hold compiled steps off and take
+    a core) wait until no session is open and nothing was queued for IDLE_QUIET seconds."""
+    import time
+
+    monkeypatch.setattr(backend_module, "IDLE_QUIET", 0.3)
+    backend = Backend(load_blocks(tiny_llama, 0, 2, progress=False, linear_kernel="torch"))
+    try:
+        s = backend.open_session(0, 2, 1, 64)
+        step(backend, s, seeded(1, 4, 64, seed=1), 0)
+        time.sleep(0.4)
+        assert not backend.idle()  # quiet long enough, but a session is open
+        backend.close_session(s)
+        assert backend.idle()
+        backend.run_span(seeded(1, 2, 64, seed=2))  # a forward (a probe) is work too
+        assert not backend.idle()
+        time.sleep(0.4)
+        assert backend.idle()
+    finally:
+        backend.shutdown()
