@@ -74,6 +74,8 @@ class ClientConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.verify_fraction <= 1.0:
             raise ValueError(f"verify_fraction must be in [0, 1], got {self.verify_fraction!r}")
+        if not self.align_wait >= 0.0:  # NaN too: a wait nobody could honour
+            raise ValueError(f"align_wait must be >= 0 seconds (0: off), got {self.align_wait!r}")
 
 
 class SequenceManager:

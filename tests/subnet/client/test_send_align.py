@@ -101,3 +101,14 @@ async def test_a_cancelled_leader_lets_its_round_go():
     leader.cancel()
     await asyncio.wait_for(joiner, 0.5)
     assert al._routes[ROUTE].round is None
+
+
+def test_a_negative_or_nan_align_wait_is_refused():
+    import pytest
+
+    from subnet.client.manager import ClientConfig
+
+    assert ClientConfig(align_wait=0.0).align_wait == 0.0
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="align_wait"):
+            ClientConfig(align_wait=bad)
